@@ -1,0 +1,149 @@
+/* callerid.bpf.c - record which process opened each outgoing TCP connection.
+ *
+ * Two steps, because no single hook both runs in the owner's context and
+ * sees the full 4-tuple without reading struct sock fields (whose offsets
+ * BCC would take from headers that may not match the running kernel):
+ *   1. at connect(), in process context: pending[sk] = owner
+ *      (tracepoint CLOSE->SYN_SENT, or kprobe/fentry on tcp_connect)
+ *   2. at SYN_SENT->ESTABLISHED (softirq, `current` is NOT the owner):
+ *      conns[tuple] = pending[sk], tuple taken from the tracepoint args.
+ * Closing stamps closed_ns; user space sweeps stamped entries after a grace.
+ *
+ * Compile-time flags (set by tracer/probes.py):
+ *   CALLERID_PROBE_TRACEPOINT | CALLERID_PROBE_KPROBE | CALLERID_PROBE_FENTRY
+ *   CALLERID_MAX_CONNS, CALLERID_MAX_PENDING, CALLERID_PIN_CONNS, CALLERID_PIN_PENDING
+ */
+#include <uapi/linux/ptrace.h>
+#include <linux/socket.h>
+#include <net/sock.h>
+#include "callerid.h"
+
+#define TCP_ESTABLISHED_ 1
+#define TCP_SYN_SENT_    2
+#define TCP_CLOSE_       7
+#define AF_INET_         2
+#define AF_INET6_        10
+#define IPPROTO_TCP_     6
+
+BPF_TABLE_PINNED("lru_hash", struct callerid_key, struct callerid_owner, conns,
+                 CALLERID_MAX_CONNS, CALLERID_PIN_CONNS);
+BPF_TABLE_PINNED("lru_hash", u64, struct callerid_owner, pending,
+                 CALLERID_MAX_PENDING, CALLERID_PIN_PENDING);
+BPF_PERCPU_ARRAY(stats, u64, CALLERID_STAT_COUNT);
+
+static __always_inline void count(int idx)
+{
+    u64 *v = stats.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+/* Step 1: capture the owner of socket `sk` in the caller's context. */
+static __always_inline void capture_owner(u64 sk)
+{
+    struct callerid_owner owner;
+    __builtin_memset(&owner, 0, sizeof(owner));
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u64 uid_gid = bpf_get_current_uid_gid();
+    owner.tgid = pid_tgid >> 32;
+    owner.tid = (u32)pid_tgid;
+    owner.uid = (u32)uid_gid;
+    owner.gid = uid_gid >> 32;
+    owner.cgroup_id = bpf_get_current_cgroup_id();
+    owner.birth_ns = bpf_ktime_get_boot_ns();
+    bpf_get_current_comm(&owner.comm, sizeof(owner.comm));
+    if (pending.update(&sk, &owner) != 0)
+        count(CALLERID_STAT_UPDATE_FAILED);
+    else
+        count(CALLERID_STAT_CONNECT);
+}
+
+#define FILL_KEY(key, args)                                              \
+    do {                                                                 \
+        __builtin_memset(&(key), 0, sizeof(key));                        \
+        bpf_probe_read_kernel(&(key).saddr, 16, (void *)(args)->saddr_v6); \
+        bpf_probe_read_kernel(&(key).daddr, 16, (void *)(args)->daddr_v6); \
+        (key).sport = (args)->sport;                                     \
+        (key).dport = (args)->dport;                                     \
+    } while (0)
+
+static __always_inline void stamp_closed(struct callerid_key *key)
+{
+    struct callerid_owner *owner = conns.lookup(key);
+    if (owner && owner->closed_ns == 0) {
+        owner->closed_ns = bpf_ktime_get_boot_ns();
+        count(CALLERID_STAT_CLOSED);
+    }
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != IPPROTO_TCP_)
+        return 0;
+    if (args->family != AF_INET_ && args->family != AF_INET6_)
+        return 0;
+    u64 sk = (u64)args->skaddr;
+
+#ifdef CALLERID_PROBE_TRACEPOINT
+    if (args->oldstate == TCP_CLOSE_ && args->newstate == TCP_SYN_SENT_) {
+        capture_owner(sk);
+        return 0;
+    }
+#endif
+    if (args->oldstate == TCP_SYN_SENT_ && args->newstate == TCP_ESTABLISHED_) {
+        struct callerid_owner *owner = pending.lookup(&sk);
+        if (!owner) {
+            count(CALLERID_STAT_PENDING_MISS);
+            return 0;
+        }
+        struct callerid_key key;
+        FILL_KEY(key, args);
+        struct callerid_owner copy = *owner;
+        copy.closed_ns = 0;
+        if (conns.update(&key, &copy) != 0)
+            count(CALLERID_STAT_UPDATE_FAILED);
+        else
+            count(CALLERID_STAT_ESTABLISHED);
+        pending.delete(&sk);
+        return 0;
+    }
+    if (args->newstate == TCP_CLOSE_) {
+        if (args->oldstate == TCP_SYN_SENT_) {
+            /* failed connect: nothing may stay behind */
+            if (pending.delete(&sk) == 0)
+                count(CALLERID_STAT_CONNECT_FAILED);
+            return 0;
+        }
+        struct callerid_key key;
+        FILL_KEY(key, args);
+        stamp_closed(&key);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
+{
+    u64 sk = (u64)args->skaddr;
+    pending.delete(&sk);
+    struct callerid_key key;
+    FILL_KEY(key, args);
+    stamp_closed(&key);
+    return 0;
+}
+
+#ifdef CALLERID_PROBE_KPROBE
+/* kprobe: only the sk pointer (first argument) is used, never its fields. */
+int kprobe__tcp_connect(struct pt_regs *ctx, struct sock *sk)
+{
+    capture_owner((u64)sk);
+    return 0;
+}
+#endif
+
+#ifdef CALLERID_PROBE_FENTRY
+KFUNC_PROBE(tcp_connect, struct sock *sk)
+{
+    capture_owner((u64)sk);
+    return 0;
+}
+#endif

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Idempotent machine setup for callerid on Debian 12: packages, BCC's kernel
+# headers arrangement, tracefs/bpffs mounts, MUNGE key, and the project venv.
+# Safe to run any number of times; every step checks before it acts.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${CALLERID_VENV:-$repo/.venv}
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  log "must run as root (BPF, cgroups, network namespaces, sshd and Slurm need it)"
+  exit 2
+fi
+
+# --- Debian packages -------------------------------------------------------
+# python3-bpfcc: BCC's Python bindings come from the distribution, not PyPI.
+# linux-headers-amd64: BCC compiles against headers; there is none for the
+#   running kernel here, and Debian's 6.1 headers work for programs that only
+#   use tracepoint args and BPF helpers (see ../shared/LAB-NOTES.md).
+# munge/libmunge2: credentials for the callerid RPC, as Slurm uses them.
+# slurm*, openssh-server, libpam-slurm-adopt: the lab and the reference module.
+packages=(
+  python3-bpfcc python3-venv python3-pip linux-headers-amd64
+  munge libmunge2 iproute2 procps psmisc util-linux passwd
+  openssh-server openssh-client slurmctld slurmd slurm-client libpam-slurm-adopt
+  prometheus
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- kernel headers where BCC looks for them --------------------------------
+kver=$(uname -r)
+moddir=/lib/modules/$kver
+if [ ! -e "$moddir/build/include/linux/kconfig.h" ] && [ ! -e "$moddir/build/Makefile" ]; then
+  build=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$build" ] || [ -z "$common" ]; then
+    log "no Debian kernel headers under /usr/src; BCC cannot compile"
+    exit 1
+  fi
+  log "linking $moddir/{build,source} to $build, $common"
+  mkdir -p "$moddir"
+  ln -sfn "$build" "$moddir/build"
+  ln -sfn "$common" "$moddir/source"
+fi
+
+# --- tracefs and bpffs --------------------------------------------------------
+mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+# --- MUNGE ----------------------------------------------------------------------
+# The Debian package creates a key at install; make sure one exists anyway.
+if [ ! -s /etc/munge/munge.key ]; then
+  log "creating /etc/munge/munge.key"
+  install -d -o munge -g munge -m 0700 /etc/munge
+  dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+  chown munge:munge /etc/munge/munge.key
+  chmod 0400 /etc/munge/munge.key
+fi
+install -d -o munge -g munge -m 0755 /run/munge
+
+# --- the venv ---------------------------------------------------------------------
+# Built from /usr/bin/python3 with system site packages: only that interpreter
+# imports Debian's bcc module.
+if [ ! -x "$venv/bin/python3" ] || ! "$venv/bin/python3" -c 'import bcc' 2>/dev/null; then
+  log "creating venv $venv"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+fi
+stamp=$venv/.callerid-installed
+if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
+  log "installing callerid into the venv"
+  "$venv/bin/python3" -m pip install -q --disable-pip-version-check -e "$repo[test]"
+  touch "$stamp"
+fi
+log "ready: $venv/bin/callerid"

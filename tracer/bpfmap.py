@@ -1,0 +1,143 @@
+"""BPF map access by file descriptor: pinned-map checks, lookup, update, delete, iterate.
+
+Goes through libbcc's thin syscall wrappers so that the same code serves a map
+BCC just created and a pinned map opened without loading any program.
+"""
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bcc import libbcc
+
+from .layout import ConnKey, Owner
+
+_lib = libbcc.lib
+_lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+_lib.bpf_obj_get.restype = ctypes.c_int
+BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
+BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH = 1, 9
+
+
+class PinnedMapMismatch(RuntimeError):
+    """A map pinned at our path was made with another layout or size."""
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    map_type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+
+
+def map_info(fd: int) -> MapInfo:
+    """Read type and sizes from /proc/self/fdinfo (no struct bpf_map_info needed)."""
+    fields = {}
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            fields[name.strip()] = value.strip()
+    return MapInfo(
+        map_type=int(fields["map_type"]),
+        key_size=int(fields["key_size"]),
+        value_size=int(fields["value_size"]),
+        max_entries=int(fields["max_entries"]),
+    )
+
+
+def open_pinned(path: str | Path) -> int | None:
+    """fd of the map pinned at path, or None if nothing is pinned there."""
+    if not Path(path).exists():
+        return None
+    fd = _lib.bpf_obj_get(str(path).encode())
+    if fd < 0:
+        raise OSError(errno.EACCES, f"bpf_obj_get({path}) failed: not a BPF object or not allowed")
+    return fd
+
+
+def check_pinned(path: str | Path, expected: MapInfo) -> str | None:
+    """None if the pinned map at path matches expected (or none is pinned);
+    otherwise a sentence saying what differs."""
+    fd = open_pinned(path)
+    if fd is None:
+        return None
+    try:
+        got = map_info(fd)
+    finally:
+        os.close(fd)
+    if got == expected:
+        return None
+    return (
+        f"pinned map {path} has type={got.map_type} key_size={got.key_size} "
+        f"value_size={got.value_size} max_entries={got.max_entries}, expected "
+        f"type={expected.map_type} key_size={expected.key_size} "
+        f"value_size={expected.value_size} max_entries={expected.max_entries}"
+    )
+
+
+class ConnMap:
+    """The tuple-keyed connection map (struct callerid_key -> struct callerid_owner)."""
+
+    def __init__(self, fd: int, owns_fd: bool = False):
+        self.fd = fd
+        self._owns_fd = owns_fd
+        info = map_info(fd)
+        if info.key_size != ctypes.sizeof(ConnKey) or info.value_size != ctypes.sizeof(Owner):
+            raise PinnedMapMismatch(
+                f"map fd {fd}: key/value sizes {info.key_size}/{info.value_size} "
+                f"!= {ctypes.sizeof(ConnKey)}/{ctypes.sizeof(Owner)}"
+            )
+        self.capacity = info.max_entries
+
+    @classmethod
+    def open_pinned(cls, path: str | Path) -> "ConnMap | None":
+        fd = open_pinned(path)
+        return None if fd is None else cls(fd, owns_fd=True)
+
+    def close(self):
+        if self._owns_fd and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def lookup(self, key: ConnKey) -> Owner | None:
+        value = Owner()
+        if _lib.bpf_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) < 0:
+            return None
+        return value
+
+    def insert_if_absent(self, key: ConnKey, value: Owner) -> bool:
+        """Write only if no entry exists: never overwrite fresher probe data."""
+        return _lib.bpf_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), BPF_NOEXIST) == 0
+
+    def update(self, key: ConnKey, value: Owner) -> bool:
+        return _lib.bpf_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), BPF_ANY) == 0
+
+    def delete(self, key: ConnKey) -> bool:
+        return _lib.bpf_delete_elem(self.fd, ctypes.byref(key)) == 0
+
+    def keys(self):
+        """Snapshot of all keys (the map may change while we walk it)."""
+        out = []
+        cur = ConnKey()
+        nxt = ConnKey()
+        if _lib.bpf_get_first_key(self.fd, ctypes.byref(nxt), ctypes.sizeof(ConnKey)) < 0:
+            return out
+        while True:
+            out.append(ConnKey.from_buffer_copy(nxt))
+            ctypes.memmove(ctypes.byref(cur), ctypes.byref(nxt), ctypes.sizeof(ConnKey))
+            if _lib.bpf_get_next_key(self.fd, ctypes.byref(cur), ctypes.byref(nxt)) < 0:
+                return out
+            if len(out) > self.capacity * 2:  # map churning under us: stop, never loop forever
+                return out
+
+    def items(self):
+        for key in self.keys():
+            value = self.lookup(key)
+            if value is not None:
+                yield key, value
+
+    def __len__(self):
+        return len(self.keys())
