@@ -1,0 +1,3 @@
+"""callerid: which Slurm job opened this TCP connection, and adopt ssh sessions into it."""
+
+__version__ = "0.1.0"

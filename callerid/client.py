@@ -1,0 +1,79 @@
+"""callerid RPC client: ask a node's tracer who opened a connection, and check the signed answer."""
+
+import socket
+import time
+
+from . import munge
+from .protocol import HEADER, Answer, ErrorCode, FrameType, ProtocolError, Query, decode_error, decode_header, encode_frame
+
+
+class RpcError(Exception):
+    """The question could not be answered: unreachable, timeout, refused or a bad reply."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason  # stable snake_case: connect, timeout, refused, bad_reply, auth, munge
+
+
+def ask(server: tuple[str, int], query: Query, timeout: float = 2.0, munge_socket: str | None = None,
+        trusted_uids: tuple[int, ...] = (0,)) -> Answer:
+    """One request, one answer, all within `timeout` seconds.
+
+    trusted_uids: uids whose signature on an answer is accepted (root, SlurmUser).
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        cred = munge.encode(query.encode(), munge_socket)
+    except munge.MungeError as exc:
+        raise RpcError("munge", f"cannot sign the request: {exc}") from exc
+    host, port = server
+    try:
+        sock = socket.create_connection((host, port), timeout=max(0.01, deadline - time.monotonic()))
+    except socket.timeout as exc:
+        raise RpcError("timeout", f"connect to {host}:{port} timed out") from exc
+    except OSError as exc:
+        raise RpcError("connect", f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+    with sock:
+        try:
+            sock.sendall(encode_frame(FrameType.REQUEST, cred))
+            head = _recv(sock, HEADER.size, deadline)
+            ftype, length = decode_header(head)
+            payload = _recv(sock, length, deadline)
+        except socket.timeout as exc:
+            raise RpcError("timeout", f"no answer from {host}:{port} within {timeout:.1f}s") from exc
+        except ProtocolError as exc:
+            raise RpcError("bad_reply", f"bad reply from {host}:{port}: {exc}") from exc
+        except OSError as exc:
+            raise RpcError("connect", f"connection to {host}:{port} failed: {exc}") from exc
+    if ftype == FrameType.ERROR:
+        code, msg = decode_error(payload)
+        raise RpcError("refused", f"{host}:{port} refused the request: {code.name.lower()}: {msg}")
+    if ftype != FrameType.ANSWER:
+        raise RpcError("bad_reply", f"unexpected {ftype.name} frame from {host}:{port}")
+    try:
+        signed = munge.decode(payload, munge_socket)
+    except munge.MungeError as exc:
+        raise RpcError("auth", f"answer from {host}:{port} has a bad credential: {exc.reason}") from exc
+    if signed.uid not in trusted_uids:
+        raise RpcError("auth", f"answer from {host}:{port} signed by uid {signed.uid}, not a trusted uid")
+    try:
+        answer = Answer.decode(signed.payload)
+    except ProtocolError as exc:
+        raise RpcError("bad_reply", f"bad answer from {host}:{port}: {exc}") from exc
+    if answer.query != query:
+        raise RpcError("bad_reply", f"answer from {host}:{port} is for another connection ({answer.query})")
+    return answer
+
+
+def _recv(sock: socket.socket, n: int, deadline: float) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout()
+        sock.settimeout(left)
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ProtocolError(ErrorCode.BAD_FRAME, "connection closed before a whole reply arrived")
+        buf += chunk
+    return bytes(buf)

@@ -1,0 +1,139 @@
+"""Configuration: one TOML file, one dataclass per daemon, every option with its default.
+
+docs/CONFIG.md is generated from the `help` metadata here (callerid config --doc).
+"""
+
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_CONFIG = Path("/etc/callerid/callerid.toml")
+DEFAULT_RPC_PORT = 6828
+DEFAULT_TRACER_METRICS = "[::]:9828"
+DEFAULT_ADOPTER_METRICS = "[::]:9829"
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or has a bad key or value."""
+
+
+def opt(default, help: str):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class CommonConfig:
+    munge_socket: str = opt("/run/munge/munge.socket.2", "munged's socket, for signing and checking RPC credentials.")
+    slurm_user: str = opt("slurm", "SlurmUser of the cluster: besides root, the only user any answer is given to.")
+    nodename: str = opt("", "This node's Slurm NodeName; empty means the short host name.")
+    log_level: str = opt("info", "debug, info, warning or error.")
+    rpc_port: int = opt(DEFAULT_RPC_PORT, "TCP port of the callerid RPC (the tracer listens, the adopter asks).")
+
+    def node(self) -> str:
+        return self.nodename or socket.gethostname().split(".")[0]
+
+
+@dataclass
+class TracerConfig:
+    listen: list = opt([], "RPC listen addresses as ADDR:PORT or [ADDR6]:PORT; empty means [::]:rpc_port, dual stack.")
+    metrics: str = opt(DEFAULT_TRACER_METRICS, "Address of the /metrics endpoint; empty disables it.")
+    probe: str = opt("auto", "Probe backend: auto, tracepoint, kprobe or fentry. A forced backend that cannot load is fatal.")
+    pin_root: str = opt("/sys/fs/bpf/callerid", "bpffs directory for pinned maps; the layout version is appended.")
+    replace_pinned: bool = opt(False, "Replace pinned maps whose layout does not match instead of refusing to start.")
+    max_connections: int = opt(131072, "Capacity of the connection map (LRU: the oldest entries are evicted beyond it).")
+    max_pending: int = opt(16384, "Capacity of the map of connects not yet established.")
+    close_grace_seconds: float = opt(120.0, "How long a closed connection stays answerable (covers TIME_WAIT, 60 s on Linux).")
+    sweep_interval_seconds: float = opt(10.0, "How often closed entries past their grace are deleted.")
+    reconcile: bool = opt(True, "At start, attribute connections that already exist (sock_diag + /proc).")
+    fallback: bool = opt(True, "Answer from sock_diag + /proc when the map has no entry or BPF is unavailable.")
+    require_bpf: bool = opt(False, "Exit if no probe backend loads, instead of serving from the /proc fallback only.")
+    max_clients: int = opt(64, "Concurrent RPC clients; more get a BUSY error at once.")
+    read_timeout_seconds: float = opt(2.0, "Deadline for a client to deliver a whole request frame.")
+    max_frame_bytes: int = opt(8192, "Largest request payload accepted.")
+
+
+@dataclass
+class AdopterConfig:
+    socket: str = opt("/run/callerid/adopter.sock", "Unix socket the PAM hook talks to (root only).")
+    metrics: str = opt(DEFAULT_ADOPTER_METRICS, "Address of the adopter's /metrics endpoint; empty disables it.")
+    action_no_jobs: str = opt("deny", "deny or ignore, when the user has no job on this node.")
+    action_unknown: str = opt("newest", "newest, allow or deny, when the user has several jobs and the source could not say which.")
+    action_adopt_failure: str = opt("allow", "allow or deny, when moving the sshd into the chosen job failed.")
+    action_generic_failure: str = opt("ignore", "ignore, allow or deny, when nothing could be determined (also applied by the hook when the daemon is unreachable).")
+    ignore_root: bool = opt(True, "Never adopt root; root logins get PAM_IGNORE before any work.")
+    single_job_skip_rpc: bool = opt(True, "With exactly one job, adopt into it without asking the source node.")
+    service: list = opt(["sshd"], "PAM services handled ('*' for all); others get PAM_IGNORE.")
+    rpc_timeout_seconds: float = opt(2.0, "Deadline for the callerid RPC to the source node.")
+    deadline_seconds: float = opt(5.0, "Total deadline of the hook; past it the hook applies action_generic_failure.")
+    cgroup_root: str = opt("/sys/fs/cgroup", "Where cgroup hierarchies are mounted.")
+
+
+@dataclass
+class Config:
+    common: CommonConfig = field(default_factory=CommonConfig)
+    tracer: TracerConfig = field(default_factory=TracerConfig)
+    adopter: AdopterConfig = field(default_factory=AdopterConfig)
+
+
+def _apply(section, values: dict, where: str):
+    known = {f.name: f for f in fields(section)}
+    for key, value in values.items():
+        f = known.get(key)
+        if f is None:
+            raise ConfigError(f"{where}: unknown option {key!r}")
+        want = type(getattr(section, key))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
+        setattr(section, key, value)
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Read the TOML file at path (None: the default path if it exists, else defaults)."""
+    cfg = Config()
+    if path is None:
+        if not DEFAULT_CONFIG.exists():
+            return cfg
+        path = DEFAULT_CONFIG
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    for name, values in data.items():
+        section = getattr(cfg, name, None)
+        if section is None or not isinstance(values, dict):
+            raise ConfigError(f"{path}: unknown section [{name}]")
+        _apply(section, values, f"{path} [{name}]")
+    return cfg
+
+
+def parse_addr(text: str, default_port: int) -> tuple[str, int]:
+    """'1.2.3.4:5', '[::1]:5', '[::]', 'host' -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+        return host, port
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, int(port)
+    return text, default_port
+
+
+def reference() -> str:
+    """Markdown reference of every option (docs/CONFIG.md)."""
+    out = ["# callerid configuration", "",
+           f"One TOML file, by default `{DEFAULT_CONFIG}`, passed with `--config`. "
+           "Unknown sections or keys are errors. Generated by `callerid config --doc`.", ""]
+    for sect in fields(Config):
+        out += [f"## [{sect.name}]", "", "| option | default | meaning |", "| --- | --- | --- |"]
+        for f in fields(sect.default_factory()):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            out.append(f"| `{f.name}` | `{default!r}` | {f.metadata['help']} |")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,249 @@
+"""The callerid RPC wire format: framing, request and answer encoding (pure, no I/O).
+
+Every frame:   magic "CI" | version u8 | type u8 | payload length u32 (big endian) | payload
+  REQUEST      payload = a MUNGE credential whose embedded data is a Query
+  ANSWER       payload = a MUNGE credential from the tracer whose data is an Answer
+  ERROR        payload = code u8 | UTF-8 message (unsigned: it can only deny, never grant)
+Requests and answers travel inside MUNGE credentials so that neither the tuple
+asked about nor the job named in reply can be altered in flight, and munged's
+replay cache rejects a credential seen twice. docs/PROTOCOL.md describes it for people.
+"""
+
+import enum
+import ipaddress
+import struct
+from dataclasses import asdict, dataclass, field
+
+MAGIC = b"CI"
+VERSION = 1
+HEADER = struct.Struct("!2sBBI")
+MAX_FRAME_PAYLOAD = 8192
+
+
+class FrameType(enum.IntEnum):
+    REQUEST = 1
+    ANSWER = 2
+    ERROR = 3
+
+
+class ErrorCode(enum.IntEnum):
+    BAD_FRAME = 1       # malformed, truncated or oversized frame or query
+    AUTH_FAILED = 2     # credential invalid, expired or from an unknown key
+    REPLAYED = 3        # credential already used
+    BUSY = 4            # too many clients
+    UNSUPPORTED_VERSION = 5
+    INTERNAL = 6        # the server could not answer (e.g. munged unreachable)
+    TIMEOUT = 7         # the request did not arrive before the read deadline
+
+
+class Status(enum.IntEnum):
+    FOUND = 0
+    NOT_FOUND = 1       # also what an unauthorised caller gets
+
+
+class Source(enum.IntEnum):
+    NONE = 0
+    BPF = 1
+    PROC = 2
+
+
+ANSWER_FLAG_OWNER_EXITED = 1
+ANSWER_FLAG_CLOSED = 2
+
+
+class ProtocolError(ValueError):
+    """Bytes that do not form a valid frame, query or answer."""
+
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _ip16(addr) -> tuple[int, bytes]:
+    ip = ipaddress.ip_address(addr)
+    if ip.version == 4:
+        return 4, b"\x00" * 10 + b"\xff\xff" + ip.packed
+    return 6, ip.packed
+
+
+def _from16(family: int, raw: bytes):
+    ip6 = ipaddress.IPv6Address(raw)
+    if family == 4:
+        if ip6.ipv4_mapped is None:
+            raise ProtocolError(ErrorCode.BAD_FRAME, "family 4 with a non-v4-mapped address")
+        return ip6.ipv4_mapped
+    return ip6
+
+
+@dataclass(frozen=True)
+class Query:
+    """Who opened SRC_IP:SRC_PORT -> DST_IP:DST_PORT (as seen by the source node)?"""
+
+    src_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    src_port: int
+    dst_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst_port: int
+
+    _S = struct.Struct("!BBHHH16s16s")
+
+    @classmethod
+    def make(cls, src_ip, src_port, dst_ip, dst_port) -> "Query":
+        s, d = ipaddress.ip_address(src_ip), ipaddress.ip_address(dst_ip)
+        # v4-mapped IPv6 is the same connection as plain IPv4: normalise once here.
+        s = getattr(s, "ipv4_mapped", None) or s
+        d = getattr(d, "ipv4_mapped", None) or d
+        if s.version != d.version:
+            raise ValueError("source and destination must be the same address family")
+        for p in (src_port, dst_port):
+            if not 0 < int(p) < 65536:
+                raise ValueError(f"port out of range: {p}")
+        return cls(s, int(src_port), d, int(dst_port))
+
+    def encode(self) -> bytes:
+        fam, s = _ip16(self.src_ip)
+        _, d = _ip16(self.dst_ip)
+        return self._S.pack(VERSION, fam, 0, self.src_port, self.dst_port, s, d)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Query":
+        if len(data) != cls._S.size:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"query is {len(data)} bytes, expected {cls._S.size}")
+        ver, fam, reserved, sport, dport, s, d = cls._S.unpack(data)
+        if ver != VERSION:
+            raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"query version {ver}")
+        if fam not in (4, 6) or reserved != 0:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"bad family {fam} or reserved bits")
+        if sport == 0 or dport == 0:
+            raise ProtocolError(ErrorCode.BAD_FRAME, "port 0")
+        return cls(_from16(fam, s), sport, _from16(fam, d), dport)
+
+    def __str__(self):
+        def fmt(ip, port):
+            return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+        return f"{fmt(self.src_ip, self.src_port)} -> {fmt(self.dst_ip, self.dst_port)}"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The tracer's reply. Echoes the query so an answer cannot be passed off for another."""
+
+    query: Query
+    status: Status
+    source: Source = Source.NONE
+    owner_exited: bool = False
+    closed: bool = False
+    job_id: int | None = None
+    pid: int = 0
+    uid: int | None = None
+    gid: int | None = None
+    cgroup_id: int = 0
+    birth_ns: int = 0
+    comm: str = ""
+    cgroup: str = ""
+    node: str = ""
+
+    _S = struct.Struct("!BBBB40sIIiiQQ16sHH")
+
+    def encode(self) -> bytes:
+        flags = (ANSWER_FLAG_OWNER_EXITED if self.owner_exited else 0) | (ANSWER_FLAG_CLOSED if self.closed else 0)
+        cgroup = self.cgroup.encode()[:4096]
+        node = self.node.encode()[:255]
+        head = self._S.pack(
+            VERSION, self.status, self.source, flags, self.query.encode(),
+            self.job_id or 0, self.pid, -1 if self.uid is None else self.uid,
+            -1 if self.gid is None else self.gid, self.cgroup_id, self.birth_ns,
+            self.comm.encode()[:16], len(cgroup), len(node),
+        )
+        return head + cgroup + node
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Answer":
+        n = cls._S.size
+        if len(data) < n:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"answer is {len(data)} bytes, shorter than {n}")
+        (ver, status, source, flags, q, job_id, pid, uid, gid, cgid, birth, comm,
+         lcg, lnode) = cls._S.unpack_from(data)
+        if ver != VERSION:
+            raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"answer version {ver}")
+        if len(data) != n + lcg + lnode:
+            raise ProtocolError(ErrorCode.BAD_FRAME, "answer length does not match its string lengths")
+        try:
+            return cls(
+                query=Query.decode(q), status=Status(status), source=Source(source),
+                owner_exited=bool(flags & ANSWER_FLAG_OWNER_EXITED), closed=bool(flags & ANSWER_FLAG_CLOSED),
+                job_id=job_id or None, pid=pid, uid=None if uid < 0 else uid, gid=None if gid < 0 else gid,
+                cgroup_id=cgid, birth_ns=birth, comm=comm.rstrip(b"\0").decode(errors="replace"),
+                cgroup=data[n:n + lcg].decode(errors="replace"),
+                node=data[n + lcg:].decode(errors="replace"),
+            )
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"answer field out of range: {exc}") from exc
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["query"] = {"src_ip": str(self.query.src_ip), "src_port": self.query.src_port,
+                      "dst_ip": str(self.query.dst_ip), "dst_port": self.query.dst_port}
+        d["status"] = self.status.name.lower()
+        d["source"] = self.source.name.lower()
+        return d
+
+
+def encode_frame(ftype: FrameType, payload: bytes) -> bytes:
+    if len(payload) > MAX_FRAME_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_FRAME_PAYLOAD}")
+    return HEADER.pack(MAGIC, VERSION, ftype, len(payload)) + payload
+
+
+def decode_header(head: bytes, max_payload: int = MAX_FRAME_PAYLOAD) -> tuple[FrameType, int]:
+    """Validate an 8-byte header; returns (type, payload length)."""
+    if len(head) != HEADER.size:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "truncated header")
+    magic, ver, ftype, length = HEADER.unpack(head)
+    if magic != MAGIC:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "bad magic")
+    if ver != VERSION:
+        raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"frame version {ver}, this side speaks {VERSION}")
+    try:
+        ftype = FrameType(ftype)
+    except ValueError:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"unknown frame type {ftype}") from None
+    if length > max_payload:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"frame of {length} bytes exceeds the {max_payload}-byte limit")
+    return ftype, length
+
+
+def encode_error(code: ErrorCode, message: str) -> bytes:
+    return encode_frame(FrameType.ERROR, bytes([code]) + message.encode()[:512])
+
+
+def decode_error(payload: bytes) -> tuple[ErrorCode, str]:
+    if not payload:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "empty error frame")
+    try:
+        code = ErrorCode(payload[0])
+    except ValueError:
+        code = ErrorCode.INTERNAL
+    return code, payload[1:].decode(errors="replace")
+
+
+@dataclass
+class FrameReader:
+    """Incremental frame parser (pure): feed bytes, get complete frames."""
+
+    max_payload: int = MAX_FRAME_PAYLOAD
+    _buf: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> list[tuple[FrameType, bytes]]:
+        self._buf += data
+        frames = []
+        while len(self._buf) >= HEADER.size:
+            ftype, length = decode_header(bytes(self._buf[:HEADER.size]), self.max_payload)
+            if len(self._buf) < HEADER.size + length:
+                break
+            frames.append((ftype, bytes(self._buf[HEADER.size:HEADER.size + length])))
+            del self._buf[:HEADER.size + length]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)

@@ -1,0 +1,204 @@
+"""callerid.munge against a real, private munged started for this module."""
+
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from callerid import munge
+from tests.helpers import require
+
+pytestmark = pytest.mark.kernel
+
+MUNGED = "/usr/sbin/munged"
+KEY = "/etc/munge/munge.key"
+NOBODY = 65534
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+@pytest.fixture(scope="module")
+def munged():
+    """Start munged as user munge on a socket of its own; yield the socket path."""
+    require(os.geteuid() == 0, "root (to start a private munged as user munge)")
+    require(os.access(MUNGED, os.X_OK), f"{MUNGED} (Debian package munge)")
+    require(shutil.which("runuser") is not None, "runuser (util-linux)")
+    try:
+        pw = pwd.getpwnam("munge")
+    except KeyError:
+        pytest.fail("user 'munge' does not exist (install the munge package)", pytrace=False)
+    if not os.path.exists(KEY):
+        pytest.fail(f"{KEY} is missing: create it with `mungekey` (or reinstall munge)", pytrace=False)
+
+    # Not pytest's tmp_path: its parents are root-only 0700 and munged runs as munge.
+    # 0755 so the uid-65534 client can reach the socket.
+    tmp = tempfile.mkdtemp(prefix="callerid-munge-")
+    os.chmod(tmp, 0o755)
+    os.chown(tmp, pw.pw_uid, pw.pw_gid)
+    sock, pidfile, log = f"{tmp}/munge.sock", f"{tmp}/munged.pid", f"{tmp}/munged.log"
+    pid = None
+    try:
+        # munged forks into the background; the parent exits once it is set up.
+        r = subprocess.run(
+            ["runuser", "-u", "munge", "--", MUNGED, f"--socket={sock}",
+             f"--pid-file={pidfile}", f"--log-file={log}", f"--seed-file={tmp}/seed"],
+            capture_output=True, text=True, timeout=20)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if os.path.exists(pidfile) and os.path.exists(sock) \
+                    and stat.S_ISSOCK(os.stat(sock).st_mode):
+                with open(pidfile) as f:
+                    text = f.read().strip()
+                if text:
+                    pid = int(text)
+                    break
+            time.sleep(0.05)
+        if pid is None:
+            logtext = open(log).read() if os.path.exists(log) else ""
+            pytest.fail(f"munged did not start (rc {r.returncode}): {r.stderr.strip()} {logtext}",
+                        pytrace=False)
+        yield sock
+    finally:
+        # Stop exactly the daemon we started, and only if the pid is still munged.
+        if pid is not None and _comm(pid) == "munged":
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid) and _comm(pid) == "munged":
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_round_trip_gives_payload_and_root_ids(munged):
+    got = munge.decode(munge.encode(b"job 42 \x00\xff", munged), munged)
+    assert got == munge.Decoded(payload=b"job 42 \x00\xff", uid=0, gid=0)
+
+
+def test_credential_is_ascii_armored(munged):
+    cred = munge.encode(b"x", munged)
+    assert cred.startswith(b"MUNGE:") and cred.endswith(b":")
+    cred.decode("ascii")
+
+
+def test_empty_payload(munged):
+    assert munge.decode(munge.encode(b"", munged), munged).payload == b""
+
+
+def test_replayed_credential_is_rejected(munged):
+    cred = munge.encode(b"once", munged)
+    munge.decode(cred, munged)
+    with pytest.raises(munge.MungeError) as ei:
+        munge.decode(cred, munged)
+    assert ei.value.reason == "cred_replayed"
+    assert ei.value.code == 17
+    assert munged in str(ei.value)
+
+
+def test_tampered_credential_is_invalid(munged):
+    cred = munge.encode(b"payload", munged)
+    i = len(cred) - 10  # inside the encrypted body, not the armor or header
+    bad = cred[:i] + (b"A" if cred[i:i + 1] != b"A" else b"B") + cred[i + 1:]
+    with pytest.raises(munge.MungeError) as ei:
+        munge.decode(bad, munged)
+    assert ei.value.reason == "cred_invalid"
+
+
+def test_garbage_is_a_bad_credential(munged):
+    with pytest.raises(munge.MungeError) as ei:
+        munge.decode(b"not a credential", munged)
+    assert ei.value.reason == "bad_cred"
+
+
+def test_embedded_nul_is_rejected_before_libmunge(munged):
+    cred = munge.encode(b"x", munged)
+    with pytest.raises(munge.MungeError) as ei:
+        munge.decode(cred + b"\0junk", munged)
+    assert ei.value.reason == "bad_arg"
+
+
+def test_missing_socket_fails_fast(tmp_path):
+    path = str(tmp_path / "no-such.sock")
+    t0 = time.monotonic()
+    with pytest.raises(munge.MungeError) as ei:
+        munge.encode(b"x", path)
+    assert time.monotonic() - t0 < 2.0
+    assert ei.value.reason == "socket"
+    assert path in str(ei.value)
+    assert munge.available(path) is not None
+
+
+def test_encode_as_nobody_decodes_to_nobody(munged):
+    require(os.geteuid() == 0, "root (to switch a child to uid 65534)")
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(w, munge.encode(b"from nobody", munged))
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        cred = f.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    got = munge.decode(cred, munged)
+    assert (got.payload, got.uid, got.gid) == (b"from nobody", NOBODY, NOBODY)
+
+
+def test_ttl_is_honoured(munged):
+    cred = munge.encode(b"short", munged, ttl=1)
+    time.sleep(2.2)
+    with pytest.raises(munge.MungeError) as ei:
+        munge.decode(cred, munged)
+    assert ei.value.reason == "cred_expired"
+
+
+def test_available(munged):
+    assert munge.available(munged) is None
+
+
+def test_concurrent_calls_are_independent(munged):
+    errors = []
+
+    def work(n):
+        try:
+            for i in range(20):
+                body = f"{n}:{i}".encode()
+                assert munge.decode(munge.encode(body, munged), munged).payload == body
+        except Exception as e:  # collected: a thread's assert would be lost otherwise
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

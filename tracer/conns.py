@@ -1,0 +1,71 @@
+"""`callerid conns`: the connection table of this node, like `ss -tnp`, with owners and jobs."""
+
+import json
+import sys
+
+from callerid import config as cfgmod
+from callerid.slurm_cgroup import job_from_proc_cgroup
+from callerid.userdb import user_name
+
+from . import procfs
+from .bpfmap import ConnMap
+from .layout import F_RECONCILED, key_tuple
+from .probes import pin_dir
+
+
+def _fmt(ip, port) -> str:
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def rows(conns: ConnMap, include_closed: bool) -> list[dict]:
+    out = []
+    own_netns = procfs.own_netns_inode()
+    for key, owner in conns.items():
+        if owner.closed_ns and not include_closed:
+            continue
+        src, sport, dst, dport = key_tuple(key)
+        job = None
+        alive = False
+        try:
+            info = procfs.proc_info(owner.tgid)
+            alive = procfs.same_start(info, owner.birth_ns)
+            if alive and info.netns != own_netns:
+                continue  # another namespace's connection: not this node's
+            if alive:
+                ref = job_from_proc_cgroup(info.cgroup_text)
+                job = ref.job_id if ref else None
+        except procfs.ProcessGone:
+            pass
+        out.append({
+            "state": "closed" if owner.closed_ns else "open",
+            "local": _fmt(src, sport), "peer": _fmt(dst, dport),
+            "pid": owner.tgid, "uid": owner.uid, "user": user_name(owner.uid),
+            "comm": owner.comm.decode(errors="replace"), "job_id": job,
+            "owner_alive": alive, "cgroup_id": owner.cgroup_id,
+            "origin": "reconcile" if owner.flags & F_RECONCILED else "probe",
+        })
+    out.sort(key=lambda r: (r["state"], r["local"]))
+    return out
+
+
+def main(args) -> int:
+    cfg = cfgmod.load(args.config)
+    path = pin_dir(cfg.tracer.pin_root) / "conns"
+    conns = ConnMap.open_pinned(path)
+    if conns is None:
+        print(f"callerid conns: no connection map pinned at {path} (is the tracer running?)", file=sys.stderr)
+        return 1
+    try:
+        table = rows(conns, args.all)
+    finally:
+        conns.close()
+    if args.json:
+        print(json.dumps(table, indent=1))
+        return 0
+    hdr = f"{'State':<7}{'Local Address:Port':<42}{'Peer Address:Port':<42}{'Job':>8} {'User':<12}{'Process'}"
+    print(hdr)
+    for r in table:
+        job = str(r["job_id"]) if r["job_id"] else "-"
+        proc = f'("{r["comm"]}",pid={r["pid"]})' + ("" if r["owner_alive"] else " exited")
+        print(f"{r['state']:<7}{r['local']:<42}{r['peer']:<42}{job:>8} {r['user']:<12}{proc}")
+    return 0

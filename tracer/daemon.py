@@ -1,0 +1,119 @@
+"""`callerid tracer`: load the probe, reconcile, serve the RPC and /metrics, sweep, stop on SIGTERM."""
+
+import logging
+import signal
+import threading
+
+from prometheus_client import start_http_server
+
+from callerid import config as cfgmod
+from callerid.config import Config, parse_addr
+from callerid.userdb import uid_of
+
+from . import probes
+from .lookup import Resolver
+from .metrics import TracerMetrics
+from .reconcile import reconcile
+from .server import RpcServer, bind_listener
+from .service import RequestHandler
+from .sweeper import Sweeper
+
+log = logging.getLogger("callerid.tracer")
+
+
+class Tracer:
+    """Everything the tracer runs, so tests and benchmarks can start one in-process."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        t = cfg.tracer
+        self.metrics = TracerMetrics()
+        self.probe = self._load_probe()
+        self.metrics.set_probe(self.probe)
+        conns = self.probe.conns if self.probe else None
+        if conns is not None and t.reconcile:
+            self._reconcile(conns)
+        self.resolver = Resolver(conns, cfg.common.node(), fallback=t.fallback)
+        handler = RequestHandler(self.resolver, self.metrics, uid_of(cfg.common.slurm_user), cfg.common.munge_socket)
+        listen = t.listen or [f"[::]:{cfg.common.rpc_port}"]
+        self.server = RpcServer([bind_listener(*parse_addr(a, cfg.common.rpc_port)) for a in listen], handler,
+                                self.metrics, t.max_clients, t.read_timeout_seconds, t.max_frame_bytes)
+        self.sweeper = Sweeper(conns, self.metrics, t.close_grace_seconds) if conns is not None else None
+        self._stop = threading.Event()
+        self._http = None
+
+    def _load_probe(self):
+        t = self.cfg.tracer
+        try:
+            return probes.load(t.probe, t.pin_root, t.max_connections, t.max_pending, t.replace_pinned)
+        except probes.PinnedMapMismatch:
+            raise
+        except probes.ProbeLoadError as exc:
+            if t.probe != "auto" or t.require_bpf:
+                raise
+            log.error("no probe backend could be loaded (%s); answering from sock_diag + /proc only", exc)
+            return None
+
+    def _reconcile(self, conns):
+        import time
+        start = time.perf_counter()
+        try:
+            self.metrics.reconcile_inserted.inc(reconcile(conns))
+            self.metrics.reconcile_success.set(1)
+        except Exception:  # noqa: BLE001 - reconcile is best effort; the fallback still answers
+            log.exception("start-up reconcile failed")
+            self.metrics.reconcile_success.set(0)
+        self.metrics.reconcile_seconds.set(time.perf_counter() - start)
+
+    def start(self):
+        m = self.cfg.tracer.metrics
+        if m:
+            host, port = parse_addr(m, 9828)
+            self._http, _ = start_http_server(port, host, registry=self.metrics.registry)
+        self.server.start()
+        if self.sweeper is not None:
+            threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True).start()
+        log.info("tracer serving on %s (probe %s, node %s)",
+                 ", ".join(f"{h}:{p}" for h, p in self.server.addresses),
+                 self.probe.backend if self.probe else "none", self.resolver.node)
+
+    def _sweep_loop(self):
+        while not self._stop.wait(self.cfg.tracer.sweep_interval_seconds):
+            try:
+                self.sweeper.sweep_once()
+            except Exception:  # noqa: BLE001 - keep sweeping next time
+                self.metrics.sweep_failures.inc()
+                log.exception("sweep failed")
+
+    def stop(self):
+        self._stop.set()
+        self.server.stop()
+        if self._http is not None:
+            self._http.shutdown()
+        if self.probe is not None:
+            self.probe.close()  # maps stay pinned: the next tracer keeps every entry
+
+
+def run(args) -> int:
+    cfg = cfgmod.load(args.config)
+    if args.listen:
+        cfg.tracer.listen = list(args.listen)
+    if args.metrics is not None:
+        cfg.tracer.metrics = args.metrics
+    if args.probe:
+        cfg.tracer.probe = args.probe
+    from callerid import logs
+    logs.setup("callerid-tracer", cfg.common.log_level)
+    try:
+        tracer = Tracer(cfg)
+    except (probes.ProbeLoadError, probes.PinnedMapMismatch, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    tracer.start()
+    done.wait()
+    log.info("stopping")
+    tracer.stop()
+    return 0

@@ -1,0 +1,95 @@
+"""The tracer's Prometheus metrics: every name the tracer exports is defined here."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+
+from callerid import __version__
+from .layout import STAT_NAMES
+
+# Sub-millisecond resolution for map answers, seconds for munged or /proc trouble.
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                   0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+RPC_RESULTS = ("found", "not_found", "denied", "bad_frame", "auth_failed", "replayed",
+               "busy", "unsupported_version", "timeout", "internal_error")
+
+
+class TracerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        Info("callerid_build", "callerid build information.", registry=r).info({"version": __version__})
+        self.requests = Counter("callerid_rpc_requests", "callerid RPC requests by result (denied answers look like not_found to the caller).",
+                                ["result"], registry=r)
+        for res in RPC_RESULTS:
+            self.requests.labels(res)
+        self.request_seconds = Histogram("callerid_rpc_request_duration_seconds",
+                                         "Time from a complete request frame to the answer being sent.",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.clients = Gauge("callerid_rpc_clients", "RPC clients connected now.", registry=r)
+        self.lookups = Counter("callerid_lookups", "Lookups by the source that answered (none: nothing found).",
+                               ["source"], registry=r)
+        for s in ("bpf", "proc", "none"):
+            self.lookups.labels(s)
+        self.fallbacks = Counter("callerid_fallback_lookups", "Lookups that went to sock_diag + /proc, by reason.",
+                                 ["reason"], registry=r)
+        for s in ("map_miss", "no_bpf"):
+            self.fallbacks.labels(s)
+        self.owner_exited = Counter("callerid_owner_exited_answers",
+                                    "Map hits whose recorded process has exited or whose pid was reused.", registry=r)
+        self.probe_info = Gauge("callerid_probe_backend", "1 for the probe backend in use (none: fallback only).",
+                                ["backend"], registry=r)
+        self.probe_load_seconds = Gauge("callerid_probe_load_duration_seconds",
+                                        "Time to compile, load, attach and self-test the probe.", registry=r)
+        self.sweeps = Counter("callerid_sweeper_runs", "Sweeper passes over the connection map.", registry=r)
+        self.sweep_failures = Counter("callerid_sweeper_failures", "Sweeper passes that raised an error.", registry=r)
+        self.sweep_deleted = Counter("callerid_sweeper_deleted_connections",
+                                     "Closed connections deleted after their grace period.", registry=r)
+        self.sweep_stale = Counter("callerid_sweeper_stale_closed_connections",
+                                   "Entries marked closed by the sweeper because their socket no longer exists.", registry=r)
+        self.sweep_seconds = Gauge("callerid_sweeper_last_duration_seconds", "Duration of the last sweep.", registry=r)
+        self.tracked = Gauge("callerid_tracked_connections", "Entries in the connection map at the last sweep.",
+                             ["state"], registry=r)
+        self.reconcile_inserted = Counter("callerid_reconcile_inserted_connections",
+                                          "Connections found at start-up and written to the map.", registry=r)
+        self.reconcile_seconds = Gauge("callerid_reconcile_last_duration_seconds",
+                                       "Duration of the start-up reconcile.", registry=r)
+        self.reconcile_success = Gauge("callerid_reconcile_last_success", "1 if the last reconcile completed.", registry=r)
+        ProcessCollector(registry=r)
+        self._probe = None
+        r.register(_ProbeCollector(self))
+
+    def set_probe(self, loaded):
+        """loaded: tracer.probes.LoadedProbe or None (fallback only)."""
+        self._probe = loaded
+        for b in ("tracepoint", "kprobe", "fentry", "none"):
+            self.probe_info.labels(b).set(0)
+        self.probe_info.labels(loaded.backend if loaded else "none").set(1)
+        if loaded:
+            self.probe_load_seconds.set(loaded.load_seconds)
+
+
+class _ProbeCollector:
+    """Reads map capacity and the BPF-side per-CPU counters when scraped."""
+
+    def __init__(self, metrics: TracerMetrics):
+        self.m = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        probe = self.m._probe
+        cap = GaugeMetricFamily("callerid_map_capacity_connections", "Capacity of the connection map.")
+        events = CounterMetricFamily("callerid_bpf_events", "Events counted by the BPF program, by kind.",
+                                     labels=["event"])
+        if probe is not None:
+            cap.add_metric([], probe.conns.capacity)
+            for name, value in probe.stats().items():
+                events.add_metric([name], value)
+        else:
+            for name in STAT_NAMES:
+                events.add_metric([name], 0)
+        yield cap
+        yield events

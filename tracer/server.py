@@ -1,0 +1,161 @@
+"""The callerid RPC listener: bounded clients, a deadline on every read, never blocked by one peer."""
+
+import logging
+import socket
+import threading
+import time
+
+from callerid.protocol import HEADER, ErrorCode, FrameType, ProtocolError, decode_header, encode_error
+
+from .metrics import TracerMetrics
+
+log = logging.getLogger("callerid.tracer.server")
+
+
+class _Deadline(Exception):
+    pass
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """Listen on host:port; '::' is dual stack (IPv4 clients arrive v4-mapped)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6 and host in ("::", ""):
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind((host, port))
+    s.listen(128)
+    return s
+
+
+class RpcServer:
+    def __init__(self, listeners: list[socket.socket], handler, metrics: TracerMetrics,
+                 max_clients: int = 64, read_timeout: float = 2.0, max_frame: int = 8192):
+        self.listeners = listeners
+        self.handler = handler
+        self.metrics = metrics
+        self.read_timeout = read_timeout
+        self.max_frame = max_frame
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def addresses(self):
+        return [s.getsockname()[:2] for s in self.listeners]
+
+    def start(self):
+        for s in self.listeners:
+            t = threading.Thread(target=self._accept_loop, args=(s,), name=f"rpc-accept-{s.getsockname()[1]}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self):
+        self._stop.set()
+        for s in self.listeners:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _accept_loop(self, lsock: socket.socket):
+        while not self._stop.is_set():
+            try:
+                conn, addr = lsock.accept()
+            except OSError:
+                if self._stop.is_set():
+                    return
+                time.sleep(0.01)  # e.g. EMFILE: do not spin
+                continue
+            peer = _fmt_peer(addr)
+            if not self._slots.acquire(blocking=False):
+                self.metrics.requests.labels("busy").inc()
+                log.warning("rpc from %s: refused, %s: too many clients", peer, "busy")
+                _send_quietly(conn, encode_error(ErrorCode.BUSY, "too many clients"))
+                conn.close()
+                continue
+            threading.Thread(target=self._serve, args=(conn, peer), name="rpc-client", daemon=True).start()
+
+    def _serve(self, conn: socket.socket, peer: str):
+        self.metrics.clients.inc()
+        try:
+            with conn:
+                self._serve_frames(conn, peer)
+        except Exception:  # noqa: BLE001 - one client's failure must never end the server
+            log.exception("rpc from %s: unexpected error", peer)
+            self.metrics.requests.labels("internal_error").inc()
+        finally:
+            self.metrics.clients.dec()
+            self._slots.release()
+
+    def _serve_frames(self, conn: socket.socket, peer: str):
+        served = 0
+        while not self._stop.is_set():
+            deadline = time.monotonic() + self.read_timeout
+            try:
+                head = _recv_exact(conn, HEADER.size, deadline, allow_eof=True)
+                if head is None:
+                    return  # clean close between frames
+                ftype, length = decode_header(head, self.max_frame)
+                if ftype != FrameType.REQUEST:
+                    raise ProtocolError(ErrorCode.BAD_FRAME, f"expected a request, got {ftype.name}")
+                payload = _recv_exact(conn, length, deadline, allow_eof=False)
+            except _Deadline as exc:
+                if str(exc) == "idle" and served:
+                    return  # keep-alive client went quiet after its answers: just hang up
+                self.metrics.requests.labels("timeout").inc()
+                log.warning("rpc from %s: request not complete within %.1fs", peer, self.read_timeout)
+                _send_quietly(conn, encode_error(ErrorCode.TIMEOUT, "request not complete before the deadline"))
+                return
+            except ProtocolError as exc:
+                result = "unsupported_version" if exc.code == ErrorCode.UNSUPPORTED_VERSION else "bad_frame"
+                self.metrics.requests.labels(result).inc()
+                log.warning("rpc from %s: %s", peer, exc)
+                _send_quietly(conn, encode_error(exc.code, str(exc)))
+                return  # cannot resynchronise a byte stream after a bad frame
+            except ConnectionError:
+                self.metrics.requests.labels("bad_frame").inc()
+                log.warning("rpc from %s: connection closed mid-frame", peer)
+                return
+            conn.settimeout(self.read_timeout)
+            served += 1
+            try:
+                conn.sendall(self.handler.handle(payload, peer))
+            except OSError as exc:
+                log.warning("rpc from %s: cannot send answer: %s", peer, exc)
+                return
+
+
+def _recv_exact(conn: socket.socket, n: int, deadline: float, allow_eof: bool) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Deadline("idle" if allow_eof and not buf else "partial")
+        conn.settimeout(left)
+        try:
+            chunk = conn.recv(n - len(buf))
+        except socket.timeout:
+            continue
+        if not chunk:
+            if allow_eof and not buf:
+                return None
+            raise ConnectionError("eof mid-frame")
+        buf += chunk
+    return bytes(buf)
+
+
+def _send_quietly(conn: socket.socket, data: bytes):
+    try:
+        conn.settimeout(0.5)
+        conn.sendall(data)
+    except OSError:
+        pass
+
+
+def _fmt_peer(addr) -> str:
+    host, port = addr[0], addr[1]
+    if host.startswith("::ffff:"):
+        host = host[7:]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

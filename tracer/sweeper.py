@@ -1,0 +1,72 @@
+"""Delete closed connections once their grace period is over; close entries whose socket vanished."""
+
+import logging
+import time
+
+from . import procfs, sockdiag
+from .bpfmap import ConnMap
+from .layout import key_tuple
+from .metrics import TracerMetrics
+
+log = logging.getLogger("callerid.tracer.sweeper")
+
+
+def verdict(closed_ns: int, birth_ns: int, now_ns: int, grace_ns: int) -> str:
+    """What to do with one entry (pure):
+    'delete' - closed longer ago than the grace period;
+    'verify' - open, but older than the grace period: its close may have been
+               missed (tracer down at the time), so check the socket still exists;
+    'keep'   - otherwise."""
+    if closed_ns:
+        return "delete" if now_ns - closed_ns > grace_ns else "keep"
+    return "verify" if now_ns - birth_ns > grace_ns else "keep"
+
+
+def _tuple_key(t) -> tuple:
+    s, sp, d, dp = t
+    return (getattr(s, "ipv4_mapped", None) or s, sp, getattr(d, "ipv4_mapped", None) or d, dp)
+
+
+class Sweeper:
+    def __init__(self, conns: ConnMap, metrics: TracerMetrics, grace_seconds: float):
+        self.conns = conns
+        self.metrics = metrics
+        self.grace_ns = int(grace_seconds * 1e9)
+
+    def sweep_once(self) -> dict:
+        start = time.perf_counter()
+        now = procfs.boottime_ns()
+        deleted = stale = open_ = closed = 0
+        to_verify = []
+        for key, owner in self.conns.items():
+            v = verdict(owner.closed_ns, owner.birth_ns, now, self.grace_ns)
+            if v == "delete":
+                if self.conns.delete(key):
+                    deleted += 1
+                continue
+            if v == "verify":
+                to_verify.append((key, owner))
+            if owner.closed_ns:
+                closed += 1
+            else:
+                open_ += 1
+        if to_verify:
+            # One sock_diag dump answers for all candidates (no dump when nothing is old).
+            live = {_tuple_key((s.src, s.sport, s.dst, s.dport)) for s in sockdiag.list_tcp(states=sockdiag.ALIVE_STATES)}
+            for key, owner in to_verify:
+                if _tuple_key(key_tuple(key)) not in live:
+                    owner.closed_ns = now
+                    if self.conns.update(key, owner):
+                        stale += 1
+                        open_ -= 1
+                        closed += 1
+        m = self.metrics
+        m.sweeps.inc()
+        m.sweep_deleted.inc(deleted)
+        m.sweep_stale.inc(stale)
+        m.tracked.labels("open").set(open_)
+        m.tracked.labels("closed").set(closed)
+        m.sweep_seconds.set(time.perf_counter() - start)
+        if deleted or stale:
+            log.debug("sweep: deleted %d, marked %d stale, %d open, %d closed", deleted, stale, open_, closed)
+        return {"deleted": deleted, "stale": stale, "open": open_, "closed": closed}
