@@ -20,7 +20,9 @@
 
 #define TCP_ESTABLISHED_ 1
 #define TCP_SYN_SENT_    2
+#define TCP_FIN_WAIT1_   4
 #define TCP_CLOSE_       7
+#define TCP_LAST_ACK_    9
 #define AF_INET_         2
 #define AF_INET6_        10
 #define IPPROTO_TCP_     6
@@ -105,6 +107,15 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         else
             count(CALLERID_STAT_ESTABLISHED);
         pending.delete(&sk);
+        return 0;
+    }
+    /* The owner closing its end (FIN_WAIT1 / LAST_ACK) starts the grace
+     * period: the socket may linger in FIN_WAIT2 or TIME_WAIT for minutes, but
+     * the owner is done with it. A reset goes straight to CLOSE. */
+    if (args->newstate == TCP_FIN_WAIT1_ || args->newstate == TCP_LAST_ACK_) {
+        struct callerid_key key;
+        FILL_KEY(key, args);
+        stamp_closed(&key);
         return 0;
     }
     if (args->newstate == TCP_CLOSE_) {

@@ -51,6 +51,8 @@ class MungeError(Exception):
 
 @dataclass(frozen=True)
 class Decoded:
+    """A valid credential: its payload and the uid/gid of the process that encoded it."""
+
     payload: bytes
     uid: int
     gid: int

@@ -53,6 +53,8 @@ def _step(parts: list[str], job_index: int) -> str | None:
 
 def job_from_cgroup_path(path: str, layout: str = "v2", controller: str | None = None) -> JobRef | None:
     """Parse one cgroup path of hierarchy `layout` ("v1" or "v2"); None if it is no Slurm job."""
+    if layout not in ("v1", "v2"):
+        raise ValueError(f"layout must be 'v1' or 'v2', not {layout!r}")
     parts = path.split("/")
     for i, part in enumerate(parts):
         if _USER_DELEGATED.fullmatch(part):
@@ -65,14 +67,12 @@ def job_from_cgroup_path(path: str, layout: str = "v2", controller: str | None =
             if uid and job:
                 return JobRef(int(job[1]), int(uid[1]), _step(parts, i + 2), root[1], "v1",
                               controller, "/".join(parts[: i + 3]))
-        elif layout == "v2":
+        else:
             scope = _V2_SCOPE.fullmatch(part)
             job = _V2_JOB.fullmatch(parts[i + 1]) if scope and i + 1 < len(parts) else None
             if job:
                 return JobRef(int(job[1]) if job[1] else None, None, _step(parts, i + 1),
                               scope[1], "v2", None, "/".join(parts[: i + 2]), job[2])
-        else:
-            raise ValueError(f"layout must be 'v1' or 'v2', not {layout!r}")
     return None
 
 
@@ -81,7 +81,7 @@ def job_from_proc_cgroup(text: str) -> JobRef | None:
     best, best_rank = None, 3
     for line in text.splitlines():
         # "hierarchy-id:controller-list:path"; the path itself may contain ':'.
-        hid, sep1, rest = line.strip().partition(":")
+        hid, sep1, rest = line.partition(":")
         controllers, sep2, path = rest.partition(":")
         if not (sep1 and sep2 and path.startswith("/")):
             continue

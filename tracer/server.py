@@ -147,9 +147,16 @@ def _recv_exact(conn: socket.socket, n: int, deadline: float, allow_eof: bool) -
 
 
 def _send_quietly(conn: socket.socket, data: bytes):
+    """Send a last frame and half-close. Unread input would make close() send a
+    RST that can destroy the frame in flight, so drain a little first (bounded)."""
     try:
         conn.settimeout(0.5)
         conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(0.2)
+        for _ in range(16):
+            if not conn.recv(4096):
+                break
     except OSError:
         pass
 

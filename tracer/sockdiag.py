@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass
 
 from pyroute2 import DiagSocket
-from pyroute2.netlink import NLM_F_REQUEST, NLMSG_ERROR
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
 from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_req
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -33,6 +33,9 @@ TCP_CLOSING = 11
 
 ESTABLISHED_ONLY = frozenset({TCP_ESTABLISHED})
 ALL_STATES = frozenset(range(TCP_ESTABLISHED, TCP_CLOSING + 1))
+
+# A module constant so a test can stand in for a kernel without tcp_diag.
+_PROTOCOL = socket.IPPROTO_TCP
 
 # inet_diag_sockid.idiag_cookie meaning "do not check the cookie" (INET_DIAG_NOCOOKIE).
 _NOCOOKIE = 0xFFFFFFFFFFFFFFFF
@@ -60,7 +63,7 @@ def _diag():
 
     The socket is created per call, not cached: a netlink socket stays in the
     namespace it was created in, and callers may setns() between calls.
-    Opening one costs about 1.5 ms (pyroute2 sets up an asyncio loop).
+    Opening one costs 0.5-1.5 ms (pyroute2 sets up an asyncio loop).
     """
     try:
         with DiagSocket() as ds:
@@ -94,42 +97,11 @@ def _to_socket(msg) -> TcpSocket:
     )
 
 
-def _sockets(msgs, missing_ok: bool = False) -> list[TcpSocket]:
-    found = []
-    for msg in msgs:
-        mtype = msg["header"]["type"]
-        if mtype == NLMSG_ERROR:
-            # pyroute2's diag marshal picks a message class by the family byte,
-            # so it never decodes NLMSG_ERROR; the errno is the first field
-            # after the 16-byte netlink header.
-            (code,) = struct.unpack_from("i", msg.data, msg.offset + 16)
-            if code == 0 or (missing_ok and code == -errno.ENOENT):
-                continue
-            raise SockDiagError(-code, f"sock_diag: {os.strerror(-code)}")
-        if mtype == SOCK_DIAG_BY_FAMILY:
-            found.append(_to_socket(msg))
-    return found
-
-
-def _dump(ds, family: int, mask: int) -> list[TcpSocket]:
-    # The kernel applies the state mask, so unwanted sockets never cross netlink.
-    return _sockets(ds.get_sock_stats(family=family, states=mask, extensions=0))
-
-
-def list_tcp(states=ESTABLISHED_ONLY, families=(AF_INET, AF_INET6)) -> list[TcpSocket]:
-    """All TCP sockets in the given states, one kernel dump per family.
-
-    Dual-stack sockets (AF_INET6 with v4-mapped addresses) appear once, under
-    AF_INET6: the kernel dumps by sk_family.
-    """
-    mask = _mask(states)
-    with _diag() as ds:
-        return [s for family in families for s in _dump(ds, family, mask)]
-
-
-def listening_ports() -> set[int]:
-    """Local ports of TCP LISTEN sockets, both families."""
-    return {s.sport for s in list_tcp(states={TCP_LISTEN})}
+def _errno(msg) -> int:
+    # The errno is the first field after the 16-byte netlink header, in both
+    # NLMSG_ERROR and a dump's NLMSG_DONE. pyroute2 decodes neither here: its
+    # diag marshal picks message classes by the family byte at that offset.
+    return struct.unpack_from("i", msg.data, msg.offset + 16)[0]
 
 
 def _words(ip) -> tuple[int, int, int, int]:
@@ -138,28 +110,70 @@ def _words(ip) -> tuple[int, int, int, int]:
     return struct.unpack(">4I", raw)
 
 
-def _exact_request(ds, src, sport: int, dst, dport: int):
-    """One inet_diag_sockid lookup (no NLM_F_DUMP): O(1) in the kernel's hash.
+def _request(ds, family: int, mask: int, sockid=None) -> list[TcpSocket]:
+    """A TCP dump of one family, or with sockid=(src, sport, dst, dport) one exact lookup.
 
-    src/dst are both IPv4 or both IPv6 here. The kernel resolves an AF_INET
-    request (and an AF_INET6 one with v4-mapped addresses) with inet_lookup(),
-    which also finds dual-stack AF_INET6 sockets; with no established match it
-    falls back to the listener on the local port, so callers must re-check the
-    tuple. See net/ipv4/inet_diag.c: inet_diag_find_one_icsk().
+    The exact form (no NLM_F_DUMP) is O(1) in the kernel's hash. The kernel
+    resolves an AF_INET request (and an AF_INET6 one with v4-mapped
+    addresses) with inet_lookup(), which also finds dual-stack AF_INET6
+    sockets; with no established match it falls back to the listener on the
+    local port, so callers must re-check the tuple
+    (net/ipv4/inet_diag.c: inet_diag_find_one_icsk()).
     """
+    src, sport, dst, dport = sockid or (ipaddress.IPv6Address(0), 0, ipaddress.IPv6Address(0), 0)
     req = inet_diag_req()
-    req["sdiag_family"] = AF_INET if src.version == 4 else AF_INET6
-    req["sdiag_protocol"] = socket.IPPROTO_TCP
+    req["sdiag_family"] = family
+    req["sdiag_protocol"] = _PROTOCOL
     req["idiag_ext"] = 0
-    req["idiag_states"] = _mask(ALL_STATES)
+    req["idiag_states"] = mask
     req["idiag_sport"] = sport
     req["idiag_dport"] = dport
     req["idiag_src"] = _words(src)
     req["idiag_dst"] = _words(dst)
     req["idiag_if"] = 0
-    req["idiag_cookie"] = _NOCOOKIE
-    # ENOENT is the kernel's "no such socket" answer to an exact lookup.
-    return _sockets(ds.nlm_request(req, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST), missing_ok=True)
+    req["idiag_cookie"] = _NOCOOKIE if sockid else 0
+    flags = NLM_F_REQUEST if sockid else NLM_F_REQUEST | NLM_F_DUMP
+    done_errors = []
+
+    def note_done(msg):
+        # A dump that fails after it started ends with NLMSG_DONE carrying
+        # -errno; pyroute2 swallows that message, so catch it on the way.
+        if msg["header"]["type"] == NLMSG_DONE and _errno(msg):
+            done_errors.append(-_errno(msg))
+        return False
+
+    found = []
+    for msg in ds.nlm_request(req, SOCK_DIAG_BY_FAMILY, flags, callback=note_done):
+        mtype = msg["header"]["type"]
+        if mtype == NLMSG_ERROR:
+            code = -_errno(msg)
+            # ENOENT is the kernel's "no such socket" answer to an exact lookup.
+            if code == 0 or (sockid and code == errno.ENOENT):
+                continue
+            raise SockDiagError(code, f"sock_diag: {os.strerror(code)}")
+        if mtype == SOCK_DIAG_BY_FAMILY:
+            found.append(_to_socket(msg))
+    if done_errors:
+        raise SockDiagError(done_errors[0], f"sock_diag dump: {os.strerror(done_errors[0])}")
+    return found
+
+
+def list_tcp(states=ESTABLISHED_ONLY, families=(AF_INET, AF_INET6)) -> list[TcpSocket]:
+    """All TCP sockets in the given states, one kernel dump per family.
+
+    The kernel applies the state mask, so unwanted sockets never cross netlink.
+    Dual-stack sockets (AF_INET6 with v4-mapped addresses) appear once, under
+    AF_INET6: the kernel dumps by sk_family. Decoding costs about 50 us per
+    socket in pyroute2.
+    """
+    mask = _mask(states)
+    with _diag() as ds:
+        return [s for family in families for s in _request(ds, family, mask)]
+
+
+def listening_ports() -> set[int]:
+    """Local ports of TCP LISTEN sockets, both families."""
+    return {s.sport for s in list_tcp(states={TCP_LISTEN})}
 
 
 def _plain(ip):
@@ -178,7 +192,8 @@ def find_tcp(src_ip, sport: int, dst_ip, dport: int) -> list[TcpSocket]:
     src, dst = _plain(src_ip), _plain(dst_ip)
     if src.version != dst.version:
         return []
+    family = AF_INET if src.version == 4 else AF_INET6
     with _diag() as ds:
-        found = _exact_request(ds, src, sport, dst, dport)
+        found = _request(ds, family, _mask(ALL_STATES), (src, sport, dst, dport))
     want = (mapped16(src), sport, mapped16(dst), dport)
     return [s for s in found if (mapped16(s.src), s.sport, mapped16(s.dst), s.dport) == want]

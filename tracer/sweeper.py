@@ -22,6 +22,10 @@ def verdict(closed_ns: int, birth_ns: int, now_ns: int, grace_ns: int) -> str:
     return "verify" if now_ns - birth_ns > grace_ns else "keep"
 
 
+# States in which a socket still holds its tuple for its owner (TIME_WAIT belongs to nobody).
+ALIVE_STATES = sockdiag.ALL_STATES - {sockdiag.TCP_TIME_WAIT, sockdiag.TCP_CLOSE, sockdiag.TCP_LISTEN}
+
+
 def _tuple_key(t) -> tuple:
     s, sp, d, dp = t
     return (getattr(s, "ipv4_mapped", None) or s, sp, getattr(d, "ipv4_mapped", None) or d, dp)
@@ -52,7 +56,7 @@ class Sweeper:
                 open_ += 1
         if to_verify:
             # One sock_diag dump answers for all candidates (no dump when nothing is old).
-            live = {_tuple_key((s.src, s.sport, s.dst, s.dport)) for s in sockdiag.list_tcp(states=sockdiag.ALIVE_STATES)}
+            live = {_tuple_key((s.src, s.sport, s.dst, s.dport)) for s in sockdiag.list_tcp(states=ALIVE_STATES)}
             for key, owner in to_verify:
                 if _tuple_key(key_tuple(key)) not in live:
                     owner.closed_ns = now

@@ -1,0 +1,123 @@
+"""Slurm-layout job cgroups made by tests (v1 and v2), and processes started inside them.
+
+Laid out exactly as slurmd makes them, so callerid cannot tell them from real
+jobs: v1 <ctrl>/slurm_<node>/uid_<uid>/job_<id>/step_<step> in each controller,
+v2 <cgroup2>/system.slice/slurmstepd.scope/job_<id>/step_<step>/user/task_special.
+"""
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+
+
+def setns_net(path: str) -> None:
+    """Join the network namespace at path (os.setns arrived only in Python 3.12)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+V1_CONTROLLERS = ("freezer", "memory", "devices", "cpuset", "cpuacct")
+
+
+def _v1_available(root: str) -> list[str]:
+    return [c for c in V1_CONTROLLERS if os.path.ismount(f"{root}/{c}")]
+
+
+@dataclass
+class JobTree:
+    node: str
+    root: str = "/sys/fs/cgroup"
+    layout: str = "v1"  # or "v2"
+    v2_mount: str = "/sys/fs/cgroup/unified"
+    created: list = field(default_factory=list)
+    procs: list = field(default_factory=list)
+
+    def _mk(self, path: Path):
+        if not path.exists():
+            path.mkdir()
+            self.created.append(path)
+        if path.parent.name == "cpuset" or "cpuset" in path.parts:
+            # cpuset v1 refuses tasks until cpus and mems are set: copy the parent's.
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                if (path / f).exists() and not (path / f).read_text().strip():
+                    (path / f).write_text((path.parent / f).read_text())
+
+    def step_dirs(self, uid: int, job: int, step: str) -> list[Path]:
+        if self.layout == "v1":
+            return [Path(self.root, c, f"slurm_{self.node}", f"uid_{uid}", f"job_{job}", f"step_{step}")
+                    for c in _v1_available(self.root)]
+        base = Path(self.v2_mount, "system.slice", "slurmstepd.scope", f"job_{job}", f"step_{step}")
+        return [base / "user" / "task_special"] if step == "extern" else [base / "user" / "task_0"]
+
+    def create(self, uid: int, job: int, steps=("extern", "0")) -> None:
+        for step in steps:
+            for leaf in self.step_dirs(uid, job, step):
+                top = next(i for i, part in enumerate(leaf.parts)
+                           if part.startswith("slurm_") or part == "system.slice")
+                p = Path(*leaf.parts[:top])
+                for part in leaf.parts[top:]:
+                    p = p / part
+                    self._mk(p)
+
+    def procs_file(self, uid: int, job: int, step: str) -> list[Path]:
+        return [d / "cgroup.procs" for d in self.step_dirs(uid, job, step)]
+
+    def pids(self, uid: int, job: int, step: str) -> set[int]:
+        out = set()
+        for f in self.procs_file(uid, job, step):
+            out |= {int(x) for x in f.read_text().split()}
+        return out
+
+    def popen(self, argv, uid: int, gid: int, job: int, step: str = "0", netns: str | None = None,
+              **kw) -> subprocess.Popen:
+        """Start argv as uid:gid inside the job step (joins before exec, like slurmstepd),
+        optionally in the network namespace at path `netns` (joined while still root)."""
+        files = [str(f) for f in self.procs_file(uid, job, step)]
+
+        def enter():
+            if netns:
+                setns_net(netns)
+            for f in files:
+                with open(f, "w") as fh:
+                    fh.write("0")
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+
+        p = subprocess.Popen(argv, preexec_fn=enter, **kw)
+        self.procs.append(p)
+        return p
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=5)
+        for path in reversed(self.created):
+            procs = path / "cgroup.procs"
+            if procs.exists():
+                for pid in procs.read_text().split():
+                    try:
+                        os.kill(int(pid), 9)  # only pids inside cgroups this tree created
+                    except ProcessLookupError:
+                        pass
+            for _ in range(100):  # killed tasks leave the cgroup asynchronously
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
+        self.created.clear()

@@ -1,0 +1,273 @@
+"""The tracer daemon against the real kernel: BPF probe, pinned maps, munged, RPC, sweeper."""
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from callerid import munge
+from callerid.client import RpcError, ask
+from callerid.protocol import (HEADER, ErrorCode, FrameType, Query, Source, Status, decode_error,
+                               decode_header, encode_frame)
+from tests.infra.procs import wait_for
+from tests.infra.tracerproc import metric, scrape
+from tests.kernel.conftest import close_client, start_client
+
+pytestmark = pytest.mark.kernel
+CALLERID = os.path.join(os.path.dirname(sys.executable), "callerid")
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A dual-stack root listener on loopback that accepts and holds connections."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", 0))
+    s.listen(256)
+    held = []
+    stop = threading.Event()
+
+    def loop():
+        s.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(s.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    yield s.getsockname()[1]
+    stop.set()
+    t.join(2)
+    for c in held:
+        c.close()
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def tracer(tracers):
+    t = tracers.make(close_grace_seconds=2.0, sweep_interval_seconds=0.5).start()
+    return t
+
+
+def query(tracer, c, timeout=3.0) -> "Answer":
+    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+    return ask(("127.0.0.1", tracer.port), q, timeout, tracer.munge_socket)
+
+
+def query_as(user, tracer, c) -> tuple[int, dict | str]:
+    """Run `callerid query --json` as another user; returns (exit code, parsed answer or stderr)."""
+    def drop():
+        os.setgroups([])
+        os.setgid(user.gid)
+        os.setuid(user.uid)
+    r = subprocess.run([CALLERID, "--config", str(tracer.config), "query", "--json", "--server",
+                        f"127.0.0.1:{tracer.port}", c["src"], str(c["sport"]), c["dst"], str(c["dport"])],
+                       preexec_fn=drop, capture_output=True, text=True, timeout=20)
+    assert r.returncode in (0, 1), r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+@pytest.fixture(autouse=True)
+def _munge_socket(tracer, munged):
+    tracer.munge_socket = munged.socket
+
+
+@pytest.mark.parametrize("family,host", [("4", "127.0.0.1"), ("6", "::1"), ("mapped", "127.0.0.1")])
+def test_connection_after_start_found_with_owner_and_job(tracer, jobs, test_users, listener, family, host):
+    user = test_users[0]
+    jobs.create(user.uid, 4101)
+    p, conns = start_client(jobs, user, 4101, host, listener, family=family, comm="cid-ssh")
+    c = conns[0]
+    ans = query(tracer, c)
+    assert ans.status == Status.FOUND
+    assert ans.source == Source.BPF
+    assert (ans.pid, ans.uid, ans.gid) == (p.pid, user.uid, user.gid)
+    assert ans.comm == "cid-ssh"
+    assert ans.job_id == 4101
+    assert f"uid_{user.uid}/job_4101" in ans.cgroup
+    assert not ans.closed and not ans.owner_exited
+    # an AF_INET connect and a dual-stack AF_INET6 connect to the same peer are
+    # found by the same query, whichever spelling (plain or v4-mapped) it uses
+    if family == "4":
+        other = dict(c, src=f"::ffff:{c['src']}", dst=f"::ffff:{c['dst']}")
+        assert query(tracer, other).pid == p.pid
+    if family == "mapped":
+        assert c["src"].startswith("::ffff:")
+        other = dict(c, src=c["src"][7:], dst=c["dst"][7:])
+        assert query(tracer, other).pid == p.pid
+    close_client(p)
+
+
+def test_non_owner_gets_not_found_owner_and_root_get_answer(tracer, jobs, test_users, listener):
+    owner, other = test_users
+    jobs.create(owner.uid, 4102)
+    p, (c,) = start_client(jobs, owner, 4102, "127.0.0.1", listener)
+    before = scrape(tracer.metrics_url)
+    rc, ans = query_as(other, tracer, c)
+    assert rc == 1 and ans["status"] == "not_found" and ans["pid"] == 0 and ans["job_id"] is None
+    rc, ans = query_as(owner, tracer, c)
+    assert rc == 0 and ans["job_id"] == 4102 and ans["pid"] == p.pid
+    assert query(tracer, c).job_id == 4102  # root
+    after = scrape(tracer.metrics_url)
+    assert metric(after, "callerid_rpc_requests_total", result="denied") == \
+        metric(before, "callerid_rpc_requests_total", result="denied") + 1
+    # the denial is indistinguishable from a real miss for the caller
+    unknown = dict(c, dport=1)
+    rc2, miss = query_as(other, tracer, unknown)
+    assert rc2 == 1 and {k: v for k, v in miss.items() if k != "query"} == \
+        {k: v for k, v in ans_not_found_shape(miss).items() if k != "query"}
+    close_client(p)
+
+
+def ans_not_found_shape(d: dict) -> dict:
+    return {**d, "status": "not_found", "source": "none", "pid": 0, "uid": None, "gid": None, "job_id": None,
+            "comm": "", "cgroup": "", "cgroup_id": 0, "birth_ns": 0, "closed": False, "owner_exited": False}
+
+
+def test_closed_connection_found_within_grace_then_swept(tracer, jobs, test_users, listener):
+    user = test_users[0]
+    jobs.create(user.uid, 4103)
+    p, (c,) = start_client(jobs, user, 4103, "127.0.0.1", listener)
+    close_client(p)
+    ans = query(tracer, c)
+    assert ans.status == Status.FOUND and ans.closed and ans.job_id == 4103 and ans.source == Source.BPF
+    # grace 2 s, sweep every 0.5 s: gone within a few seconds, and the fallback finds nothing either
+    wait_for(lambda: query(tracer, c).status == Status.NOT_FOUND, 10, "the sweeper to delete the entry")
+    samples = scrape(tracer.metrics_url)
+    assert metric(samples, "callerid_sweeper_deleted_connections_total") >= 1
+
+
+def test_failed_connect_leaves_nothing(tracer):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]  # bound, never listening: connects are refused
+        before = scrape(tracer.metrics_url)
+        for _ in range(3):
+            with socket.socket() as s:
+                with pytest.raises(ConnectionRefusedError):
+                    s.connect(("127.0.0.1", dead_port))
+        after = scrape(tracer.metrics_url)
+    failed = metric(after, "callerid_bpf_events_total", event="connect_failed") - \
+        metric(before, "callerid_bpf_events_total", event="connect_failed")
+    assert failed >= 3
+    r = subprocess.run([CALLERID, "--config", str(tracer.config), "conns", "--all", "--json"],
+                       capture_output=True, text=True, check=True)
+    assert not [row for row in json.loads(r.stdout) if row["peer"].endswith(f":{dead_port}")]
+
+
+def test_pid_reuse_reports_owner_exited(tracer, listener):
+    """An entry whose pid now names a younger process must not name that process."""
+    from tracer.bpfmap import ConnMap
+    from tracer.layout import Owner, make_key
+    from tracer.probes import pin_dir
+
+    conns = ConnMap.open_pinned(pin_dir(tracer.pin_root) / "conns")
+    try:
+        key = make_key("127.0.0.1", 40000, "127.0.0.1", 40001)
+        o = Owner(tgid=os.getpid(), tid=os.getpid(), uid=0, gid=0, birth_ns=1, comm=b"old")
+        assert conns.update(key, o)  # our pid, but "born" long before this process started
+        ans = query(tracer, {"src": "127.0.0.1", "sport": 40000, "dst": "127.0.0.1", "dport": 40001})
+        assert ans.status == Status.FOUND and ans.owner_exited and ans.job_id is None and ans.comm == "old"
+        conns.delete(key)
+    finally:
+        conns.close()
+
+
+def _raw(port, data: bytes, read=True, timeout=5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        if not read:
+            return b""
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def _error_code(reply: bytes) -> ErrorCode:
+    ftype, length = decode_header(reply[:HEADER.size])
+    assert ftype == FrameType.ERROR
+    return decode_error(reply[HEADER.size:HEADER.size + length])[0]
+
+
+def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, jobs, test_users, listener):
+    user = test_users[0]
+    jobs.create(user.uid, 4104)
+    p, (c,) = start_client(jobs, user, 4104, "127.0.0.1", listener)
+    port = tracer.port
+    before = scrape(tracer.metrics_url)
+
+    # slow clients first: they hold connections open while everything else goes on
+    slow = []
+    for _ in range(4):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"CI")  # a header that never completes
+        slow.append(s)
+    try:
+        assert _error_code(_raw(port, b"GET / HTTP/1.0\r\n\r\n")) == ErrorCode.BAD_FRAME
+        assert _error_code(_raw(port, struct.pack("!2sBBI", b"CI", 1, 1, 10_000_000))) == ErrorCode.BAD_FRAME
+        assert _error_code(_raw(port, struct.pack("!2sBBI", b"CI", 9, 1, 4))) == ErrorCode.UNSUPPORTED_VERSION
+        assert _error_code(_raw(port, encode_frame(FrameType.REQUEST, b"MUNGE:not-a-credential:"))) in \
+            (ErrorCode.AUTH_FAILED,)
+        # a credential from a munged with another key
+        q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+        good = encode_frame(FrameType.REQUEST, munge.encode(q.encode(), tracer.munge_socket))
+        assert _raw(port, good)[2:4] == bytes([1, FrameType.ANSWER])
+        assert _error_code(_raw(port, good)) == ErrorCode.REPLAYED  # same credential again
+        # a valid credential around a malformed query
+        junk = encode_frame(FrameType.REQUEST, munge.encode(b"\x01\x04junk", tracer.munge_socket))
+        assert _error_code(_raw(port, junk)) == ErrorCode.BAD_FRAME
+        # truncated frame: header promises 100 bytes, 10 arrive, then EOF
+        _raw(port, struct.pack("!2sBBI", b"CI", 1, 1, 100) + b"x" * 10, read=False)
+        # meanwhile a well-behaved client is answered, repeatedly and fast
+        for _ in range(20):
+            t0 = time.monotonic()
+            assert query(tracer, c).job_id == 4104
+            assert time.monotonic() - t0 < 1.0
+    finally:
+        for s in slow:
+            s.close()
+    # the slow clients time out on the server (2 s read deadline) and are counted
+    def counted():
+        now = scrape(tracer.metrics_url)
+        delta = {r: metric(now, "callerid_rpc_requests_total", result=r) - metric(before, "callerid_rpc_requests_total", result=r)
+                 for r in ("bad_frame", "unsupported_version", "auth_failed", "replayed", "timeout", "found")}
+        return delta if delta["timeout"] >= 0 and delta["bad_frame"] >= 4 else None
+    delta = wait_for(counted, 10, "bad-frame counters")
+    assert delta["unsupported_version"] == 1
+    assert delta["auth_failed"] == 1
+    assert delta["replayed"] == 1
+    assert delta["found"] >= 21
+    assert tracer.running
+    close_client(p)
+
+
+def test_slow_client_times_out_and_is_counted(tracer):
+    before = metric(scrape(tracer.metrics_url), "callerid_rpc_requests_total", result="timeout")
+    reply = _raw(tracer.port, b"CI\x01", timeout=6)  # read_timeout_seconds defaults to 2
+    assert _error_code(reply) == ErrorCode.TIMEOUT
+    assert metric(scrape(tracer.metrics_url), "callerid_rpc_requests_total", result="timeout") == before + 1
+
+
+def test_unreachable_tracer_is_a_clear_error(munged):
+    q = Query.make("127.0.0.1", 1234, "127.0.0.1", 22)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nobody listens here
+        with pytest.raises(RpcError) as exc:
+            ask(("127.0.0.1", port), q, 1.0, munged.socket)
+    assert exc.value.reason == "connect"
