@@ -16,9 +16,9 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def write_config(path: Path, munge_socket: str, pin_root: str, listen: list[str], metrics: str,
-                 nodename: str = "testnode", **tracer) -> None:
+                 nodename: str = "testnode", rpc_port: int = 6828, **tracer) -> None:
     lines = ["[common]", f'munge_socket = "{munge_socket}"', f'nodename = "{nodename}"',
-             'slurm_user = "root"', 'log_level = "debug"', "", "[tracer]",
+             'slurm_user = "root"', 'log_level = "debug"', f"rpc_port = {rpc_port}", "", "[tracer]",
              "listen = [" + ", ".join(f'"{a}"' for a in listen) + "]", f'metrics = "{metrics}"',
              f'pin_root = "{pin_root}"']
     for k, v in tracer.items():
@@ -37,6 +37,8 @@ class TracerProc:
         argv = [str(VENV_BIN / "callerid"), "--config", str(self.config), "tracer", *extra]
         if self.netns:
             argv = self.netns.argv(argv)
+        if getattr(self, "_logf", None):
+            self._logf.close()
         self._logf = open(self.log, "ab")
         self._log_start = self.log.stat().st_size
         self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT)

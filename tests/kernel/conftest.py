@@ -44,9 +44,9 @@ class TracerFactory:
         port = free_port()
         mport = free_port()
         opts.setdefault("probe", "tracepoint")
-        listen = listen or [f"127.0.0.1:{port}", f"[::1]:{port}"]
+        listen = [f"127.0.0.1:{port}", f"[::1]:{port}"] if listen is None else listen
         cfg = Path(d, "callerid.toml")
-        write_config(cfg, self.munge_socket, pin_root, listen, f"127.0.0.1:{mport}", **opts)
+        write_config(cfg, self.munge_socket, pin_root, listen, f"127.0.0.1:{mport}", rpc_port=port, **opts)
         t = TracerProc(cfg, Path(d, "tracer.log"), netns)
         t.port, t.metrics_url, t.pin_root = port, f"http://127.0.0.1:{mport}/metrics", pin_root
         self.made.append(t)

@@ -1,0 +1,176 @@
+"""Tracer start-up, restart, probe selection and pinned-map layout against the real kernel."""
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from callerid.client import ask
+from callerid.protocol import Query, Source, Status
+from tests.infra.tracerproc import metric, scrape
+from tests.kernel.conftest import close_client, start_client
+from tests.kernel.test_tracer import listener  # noqa: F401 - shared fixture
+
+pytestmark = pytest.mark.kernel
+CALLERID = os.path.join(os.path.dirname(sys.executable), "callerid")
+
+
+def query(t, c, munge_socket):
+    return ask(("127.0.0.1", t.port), Query.make(c["src"], c["sport"], c["dst"], c["dport"]), 3.0, munge_socket)
+
+
+def conns_json(t) -> list[dict]:
+    r = subprocess.run([CALLERID, "--config", str(t.config), "conns", "--json", "--all"],
+                       capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)
+
+
+def test_connections_opened_before_start_are_reconciled(tracers, munged, jobs, test_users, listener):  # noqa: F811
+    user = test_users[0]
+    jobs.create(user.uid, 4201)
+    p, (c,) = start_client(jobs, user, 4201, "127.0.0.1", listener)
+    t = tracers.make().start()  # fresh pins: the map knows nothing of this connection
+    try:
+        ans = query(t, c, munged.socket)
+        assert ans.status == Status.FOUND and ans.pid == p.pid and ans.job_id == 4201 and ans.uid == user.uid
+        assert ans.source == Source.BPF  # reconcile put it in the map
+        row = [r for r in conns_json(t) if r["local"] == f"127.0.0.1:{c['sport']}"]
+        assert row and row[0]["origin"] == "reconcile" and row[0]["job_id"] == 4201
+        assert metric(scrape(t.metrics_url), "callerid_reconcile_inserted_connections_total") >= 1
+    finally:
+        t.stop()
+        close_client(p)
+
+
+def test_fallback_answers_when_map_misses(tracers, munged, jobs, test_users, listener):  # noqa: F811
+    user = test_users[0]
+    jobs.create(user.uid, 4202)
+    p, (c,) = start_client(jobs, user, 4202, "127.0.0.1", listener, family="mapped")
+    t = tracers.make(reconcile=False).start()
+    try:
+        ans = query(t, c, munged.socket)
+        assert ans.status == Status.FOUND and ans.source == Source.PROC
+        assert ans.pid == p.pid and ans.job_id == 4202
+        s = scrape(t.metrics_url)
+        assert metric(s, "callerid_fallback_lookups_total", reason="map_miss") == 1
+        assert metric(s, "callerid_lookups_total", source="proc") == 1
+    finally:
+        t.stop()
+        close_client(p)
+
+
+def test_restart_keeps_attribution_from_the_pinned_map(tracers, munged, jobs, test_users, listener):  # noqa: F811
+    user = test_users[0]
+    jobs.create(user.uid, 4203)
+    t = tracers.make(reconcile=False).start()
+    p = None
+    try:
+        p, (c,) = start_client(jobs, user, 4203, "::1", listener, family="6")
+        assert query(t, c, munged.socket).source == Source.BPF
+        t.stop()
+        t.start()  # same pins, reconcile off: only the pinned map can know this connection
+        ans = query(t, c, munged.socket)
+        assert ans.status == Status.FOUND and ans.source == Source.BPF and ans.pid == p.pid and ans.job_id == 4203
+        row = [r for r in conns_json(t) if r["local"] == f"[::1]:{c['sport']}"]
+        assert row and row[0]["origin"] == "probe"
+    finally:
+        t.stop()
+        if p:
+            close_client(p)
+
+
+def test_forced_unavailable_backend_fails_clearly(tracers):
+    t = tracers.make(probe="kprobe")
+    t.start(wait=False)
+    assert t.proc.wait(timeout=60) == 1
+    log = t.log_text()
+    assert "cannot start" in log and "kprobe" in log
+
+
+def test_auto_falls_over_to_a_working_backend(tracers):
+    t = tracers.make(probe="auto").start(timeout=60)
+    try:
+        s = scrape(t.metrics_url)
+        loaded = [b for b in ("fentry", "kprobe", "tracepoint") if metric(s, "callerid_probe_backend", backend=b) == 1]
+        assert len(loaded) == 1, s
+        assert f"probe backend {loaded[0]} loaded" in t.log_text()
+        # on machines without kprobes/trampolines the failures are logged, not fatal
+        for b in ("fentry", "kprobe"):
+            if b != loaded[0] and b not in t.log_text():
+                pytest.fail(f"auto did not report trying {b}")
+    finally:
+        t.stop()
+
+
+def test_pinned_map_with_other_layout_is_refused_then_replaced(tracers):
+    from bcc import BPF
+    from tracer.probes import pin_dir
+    t = tracers.make()
+    pins = pin_dir(t.pin_root)
+    pins.mkdir(parents=True)
+    # a map of the same name but another value size, pinned where ours goes
+    BPF(text=f'BPF_TABLE_PINNED("lru_hash", u64, u64, conns, 1024, "{pins}/conns");'.encode()).cleanup()
+    assert (pins / "conns").exists()
+    t.start(wait=False)
+    assert t.proc.wait(timeout=60) == 1
+    assert "refusing to reuse it" in t.log_text()
+    # with replace_pinned the tracer starts and serves
+    t.config.write_text(t.config.read_text() + "replace_pinned = true\n")
+    t.start()
+    try:
+        assert "replacing it as asked" in t.log_text()
+    finally:
+        t.stop()
+
+
+def test_layout_mirror_matches_bcc_view_of_the_header():
+    """tracer/layout.py must agree with what BCC compiles from bpf/callerid.h."""
+    from bcc import BPF
+    from tracer import layout
+    src = f'#include "{layout.header_path()}"\nBPF_HASH(m, struct callerid_key, struct callerid_owner, 1);'
+    b = BPF(text=src.encode())
+    try:
+        tbl = b["m"]
+        for mine, theirs in ((layout.ConnKey, tbl.Key), (layout.Owner, tbl.Leaf)):
+            assert ctypes.sizeof(mine) == ctypes.sizeof(theirs)
+            for name, _ in mine._fields_:
+                assert getattr(mine, name).offset == getattr(theirs, name).offset, name
+    finally:
+        b.cleanup()
+    hdr = layout.header_path().read_text()
+    assert f"#define CALLERID_LAYOUT_VERSION {layout.LAYOUT_VERSION}\n" in hdr
+
+
+def test_conns_agrees_with_ss(tracers, munged, jobs, test_users, listener):  # noqa: F811
+    user = test_users[0]
+    jobs.create(user.uid, 4204)
+    t = tracers.make(reconcile=False).start()
+    p = None
+    try:
+        p, conns = start_client(jobs, user, 4204, "127.0.0.1", listener, count=5)
+        ss = subprocess.run(["ss", "-tnpH", "state", "established", "dport", f"= :{listener}"],
+                            capture_output=True, text=True, check=True).stdout
+        rows = {r["local"]: r for r in conns_json(t) if r["state"] == "open"}
+        for c in conns:
+            local = f"127.0.0.1:{c['sport']}"
+            assert f"{local} " in ss and f"pid={p.pid}," in ss
+            assert rows[local]["pid"] == p.pid and rows[local]["job_id"] == 4204 and rows[local]["user"] == user.name
+    finally:
+        t.stop()
+        if p:
+            close_client(p)
+
+
+def test_doctor_reports_backends_and_munge(munged, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[common]\nmunge_socket = "{munged.socket}"\n')
+    r = subprocess.run([CALLERID, "--config", str(cfg), "doctor", "--json"], capture_output=True, text=True, timeout=120)
+    checks = {c["name"]: c for c in json.loads(r.stdout)}
+    assert checks["probe tracepoint"]["status"] == "ok"
+    assert checks["munge"]["status"] == "ok"
+    assert checks["bpffs"]["status"] == "ok" and checks["tracefs"]["status"] == "ok"
+    for b in ("kprobe", "fentry"):
+        assert checks[f"probe {b}"]["status"] in ("ok", "warn")
