@@ -1,4 +1,4 @@
-"""The `callerid` command: tracer, query, conns, doctor, config (adopter and pam join later)."""
+"""The `callerid` command: tracer, adopter, query, conns, doctor, config."""
 
 import argparse
 import json
@@ -43,6 +43,11 @@ def _tracer(args) -> int:
     return run(args)
 
 
+def _adopter(args) -> int:
+    from adopter.daemon import run
+    return run(args)
+
+
 def _conns(args) -> int:
     from tracer.conns import main
     return main(args)
@@ -78,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--probe", choices=("auto", "tracepoint", "kprobe", "fentry"))
     t.set_defaults(func=_tracer)
 
+    a = sub.add_parser("adopter", help="run the destination-side daemon (PAM hook socket, adoption, metrics)")
+    a.set_defaults(func=_adopter)
+
     q = sub.add_parser("query", help="ask a tracer who opened SRC_IP:SRC_PORT -> DST_IP:DST_PORT")
     q.add_argument("--server", metavar="HOST:PORT", help="tracer to ask (default: SRC_IP at the RPC port)")
     q.add_argument("--timeout", type=float, default=2.0)
@@ -104,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pam"]:
+        # `callerid pam ...` = the pam_exec hook; dispatched before argparse to stay light.
+        from adopter.hook import main as hook_main
+        return hook_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

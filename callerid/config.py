@@ -69,6 +69,7 @@ class AdopterConfig:
     rpc_timeout_seconds: float = opt(2.0, "Deadline for the callerid RPC to the source node.")
     deadline_seconds: float = opt(5.0, "Total deadline of the hook; past it the hook applies action_generic_failure.")
     cgroup_root: str = opt("/sys/fs/cgroup", "Where cgroup hierarchies are mounted.")
+    adopt_exe: list = opt(["sshd"], "Executables (basename) of PAM applications whose hook requests are served; the hook's parent must run one of them.")
 
 
 @dataclass
@@ -89,6 +90,12 @@ def _apply(section, values: dict, where: str):
             value = float(value)
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise ConfigError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
+        if want is list and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}.{key}: expected a list of strings, got {value!r}")
+        if want in (int, float) and value < 0:
+            raise ConfigError(f"{where}.{key}: must not be negative, got {value!r}")
+        if want is int and key.startswith("max_") and value == 0:
+            raise ConfigError(f"{where}.{key}: must be at least 1")
         setattr(section, key, value)
 
 
@@ -104,8 +111,9 @@ def load(path: str | Path | None = None) -> Config:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    sections = {f.name for f in fields(Config)}
     for name, values in data.items():
-        section = getattr(cfg, name, None)
+        section = getattr(cfg, name) if name in sections else None
         if section is None or not isinstance(values, dict):
             raise ConfigError(f"{path}: unknown section [{name}]")
         _apply(section, values, f"{path} [{name}]")
@@ -113,16 +121,24 @@ def load(path: str | Path | None = None) -> Config:
 
 
 def parse_addr(text: str, default_port: int) -> tuple[str, int]:
-    """'1.2.3.4:5', '[::1]:5', '[::]', 'host' -> (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else default_port
-        return host, port
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        return host, int(port)
-    return text, default_port
+    """'1.2.3.4:5', '[::1]:5', '[::]', 'host' -> (host, port); ConfigError otherwise."""
+    t = text.strip()
+    try:
+        if t.startswith("["):
+            host, close, rest = t[1:].partition("]")
+            if not close or (rest and not rest.startswith(":")):
+                raise ValueError("expected [ADDR6] or [ADDR6]:PORT")
+            port = int(rest[1:]) if rest else default_port
+        elif t.count(":") == 1:
+            host, p = t.split(":")
+            port = int(p)
+        else:
+            host, port = t, default_port
+        if not host or not 0 <= port < 65536:
+            raise ValueError("empty host or port out of range")
+    except ValueError as exc:
+        raise ConfigError(f"bad address {text!r}: {exc}") from None
+    return host, port
 
 
 def reference() -> str:

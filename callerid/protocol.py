@@ -47,6 +47,7 @@ class Source(enum.IntEnum):
     PROC = 2
 
 
+NO_ID = 0xFFFFFFFF  # uid/gid unknown: (uid_t)-1 is never a real id
 ANSWER_FLAG_OWNER_EXITED = 1
 ANSWER_FLAG_CLOSED = 2
 
@@ -142,17 +143,17 @@ class Answer:
     cgroup: str = ""
     node: str = ""
 
-    _S = struct.Struct("!BBBB40sIIiiQQ16sHH")
+    _S = struct.Struct("!BBBB40sIIIIQQ16sHH")
 
     def encode(self) -> bytes:
         flags = (ANSWER_FLAG_OWNER_EXITED if self.owner_exited else 0) | (ANSWER_FLAG_CLOSED if self.closed else 0)
-        cgroup = self.cgroup.encode()[:4096]
-        node = self.node.encode()[:255]
+        cgroup = _clip(self.cgroup, 4096)
+        node = _clip(self.node, 255)
         head = self._S.pack(
             VERSION, self.status, self.source, flags, self.query.encode(),
-            self.job_id or 0, self.pid, -1 if self.uid is None else self.uid,
-            -1 if self.gid is None else self.gid, self.cgroup_id, self.birth_ns,
-            self.comm.encode()[:16], len(cgroup), len(node),
+            self.job_id or 0, self.pid, NO_ID if self.uid is None else self.uid,
+            NO_ID if self.gid is None else self.gid, self.cgroup_id, self.birth_ns,
+            _clip(self.comm, 16), len(cgroup), len(node),
         )
         return head + cgroup + node
 
@@ -171,7 +172,7 @@ class Answer:
             return cls(
                 query=Query.decode(q), status=Status(status), source=Source(source),
                 owner_exited=bool(flags & ANSWER_FLAG_OWNER_EXITED), closed=bool(flags & ANSWER_FLAG_CLOSED),
-                job_id=job_id or None, pid=pid, uid=None if uid < 0 else uid, gid=None if gid < 0 else gid,
+                job_id=job_id or None, pid=pid, uid=None if uid == NO_ID else uid, gid=None if gid == NO_ID else gid,
                 cgroup_id=cgid, birth_ns=birth, comm=comm.rstrip(b"\0").decode(errors="replace"),
                 cgroup=data[n:n + lcg].decode(errors="replace"),
                 node=data[n + lcg:].decode(errors="replace"),
@@ -186,6 +187,11 @@ class Answer:
         d["status"] = self.status.name.lower()
         d["source"] = self.source.name.lower()
         return d
+
+
+def _clip(text: str, limit: int) -> bytes:
+    """UTF-8 of text, cut to limit bytes without splitting a character."""
+    return text.encode()[:limit].decode(errors="ignore").encode()
 
 
 def encode_frame(ftype: FrameType, payload: bytes) -> bytes:

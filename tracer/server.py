@@ -72,7 +72,8 @@ class RpcServer:
             if not self._slots.acquire(blocking=False):
                 self.metrics.requests.labels("busy").inc()
                 log.warning("rpc from %s: refused, %s: too many clients", peer, "busy")
-                _send_quietly(conn, encode_error(ErrorCode.BUSY, "too many clients"))
+                # no draining here: this is the accept thread, it must not wait on anyone
+                _send_quietly(conn, encode_error(ErrorCode.BUSY, "too many clients"), drain=False)
                 conn.close()
                 continue
             threading.Thread(target=self._serve, args=(conn, peer), name="rpc-client", daemon=True).start()
@@ -146,13 +147,15 @@ def _recv_exact(conn: socket.socket, n: int, deadline: float, allow_eof: bool) -
     return bytes(buf)
 
 
-def _send_quietly(conn: socket.socket, data: bytes):
+def _send_quietly(conn: socket.socket, data: bytes, drain: bool = True):
     """Send a last frame and half-close. Unread input would make close() send a
     RST that can destroy the frame in flight, so drain a little first (bounded)."""
     try:
-        conn.settimeout(0.5)
+        conn.settimeout(0.5 if drain else 0.05)
         conn.sendall(data)
         conn.shutdown(socket.SHUT_WR)
+        if not drain:
+            return
         conn.settimeout(0.2)
         for _ in range(16):
             if not conn.recv(4096):

@@ -14,6 +14,8 @@ from .metrics import TracerMetrics
 log = logging.getLogger("callerid.tracer.rpc")
 
 _MUNGE_REASONS = {"cred_replayed": ("replayed", ErrorCode.REPLAYED)}
+# Failures of our own munged or libmunge: the caller's credential may be fine.
+_LOCAL_MUNGE_FAULTS = {"socket", "timeout", "library", "no_memory", "snafu"}
 
 
 def may_see(requester_uid: int, owner_uid: int | None, slurm_uid: int | None) -> bool:
@@ -45,7 +47,7 @@ class RequestHandler:
             cred = self.decode(payload, self.munge_socket)
         except munge.MungeError as exc:
             result, code = _MUNGE_REASONS.get(exc.reason, ("auth_failed", ErrorCode.AUTH_FAILED))
-            if exc.reason == "socket":
+            if exc.reason in _LOCAL_MUNGE_FAULTS:
                 result, code = "internal_error", ErrorCode.INTERNAL
             log.warning("rpc from %s: credential rejected (%s): %s", peer, exc.reason, exc)
             return result, encode_error(code, f"credential rejected: {exc.reason}")
@@ -73,6 +75,9 @@ class RequestHandler:
         except munge.MungeError as exc:
             log.error("cannot sign answer: %s", exc)
             return "internal_error", encode_error(ErrorCode.INTERNAL, "tracer cannot sign answers (munged?)")
+        except (ValueError, OverflowError) as exc:  # struct.error is a ValueError
+            log.error("cannot encode answer for %s: %s", query, exc)
+            return "internal_error", encode_error(ErrorCode.INTERNAL, "tracer cannot encode this answer")
         return result, encode_frame(FrameType.ANSWER, signed)
 
     def _count_lookup(self, outcome: Outcome):

@@ -96,6 +96,7 @@ service = ["sshd", "login"]
 rpc_timeout_seconds = 1.25
 deadline_seconds = 3.5
 cgroup_root = "/tmp/cg"
+adopt_exe = ["sshd", "login"]
 """
 
 FULL_EXPECTED = {
@@ -108,7 +109,8 @@ FULL_EXPECTED = {
     "adopter": dict(socket="/tmp/adopter.sock", metrics="127.0.0.1:9999", action_no_jobs="ignore",
                     action_unknown="deny", action_adopt_failure="deny", action_generic_failure="deny",
                     ignore_root=False, single_job_skip_rpc=False, service=["sshd", "login"],
-                    rpc_timeout_seconds=1.25, deadline_seconds=3.5, cgroup_root="/tmp/cg"),
+                    rpc_timeout_seconds=1.25, deadline_seconds=3.5, cgroup_root="/tmp/cg",
+                    adopt_exe=["sshd", "login"]),
 }
 
 
@@ -226,17 +228,27 @@ def test_reference_mentions_every_option():
             assert repr(getattr(getattr(cfg, sect.name), f.name)) in rows[0]
 
 
-# Known product bugs (reported, not fixed here): strict xfail so they flip to failures once fixed.
+# Regression tests for bugs found by review.
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, AttributeError),
-                   reason="load() looks sections up with getattr(Config(), name): dunder names escape as TypeError/AttributeError")
 @pytest.mark.parametrize("text", ["[__init__]\nx = 1\n", "[__dict__]\nx = 1\n", "[__class__]\ncommon = 1\n"])
 def test_dunder_section_is_config_error(tmp_path, text):
     with pytest.raises(ConfigError, match="unknown section"):
         load(write(tmp_path, text))
 
 
-@pytest.mark.xfail(strict=True, reason="_apply checks only the list type, not its elements: listen = [5] is accepted")
 def test_list_elements_are_type_checked(tmp_path):
     with pytest.raises(ConfigError):
         load(write(tmp_path, "[tracer]\nlisten = [5]\n"))
+
+
+@pytest.mark.parametrize("text", ["[tracer]\nmax_clients = -5\n", "[tracer]\nmax_clients = 0\n",
+                                  "[adopter]\nrpc_timeout_seconds = -1.0\n", "[adopter]\nservice = [1, true]\n"])
+def test_out_of_range_and_mistyped_list_values_are_refused(tmp_path, text):
+    with pytest.raises(ConfigError):
+        load(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("text", ["host:", "[::1]:", "1.2.3.4:x", "[::1]junk", "[::1", ":5", "1.2.3.4:70000"])
+def test_parse_addr_rejects_malformed_addresses(text):
+    with pytest.raises(ConfigError):
+        parse_addr(text, 1)

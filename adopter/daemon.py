@@ -1,0 +1,181 @@
+"""`callerid adopter`: serve the PAM hook on a root-only unix socket, decide, adopt, export metrics."""
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+
+from prometheus_client import start_http_server
+
+from callerid import config as cfgmod
+from callerid import logs
+
+from . import peer, policy
+from .metrics import AdopterMetrics
+from .service import Adopter, Reply, Settings
+
+log = logging.getLogger("callerid.adopter.daemon")
+MAX_REQUEST = 16384
+REQUEST_FIELDS = {"v", "user", "service", "type", "options"}
+
+
+def base_options(a: cfgmod.AdopterConfig) -> policy.Options:
+    opts, warnings = policy.parse_options({
+        "action_no_jobs": a.action_no_jobs, "action_unknown": a.action_unknown,
+        "action_adopt_failure": a.action_adopt_failure, "action_generic_failure": a.action_generic_failure,
+        "ignore_root": str(a.ignore_root), "single_job_skip_rpc": str(a.single_job_skip_rpc),
+        "service": ",".join(a.service),
+    }, policy.Options())
+    if warnings:
+        raise cfgmod.ConfigError("[adopter]: " + "; ".join(warnings))
+    return opts
+
+
+def parse_request(raw: bytes) -> dict:
+    """The hook's JSON line; anything else (a pid to adopt, unknown fields) is refused."""
+    req = json.loads(raw)
+    if not isinstance(req, dict) or req.get("v") != 1 or set(req) - REQUEST_FIELDS:
+        raise ValueError(f"unexpected request fields or version: {sorted(req) if isinstance(req, dict) else type(req).__name__}")
+    for f in ("user", "service", "type"):
+        if not isinstance(req.get(f), str):
+            raise ValueError(f"field {f!r} must be a string")
+    opts = req.get("options", {})
+    if not isinstance(opts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in opts.items()):
+        raise ValueError("options must map strings to strings")
+    return req
+
+
+class AdopterDaemon:
+    def __init__(self, cfg: cfgmod.Config):
+        self.cfg = cfg
+        a = cfg.adopter
+        self.metrics = AdopterMetrics()
+        self.settings = Settings(
+            nodename=cfg.common.node(), base_options=base_options(a), rpc_port=cfg.common.rpc_port,
+            rpc_timeout=a.rpc_timeout_seconds, munge_socket=cfg.common.munge_socket,
+            slurm_user=cfg.common.slurm_user, cgroup_root=a.cgroup_root, allowed_exe=tuple(a.adopt_exe))
+        self.adopter = Adopter(self.settings, self.metrics)
+        self.sock = self._bind(a.socket)
+        self._stop = threading.Event()
+        self._http = None
+
+    @staticmethod
+    def _bind(path: str) -> socket.socket:
+        d = os.path.dirname(path)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o077)  # root only, from the first instant
+        try:
+            s.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        s.listen(64)
+        return s
+
+    def start(self):
+        m = self.cfg.adopter.metrics
+        if m:
+            host, port = cfgmod.parse_addr(m, 9829)
+            self._http, _ = start_http_server(port, host, registry=self.metrics.registry)
+        threading.Thread(target=self._accept_loop, name="hook-accept", daemon=True).start()
+        log.info("adopter serving %s for node %s (%s)", self.cfg.adopter.socket, self.settings.nodename,
+                 ", ".join(f"{k}={v}" for k, v in vars(self.settings.base_options).items()))
+
+    def stop(self):
+        self._stop.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        if self._http is not None:
+            self._http.shutdown()
+
+    def _accept_loop(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                if self._stop.is_set():
+                    return
+                time.sleep(0.01)
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name="hook", daemon=True).start()
+
+    def _serve(self, conn: socket.socket):
+        with conn:
+            try:
+                reply = self._handle(conn)
+            except Exception:  # noqa: BLE001 - never leave the hook without an answer
+                log.exception("hook request failed")
+                self.metrics.hook_requests.labels("internal_error").inc()
+                reply = None
+            if reply is not None:
+                try:
+                    conn.settimeout(1.0)
+                    conn.sendall(json.dumps(reply.to_json()).encode() + b"\n")
+                except OSError:
+                    pass
+
+    def _handle(self, conn: socket.socket) -> Reply | None:
+        who = peer.peer_credentials(conn)
+        if who.uid != 0:
+            self.metrics.hook_requests.labels("not_root").inc()
+            log.warning("hook socket: refused uid %d (pid %d): only root may ask", who.uid, who.pid)
+            return None
+        conn.settimeout(self.cfg.adopter.deadline_seconds)
+        raw = b""
+        try:
+            while not raw.endswith(b"\n") and len(raw) <= MAX_REQUEST:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                raw += chunk
+        except socket.timeout:
+            self.metrics.hook_requests.labels("timeout").inc()
+            log.warning("hook socket: pid %d sent no complete request in time", who.pid)
+            return None
+        try:
+            if len(raw) > MAX_REQUEST:
+                raise ValueError("request too large")
+            req = parse_request(raw)
+        except ValueError as exc:
+            self.metrics.hook_requests.labels("bad_request").inc()
+            log.warning("hook socket: bad request from pid %d: %s", who.pid, exc)
+            return None
+        opts, _ = policy.parse_options(req.get("options", {}), self.settings.base_options)
+        try:
+            app = peer.pam_application(who, self.settings.allowed_exe)
+        except peer.PeerError as exc:
+            self.metrics.hook_requests.labels("bad_peer").inc()
+            log.warning("hook socket: %s", exc)
+            d = policy.generic_failure(opts, "bad_peer")
+            return Reply(d.verdict.value, policy.pam_exit_code(d.verdict), d.message)
+        self.metrics.hook_requests.labels("ok").inc()
+        return self.adopter.handle(app.pid, req["user"], req["service"], req.get("options", {}))
+
+
+def run(args) -> int:
+    cfg = cfgmod.load(args.config)
+    logs.setup("callerid-adopter", cfg.common.log_level)
+    try:
+        d = AdopterDaemon(cfg)
+    except (cfgmod.ConfigError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    d.start()
+    done.wait()
+    log.info("stopping")
+    d.stop()
+    return 0

@@ -1,0 +1,37 @@
+"""The adopter's Prometheus metrics: every name the adopter exports is defined here."""
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client.process_collector import ProcessCollector
+
+from callerid import __version__
+
+# Sub-millisecond for single-job adoptions, seconds for RPC timeouts and deadlines.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                   0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class AdopterMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = r = registry or CollectorRegistry()
+        Info("callerid_build", "callerid build information.", registry=r).info({"version": __version__})
+        self.decisions = Counter("callerid_adopter_decisions", "Login decisions by verdict and reason.",
+                                 ["verdict", "reason"], registry=r)
+        self.decision_seconds = Histogram("callerid_adopter_decision_duration_seconds",
+                                          "Time from the hook's request to the daemon's reply.",
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.rpc = Counter("callerid_adopter_rpc_requests", "callerid RPCs to source nodes by outcome.",
+                           ["outcome"], registry=r)
+        self.rpc_seconds = Histogram("callerid_adopter_rpc_duration_seconds",
+                                     "Duration of callerid RPCs to source nodes.", buckets=LATENCY_BUCKETS, registry=r)
+        self.adoptions = Counter("callerid_adopter_adoptions", "Attempts to move an sshd into a job's extern step, by result.",
+                                 ["result"], registry=r)
+        self.hook_requests = Counter("callerid_adopter_hook_requests",
+                                     "Requests on the hook socket by result (rejected ones never reach a decision).",
+                                     ["result"], registry=r)
+        self.security = Counter("callerid_adopter_security_events",
+                                "Logins from another user's job or other possible escape attempts.", ["kind"], registry=r)
+        for v in ("success", "job_gone", "permission", "io"):
+            self.adoptions.labels(v)
+        for v in ("ok", "not_root", "bad_request", "bad_peer", "timeout", "internal_error"):
+            self.hook_requests.labels(v)
+        ProcessCollector(registry=r)

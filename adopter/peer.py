@@ -1,0 +1,68 @@
+"""Who is asking on the hook socket, which process to adopt, and which TCP connection it serves."""
+
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+from tracer import procfs, sockdiag
+
+
+class PeerError(Exception):
+    """The hook socket's peer is not a pam_exec child of a PAM application we adopt."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(conn: socket.socket) -> Peer:
+    """SO_PEERCRED: set by the kernel at connect(), cannot be forged by the client."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Peer(pid, uid, gid)
+
+
+def pam_application(peer: Peer, allowed_exe: tuple[str, ...], proc: str = "/proc") -> procfs.ProcInfo:
+    """The process to adopt: the hook's parent (pam_exec forks the hook from sshd's
+    `[priv]` process), checked to be a root process running one of `allowed_exe`."""
+    try:
+        hook = procfs.proc_info(peer.pid, proc)
+        parent = procfs.proc_info(hook.ppid, proc)
+        exe = os.path.basename(os.readlink(f"{proc}/{parent.pid}/exe"))
+    except (procfs.ProcessGone, OSError) as exc:
+        raise PeerError(f"peer pid {peer.pid} or its parent vanished: {exc}") from exc
+    if exe.endswith(" (deleted)"):
+        exe = exe[: -len(" (deleted)")]
+    if exe not in allowed_exe:
+        raise PeerError(f"peer pid {peer.pid}'s parent {parent.pid} runs {exe!r}, not one of {', '.join(allowed_exe)}")
+    if parent.euid != 0:
+        raise PeerError(f"parent {parent.pid} is not running as root")
+    return parent
+
+
+@dataclass(frozen=True)
+class Connection:
+    """The login's TCP connection from the destination's side."""
+    remote_ip: object
+    remote_port: int
+    local_ip: object
+    local_port: int
+
+
+def tcp_connection(pid: int, proc: str = "/proc") -> Connection | None:
+    """The established TCP connection held by pid (sshd [priv] holds the client's socket).
+
+    Done in the caller's network namespace, which must be sshd's. With several,
+    the first in sock_diag order is used (sshd holds exactly one).
+    """
+    inodes = procfs.socket_inodes(pid, proc)
+    if not inodes:
+        return None
+    for s in sockdiag.list_tcp():
+        if s.inode in inodes:
+            return Connection(s.dst, s.dport, s.src, s.sport)
+    return None

@@ -1,0 +1,466 @@
+"""The adopter's decision (adopt, allow, deny or ignore an ssh login) as pure functions over plain data.
+
+No I/O here: the daemon gathers `Facts` (PAM service and user, the user's jobs on this
+node, the source node's callerid answer) and acts on the returned `Decision`. The
+options mirror pam_slurm_adopt's, with the same names and defaults; the one addition is
+that the job named by the source node is checked against the PAM user's uid before it
+is adopted (pam_slurm_adopt adopts whatever job the RPC names).
+
+docs/DECISIONS.md is generated from `render_markdown()`:
+    python3 -m adopter.policy > docs/DECISIONS.md
+"""
+
+from dataclasses import dataclass, field, fields, replace
+from enum import Enum
+
+
+class Verdict(str, Enum):
+    ADOPT = "adopt"        # move the sshd into decision.job_id, then PAM success
+    ALLOW = "allow"        # PAM success, session not adopted
+    DENY = "deny"          # PAM failure, decision.message shown to the user
+    IGNORE = "ignore"      # PAM_IGNORE in spirit: let the rest of the stack decide
+    NEED_RPC = "need_rpc"  # not final: ask the source node, put its answer in Facts.callerid, decide again
+
+
+NO_JOBS_ACTIONS = ("deny", "ignore")
+UNKNOWN_ACTIONS = ("newest", "allow", "deny")
+ADOPT_FAILURE_ACTIONS = ("allow", "deny")
+GENERIC_FAILURE_ACTIONS = ("ignore", "allow", "deny")
+
+_CHOICES = {
+    "action_no_jobs": NO_JOBS_ACTIONS,
+    "action_unknown": UNKNOWN_ACTIONS,
+    "action_adopt_failure": ADOPT_FAILURE_ACTIONS,
+    "action_generic_failure": GENERIC_FAILURE_ACTIONS,
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    """pam_slurm_adopt's policy options, same names and defaults."""
+
+    action_no_jobs: str = "deny"
+    action_unknown: str = "newest"
+    action_adopt_failure: str = "allow"
+    action_generic_failure: str = "ignore"
+    ignore_root: bool = True
+    single_job_skip_rpc: bool = True
+    service: tuple[str, ...] = ("sshd",)  # '*' matches every service
+
+    def __post_init__(self):
+        # Options built by hand (e.g. from callerid.toml, where service is a list) get the
+        # same checks as parsed ones, so decide() never meets a value it cannot act on.
+        if not isinstance(self.service, tuple):
+            object.__setattr__(self, "service", tuple(self.service))
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        for name in ("ignore_root", "single_job_skip_rpc"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a boolean")
+        if not self.service or not all(isinstance(s, str) and s for s in self.service):
+            raise ValueError(f"service={self.service!r}: expected a non-empty list of service names")
+
+    def handles(self, service: str) -> bool:
+        return "*" in self.service or service in self.service
+
+
+_TRUE = ("1", "yes", "true")
+_FALSE = ("0", "no", "false")
+
+# pam_slurm_adopt options that are not policy: accepted on a pam_slurm_adopt line, but
+# set elsewhere in callerid (or not supported), so they get a clearer warning.
+_NOT_POLICY = {
+    "nodename": "set nodename in callerid.toml [common]",
+    "log_level": "set log_level in callerid.toml [common]",
+    "disable_x11": "X11 forwarding into the job is not supported by callerid",
+    "join_container": "joining job containers is not supported by callerid",
+}
+
+
+def _parse_value(name: str, text: str):
+    """The typed value of option `name`, or raise ValueError with a short reason."""
+    value = text.strip()
+    if name in _CHOICES:
+        v = value.lower()
+        if v not in _CHOICES[name]:
+            raise ValueError(f"expected one of {', '.join(_CHOICES[name])}")
+        return v
+    if name in ("ignore_root", "single_job_skip_rpc"):
+        v = value.lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+        raise ValueError("expected 1/0, yes/no or true/false")
+    if name == "service":
+        services = tuple(s.strip() for s in value.split(",") if s.strip())
+        if not services:
+            raise ValueError("expected a comma-separated list of PAM service names or '*'")
+        return services
+    raise KeyError(name)
+
+
+def parse_options(pairs: dict[str, str], base: Options) -> tuple[Options, list[str]]:
+    """Apply 'name=value' settings over base; return the options and a list of warnings.
+
+    As in pam_slurm_adopt, an unknown name or a bad value is not fatal: it is reported
+    and the base value is kept, so a typo on a PAM line never locks everyone out.
+    Names and choice values are matched case-insensitively.
+    """
+    known = {f.name for f in fields(Options)}
+    changes: dict = {}
+    warnings: list[str] = []
+    for raw_name, text in pairs.items():
+        name = raw_name.strip().lower()
+        if name not in known:
+            why = _NOT_POLICY.get(name, "unknown option")
+            warnings.append(f"{raw_name}={text}: {why}; ignored")
+            continue
+        try:
+            changes[name] = _parse_value(name, text)
+        except ValueError as exc:
+            warnings.append(f"{raw_name}={text}: bad value ({exc}); keeping {name}={_show(getattr(base, name))}")
+    return replace(base, **changes), warnings
+
+
+def parse_args(args, base: Options) -> tuple[Options, list[str]]:
+    """Like parse_options, from 'name=value' strings (a PAM line's or hook's argv)."""
+    pairs: dict[str, str] = {}
+    warnings: list[str] = []
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if not sep or not name.strip():
+            warnings.append(f"{arg}: expected name=value; ignored")
+            continue
+        pairs[name] = value
+    opts, more = parse_options(pairs, base)
+    return opts, warnings + more
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: int
+    uid: int
+    start: float  # for 'newest': larger is newer; ties broken by larger job_id
+
+
+@dataclass(frozen=True)
+class CallerAnswer:
+    """What the source node's tracer said, already reduced to plain data."""
+
+    job_id: int | None        # job named by the answer (None: found no job / not found)
+    error: str | None = None  # why the RPC failed ('timeout', 'connect', 'no_socket', ...); None if it answered
+
+
+@dataclass(frozen=True)
+class Facts:
+    service: str
+    user_known: bool          # PAM_USER resolved to a passwd entry
+    uid: int | None
+    jobs: tuple[Job, ...]     # extern steps on this node owned by uid (ownership is re-checked here anyway)
+    callerid: CallerAnswer | None = None  # None until the RPC has been made
+    local_job_ids_all_users: frozenset[int] = frozenset()  # every job with an extern step here, any owner
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str                                # stable snake_case token: metric label and log field
+    job_id: int | None = None                  # the job to adopt into (ADOPT, and adopt_failed_*)
+    on_adopt_failure: Verdict | None = None    # ALLOW or DENY, for ADOPT
+    message: str = ""                          # shown to the user on DENY
+    security: bool = False                     # log as a possible escape attempt
+
+
+MSG_NO_JOBS = "Access denied by callerid: you have no active jobs on this node"
+MSG_UNKNOWN = "Access denied by callerid: the source of this connection is not one of your jobs on this node"
+MSG_ADOPT_FAILED = "Access denied by callerid: your session could not be added to your job on this node"
+MSG_GENERIC = "Access denied by callerid: access to this node could not be checked"
+
+# Why the source node's answer did not lead to an adoption; the reason token is
+# f"{why}_{action_unknown}", e.g. "rpc_failed_newest", "foreign_job_deny".
+UNKNOWN_WHYS = ("no_answer", "rpc_failed", "foreign_job", "job_not_here")
+
+# Reasons callers pass to generic_failure(): the daemon when the PAM user has no passwd
+# entry; the hook when it gets no usable answer from the daemon in time.
+REASON_UNKNOWN_USER = "unknown_user"
+REASON_DAEMON_UNREACHABLE = "daemon_unreachable"
+REASON_DEADLINE = "deadline"
+REASON_INTERNAL_ERROR = "internal_error"
+GENERIC_FAILURE_REASONS = (REASON_UNKNOWN_USER, REASON_DAEMON_UNREACHABLE, REASON_DEADLINE, REASON_INTERNAL_ERROR)
+
+# Every reason decide(), after_adopt_failure() and generic_failure() (with the reasons
+# above) can return: the label values to pre-initialise metrics with.
+REASONS = (
+    ("service_not_handled", "root", "no_jobs", "no_jobs_ignored", "single_job", "need_rpc", "callerid")
+    + tuple(f"{why}_{action}" for why in UNKNOWN_WHYS for action in UNKNOWN_ACTIONS)
+    + tuple(f"adopt_failed_{action}" for action in ADOPT_FAILURE_ACTIONS)
+    + GENERIC_FAILURE_REASONS
+)
+
+
+def _adopt(job_id: int, reason: str, opts: Options, security: bool = False) -> Decision:
+    on_failure = Verdict.ALLOW if opts.action_adopt_failure == "allow" else Verdict.DENY
+    return Decision(Verdict.ADOPT, reason, job_id=job_id, on_adopt_failure=on_failure, security=security)
+
+
+def newest(jobs) -> Job:
+    """The newest job: latest start, then highest job id (as current pam_slurm_adopt)."""
+    return max(jobs, key=lambda j: (j.start, j.job_id))
+
+
+def decide(facts: Facts, opts: Options) -> Decision:
+    """What to do with this login, given what is known so far (see docs/DECISIONS.md)."""
+    if not opts.handles(facts.service):
+        return Decision(Verdict.IGNORE, "service_not_handled")
+    # pam_slurm_adopt fails the session outright when the user lookup fails; callerid
+    # treats it like any other "nothing could be determined" case (action_generic_failure).
+    if not facts.user_known or facts.uid is None:
+        return generic_failure(opts, REASON_UNKNOWN_USER)
+    if facts.uid == 0 and opts.ignore_root:
+        return Decision(Verdict.IGNORE, "root")
+
+    # Discovery already lists only the user's jobs; re-check, so a job owned by someone
+    # else can never be adopted into, and counts as foreign if the source names it.
+    own = tuple(j for j in facts.jobs if j.uid == facts.uid)
+    own_ids = {j.job_id for j in own}
+    others_here = set(facts.local_job_ids_all_users) | {j.job_id for j in facts.jobs}
+    others_here -= own_ids
+
+    if not own:
+        if opts.action_no_jobs == "deny":
+            return Decision(Verdict.DENY, "no_jobs", message=MSG_NO_JOBS)
+        return Decision(Verdict.IGNORE, "no_jobs_ignored")
+    if len(own) == 1 and opts.single_job_skip_rpc:
+        return _adopt(own[0].job_id, "single_job", opts)
+    if facts.callerid is None:
+        return Decision(Verdict.NEED_RPC, "need_rpc")
+
+    answer = facts.callerid
+    security = False
+    if answer.error is not None:
+        # An error wins over any job id that came with it: a failed RPC proves nothing.
+        why = "rpc_failed"
+    elif answer.job_id is None:
+        why = "no_answer"
+    elif answer.job_id in own_ids:
+        return _adopt(answer.job_id, "callerid", opts)
+    elif answer.job_id in others_here:
+        # The connection comes from another user's job on this very node: someone is
+        # trying to get into a job that is not theirs (pam_slurm_adopt would adopt it).
+        why, security = "foreign_job", True
+    else:
+        why = "job_not_here"
+
+    reason = f"{why}_{opts.action_unknown}"
+    if opts.action_unknown == "newest":
+        return _adopt(newest(own).job_id, reason, opts, security=security)
+    if opts.action_unknown == "allow":
+        return Decision(Verdict.ALLOW, reason, security=security)
+    return Decision(Verdict.DENY, reason, message=MSG_UNKNOWN, security=security)
+
+
+def after_adopt_failure(decision: Decision) -> Decision:
+    """The decision once adopting into decision.job_id failed (action_adopt_failure).
+
+    Unlike pam_slurm_adopt, which falls back to action_unknown when adopting the job
+    the RPC named fails, no other job is tried: a session that came from job J belongs
+    in J or nowhere.
+    """
+    if decision.verdict is not Verdict.ADOPT or decision.on_adopt_failure not in (Verdict.ALLOW, Verdict.DENY):
+        raise ValueError(f"not an adoption decision: {decision!r}")
+    if decision.on_adopt_failure is Verdict.ALLOW:
+        return Decision(Verdict.ALLOW, "adopt_failed_allow", job_id=decision.job_id, security=decision.security)
+    return Decision(Verdict.DENY, "adopt_failed_deny", job_id=decision.job_id,
+                    message=MSG_ADOPT_FAILED, security=decision.security)
+
+
+def generic_failure(opts: Options, reason: str) -> Decision:
+    """action_generic_failure applied; reason is the caller's token (see GENERIC_FAILURE_REASONS)."""
+    if opts.action_generic_failure == "allow":
+        return Decision(Verdict.ALLOW, reason)
+    if opts.action_generic_failure == "deny":
+        return Decision(Verdict.DENY, reason, message=MSG_GENERIC)
+    return Decision(Verdict.IGNORE, reason)
+
+
+def pam_exit_code(verdict: Verdict) -> int:
+    """The hook's exit status for pam_exec: 0 except for DENY (1).
+
+    pam_exec turns exit 0 into PAM_SUCCESS and every other status into PAM_SYSTEM_ERR
+    (linux-pam modules/pam_exec/pam_exec.c, call_exec); it cannot return PAM_IGNORE.
+    A non-zero status for IGNORE would fail the login, the opposite of "let the rest of
+    the stack decide", so IGNORE exits 0 like ALLOW. With the hook last in the account
+    stack, as required, the modules before it have already given their verdict, so
+    PAM_SUCCESS from the hook only means "no objection". ALLOW and IGNORE still differ
+    in the logs and metrics.
+    """
+    verdict = Verdict(verdict)
+    if verdict is Verdict.NEED_RPC:
+        raise ValueError("need_rpc is not a final verdict")
+    return 1 if verdict is Verdict.DENY else 0
+
+
+# ---------------------------------------------------------------------------
+# The decision table for administrators (docs/DECISIONS.md). Every row's outcome is
+# computed by decide()/after_adopt_failure()/generic_failure() on an example, so the
+# document cannot disagree with the code.
+
+_UID = 1000
+_OTHER_UID = 1001
+_OLD = Job(job_id=101, uid=_UID, start=1000.0)
+_NEW = Job(job_id=102, uid=_UID, start=2000.0)
+_FOREIGN = 900
+_ELSEWHERE = 77
+
+
+def _facts(jobs=(_OLD, _NEW), callerid=None, uid=_UID, user_known=True, service="sshd") -> Facts:
+    return Facts(service=service, user_known=user_known, uid=uid, jobs=tuple(jobs), callerid=callerid,
+                 local_job_ids_all_users=frozenset({j.job_id for j in jobs} | {_FOREIGN}))
+
+
+def _outcome(d: Decision) -> str:
+    if d.verdict is Verdict.ADOPT:
+        which = {_OLD.job_id: "the job the connection came from",
+                 _NEW.job_id: "the user's newest job"}.get(d.job_id, "the job")
+        if d.reason == "single_job":
+            which = "the user's only job"
+        text = f"adopt into {which}; login allowed"
+    elif d.verdict is Verdict.ALLOW:
+        text = "login allowed, not adopted"
+    elif d.verdict is Verdict.DENY:
+        text = f'login denied: "{d.message}"'
+    elif d.verdict is Verdict.IGNORE:
+        text = "no opinion: the other modules of the account stack decide"
+    else:
+        text = "ask the source node's tracer which job opened the connection, then decide again"
+    if d.security:
+        text += "; logged as a possible escape attempt"
+    return text
+
+
+def _opt_text(**kw) -> str:
+    defaults = Options()
+    parts = []
+    for name, value in kw.items():
+        s = f"{name}={_show(value)}"
+        if getattr(defaults, name) == value:
+            s += " (default)"
+        parts.append(s)
+    return ", ".join(parts) or "any"
+
+
+def decision_table() -> list[dict]:
+    """Rows (situation, options, verdict, reason, outcome) for the administrators' table."""
+    rows: list[dict] = []
+
+    def row(situation: str, decision: Decision, **opts_kw):
+        rows.append({"situation": situation, "options": _opt_text(**opts_kw),
+                     "verdict": decision.verdict.value, "reason": decision.reason,
+                     "security": decision.security, "outcome": _outcome(decision),
+                     "exit": "" if decision.verdict is Verdict.NEED_RPC else str(pam_exit_code(decision.verdict))})
+
+    row("PAM service not listed in `service`", decide(_facts(service="login"), Options()))
+    for a in GENERIC_FAILURE_ACTIONS:
+        row("PAM user has no passwd entry", decide(_facts(user_known=False, uid=None), Options(action_generic_failure=a)),
+            action_generic_failure=a)
+    row("user is root (with ignore_root=0, root goes through the rows below like anyone)",
+        decide(_facts(uid=0, jobs=()), Options()), ignore_root=True)
+    for a in NO_JOBS_ACTIONS:
+        row("user has no job on this node", decide(_facts(jobs=()), Options(action_no_jobs=a)), action_no_jobs=a)
+    row("user has exactly one job here", decide(_facts(jobs=(_OLD,)), Options()), single_job_skip_rpc=True)
+    row("user has several jobs here (or one, with single_job_skip_rpc=0)",
+        decide(_facts(), Options()))
+    row("source node names one of the user's jobs here", decide(_facts(callerid=CallerAnswer(_OLD.job_id)), Options()))
+
+    cases = (
+        ("source node found no job for the connection", CallerAnswer(None)),
+        ("asking the source node failed (no tracer, timeout, connection refused, no socket found)",
+         CallerAnswer(None, error="timeout")),
+        ("source node names **another user's** job on this node", CallerAnswer(_FOREIGN)),
+        ("source node names a job that is not on this node", CallerAnswer(_ELSEWHERE)),
+    )
+    for situation, answer in cases:
+        for a in UNKNOWN_ACTIONS:
+            row(situation, decide(_facts(callerid=answer), Options(action_unknown=a)), action_unknown=a)
+    for a in ADOPT_FAILURE_ACTIONS:
+        opts = Options(action_adopt_failure=a)
+        row("moving the sshd into the chosen job failed", after_adopt_failure(decide(_facts(jobs=(_OLD,)), opts)),
+            action_adopt_failure=a)
+    for reason, situation in (
+        (REASON_DAEMON_UNREACHABLE, "the PAM hook cannot reach the adopter daemon"),
+        (REASON_DEADLINE, "the PAM hook's total deadline (`deadline_seconds`) passed"),
+        (REASON_INTERNAL_ERROR, "the adopter daemon failed while deciding"),
+    ):
+        for a in GENERIC_FAILURE_ACTIONS:
+            row(situation, generic_failure(Options(action_generic_failure=a), reason), action_generic_failure=a)
+    return rows
+
+
+_INTRO = """\
+# What the adopter decides
+
+Generated by `python3 -m adopter.policy > docs/DECISIONS.md` from the policy code
+(`adopter/policy.py`); a unit test fails if this file and the code disagree.
+
+An ssh login reaches the PAM account stack; the callerid hook (`pam_exec`, last in the
+stack) asks the adopter daemon, which applies these rules **in order** and stops at the
+first that matches. The options have pam_slurm_adopt's names and defaults; they are set
+in `callerid.toml` `[adopter]` and can be overridden as `name=value` arguments of the
+hook. An unknown option or a bad value is logged and the default kept.
+
+"reason" is the `reason` label of the adopter's metrics and the `reason=` field of its
+log lines. "Job here" means a job with an extern step on this node. "hook exit" is the
+PAM hook's exit status (see the end of this page).
+"""
+
+_NOTES = """\
+## Differences from pam_slurm_adopt
+
+- **The source's answer is checked.** pam_slurm_adopt adopts whatever job the source
+  node names. callerid adopts it only if it is one of the PAM user's own jobs here. If
+  it belongs to another user, the login is treated like any unresolved connection
+  (`action_unknown`), never adopted into that job, and logged as a possible escape
+  attempt (`foreign_job_*`).
+- **Unknown user.** pam_slurm_adopt fails with a session error when the PAM user has no
+  passwd entry; callerid applies `action_generic_failure`.
+- **Adoption failure.** When adopting into the job the source named fails,
+  pam_slurm_adopt goes on to `action_unknown` (and may adopt a different job); callerid
+  applies `action_adopt_failure` directly: a session that came from job J belongs in J
+  or nowhere.
+- **Newest job** is the one with the latest start; the larger job id wins a tie.
+
+## Exit status seen by PAM
+
+`pam_exec` maps exit status 0 to PAM_SUCCESS and any other status to PAM_SYSTEM_ERR; it
+cannot return PAM_IGNORE. The hook therefore exits 0 for adopt, allow and ignore, and 1
+only for deny. Since the hook is last in the account stack, the modules before it have
+already decided, and exit 0 only means "no objection". pam_exec passes the hook's
+standard output (the deny message) on to sshd only with its `stdout` option.
+"""
+
+
+def render_markdown() -> str:
+    """docs/DECISIONS.md."""
+    out = [_INTRO, "| situation | option values | what happens | verdict | reason | hook exit |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for r in decision_table():
+        out.append(f"| {r['situation']} | {r['options']} | {r['outcome']} | {r['verdict']} | `{r['reason']}` "
+                   f"| {r['exit'] or '-'} |")
+    out += ["", _NOTES]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(render_markdown())

@@ -1,0 +1,125 @@
+"""One login: gather facts, ask the source node if needed, decide, adopt, log, count."""
+
+import logging
+import pwd
+import time
+from dataclasses import dataclass, replace
+
+from callerid.client import RpcError, ask
+from callerid.protocol import Query, Status
+from callerid.userdb import trusted_uids
+
+from . import cgroupfs, jobs, peer, policy
+from .metrics import AdopterMetrics
+
+log = logging.getLogger("callerid.adopter")
+
+
+@dataclass(frozen=True)
+class Reply:
+    verdict: str
+    exit: int
+    message: str = ""
+
+    def to_json(self) -> dict:
+        return {"v": 1, "verdict": self.verdict, "exit": self.exit, "message": self.message}
+
+
+@dataclass
+class Settings:
+    nodename: str
+    base_options: policy.Options
+    rpc_port: int
+    rpc_timeout: float
+    munge_socket: str | None
+    slurm_user: str
+    cgroup_root: str = "/sys/fs/cgroup"
+    v2_mount: str | None = None
+    allowed_exe: tuple = ("sshd",)
+
+
+class Adopter:
+    def __init__(self, settings: Settings, metrics: AdopterMetrics):
+        self.s = settings
+        self.m = metrics
+        self._trusted = trusted_uids(settings.slurm_user)
+
+    def handle(self, app_pid: int, user: str, service: str, raw_options: dict) -> Reply:
+        """Decide for the PAM application process app_pid (already verified)."""
+        start = time.perf_counter()
+        opts, warnings = policy.parse_options(raw_options, self.s.base_options)
+        for w in warnings:
+            log.warning("option ignored: %s", w)
+        src = "-"
+        try:
+            decision, src = self._decide(app_pid, user, service, opts)
+        except Exception as exc:  # noqa: BLE001 - any surprise is a generic failure, never a hung login
+            log.exception("internal error deciding for %s", user)
+            decision = policy.generic_failure(opts, "internal_error")
+            src = f"- ({type(exc).__name__})"
+        elapsed = time.perf_counter() - start
+        self.m.decisions.labels(decision.verdict.value, decision.reason).inc()
+        self.m.decision_seconds.observe(elapsed)
+        if decision.security:
+            self.m.security.labels(decision.reason.rsplit("_", 1)[0]).inc()  # e.g. foreign_job
+        line = (f"user={user} service={service} from={src} job={decision.job_id if decision.job_id else '-'} "
+                f"decision={decision.verdict.value} reason={decision.reason} latency_ms={elapsed * 1000:.1f}")
+        if decision.security:
+            log.warning("SECURITY possible escape attempt: %s", line)
+        else:
+            log.info(line)
+        return Reply(decision.verdict.value, policy.pam_exit_code(decision.verdict), decision.message)
+
+    def _decide(self, app_pid, user, service, opts) -> tuple[policy.Decision, str]:
+        try:
+            pw = pwd.getpwnam(user)
+            uid = pw.pw_uid
+        except KeyError:
+            uid = None
+        all_jobs = jobs.list_jobs(self.s.nodename, self.s.cgroup_root, self.s.v2_mount) if uid is not None else []
+        mine = [j for j in all_jobs if j.uid == uid and j.job_id is not None]
+        facts = policy.Facts(
+            service=service, user_known=uid is not None, uid=uid,
+            jobs=tuple(policy.Job(j.job_id, j.uid, j.start) for j in mine),
+            local_job_ids_all_users=frozenset(j.job_id for j in all_jobs if j.job_id is not None),
+        )
+        d = policy.decide(facts, opts)
+        src = "-"
+        if d.verdict == policy.Verdict.NEED_RPC:
+            answer, src = self._ask_source(app_pid, user)
+            d = policy.decide(replace(facts, callerid=answer), opts)
+        if d.verdict == policy.Verdict.ADOPT:
+            job = next(j for j in mine if j.job_id == d.job_id)
+            try:
+                cgroupfs.adopt(app_pid, job)
+                self.m.adoptions.labels("success").inc()
+                log.info("Process %d adopted into job %d", app_pid, job.job_id)
+            except cgroupfs.AdoptError as exc:
+                self.m.adoptions.labels(exc.reason).inc()
+                log.error("adopting process %d into job %d failed (%s): %s", app_pid, job.job_id, exc.reason, exc)
+                d = policy.after_adopt_failure(d)
+        return d, src
+
+    def _ask_source(self, app_pid: int, user: str) -> tuple[policy.CallerAnswer, str]:
+        conn = peer.tcp_connection(app_pid)
+        if conn is None:
+            self.m.rpc.labels("no_socket").inc()
+            return policy.CallerAnswer(None, "no_socket"), "-"
+        q = Query.make(conn.remote_ip, conn.remote_port, conn.local_ip, conn.local_port)
+        src = f"{q.src_ip}:{q.src_port}" if q.src_ip.version == 4 else f"[{q.src_ip}]:{q.src_port}"
+        start = time.perf_counter()
+        try:
+            ans = ask((str(q.src_ip), self.s.rpc_port), q, self.s.rpc_timeout, self.s.munge_socket, self._trusted)
+        except RpcError as exc:
+            self.m.rpc_seconds.observe(time.perf_counter() - start)
+            self.m.rpc.labels(exc.reason).inc()
+            log.warning("callerid RPC to %s failed: %s", q.src_ip, exc)
+            return policy.CallerAnswer(None, exc.reason), src
+        self.m.rpc_seconds.observe(time.perf_counter() - start)
+        if ans.status != Status.FOUND:
+            self.m.rpc.labels("not_found").inc()
+            return policy.CallerAnswer(None), src
+        self.m.rpc.labels("found_job" if ans.job_id else "no_job").inc()
+        log.info("From %s port %d as %s: source %s says pid %d (%s) uid %s job %s (from %s)", q.src_ip, q.src_port,
+                 user, ans.node, ans.pid, ans.comm, ans.uid, ans.job_id or "-", ans.source.name.lower())
+        return policy.CallerAnswer(ans.job_id), src

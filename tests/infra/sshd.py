@@ -1,0 +1,118 @@
+"""A real OpenSSH sshd per test host, with its own PAM service running the callerid hook.
+
+sshd takes its PAM service name from its program name, so each instance runs
+through a symlink with a unique name and gets /etc/pam.d/<that name>; the
+system's own /etc/pam.d/sshd is never touched.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .netns import Netns
+from .procs import stop_pid, wait_for
+
+SSHD = "/usr/sbin/sshd"
+VENV_PY = str(Path(sys.executable))
+
+
+def pam_stack(hook_args: list[str], adopter_socket: str) -> str:
+    """account: pam_unix then callerid, last (as pam_slurm_adopt must be). No pam_systemd."""
+    hook = " ".join([VENV_PY, "-I", "-m", "adopter.hook", f"socket={adopter_socket}", *hook_args])
+    return "\n".join([
+        "# written by callerid tests; removed when they end",
+        "auth     required pam_unix.so",
+        "account  required pam_unix.so",
+        f"account  required pam_exec.so stdout quiet {hook}",
+        "session  required pam_unix.so",
+        "",
+    ])
+
+
+def pam_stack_slurm_adopt(options: list[str]) -> str:
+    return "\n".join([
+        "auth     required pam_unix.so",
+        "account  required pam_unix.so",
+        "account  required pam_slurm_adopt.so " + " ".join(options),
+        "session  required pam_unix.so",
+        "",
+    ])
+
+
+def keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
+
+
+@dataclass
+class Sshd:
+    name: str            # unique: also the PAM service name
+    dir: Path
+    netns: Netns | None
+    port: int = 22
+    pam_text: str = ""
+    proc: subprocess.Popen | None = None
+    pam_file: Path = field(init=False)
+
+    def __post_init__(self):
+        self.pam_file = Path("/etc/pam.d") / self.name
+
+    def start(self, authorized: dict[str, list[str]]):
+        """authorized: user name -> public key lines."""
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        keys = self.dir / "authorized"
+        keys.mkdir(exist_ok=True)
+        os.chmod(keys, 0o755)
+        for user, lines in authorized.items():
+            (keys / user).write_text("\n".join(lines) + "\n")
+            os.chmod(keys / user, 0o644)
+        hostkey = self.dir / "host_ed25519"
+        if not hostkey.exists():
+            keygen(hostkey)
+        cfg = self.dir / "sshd_config"
+        cfg.write_text("\n".join([
+            f"Port {self.port}", "ListenAddress 0.0.0.0", "ListenAddress ::",
+            f"HostKey {hostkey}", f"PidFile {self.dir}/sshd.pid",
+            "UsePAM yes", "PubkeyAuthentication yes", "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
+            f"AuthorizedKeysFile {keys}/%u", "StrictModes no", "LogLevel VERBOSE",
+            "UseDNS no", "PrintMotd no", "PrintLastLog no", "AcceptEnv none", "",
+        ]))
+        self.pam_file.write_text(self.pam_text)
+        link = self.dir / self.name
+        if not link.exists():
+            link.symlink_to(SSHD)
+        argv = [str(link), "-D", "-e", "-f", str(cfg)]
+        if self.netns:
+            argv = self.netns.argv(argv)
+        self.log = self.dir / "sshd.log"
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT)
+        wait_for(lambda: "Server listening" in self.log.read_text(errors="replace") or self.proc.poll() is not None,
+                 15, f"sshd {self.name} to listen")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"sshd exited: {self.log.read_text()[-2000:]}")
+        return self
+
+    def stop(self):
+        if self.proc:
+            stop_pid(self.proc.pid)
+            self.proc.wait(5)
+            self._logf.close()
+            self.proc = None
+        if self.pam_file.exists():
+            self.pam_file.unlink()
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def ssh_argv(key: Path, user: str, host: str, command: str, port: int = 22, timeout: int = 10) -> list[str]:
+    return ["ssh", "-F", "none", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", f"ConnectTimeout={timeout}", "-o", "IdentitiesOnly=yes", f"{user}@{host}", command]
