@@ -10,7 +10,7 @@ docs/DECISIONS.md is generated from `render_markdown()`:
     python3 -m adopter.policy > docs/DECISIONS.md
 """
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 
 
@@ -371,8 +371,8 @@ def decision_table() -> list[dict]:
 
     row("PAM service not listed in `service`", decide(_facts(service="login"), Options()))
     for a in GENERIC_FAILURE_ACTIONS:
-        row("PAM user has no passwd entry", decide(_facts(user_known=False, uid=None), Options(action_generic_failure=a)),
-            action_generic_failure=a)
+        d = decide(_facts(user_known=False, uid=None), Options(action_generic_failure=a))
+        row("PAM user has no passwd entry", d, action_generic_failure=a)
     row("user is root (with ignore_root=0, root goes through the rows below like anyone)",
         decide(_facts(uid=0, jobs=()), Options()), ignore_root=True)
     for a in NO_JOBS_ACTIONS:

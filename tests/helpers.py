@@ -18,3 +18,13 @@ def require(condition: bool, what: str) -> None:
 
 def require_root() -> None:
     require(os.geteuid() == 0, "root (BPF, cgroups, network namespaces)")
+
+
+def require_bpf():
+    require(os.geteuid() == 0, "root (loading BPF)")
+    require(os.path.ismount("/sys/fs/bpf"), "bpffs at /sys/fs/bpf (scripts/setup.sh mounts it)")
+    require(os.path.ismount("/sys/kernel/tracing"), "tracefs at /sys/kernel/tracing (scripts/setup.sh mounts it)")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        require(False, "BCC Python bindings (python3-bpfcc; venv with --system-site-packages)")

@@ -1,6 +1,7 @@
 """Run `callerid tracer` as a real daemon process for tests: config file, log file, stop by pid."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,3 +98,35 @@ def free_port() -> int:
 def new_pin_root() -> str:
     os.makedirs("/sys/fs/bpf", exist_ok=True)
     return tempfile.mkdtemp(prefix="callerid-test-", dir="/sys/fs/bpf")
+
+
+class TracerFactory:
+    """Makes tracer daemons with their own config, pins and ports; stops them all at the end."""
+
+    def __init__(self, munge_socket: str):
+        self.munge_socket = munge_socket
+        self.made: list[TracerProc] = []
+        self.dirs: list[str] = []
+
+    def make(self, netns=None, listen=None, pin_root=None, **opts) -> TracerProc:
+        d = tempfile.mkdtemp(prefix="callerid-tracer-")
+        os.chmod(d, 0o755)  # test users run `callerid --config` from here
+        self.dirs.append(d)
+        pin_root = pin_root or new_pin_root()
+        self.dirs.append(pin_root)
+        port = free_port()
+        mport = free_port()
+        opts.setdefault("probe", "tracepoint")
+        listen = [f"127.0.0.1:{port}", f"[::1]:{port}"] if listen is None else listen
+        cfg = Path(d, "callerid.toml")
+        write_config(cfg, self.munge_socket, pin_root, listen, f"127.0.0.1:{mport}", rpc_port=port, **opts)
+        t = TracerProc(cfg, Path(d, "tracer.log"), netns)
+        t.port, t.metrics_url, t.pin_root = port, f"http://127.0.0.1:{mport}/metrics", pin_root
+        self.made.append(t)
+        return t
+
+    def cleanup(self):
+        for t in self.made:
+            t.stop()
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)

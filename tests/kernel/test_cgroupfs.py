@@ -1,0 +1,284 @@
+"""Job discovery and adoption on the real cgroupfs (root): Slurm-layout trees made by JobTree."""
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from adopter import cgroupfs, jobs
+from adopter.cgroupfs import AdoptError, adopt, pid_in_extern
+from callerid.slurm_cgroup import job_from_cgroup_path, job_from_proc_cgroup
+from tests.helpers import require
+from tests.infra.jobtree import JobTree
+
+ROOT = "/sys/fs/cgroup"
+V2 = "/sys/fs/cgroup/unified"
+UID_A, UID_B = 60001, 60002
+# Job ids unique to this run: other tests may make v2 jobs under the same shared
+# system.slice/slurmstepd.scope at the same time.
+BASE = 700_000 + (os.getpid() % 10_000) * 10
+ORDER = ("freezer", "cpuset", "memory", "devices", "cpuacct")
+
+
+def require_v1():
+    require(os.geteuid() == 0, "root (creating job cgroups, moving processes)")
+    require(os.path.ismount(f"{ROOT}/freezer"), f"cgroup v1 freezer at {ROOT}/freezer")
+
+
+def require_v2():
+    require(os.geteuid() == 0, "root (creating job cgroups, moving processes)")
+    require(os.path.ismount(V2) and jobs.is_cgroup2(V2), f"cgroup2 at {V2}")
+
+
+def v1_ctrls():
+    return [c for c in ORDER if os.path.ismount(f"{ROOT}/{c}")]
+
+
+@pytest.fixture
+def trees():
+    made = []
+
+    def make(**kw):
+        t = JobTree(**kw)
+        made.append(t)
+        return t
+    try:
+        yield make
+    finally:
+        for t in made:
+            t.cleanup()
+
+
+@pytest.fixture
+def children():
+    """Processes the test starts as root outside any job; killed at the end."""
+    procs = []
+
+    def start(argv, **kw):
+        p = subprocess.Popen(argv, **kw)
+        procs.append(p)
+        return p
+    try:
+        yield start
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=5)
+
+
+def cgroup_lines(pid: int) -> dict[str, str]:
+    """controller list ("" for cgroup2) -> path, from /proc/<pid>/cgroup."""
+    out = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        out[ctrls] = path
+    return out
+
+
+def procs(d: str) -> set[int]:
+    return {int(x) for x in Path(d, "cgroup.procs").read_text().split()}
+
+
+def only(found, ids):
+    return sorted((j for j in found if j.job_id in ids), key=lambda j: j.job_id)
+
+
+# ------------------------------------------------------------------- v1
+
+def test_v1_discovery(trees):
+    require_v1()
+    node, other = f"cg{os.getpid()}", f"cgo{os.getpid()}"
+    t = trees(node=node)
+    t.create(UID_A, BASE + 1)
+    t.create(UID_B, BASE + 2)
+    t.create(UID_A, BASE + 3, steps=("batch", "0"))   # no extern step (no PrologFlags=contain)
+    trees(node=other).create(UID_A, BASE + 4)         # another slurmd's node on this host
+
+    found = [j for j in jobs.list_jobs(node) if j.layout == "v1"]
+    assert sorted((j.job_id, j.uid) for j in found) == [(BASE + 1, UID_A), (BASE + 2, UID_B)]
+    for j in found:
+        assert j.extern == tuple(f"{ROOT}/{c}/slurm_{node}/uid_{j.uid}/job_{j.job_id}/step_extern"
+                                 for c in v1_ctrls())
+        assert j.sluid is None and j.start > 0
+    assert [j.job_id for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
+    assert [j.job_id for j in jobs.jobs_of(UID_B, node) if j.layout == "v1"] == [BASE + 2]
+    assert [j.job_id for j in jobs.list_jobs(other) if j.layout == "v1"] == [BASE + 4]
+
+
+def test_v1_forged_job_dir_is_ignored(trees):
+    require_v1()
+    node = f"cg{os.getpid()}"
+    t = trees(node=node)
+    t.create(UID_A, BASE + 1)
+    t.create(UID_A, BASE + 5)
+    # Slurm makes job_<id> root-owned; a user-owned one was made by a user (who owned its parent).
+    os.chown(f"{ROOT}/freezer/slurm_{node}/uid_{UID_A}/job_{BASE + 5}", UID_A, UID_A)
+    assert [j.job_id for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
+
+
+def test_v1_adopt_moves_process_and_its_future_children(trees, children):
+    require_v1()
+    node = f"cg{os.getpid()}"
+    t = trees(node=node)
+    t.create(UID_A, BASE + 1)
+    t.create(UID_B, BASE + 2)
+    (job,) = [j for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"]
+    # A shell that forks a sleep on request: the fork happens after adoption.
+    sh = children(["sh", "-c", 'read x; sleep 60 & echo $!; wait'], stdin=subprocess.PIPE,
+                  stdout=subprocess.PIPE, text=True)
+    assert not pid_in_extern(sh.pid, job)
+
+    assert adopt(sh.pid, job) == list(job.extern)
+
+    assert pid_in_extern(sh.pid, job)
+    assert all(sh.pid in procs(d) for d in job.extern)
+    want = f"/slurm_{node}/uid_{UID_A}/job_{BASE + 1}/step_extern"
+    lines = cgroup_lines(sh.pid)
+    assert {c: lines[c] for c in v1_ctrls()} == {c: want for c in v1_ctrls()}
+    ref = job_from_proc_cgroup(Path(f"/proc/{sh.pid}/cgroup").read_text())
+    assert (ref.job_id, ref.uid, ref.step, ref.node, ref.controller) == (BASE + 1, UID_A, "extern", node, "freezer")
+    # The other user's job is untouched.
+    (other,) = [j for j in jobs.jobs_of(UID_B, node) if j.layout == "v1"]
+    assert not pid_in_extern(sh.pid, other)
+
+    sh.stdin.write("go\n")
+    sh.stdin.flush()
+    child = int(sh.stdout.readline())
+    try:
+        assert {c: cgroup_lines(child)[c] for c in v1_ctrls()} == {c: want for c in v1_ctrls()}
+        assert pid_in_extern(child, job)
+    finally:
+        os.kill(child, 9)
+
+
+def test_v1_job_gone_before_first_write(trees, children):
+    require_v1()
+    node = f"cg{os.getpid()}"
+    t = trees(node=node)
+    t.create(UID_A, BASE + 1)
+    (job,) = [j for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"]
+    before = cgroup_lines(os.getpid())
+    os.rmdir(job.extern[0])  # the job ends between discovery and adoption
+    p = children(["sleep", "60"])
+    with pytest.raises(AdoptError) as e:
+        adopt(p.pid, job)
+    assert (e.value.reason, e.value.written, e.value.errno) == ("job_gone", (), errno.ENOENT)
+    assert e.value.path == job.extern[0]
+    assert {c: cgroup_lines(p.pid)[c] for c in v1_ctrls()} == {c: before[c] for c in v1_ctrls()}
+    assert not pid_in_extern(p.pid, job)
+
+
+def test_v1_partial_adoption_is_reported(trees, children):
+    require_v1()
+    require(len(v1_ctrls()) >= 3, "freezer and two more v1 controllers")
+    node = f"cg{os.getpid()}"
+    t = trees(node=node)
+    t.create(UID_A, BASE + 1)
+    (job,) = [j for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"]
+    os.rmdir(job.extern[2])
+    p = children(["sleep", "60"])
+    with pytest.raises(AdoptError) as e:
+        adopt(p.pid, job)
+    assert e.value.reason == "job_gone"
+    assert e.value.written == job.extern[:2]
+    assert "partial adoption" in str(e.value)
+    assert all(p.pid in procs(d) for d in job.extern[:2])
+
+
+def test_v1_empty_cpuset_is_io_error(trees, children):
+    require_v1()
+    require(os.path.ismount(f"{ROOT}/cpuset"), f"cgroup v1 cpuset at {ROOT}/cpuset")
+    node = f"cg{os.getpid()}"
+    t = trees(node=node)
+    t.create(UID_A, BASE + 1)
+    (job,) = [j for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"]
+    cpuset = next(d for d in job.extern if "/cpuset/" in d)
+    Path(cpuset, "cpuset.cpus").write_text("\n")  # allowed while the cgroup holds no task
+    p = children(["sleep", "60"])
+    with pytest.raises(AdoptError) as e:
+        adopt(p.pid, job)
+    assert (e.value.reason, e.value.errno, e.value.path) == ("io", errno.ENOSPC, cpuset)
+    assert "cpuset.cpus" in str(e.value)
+
+
+# ------------------------------------------------------------------- v2
+
+def test_v2_discovery_and_adopt(trees, children):
+    require_v2()
+    node = f"cg{os.getpid()}"
+    t = trees(node=node, layout="v2", v2_mount=V2)
+    ids = {BASE + 6: UID_A, BASE + 7: UID_B, BASE + 8: None}
+    for job_id, uid in ids.items():
+        t.create(uid or 0, job_id)
+        if uid:  # the extern step's process owned by the job's user (22.05's sleep)
+            t.popen(["sleep", "60"], uid, uid, job_id, step="extern")
+
+    found = only(jobs.list_jobs(node), ids)
+    assert [(j.job_id, j.uid, j.layout) for j in found] == [
+        (BASE + 6, UID_A, "v2"), (BASE + 7, UID_B, "v2"), (BASE + 8, -1, "v2")]
+    for j in found:
+        assert j.extern == (f"{V2}/system.slice/slurmstepd.scope/job_{j.job_id}/step_extern/user/task_special",)
+    assert [j.job_id for j in only(jobs.jobs_of(UID_A, node), ids)] == [BASE + 6]
+    assert only(jobs.jobs_of(-1, node), ids) == []
+
+    job = found[0]
+    sh = children(["sh", "-c", 'read x; sleep 60 & echo $!; wait'], stdin=subprocess.PIPE,
+                  stdout=subprocess.PIPE, text=True)
+    assert adopt(sh.pid, job) == list(job.extern)
+    assert pid_in_extern(sh.pid, job) and sh.pid in procs(job.extern[0])
+    ref = job_from_cgroup_path(cgroup_lines(sh.pid)[""], "v2")
+    assert (ref.job_id, ref.step, ref.layout) == (BASE + 6, "extern", "v2")
+    assert cgroup_lines(sh.pid)[""].endswith(f"/job_{BASE + 6}/step_extern/user/task_special")
+    # Adopting root's sshd does not change who owns the job.
+    assert [j.uid for j in only(jobs.list_jobs(node), {BASE + 6})] == [UID_A]
+
+    sh.stdin.write("go\n")
+    sh.stdin.flush()
+    child = int(sh.stdout.readline())
+    try:
+        assert pid_in_extern(child, job)
+    finally:
+        os.kill(child, 9)
+
+
+def test_v2_job_gone(trees, children):
+    require_v2()
+    node = f"cg{os.getpid()}"
+    t = trees(node=node, layout="v2", v2_mount=V2)
+    t.create(UID_A, BASE + 9)
+    (job,) = only(jobs.list_jobs(node), {BASE + 9})
+    os.rmdir(job.extern[0])
+    p = children(["sleep", "60"])
+    with pytest.raises(AdoptError) as e:
+        adopt(p.pid, job)
+    assert (e.value.reason, e.value.written) == ("job_gone", ())
+    assert not pid_in_extern(p.pid, job)
+    assert only(jobs.list_jobs(node), {BASE + 9}) == []
+
+
+# ------------------------------------------------------------------- no root needed
+
+def test_errno_translation():
+    def reason(code):
+        return cgroupfs._error(OSError(code, os.strerror(code)), 1, "/x", ()).reason
+    assert [reason(c) for c in (errno.ENOENT, errno.ENODEV)] == ["job_gone"] * 2
+    assert [reason(c) for c in (errno.EACCES, errno.EPERM)] == ["permission"] * 2
+    assert [reason(c) for c in (errno.ENOSPC, errno.ESRCH, errno.EBUSY, errno.EIO)] == ["io"] * 4
+
+
+def test_adopt_never_creates_and_refuses_pid_zero(tmp_path):
+    job = jobs.LocalJob(1, None, 1000, 0.0, "v1", (str(tmp_path / "gone"),))
+    with pytest.raises(ValueError):
+        adopt(0, job)
+    with pytest.raises(AdoptError) as e:
+        adopt(os.getpid(), job)
+    assert e.value.reason == "job_gone"
+    (tmp_path / "dir").mkdir()
+    job2 = jobs.LocalJob(1, None, 1000, 0.0, "v1", (str(tmp_path / "dir"),))
+    with pytest.raises(AdoptError):
+        adopt(os.getpid(), job2)
+    assert not (tmp_path / "dir" / "cgroup.procs").exists()
+    assert not pid_in_extern(os.getpid(), job2)

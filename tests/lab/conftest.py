@@ -1,0 +1,177 @@
+"""A two-node cluster of test hosts for the adopter: 'src' runs the tracer and the jobs users
+ssh from; 'dst' runs a real sshd whose PAM account stack ends with the callerid hook, and the
+adopter daemon. Jobs are Slurm-layout cgroup trees (tests/infra/jobtree.py) on each node."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import require, require_bpf
+from tests.infra.adopterproc import AdopterProc, scrape_in
+from tests.infra.adopterproc import write_config as write_adopter_config
+from tests.infra.jobtree import JobTree, setns_net
+from tests.infra.netns import Topology
+from tests.infra.procs import wait_for
+from tests.infra.sshd import Sshd, keygen, pam_stack, ssh_argv
+from tests.infra.tracerproc import TracerFactory, free_port
+
+SRC4, DST4 = "198.18.30.1", "198.18.30.2"
+SRC6, DST6 = "fd00:30::1", "fd00:30::2"
+PROFILE = Path(__file__).resolve().parents[2] / "adopter" / "callerid-profile.sh"
+PROFILE_DEST = Path("/etc/profile.d/callerid-test.sh")
+
+
+@dataclass
+class Login:
+    rc: int
+    out: str
+    err: str
+    seconds: float
+
+    def cgroup_lines(self) -> list[str]:
+        return [line for line in self.out.splitlines() if line[:1].isdigit() and ":" in line]
+
+
+@dataclass
+class Cluster:
+    dir: Path
+    topo: Topology
+    src_jobs: JobTree
+    dst_jobs: JobTree
+    tracer: object
+    adopter: AdopterProc
+    sshd: Sshd
+    keys: dict
+    users: list
+    munge_socket: str
+    hook_args: list = field(default_factory=list)
+    adopter_socket: str = ""
+    dst_node: str = ""
+
+    @property
+    def src(self):
+        return self.topo.hosts["src"]
+
+    @property
+    def dst(self):
+        return self.topo.hosts["dst"]
+
+    def set_hook(self, *args: str):
+        """Rewrite the PAM line's hook arguments (PAM re-reads the file at every login)."""
+        self.sshd.pam_file.write_text(pam_stack(list(args), self.adopter_socket))
+
+    def ssh(self, user, key_of=None, job: int | None = None, command: str = "cat /proc/self/cgroup",
+            host: str = DST4, timeout: float = 30) -> Login:
+        """ssh from src as `user` (inside `job` on src, or outside any job) with key_of's key."""
+        key = self.keys[(user.name, (key_of or user).name)]
+        argv = ssh_argv(key, (key_of or user).name, host, command)
+        t0 = time.monotonic()
+        if job is None:
+            def enter():
+                setns_net(self.src.path)
+                os.setgroups([])
+                os.setgid(user.gid)
+                os.setuid(user.uid)
+            p = subprocess.Popen(argv, preexec_fn=enter, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={"HOME": "/nonexistent", "PATH": "/usr/bin:/bin"})
+        else:
+            p = self.src_jobs.popen(argv, user.uid, user.gid, job, "0", netns=self.src.path, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env={"HOME": "/nonexistent", "PATH": "/usr/bin:/bin"})
+        out, err = p.communicate(timeout=timeout)
+        return Login(p.returncode, out, err, time.monotonic() - t0)
+
+    def ssh_root(self, command: str = "cat /proc/self/cgroup", host: str = DST4) -> Login:
+        argv = ssh_argv(self.keys[("root", "root")], "root", host, command)
+        t0 = time.monotonic()
+        p = subprocess.Popen(self.src.argv(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = p.communicate(timeout=30)
+        return Login(p.returncode, out, err, time.monotonic() - t0)
+
+    def adopter_metrics(self) -> dict:
+        return scrape_in(self.dst, self.adopter_metrics_url)
+
+    def tracer_metrics(self) -> dict:
+        return scrape_in(self.src, self.tracer.metrics_url)
+
+
+@pytest.fixture(scope="module")
+def cluster(munged, test_users):
+    require_bpf()
+    require(shutil.which("sshd") or os.path.exists("/usr/sbin/sshd"), "OpenSSH sshd (openssh-server)")
+    require(os.path.exists("/lib/x86_64-linux-gnu/security/pam_exec.so") or
+            os.path.exists("/usr/lib/x86_64-linux-gnu/security/pam_exec.so"), "Linux-PAM pam_exec.so")
+    require(os.path.ismount("/sys/fs/cgroup/freezer"), "cgroup v1 freezer")
+    tag = f"{os.getpid() % 100000}"
+    d = Path(tempfile.mkdtemp(prefix="callerid-lab-"))
+    os.chmod(d, 0o755)
+    topo = Topology(prefix=f"cl{tag}")
+    src_jobs, dst_jobs = JobTree(node=f"src{tag}"), JobTree(node=f"dst{tag}")
+    tracers = TracerFactory(munged.socket)
+    adopter = sshd = None
+    try:
+        topo.host("src")
+        topo.host("dst")
+        topo.link("src", "dst", [f"{SRC4}/24", f"{SRC6}/64"], [f"{DST4}/24", f"{DST6}/64"])
+        port = free_port()
+        tracer = tracers.make(netns=topo.hosts["src"], listen=[], nodename=f"src{tag}")
+        tracer.start()
+        # keys: (ssh runs as, key of) -> private key file owned by the one who runs ssh
+        keys = {}
+        pubs = {}
+        kdir = d / "keys"
+        kdir.mkdir()
+        for u in test_users:
+            keygen(kdir / u.name)
+            pubs[u.name] = [(kdir / f"{u.name}.pub").read_text().strip()]
+        for runner in test_users:
+            for owner in test_users:
+                f = kdir / f"{owner.name}-as-{runner.name}"
+                shutil.copy(kdir / owner.name, f)
+                os.chown(f, runner.uid, runner.gid)
+                os.chmod(f, 0o600)
+                keys[(runner.name, owner.name)] = f
+        keygen(kdir / "root")
+        pubs["root"] = [(kdir / "root.pub").read_text().strip()]
+        keys[("root", "root")] = kdir / "root"
+        sock = str(d / "adopter" / "adopter.sock")
+        mport = port
+        acfg = d / "adopter.toml"
+        write_adopter_config(acfg, munged.socket, f"dst{tag}", tracer.port, sock, f"127.0.0.1:{mport}",
+                             rpc_timeout_seconds=1.0, deadline_seconds=4.0)
+        adopter = AdopterProc(acfg, d / "adopter.log", topo.hosts["dst"]).start()
+        sshd = Sshd(f"sshd-cid{tag}", d / "sshd", topo.hosts["dst"], pam_text=pam_stack(["deadline=4"], sock))
+        sshd.start(pubs)
+        shutil.copy(PROFILE, PROFILE_DEST)
+        c = Cluster(d, topo, src_jobs, dst_jobs, tracer, adopter, sshd, keys, test_users, munged.socket,
+                    adopter_socket=sock, dst_node=f"dst{tag}")
+        c.adopter_metrics_url = f"http://127.0.0.1:{mport}/metrics"
+        yield c
+    finally:
+        PROFILE_DEST.unlink(missing_ok=True)
+        if sshd:
+            sshd.cleanup()
+        if adopter:
+            adopter.stop()
+        tracers.cleanup()
+        src_jobs.cleanup()
+        dst_jobs.cleanup()
+        topo.cleanup()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def cl(cluster):
+    """Per test: default hook arguments, no jobs left over, both daemons up."""
+    cluster.set_hook("deadline=4")
+    if not cluster.adopter.running:
+        cluster.adopter.start()
+    yield cluster
+    cluster.src_jobs.cleanup()
+    cluster.dst_jobs.cleanup()

@@ -1,0 +1,276 @@
+"""The adopter end to end: real sshd, real PAM (pam_exec), real kernel BPF on the source,
+real munged, Slurm-layout job cgroups on both test hosts."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.infra.procs import wait_for
+from tests.infra.tracerproc import metric
+
+pytestmark = pytest.mark.lab
+DEADLINE = 4.0
+
+
+def in_job(login, tree, uid, job) -> bool:
+    """True if the remote shell ran inside job's extern step (every v1 controller we made)."""
+    lines = login.cgroup_lines()
+    want = f"/slurm_{tree.node}/uid_{uid}/job_{job}/step_extern"
+    freezer = [line for line in lines if ":freezer:" in line]
+    return bool(freezer) and freezer[0].endswith(want)
+
+
+def not_in_any_job(login) -> bool:
+    return login.rc == 0 and not any("/job_" in line for line in login.cgroup_lines())
+
+
+def sshd_pids_in_extern(tree, uid, job) -> list[int]:
+    out = []
+    for pid in tree.pids(uid, job, "extern"):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "sshd":
+                    out.append(pid)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def decisions(cl, verdict, reason) -> float:
+    return metric(cl.adopter_metrics(), "callerid_adopter_decisions_total", verdict=verdict, reason=reason)
+
+
+def test_single_job_adopted_without_rpc_and_sees_slurm_job_id(cl):
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5001)
+    rpc_before = sum(v for (n, _), v in cl.adopter_metrics().items() if n == "callerid_adopter_rpc_requests_total")
+    login = cl.ssh(a, command="cat /proc/self/cgroup; bash -lc 'echo JOB=$SLURM_JOB_ID'")
+    assert login.rc == 0, login.err
+    assert in_job(login, cl.dst_jobs, a.uid, 5001), login.out
+    assert "JOB=5001" in login.out
+    rpc_after = sum(v for (n, _), v in cl.adopter_metrics().items() if n == "callerid_adopter_rpc_requests_total")
+    assert rpc_after == rpc_before  # single_job_skip_rpc
+    assert decisions(cl, "adopt", "single_job") >= 1
+    assert "decision=adopt reason=single_job" in cl.adopter.log_text()
+
+
+def test_two_jobs_ssh_from_job_b_lands_in_b_via_the_map(cl):
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5011)
+    cl.dst_jobs.create(a.uid, 5012)
+    cl.src_jobs.create(a.uid, 5012)  # job 5012 spans src and dst; its task on src runs ssh
+    before = metric(cl.tracer_metrics(), "callerid_lookups_total", source="bpf")
+    login = cl.ssh(a, job=5012)
+    assert login.rc == 0, login.err
+    assert in_job(login, cl.dst_jobs, a.uid, 5012), login.out
+    assert sshd_pids_in_extern(cl.dst_jobs, a.uid, 5012), "the sshd itself must sit in step_extern"
+    assert metric(cl.tracer_metrics(), "callerid_lookups_total", source="bpf") == before + 1
+    assert "reason=callerid" in cl.adopter.log_text()
+
+
+@pytest.mark.parametrize("action", ["newest", "allow", "deny"])
+def test_two_jobs_ssh_from_outside_any_job_follows_action_unknown(cl, action):
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5021)
+    time.sleep(0.05)
+    cl.dst_jobs.create(a.uid, 5022)  # the newest
+    cl.set_hook("deadline=4", f"action_unknown={action}")
+    login = cl.ssh(a)
+    if action == "newest":
+        assert login.rc == 0 and in_job(login, cl.dst_jobs, a.uid, 5022), login.out + login.err
+    elif action == "allow":
+        assert not_in_any_job(login), login.out + login.err
+    else:
+        assert login.rc == 255
+        assert "Access denied by callerid" in login.err
+    assert f"reason=no_job_{action}" in cl.adopter.log_text() or f"reason=no_answer_{action}" in cl.adopter.log_text()
+
+
+def test_no_jobs_denied_with_message_or_ignored(cl):
+    a = cl.users[0]
+    login = cl.ssh(a)
+    assert login.rc == 255
+    assert "Access denied by callerid: you have no active jobs on this node" in login.err
+    cl.set_hook("deadline=4", "action_no_jobs=ignore")
+    login = cl.ssh(a)
+    assert not_in_any_job(login), login.err
+
+
+def test_root_is_never_adopted_by_default(cl):
+    cl.dst_jobs.create(0, 5031)
+    login = cl.ssh_root()
+    assert not_in_any_job(login), login.out + login.err
+    assert "reason=root" in cl.adopter.log_text()
+
+
+def test_unlisted_service_is_ignored(cl):
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5041)
+    cl.set_hook("deadline=4", "service=login")
+    login = cl.ssh(a)
+    assert not_in_any_job(login), login.out + login.err
+    assert "reason=service_not_handled" in cl.adopter.log_text()
+
+
+def test_other_users_key_from_a_job_is_never_adopted_into_that_job(cl):
+    a, b = cl.users
+    cl.src_jobs.create(a.uid, 5051)   # A's multi-node job 5051 ...
+    cl.dst_jobs.create(a.uid, 5051)   # ... also on dst
+    cl.dst_jobs.create(b.uid, 5052)
+    cl.dst_jobs.create(b.uid, 5053)
+    before = metric(cl.adopter_metrics(), "callerid_adopter_security_events_total", kind="foreign_job")
+    login = cl.ssh(a, key_of=b, job=5051)  # from inside A's job, logging in as B
+    assert login.rc == 0, login.err
+    assert not in_job(login, cl.dst_jobs, a.uid, 5051)
+    assert in_job(login, cl.dst_jobs, b.uid, 5053), login.out  # action_unknown=newest among B's own jobs
+    assert "SECURITY" in cl.adopter.log_text() and "reason=foreign_job_newest" in cl.adopter.log_text()
+    assert metric(cl.adopter_metrics(), "callerid_adopter_security_events_total", kind="foreign_job") == before + 1
+
+
+def _hook_socket_request(cl, payload: bytes, as_uid: int | None = None) -> bytes:
+    """Talk to the adopter socket from inside dst, optionally as a non-root uid."""
+    code = ("import socket,sys;s=socket.socket(socket.AF_UNIX);s.settimeout(5);s.connect(sys.argv[1]);"
+            "s.sendall(sys.stdin.buffer.read());s.shutdown(socket.SHUT_WR);"
+            "d=b''\nwhile True:\n  c=s.recv(4096)\n  if not c: break\n  d+=c\nsys.stdout.buffer.write(d)")
+    import sys as _sys
+
+    def drop():
+        if as_uid is not None:
+            os.setgid(as_uid)
+            os.setuid(as_uid)
+    r = subprocess.run(cl.dst.argv([_sys.executable, "-c", code, cl.adopter_socket]), input=payload,
+                       capture_output=True, preexec_fn=drop, timeout=20)
+    if r.returncode != 0:
+        raise PermissionError(r.stderr.decode()[-300:])
+    return r.stdout
+
+
+def test_non_root_client_on_the_adopter_socket_is_refused(cl):
+    a = cl.users[0]
+    with pytest.raises(PermissionError):
+        _hook_socket_request(cl, b'{"v":1}\n', as_uid=a.uid)  # socket is 0600 in a 0700 dir
+    # even with the file modes opened up, the daemon itself refuses non-root peers
+    sock_dir = os.path.dirname(cl.adopter_socket)
+    os.chmod(sock_dir, 0o755)
+    os.chmod(cl.adopter_socket, 0o666)
+    try:
+        before = metric(cl.adopter_metrics(), "callerid_adopter_hook_requests_total", result="not_root")
+        req = json.dumps({"v": 1, "user": a.name, "service": "sshd", "type": "account", "options": {}})
+        assert _hook_socket_request(cl, req.encode() + b"\n", as_uid=a.uid) == b""
+        assert metric(cl.adopter_metrics(), "callerid_adopter_hook_requests_total", result="not_root") == before + 1
+    finally:
+        os.chmod(cl.adopter_socket, 0o600)
+        os.chmod(sock_dir, 0o700)
+
+
+def test_a_request_cannot_move_another_pid(cl):
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5061)
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        for req in ({"v": 1, "user": a.name, "service": "sshd", "type": "account", "options": {}, "pid": victim.pid},
+                    {"v": 1, "user": a.name, "service": "sshd", "type": "account", "options": {}}):
+            reply = _hook_socket_request(cl, json.dumps(req).encode() + b"\n")
+            assert not reply or json.loads(reply)["verdict"] != "adopt"
+        assert victim.pid not in cl.dst_jobs.pids(a.uid, 5061, "extern")
+        # and not the requester either: its parent is not sshd
+        assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5061)
+        m = cl.adopter_metrics()
+        assert metric(m, "callerid_adopter_hook_requests_total", result="bad_request") >= 1
+        assert metric(m, "callerid_adopter_hook_requests_total", result="bad_peer") >= 1
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_garbage_on_the_socket_is_counted_and_the_daemon_keeps_serving(cl):
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5071)
+    before = metric(cl.adopter_metrics(), "callerid_adopter_hook_requests_total", result="bad_request")
+    for junk in (b"\x00\xff garbage\n", b"[1,2,3]\n", b'{"v": 2}\n', b"x" * 20000):
+        _hook_socket_request(cl, junk)
+    assert metric(cl.adopter_metrics(), "callerid_adopter_hook_requests_total", result="bad_request") == before + 4
+    login = cl.ssh(a)
+    assert in_job(login, cl.dst_jobs, a.uid, 5071), login.err
+
+
+@pytest.mark.parametrize("generic,allowed", [("ignore", True), ("deny", False)])
+def test_adopter_down_applies_generic_failure_within_deadline(cl, generic, allowed):
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5081)
+    cl.set_hook("deadline=4", f"action_generic_failure={generic}")
+    cl.adopter.stop()
+    login = cl.ssh(a)
+    assert login.seconds < DEADLINE + 3
+    if allowed:
+        assert not_in_any_job(login), login.err
+    else:
+        assert login.rc == 255
+
+
+def test_adopter_hung_login_bounded_by_deadline(cl):
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5091)
+    cl.set_hook("deadline=2")
+    os.kill(cl.adopter.proc.pid, signal.SIGSTOP)
+    try:
+        login = cl.ssh(a)
+    finally:
+        os.kill(cl.adopter.proc.pid, signal.SIGCONT)
+    assert login.seconds < 2 + 3, login.seconds
+    assert not_in_any_job(login), login.err  # action_generic_failure=ignore
+
+
+def test_source_tracer_down_falls_back_within_rpc_timeout(cl):
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5101)
+    time.sleep(0.05)
+    cl.dst_jobs.create(a.uid, 5102)
+    cl.src_jobs.create(a.uid, 5101)
+    # a stopped tracer: the kernel still accepts the connection, nobody answers
+    os.kill(cl.tracer.proc.pid, signal.SIGSTOP)
+    try:
+        login = cl.ssh(a, job=5101)
+    finally:
+        os.kill(cl.tracer.proc.pid, signal.SIGCONT)
+    assert login.rc == 0, login.err
+    assert in_job(login, cl.dst_jobs, a.uid, 5102)  # action_unknown=newest
+    assert "reason=rpc_failed_newest" in cl.adopter.log_text()
+    assert login.seconds < 1.0 + 3  # rpc_timeout_seconds = 1
+    assert metric(cl.adopter_metrics(), "callerid_adopter_rpc_requests_total", outcome="timeout") >= 1
+
+
+@pytest.mark.parametrize("action,allowed", [("allow", True), ("deny", False)])
+def test_adoption_failure_follows_action_adopt_failure(cl, action, allowed):
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5111)
+    # a job whose extern step cannot take tasks: cpuset with no cpus (adoption write fails)
+    broken = [d for d in cl.dst_jobs.step_dirs(a.uid, 5111, "extern") if "/cpuset/" in str(d)]
+    if not broken:
+        pytest.fail("cpuset v1 controller needed to make adoption fail")
+    (broken[0] / "cpuset.cpus").write_text("\n")
+    cl.set_hook("deadline=4", f"action_adopt_failure={action}")
+    login = cl.ssh(a)
+    assert login.rc == (0 if allowed else 255), login.err
+    assert f"reason=adopt_failed_{action}" in cl.adopter.log_text()
+
+
+def test_cgroup_v2_job_adoption(cl):
+    a = cl.users[0]
+    from tests.infra.jobtree import JobTree
+    v2 = JobTree(node=cl.dst_node, layout="v2")
+    try:
+        v2.create(a.uid, 5121, steps=("extern",))
+        holder = v2.popen(["sleep", "60"], a.uid, a.gid, 5121, "extern")  # the extern step's user process
+        wait_for(lambda: holder.pid in v2.pids(a.uid, 5121, "extern"), 5, "the extern holder")
+        login = cl.ssh(a)
+        assert login.rc == 0, login.err
+        v2line = [line for line in login.cgroup_lines() if line.startswith("0::")]
+        assert v2line and v2line[0].endswith("/slurmstepd.scope/job_5121/step_extern/user/task_special"), login.out
+    finally:
+        v2.cleanup()
