@@ -653,10 +653,27 @@ def _rpc_worker(port, munge_socket, qargs, duration, max_n, go, outq):
             errors += 1
             continue
         lat.append(time.perf_counter_ns() - t0)
-    outq.put((lat, errors, time.monotonic() - start))
+    t = os.times()
+    outq.put((lat, errors, time.monotonic() - start, t.user + t.system))
 
 
-def bench_throughput(daemon: Daemon, clients: int, duration: float, qargs, cleanup: Cleanup) -> dict:
+def proc_cpu_s(pid: int) -> float:
+    """user+system CPU seconds of a process (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+def bench_throughput(daemon: Daemon, clients: int, duration: float, qargs, cleanup: Cleanup,
+                     munged_pid: int | None = None) -> dict:
     ctx = multiprocessing.get_context("fork")
     go, outq = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_rpc_worker, args=(daemon.port, daemon.munge_socket, qargs, duration, 200000, go, outq),
@@ -672,8 +689,12 @@ def bench_throughput(daemon: Daemon, clients: int, duration: float, qargs, clean
     cleanup.push(reap, f"{clients} RPC client processes")
     try:
         time.sleep(0.2)
+        h0 = daemon.metrics()
+        cpu0 = (proc_cpu_s(daemon.proc.pid), proc_cpu_s(munged_pid) if munged_pid else 0.0, machine_busy())
         go.set()
         results = [outq.get(timeout=duration + 60) for _ in procs]
+        cpu1 = (proc_cpu_s(daemon.proc.pid), proc_cpu_s(munged_pid) if munged_pid else 0.0, machine_busy())
+        h1 = daemon.metrics()
     finally:
         cleanup.run_one(reap)
     lat = [x for r in results for x in r[0]]
@@ -682,6 +703,16 @@ def bench_throughput(daemon: Daemon, clients: int, duration: float, qargs, clean
     s = summary(lat)
     s.update({"clients": clients, "duration_s": wall, "requests": len(lat), "errors": errors,
               "req_per_s": len(lat) / wall if wall else 0})
+    if lat:
+        per = 1000 / len(lat)
+        busy = (cpu1[2][0] - cpu0[2][0]) / max(1, cpu1[2][1] - cpu0[2][1])
+        s.update({"cpu_ms_per_request": {"daemon": (cpu1[0] - cpu0[0]) * per, "munged": (cpu1[1] - cpu0[1]) * per,
+                                         "clients": sum(r[3] for r in results) * per},
+                  "machine_cpu_busy": busy})
+    hs = "callerid_rpc_request_duration_seconds"
+    dn = h1.get(hs + "_count", 0) - h0.get(hs + "_count", 0)
+    if dn:
+        s["daemon_handle_mean_ns"] = (h1[hs + "_sum"] - h0[hs + "_sum"]) / dn * 1e9
     return s
 
 
@@ -782,7 +813,7 @@ def profile_rpc(daemon: Daemon, qargs, args, cleanup: Cleanup) -> dict:
     if pyspy.exists():
         raw = Path(daemon.dir, "pyspy.raw")
         rec = subprocess.Popen([str(pyspy), "record", "-p", str(daemon.proc.pid), "-d", str(dur), "-r", "500",
-                                "-f", "raw", "-o", str(raw), "--idle"],
+                                "-f", "raw", "-o", str(raw), "--idle", "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         cleanup.push(lambda: stop_pid(rec.pid), "py-spy")
         time.sleep(0.5)
@@ -944,6 +975,12 @@ def render(r: dict) -> str:
         t = r["throughput"][c]
         L.append(f"   {c:>2} client(s): {t['req_per_s']:.0f} req/s over {t['duration_s']:.1f} s, p50 {fmt_ns(t['p50_ns'])}, "
                  f"p99 {fmt_ns(t['p99_ns'])}, errors {t['errors']}")
+        cpu = t.get("cpu_ms_per_request")
+        if cpu:
+            L.append(f"      CPU per request: daemon {cpu['daemon']:.2f} ms, munged {cpu['munged']:.2f} ms, client "
+                     f"processes {cpu['clients']:.2f} ms; machine CPU busy {t['machine_cpu_busy'] * 100:.0f}% "
+                     f"of {r['machine']['cores']} cores; daemon-measured handler time (decode + lookup + encode "
+                     f"+ log) mean {fmt_ns(t.get('daemon_handle_mean_ns'))}")
     L.append("")
     p = r.get("profile", {})
     L.append("Profile of the RPC path")
@@ -1027,9 +1064,6 @@ def main() -> int:
         cleanup.push(md.stop, f"munged pid {md.pid}")
         log(f"private munged pid {md.pid} on {md.socket}")
 
-        log("2. probe cost")
-        r["probe_cost"] = bench_probe_cost(args, cleanup)
-
         log("3. start-up")
         runs = []
         daemon = None
@@ -1038,7 +1072,8 @@ def main() -> int:
                 daemon.shutdown()
             daemon = Daemon(md.socket, cleanup, f"main{i}")
             runs.append(measure_startup(daemon))
-            log(f"start-up run {i + 1}: {runs[-1]}")
+            log(f"start-up run {i + 1}: first map entry {runs[-1]['first_map_entry_s']:.2f} s, first RPC answer "
+                f"{runs[-1]['first_rpc_answer_s']:.2f} s, probe load {runs[-1]['probe_load_logged_s']:.2f} s")
         r["startup"] = {"runs": runs,
                         "median_first_map_entry_s": statistics.median(x["first_map_entry_s"] for x in runs),
                         "median_first_rpc_answer_s": statistics.median(x["first_rpc_answer_s"] for x in runs),
@@ -1062,11 +1097,16 @@ def main() -> int:
         dur = 3 if args.quick else 10
         r["throughput"] = {}
         for k in (1, 16):
-            r["throughput"][str(k)] = bench_throughput(daemon, k, dur, qargs, cleanup)
+            r["throughput"][str(k)] = bench_throughput(daemon, k, dur, qargs, cleanup, md.pid)
             log(f"{k} clients: {r['throughput'][str(k)]['req_per_s']:.0f} req/s")
 
         log("profile")
         r["profile"] = profile_rpc(daemon, qargs, args, cleanup)
+        daemon.shutdown()  # no callerid probe of ours attached while the probe cost is measured
+
+        log("2. probe cost")
+        r["probe_cost"] = bench_probe_cost(args, cleanup)
+
         r["verdicts"] = verdicts(r, args.quick)
         r["elapsed_s"] = time.monotonic() - started
         with open(args.out, "w") as f:

@@ -113,6 +113,8 @@ class Sshd:
 
 
 def ssh_argv(key: Path, user: str, host: str, command: str, port: int = 22, timeout: int = 10) -> list[str]:
+    # LogLevel INFO: sshd sends PAM account messages (the deny text) as a banner,
+    # which the client prints only at INFO or above.
     return ["ssh", "-F", "none", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=INFO",
             "-o", f"ConnectTimeout={timeout}", "-o", "IdentitiesOnly=yes", f"{user}@{host}", command]

@@ -64,7 +64,11 @@ class Cluster:
         return self.topo.hosts["dst"]
 
     def set_hook(self, *args: str):
-        """Rewrite the PAM line's hook arguments (PAM re-reads the file at every login)."""
+        """Rewrite the PAM line's hook arguments (PAM re-reads the file at every login).
+        The lab's sshd runs as PAM service sshd-cid<N>: it is the handled service unless
+        a test says otherwise."""
+        if not any(a.startswith("service=") for a in args):
+            args = (f"service={self.sshd.name}", *args)
         self.sshd.pam_file.write_text(pam_stack(list(args), self.adopter_socket))
 
     def ssh(self, user, key_of=None, job: int | None = None, command: str = "cat /proc/self/cgroup",
@@ -93,6 +97,14 @@ class Cluster:
         p = subprocess.Popen(self.src.argv(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = p.communicate(timeout=30)
         return Login(p.returncode, out, err, time.monotonic() - t0)
+
+    def logs(self, lines: int = 30) -> str:
+        """The tail of the adopter's and sshd's logs, for assertion messages."""
+        out = []
+        for name, path in (("adopter", self.adopter.log), ("sshd", self.sshd.log)):
+            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+            out.append(f"--- {name} ---\n" + "\n".join(text))
+        return "\n".join(out)
 
     def adopter_metrics(self) -> dict:
         return scrape_in(self.dst, self.adopter_metrics_url)

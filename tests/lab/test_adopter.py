@@ -29,6 +29,18 @@ def not_in_any_job(login) -> bool:
     return login.rc == 0 and not any("/job_" in line for line in login.cgroup_lines())
 
 
+# Prints the shell's cgroups, then the freezer cgroup of the sshd [priv] process that PAM ran
+# in (the shell's grandparent: [priv] forks the user's sshd, which runs the shell).
+SHOW = ("cat /proc/self/cgroup; priv=$(awk '{print $4}' /proc/$PPID/stat); "
+        "echo PRIV=$(cat /proc/$priv/comm) $(grep :freezer: /proc/$priv/cgroup)")
+
+
+def priv_in_job(login, tree, uid, job) -> bool:
+    want = f"/slurm_{tree.node}/uid_{uid}/job_{job}/step_extern"
+    priv = [line for line in login.out.splitlines() if line.startswith("PRIV=")]
+    return bool(priv) and priv[0].startswith("PRIV=sshd") and priv[0].endswith(want)  # sshd-cid<N> here
+
+
 def sshd_pids_in_extern(tree, uid, job) -> list[int]:
     out = []
     for pid in tree.pids(uid, job, "extern"):
@@ -51,7 +63,7 @@ def test_single_job_adopted_without_rpc_and_sees_slurm_job_id(cl):
     rpc_before = sum(v for (n, _), v in cl.adopter_metrics().items() if n == "callerid_adopter_rpc_requests_total")
     login = cl.ssh(a, command="cat /proc/self/cgroup; bash -lc 'echo JOB=$SLURM_JOB_ID'")
     assert login.rc == 0, login.err
-    assert in_job(login, cl.dst_jobs, a.uid, 5001), login.out
+    assert in_job(login, cl.dst_jobs, a.uid, 5001), login.out + cl.logs()
     assert "JOB=5001" in login.out
     rpc_after = sum(v for (n, _), v in cl.adopter_metrics().items() if n == "callerid_adopter_rpc_requests_total")
     assert rpc_after == rpc_before  # single_job_skip_rpc
@@ -65,10 +77,10 @@ def test_two_jobs_ssh_from_job_b_lands_in_b_via_the_map(cl):
     cl.dst_jobs.create(a.uid, 5012)
     cl.src_jobs.create(a.uid, 5012)  # job 5012 spans src and dst; its task on src runs ssh
     before = metric(cl.tracer_metrics(), "callerid_lookups_total", source="bpf")
-    login = cl.ssh(a, job=5012)
+    login = cl.ssh(a, job=5012, command=SHOW)
     assert login.rc == 0, login.err
     assert in_job(login, cl.dst_jobs, a.uid, 5012), login.out
-    assert sshd_pids_in_extern(cl.dst_jobs, a.uid, 5012), "the sshd itself must sit in step_extern"
+    assert priv_in_job(login, cl.dst_jobs, a.uid, 5012), "the sshd itself must sit in step_extern:\n" + login.out
     assert metric(cl.tracer_metrics(), "callerid_lookups_total", source="bpf") == before + 1
     assert "reason=callerid" in cl.adopter.log_text()
 
@@ -134,17 +146,24 @@ def test_other_users_key_from_a_job_is_never_adopted_into_that_job(cl):
 
 def _hook_socket_request(cl, payload: bytes, as_uid: int | None = None) -> bytes:
     """Talk to the adopter socket from inside dst, optionally as a non-root uid."""
-    code = ("import socket,sys;s=socket.socket(socket.AF_UNIX);s.settimeout(5);s.connect(sys.argv[1]);"
-            "s.sendall(sys.stdin.buffer.read());s.shutdown(socket.SHUT_WR);"
-            "d=b''\nwhile True:\n  c=s.recv(4096)\n  if not c: break\n  d+=c\nsys.stdout.buffer.write(d)")
+    # a daemon that refuses may close before reading: a reset or broken pipe means "no reply"
+    code = ("import socket,sys;s=socket.socket(socket.AF_UNIX);s.settimeout(5);s.connect(sys.argv[1])\n"
+            "try:\n  s.sendall(sys.stdin.buffer.read());s.shutdown(socket.SHUT_WR)\n"
+            "except (BrokenPipeError, ConnectionResetError):\n  sys.exit(0)\n"
+            "d=b''\nwhile True:\n  try:\n    c=s.recv(4096)\n  except ConnectionResetError:\n    break\n"
+            "  if not c: break\n  d+=c\nsys.stdout.buffer.write(d)")
     import sys as _sys
 
-    def drop():
+    from tests.infra.jobtree import setns_net
+
+    def enter():
+        setns_net(cl.dst.path)  # while still root
         if as_uid is not None:
+            os.setgroups([])
             os.setgid(as_uid)
             os.setuid(as_uid)
-    r = subprocess.run(cl.dst.argv([_sys.executable, "-c", code, cl.adopter_socket]), input=payload,
-                       capture_output=True, preexec_fn=drop, timeout=20)
+    r = subprocess.run([_sys.executable, "-c", code, cl.adopter_socket], input=payload,
+                       capture_output=True, preexec_fn=enter, timeout=20)
     if r.returncode != 0:
         raise PermissionError(r.stderr.decode()[-300:])
     return r.stdout
