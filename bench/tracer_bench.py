@@ -772,66 +772,74 @@ SERVER_BUCKETS = (  # the first frame from the leaf outwards that matches names 
 )
 
 
-def summarize_pyspy(raw: str) -> dict:
-    """Split the daemon's request-serving samples into buckets. With --idle, blocked time
-    (waiting for munged, recv) is included, so shares are of wall time spent per request.
-    Serving = rpc-client threads (RpcServer._serve) + the accept thread while it is not
-    blocked in accept() (it starts one thread per connection)."""
+def _pyspy_bucket(fr) -> str | None:
+    """Name what a daemon thread is doing in one py-spy sample; None for idle waits of
+    threads that do not serve requests (the accept thread waiting in accept(), sweeper sleeps)."""
+    names = [f[0] for f in fr]
+    if "RpcServer._serve" in names:
+        for f in reversed(fr):
+            hit = next((lab for lab, pred in SERVER_BUCKETS if pred(f)), None)
+            if hit:
+                return hit
+        return "rpc thread: other (thread bootstrap/exit, socket close, loop)"
+    if "RpcServer._accept_loop" in names:
+        leaf = fr[-1]
+        if leaf[0] == "socket.accept" or (leaf[0] == "RpcServer._accept_loop" and "accept()" in _src_line(leaf[1], leaf[2])):
+            return None
+        return "accept thread: starting a thread per connection" if "Thread.start" in names else "accept thread: other"
+    if "Tracer._sweep_loop" in names:
+        return None if "Event.wait" in names else "sweeper: walking the whole map"
+    return None  # main thread, metrics HTTP server: idle here
+
+
+def summarize_pyspy(raw: str, rate: int, requests: int) -> dict:
+    """ms per request in each bucket (samples / rate / requests)."""
     buckets: dict[str, int] = {}
-    total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
-        c = int(count)
-        fr = _frames(stack)
-        names = [f[0] for f in fr]
-        if "RpcServer._accept_loop" in names:
-            if fr[-1][0] == "socket.accept" or fr[-1][0] == "RpcServer._accept_loop" and "accept()" in _src_line(fr[-1][1], fr[-1][2]):
-                continue  # idle: waiting for the next client
-            label = ("accept thread: starting a thread per connection" if "Thread.start" in names
-                     else "accept thread: accept + other")
-        elif "RpcServer._serve" in names:
-            label = "rpc-client thread: other (thread start/exit, close, loop)"
-            for f in reversed(fr):
-                hit = next((lab for lab, pred in SERVER_BUCKETS if pred(f)), None)
-                if hit:
-                    label = hit
-                    break
-        else:
-            continue
-        total += c
-        buckets[label] = buckets.get(label, 0) + c
-    share = {k: v / total for k, v in sorted(buckets.items(), key=lambda kv: -kv[1])} if total else {}
-    return {"serving_samples": total, "share": share}
+        label = _pyspy_bucket(_frames(stack))
+        if label:
+            buckets[label] = buckets.get(label, 0) + int(count)
+    per = 1000 / rate / requests if requests else 0
+    return {k: v * per for k, v in sorted(buckets.items(), key=lambda kv: -kv[1])}
+
+
+def run_pyspy(daemon: Daemon, qargs, dur: float, idle: bool, cleanup: Cleanup, keep: Path | None) -> dict:
+    """py-spy record the daemon while one client asks back to back."""
+    rate = 500
+    raw = Path(daemon.dir, f"pyspy-{'wall' if idle else 'cpu'}.raw")
+    argv = [str(VENV_BIN / "py-spy"), "record", "-p", str(daemon.proc.pid), "-d", str(int(dur) + 1), "-r", str(rate),
+            "-f", "raw", "-o", str(raw), "--nonblocking"] + (["--idle"] if idle else [])
+    rec = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stop_rec = cleanup.push(lambda: stop_pid(rec.pid), "py-spy")
+    time.sleep(0.5)
+    tp = bench_throughput(daemon, 1, dur - 1, qargs, cleanup)
+    try:
+        _, err = rec.communicate(timeout=dur + 30)
+    except subprocess.TimeoutExpired:
+        err = "timeout"
+    cleanup.run_one(stop_rec)
+    if not raw.exists():
+        return {"error": (err or "no output")[-500:]}
+    # Samples cover dur+1 s while requests ran dur-1 s: scale to the requests' window.
+    text = raw.read_text()
+    if keep:
+        shutil.copy(raw, keep)
+    window = (int(dur) + 1) / tp["duration_s"] if tp["duration_s"] else 1
+    per_req = {k: v / window for k, v in summarize_pyspy(text, rate, tp["requests"]).items()}
+    return {"ms_per_request": per_req, "requests": tp["requests"], "rpc_p50_ns_under_profiler": tp.get("p50_ns")}
 
 
 def profile_rpc(daemon: Daemon, qargs, args, cleanup: Cleanup) -> dict:
     out = {}
-    pyspy = VENV_BIN / "py-spy"
-    dur = 3 if args.quick else 8
-    if pyspy.exists():
-        raw = Path(daemon.dir, "pyspy.raw")
-        rec = subprocess.Popen([str(pyspy), "record", "-p", str(daemon.proc.pid), "-d", str(dur), "-r", "500",
-                                "-f", "raw", "-o", str(raw), "--idle", "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        cleanup.push(lambda: stop_pid(rec.pid), "py-spy")
-        time.sleep(0.5)
-        tp = bench_throughput(daemon, 1, dur - 1, qargs, cleanup)
-        try:
-            _, err = rec.communicate(timeout=dur + 30)
-        except subprocess.TimeoutExpired:
-            stop_pid(rec.pid)
-            err = "timeout"
-        if raw.exists():
-            out["pyspy"] = summarize_pyspy(raw.read_text())
-            out["pyspy"]["requests_during_profile"] = tp["requests"]
-            out["pyspy"]["rpc_p50_ns_under_profiler"] = tp.get("p50_ns")
-            out["pyspy"]["server_ms_per_request"] = (out["pyspy"]["serving_samples"] / 500 * 1000 / tp["requests"]
-                                                     if tp["requests"] else None)
-            shutil.copy(raw, Path(args.out).with_suffix(".pyspy.raw"))
-        else:
-            out["pyspy_error"] = (err or "")[-500:]
+    dur = 4 if args.quick else 8
+    if (VENV_BIN / "py-spy").exists():
+        # Wall view (--idle): where a request's rpc thread spends its time, blocked or not.
+        out["pyspy_wall"] = run_pyspy(daemon, qargs, dur, True, cleanup, Path(args.out).with_suffix(".pyspy-wall.raw"))
+        # CPU view: where the daemon burns CPU per request, all threads.
+        out["pyspy_cpu"] = run_pyspy(daemon, qargs, dur, False, cleanup, Path(args.out).with_suffix(".pyspy-cpu.raw"))
     else:
         out["pyspy_error"] = "py-spy not installed (.venv/bin/pip install py-spy)"
 
@@ -984,14 +992,20 @@ def render(r: dict) -> str:
     L.append("")
     p = r.get("profile", {})
     L.append("Profile of the RPC path")
-    if "pyspy" in p:
-        ps = p["pyspy"]
-        L.append(f"   server (py-spy --idle, 500 Hz, on the daemon while 1 client asks back to back: {ps['serving_samples']} "
-                 f"samples serving {ps['requests_during_profile']} requests, ~{ps['server_ms_per_request']:.2f} ms of "
-                 f"server wall time per request; p50 under the profiler {fmt_ns(ps['rpc_p50_ns_under_profiler'])}):")
-        for k, v in ps["share"].items():
-            L.append(f"     {v * 100:5.1f}%  {k}")
-    elif "pyspy_error" in p:
+    for key, title in (("pyspy_wall", "server, wall time per request (py-spy --idle, rpc thread blocked or running)"),
+                       ("pyspy_cpu", "server, CPU time per request (py-spy, on-CPU samples of all daemon threads)")):
+        ps = p.get(key)
+        if not ps:
+            continue
+        if "error" in ps:
+            L.append(f"   {title}: py-spy failed: {ps['error']}")
+            continue
+        L.append(f"   {title}; {ps['requests']} requests from 1 client, p50 under the profiler "
+                 f"{fmt_ns(ps['rpc_p50_ns_under_profiler'])}:")
+        for k, v in ps["ms_per_request"].items():
+            if v >= 0.005:
+                L.append(f"     {v * 1000:6.0f} us  {k}")
+    if "pyspy_error" in p:
         L.append(f"   py-spy: {p['pyspy_error']}")
     c = p.get("client_cprofile")
     if c:

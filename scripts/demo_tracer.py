@@ -5,11 +5,8 @@ Run through scripts/demo.sh (as root). Everything it creates is removed at the e
 """
 
 import json
-import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 repo = Path(__file__).resolve().parent.parent

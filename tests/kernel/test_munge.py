@@ -1,12 +1,6 @@
-"""callerid.munge against a real, private munged started for this module."""
+"""callerid.munge against a real, private munged (tests/conftest.py)."""
 
 import os
-import pwd
-import shutil
-import signal
-import stat
-import subprocess
-import tempfile
 import threading
 import time
 
@@ -22,73 +16,10 @@ KEY = "/etc/munge/munge.key"
 NOBODY = 65534
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        return ""
-
-
 @pytest.fixture(scope="module")
-def munged():
-    """Start munged as user munge on a socket of its own; yield the socket path."""
-    require(os.geteuid() == 0, "root (to start a private munged as user munge)")
-    require(os.access(MUNGED, os.X_OK), f"{MUNGED} (Debian package munge)")
-    require(shutil.which("runuser") is not None, "runuser (util-linux)")
-    try:
-        pw = pwd.getpwnam("munge")
-    except KeyError:
-        pytest.fail("user 'munge' does not exist (install the munge package)", pytrace=False)
-    if not os.path.exists(KEY):
-        pytest.fail(f"{KEY} is missing: create it with `mungekey` (or reinstall munge)", pytrace=False)
-
-    # Not pytest's tmp_path: its parents are root-only 0700 and munged runs as munge.
-    # 0755 so the uid-65534 client can reach the socket.
-    tmp = tempfile.mkdtemp(prefix="callerid-munge-")
-    os.chmod(tmp, 0o755)
-    os.chown(tmp, pw.pw_uid, pw.pw_gid)
-    sock, pidfile, log = f"{tmp}/munge.sock", f"{tmp}/munged.pid", f"{tmp}/munged.log"
-    pid = None
-    try:
-        # munged forks into the background; the parent exits once it is set up.
-        r = subprocess.run(
-            ["runuser", "-u", "munge", "--", MUNGED, f"--socket={sock}",
-             f"--pid-file={pidfile}", f"--log-file={log}", f"--seed-file={tmp}/seed"],
-            capture_output=True, text=True, timeout=20)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if os.path.exists(pidfile) and os.path.exists(sock) \
-                    and stat.S_ISSOCK(os.stat(sock).st_mode):
-                with open(pidfile) as f:
-                    text = f.read().strip()
-                if text:
-                    pid = int(text)
-                    break
-            time.sleep(0.05)
-        if pid is None:
-            logtext = open(log).read() if os.path.exists(log) else ""
-            pytest.fail(f"munged did not start (rc {r.returncode}): {r.stderr.strip()} {logtext}",
-                        pytrace=False)
-        yield sock
-    finally:
-        # Stop exactly the daemon we started, and only if the pid is still munged.
-        if pid is not None and _comm(pid) == "munged":
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(pid) and _comm(pid) == "munged":
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(tmp, ignore_errors=True)
+def munged(munged):
+    """The session's private munged (tests/conftest.py); these tests use its socket path."""
+    return munged.socket
 
 
 def test_round_trip_gives_payload_and_root_ids(munged):

@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import require
 from tests.infra.netns import Topology
-from tests.infra.procs import stop_pid, wait_for
+from tests.infra.procs import stop_pid
 from tests.kernel.conftest import close_client, start_client
 
 pytestmark = pytest.mark.kernel

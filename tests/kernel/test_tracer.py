@@ -57,7 +57,7 @@ def tracer(tracers):
     return t
 
 
-def query(tracer, c, timeout=3.0) -> "Answer":
+def query(tracer, c, timeout=3.0):
     q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
     return ask(("127.0.0.1", tracer.port), q, timeout, tracer.munge_socket)
 

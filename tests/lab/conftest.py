@@ -5,7 +5,6 @@ adopter daemon. Jobs are Slurm-layout cgroup trees (tests/infra/jobtree.py) on e
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ from tests.infra.adopterproc import AdopterProc, scrape_in
 from tests.infra.adopterproc import write_config as write_adopter_config
 from tests.infra.jobtree import JobTree, setns_net
 from tests.infra.netns import Topology
-from tests.infra.procs import wait_for
 from tests.infra.sshd import Sshd, keygen, pam_stack, ssh_argv
 from tests.infra.tracerproc import TracerFactory, free_port
 

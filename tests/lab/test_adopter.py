@@ -4,7 +4,6 @@ real munged, Slurm-layout job cgroups on both test hosts."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
