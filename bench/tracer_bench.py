@@ -446,73 +446,123 @@ def conn_loop_ns(lsock: socket.socket, n: int, max_s: float, chunk: int = 250) -
     return out
 
 
+def _prog_run_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a BPF program from its fdinfo (counted only while
+    kernel.bpf_stats_enabled is 1)."""
+    t = c = 0
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k == "run_time_ns":
+                t = int(v)
+            elif k == "run_cnt":
+                c = int(v)
+    return t, c
+
+
+def bpf_program_time(probe, lsock, iters: int, cleanup: Cleanup) -> dict:
+    """Time spent inside the BPF programs per connection, from the kernel's own BPF run-time
+    statistics (a separate phase: turning the statistics on adds a clock read per run).
+    The rest of the added cost is the tracepoint dispatch (perf event, argument record)."""
+    path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    try:
+        fds = {fn.decode(): probe.bpf.funcs[fn].fd for _, fn in TRACEPOINTS}
+        before = path.read_text().strip()
+    except (KeyError, OSError, AttributeError) as exc:
+        return {"error": f"BPF run-time statistics unavailable: {exc}"}
+    restore = cleanup.push(lambda: path.write_text(before), "kernel.bpf_stats_enabled")
+    try:
+        path.write_text("1")
+        s0 = {k: _prog_run_stats(fd) for k, fd in fds.items()}
+        n = len(conn_loop_ns(lsock, iters, 10)) * 250
+        s1 = {k: _prog_run_stats(fd) for k, fd in fds.items()}
+    finally:
+        cleanup.run_one(restore)
+    out = {"connections": n}
+    for k in fds:
+        dt, dc = s1[k][0] - s0[k][0], s1[k][1] - s0[k][1]
+        out[k] = {"runs_per_connection": dc / n, "ns_per_connection": dt / n, "ns_per_run": dt / dc if dc else None}
+    out["ns_per_connection"] = sum(out[k]["ns_per_connection"] for k in fds)
+    out["runs_per_connection"] = sum(out[k]["runs_per_connection"] for k in fds)
+    return out
+
+
+def other_tracepoint_users() -> int:
+    """BPF programs other than ours may sit on the same tracepoints (e.g. tests run by
+    others): count perf-event BPF links the kernel lists, for the report (0 if unknown)."""
+    try:
+        r = subprocess.run(["bpftool", "-j", "perf"], capture_output=True, text=True, timeout=5)
+        return sum(1 for x in json.loads(r.stdout or "[]") if x.get("tracepoint") in ("inet_sock_set_state", "tcp_destroy_sock"))
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return -1
+
+
 def bench_probe_cost(args, cleanup: Cleanup) -> dict:
-    """Alternate phases with no probe and with the tracepoint probe attached; the probe is
-    loaded once and its two tracepoints detached/re-attached between phases (program and
-    maps stay loaded; a detached tracepoint costs nothing, exactly like no probe)."""
+    """ns per loopback connect+accept+close without and with the tracepoint probe.
+
+    The probe is loaded once; its two tracepoints are detached and re-attached between
+    short chunks (250 connections, ~12 ms) in an ABBA order, so slow drifts in machine
+    load cancel out in each pair's difference. A detached tracepoint costs nothing, the
+    same as no probe; a never-loaded baseline is measured before and after as a check."""
     from tracer import probes
 
-    iters, rounds = (1500, 8) if args.quick else (3000, 20)
+    chunk, pairs = 250, (60 if args.quick else 200)
     pin_root = new_pin_root()
     cleanup.push(lambda: shutil.rmtree(pin_root, ignore_errors=True), f"pins {pin_root}")
     lsock = listener(512)
     cleanup.push(lsock.close, "probe-cost listener")
-    conn_loop_ns(lsock, 2000, 5)  # warm-up
-    phases = []  # (state, [ns per iteration per chunk])
-
-    unloaded = conn_loop_ns(lsock, iters, 10)
-    phases.append(("none", unloaded))
+    conn_loop_ns(lsock, 2000, 5, chunk)  # warm-up
+    unloaded = conn_loop_ns(lsock, 10 * chunk, 10, chunk)
     log(f"probe cost: no probe loaded: {fmt_ns(statistics.median(unloaded))} per connection")
     probe = probes.load("tracepoint", pin_root=pin_root)
     cleanup.push(probe.close, "in-process probe")
     load_s = probe.load_seconds
     stats0 = probe.stats()
-    attached_iters = 0
-    try:
-        attached = True
-        for r in range(rounds):
-            for state in ("probe", "none"):
-                want = state == "probe"
-                if want != attached:
-                    for tp, fn in TRACEPOINTS:
-                        if want:
-                            probe.bpf.attach_tracepoint(tp=tp, fn_name=fn)
-                        else:
-                            probe.bpf.detach_tracepoint(tp)
-                    attached = want
-                vals = conn_loop_ns(lsock, iters, 10)
-                if want:
-                    attached_iters += len(vals) * 250
-                phases.append((state, vals))
-            if r % 5 == 4 or r == rounds - 1:
-                log(f"probe cost: round {r + 1}/{rounds}: probe {fmt_ns(statistics.median(phases[-2][1]))}, "
-                    f"none {fmt_ns(statistics.median(phases[-1][1]))}")
-        if not attached:
-            for tp, fn in TRACEPOINTS:
+    attached = True
+
+    def set_attached(want: bool):
+        nonlocal attached
+        if want == attached:
+            return
+        for tp, fn in TRACEPOINTS:
+            if want:
                 probe.bpf.attach_tracepoint(tp=tp, fn_name=fn)
+            else:
+                probe.bpf.detach_tracepoint(tp)
+        attached = want
+
+    with_probe, without, added = [], [], []
+    try:
+        deadline = time.monotonic() + (30 if args.quick else 90)
+        for i in range(pairs):
+            if time.monotonic() > deadline:
+                break
+            order = (True, False) if i % 2 == 0 else (False, True)  # ABBA
+            got = {}
+            for want in order:
+                set_attached(want)
+                got[want] = conn_loop_ns(lsock, chunk, 5, chunk)[0]
+            with_probe.append(got[True])
+            without.append(got[False])
+            added.append(got[True] - got[False])
+        set_attached(True)
         stats1 = probe.stats()
+        prog_time = bpf_program_time(probe, lsock, 20 * chunk, cleanup)
     finally:
         cleanup.run_one(probe.close)
-    unloaded2 = conn_loop_ns(lsock, iters, 10)
-    phases.append(("none", unloaded2))
+    unloaded2 = conn_loop_ns(lsock, 10 * chunk, 10, chunk)
     cleanup.run_one(lsock.close)
-
-    base_meds = [statistics.median(v) for s, v in phases if s == "none"]
-    probe_meds = [statistics.median(v) for s, v in phases if s == "probe"]
-    # Added cost per round: probe phase minus the mean of the no-probe phases either side.
-    added = []
-    for i, (s, v) in enumerate(phases):
-        if s == "probe":
-            added.append(statistics.median(v) - (statistics.median(phases[i - 1][1]) + statistics.median(phases[i + 1][1])) / 2)
+    n_attached = len(with_probe) * chunk
     est = stats1["established"] - stats0["established"]
+    log(f"probe cost: {len(added)} pairs, added p50 {fmt_ns(statistics.median(added))}")
     return {
-        "iterations_per_phase": iters, "rounds": rounds, "probe_load_s": load_s,
-        "baseline_ns": statistics.median(base_meds), "with_probe_ns": statistics.median(probe_meds),
-        "added_ns": statistics.median(added), "added_ns_per_round": added,
+        "chunk": chunk, "pairs": len(added), "probe_load_s": load_s,
+        "baseline_ns": statistics.median(without), "with_probe_ns": statistics.median(with_probe),
+        "never_loaded_ns_before": statistics.median(unloaded), "never_loaded_ns_after": statistics.median(unloaded2),
+        "added_ns": statistics.median(added), "added_ns_p25": pctl(added, 25), "added_ns_p75": pctl(added, 75),
         "added_ns_min": min(added), "added_ns_max": max(added),
-        "added_ns_p25": pctl(added, 25), "added_ns_p75": pctl(added, 75),
-        "no_probe_phase_medians_ns": base_meds, "probe_phase_medians_ns": probe_meds,
-        "map_entries_per_attached_connection": est / attached_iters if attached_iters else None,
+        "map_entries_per_attached_connection": (est - 20 * chunk) / n_attached if n_attached else None,
+        "bpf_program": prog_time, "other_bpf_on_these_tracepoints": other_tracepoint_users(),
     }
 
 
@@ -957,14 +1007,23 @@ def render(r: dict) -> str:
         L.append(row)
     L.append("")
     pc = r["probe_cost"]
-    L.append("2. Probe cost per loopback connect+accept+close (Python loop; medians of "
-             f"{pc['rounds']} alternating rounds x {pc['iterations_per_phase']} connections)")
+    L.append(f"2. Probe cost per loopback connect+accept+close (Python loop; {pc['pairs']} ABBA pairs of "
+             f"{pc['chunk']}-connection chunks, probe attached / detached)")
     L.append(f"   no probe {fmt_ns(pc['baseline_ns'])}, tracepoint probe {fmt_ns(pc['with_probe_ns'])}, "
-             f"added {fmt_ns(pc['added_ns'])} per connection (median of per-round differences; interquartile "
+             f"added {fmt_ns(pc['added_ns'])} per connection (median of pair differences; interquartile "
              f"{fmt_ns(pc['added_ns_p25'])}..{fmt_ns(pc['added_ns_p75'])}, range {fmt_ns(pc['added_ns_min'])}.."
              f"{fmt_ns(pc['added_ns_max'])})")
+    L.append(f"   never-loaded baseline before/after: {fmt_ns(pc['never_loaded_ns_before'])} / "
+             f"{fmt_ns(pc['never_loaded_ns_after'])}; other BPF programs on these tracepoints: "
+             f"{pc['other_bpf_on_these_tracepoints'] if pc['other_bpf_on_these_tracepoints'] >= 0 else 'unknown (no bpftool)'}")
     L.append(f"   probe load (compile+load+attach+self-test) in-process: {pc['probe_load_s']:.2f} s; "
              f"map entries per connection while attached: {pc['map_entries_per_attached_connection']:.2f}")
+    bp = pc.get("bpf_program", {})
+    if "ns_per_connection" in bp:
+        L.append(f"   of which inside the BPF programs (kernel.bpf_stats_enabled): {fmt_ns(bp['ns_per_connection'])} per "
+                 f"connection over {bp['runs_per_connection']:.1f} program runs; the rest is tracepoint dispatch")
+    elif bp:
+        L.append(f"   BPF program run time: {bp.get('error')}")
     L.append("")
     st = r["startup"]
     L.append("3. Start-up of `callerid tracer` (process start -> ...), runs: " + ", ".join(

@@ -98,8 +98,24 @@ def check_munge(socket_path: str) -> list[Check]:
                   "" if problem is None else "start munged with the cluster's key (every node must share it)")]
 
 
+def check_pam(services: list[str], pam_dir: str = "/etc/pam.d") -> list[Check]:
+    """The sshd PAM stack: callerid's hook last in account, nothing ending the stack before it, no pam_systemd."""
+    from . import pamstack
+    out = []
+    for service in services:
+        if service == "*" or not os.path.exists(os.path.join(pam_dir, service)):
+            continue
+        found = pamstack.problems(pamstack.parse(service, pam_dir))
+        if not found:
+            out.append(Check(f"pam {service}", "ok", "callerid hook last in the account stack, no pam_systemd"))
+        for p in found:
+            out.append(Check(f"pam {service}", "fail", p, "see packaging/pam/sshd-account-callerid"))
+    return out
+
+
 def run_checks(cfg) -> list[Check]:
-    return check_kernel() + check_probes() + check_cgroups(cfg.adopter.cgroup_root) + check_munge(cfg.common.munge_socket)
+    return (check_kernel() + check_probes() + check_cgroups(cfg.adopter.cgroup_root)
+            + check_munge(cfg.common.munge_socket) + check_pam(list(cfg.adopter.service)))
 
 
 def main(args) -> int:

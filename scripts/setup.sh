@@ -21,11 +21,13 @@ fi
 #   use tracepoint args and BPF helpers (see ../shared/LAB-NOTES.md).
 # munge/libmunge2: credentials for the callerid RPC, as Slurm uses them.
 # slurm*, openssh-server, libpam-slurm-adopt: the lab and the reference module.
+# prometheus: promtool and a real server for the observability tests.
+# systemd, shellcheck, vagrant: offline checks of the units, scripts and Vagrantfile.
 packages=(
   python3-bpfcc python3-venv python3-pip linux-headers-amd64
   munge libmunge2 iproute2 procps psmisc util-linux passwd
   openssh-server openssh-client slurmctld slurmd slurm-client libpam-slurm-adopt
-  prometheus
+  prometheus systemd shellcheck vagrant
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,53 @@
+"""Install artefacts: systemd units verify and stay hardened, shell scripts pass shellcheck,
+the Vagrantfile validates (all offline)."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import require
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = sorted((ROOT / "packaging" / "systemd").glob("*.service"))
+# Exposure systemd-analyze reports today; the reasons for what is left are in docs/INSTALL.md.
+MAX_EXPOSURE = 4.0
+
+
+def _unit_with_real_paths(unit: Path, tmp_path: Path) -> Path:
+    """The unit with /opt/callerid/venv pointing at this checkout's venv, so that
+    `verify` can check the executable exists."""
+    venv = Path(sys.executable).parent.parent
+    out = tmp_path / unit.name
+    out.write_text(unit.read_text().replace("/opt/callerid/venv", str(venv)))
+    return out
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_unit_verifies(unit, tmp_path):
+    require(shutil.which("systemd-analyze") is not None, "systemd-analyze (Debian package systemd)")
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(_unit_with_real_paths(unit, tmp_path))],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "callerid" not in r.stderr, r.stderr  # warnings about our unit (others' units may warn)
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_unit_exposure_stays_low(unit):
+    require(shutil.which("systemd-analyze") is not None, "systemd-analyze (Debian package systemd)")
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+                       capture_output=True, text=True)
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", r.stdout)
+    assert m, r.stdout + r.stderr
+    assert float(m.group(1)) <= MAX_EXPOSURE, r.stdout
+
+
+def test_shell_scripts_pass_shellcheck():
+    require(shutil.which("shellcheck") is not None, "shellcheck (Debian package shellcheck)")
+    scripts = [str(p) for p in ROOT.glob("scripts/*.sh")] + [str(p) for p in ROOT.glob("vagrant/**/*.sh")] \
+        + [str(ROOT / ".ci" / "run")]
+    r = subprocess.run(["shellcheck", "-x", *scripts], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
