@@ -44,8 +44,8 @@ fi
 kver=$(uname -r)
 moddir=/lib/modules/$kver
 if [ ! -e "$moddir/build/include/linux/kconfig.h" ] && [ ! -e "$moddir/build/Makefile" ]; then
-  build=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
-  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+  build=$(find /usr/src -maxdepth 1 -name 'linux-headers-*-amd64' | sort -V | tail -n 1)
+  common=$(find /usr/src -maxdepth 1 -name 'linux-headers-*-common' | sort -V | tail -n 1)
   if [ -z "$build" ] || [ -z "$common" ]; then
     log "no Debian kernel headers under /usr/src; BCC cannot compile"
     exit 1
@@ -82,7 +82,7 @@ fi
 stamp=$venv/.callerid-installed
 if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
   log "installing callerid into the venv"
-  "$venv/bin/python3" -m pip install -q --disable-pip-version-check -e "$repo[test]"
+  "$venv/bin/python3" -m pip install -q --disable-pip-version-check -e "${repo}[test]"
   touch "$stamp"
 fi
 log "ready: $venv/bin/callerid"

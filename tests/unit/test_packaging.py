@@ -51,3 +51,12 @@ def test_shell_scripts_pass_shellcheck():
         + [str(ROOT / ".ci" / "run")]
     r = subprocess.run(["shellcheck", "-x", *scripts], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
+
+
+def test_vagrantfile_validates(tmp_path):
+    require(shutil.which("vagrant") is not None, "vagrant (Debian package vagrant)")
+    env = {"VAGRANT_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    # -p: validate without a provider plugin installed (libvirt/VirtualBox are not here)
+    r = subprocess.run(["vagrant", "validate", "-p"], cwd=ROOT / "vagrant", env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
