@@ -3,7 +3,6 @@
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -171,11 +170,4 @@ def run(args) -> int:
     except (cfgmod.ConfigError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    d.start()
-    done.wait()
-    log.info("stopping")
-    d.stop()
-    return 0
+    return logs.serve_until_signalled(d, log)

@@ -20,3 +20,18 @@ def setup(ident: str, level: str = "info", syslog: bool = True) -> None:
             return
         h.setFormatter(logging.Formatter(f"{ident}[%(process)d]: %(message)s"))
         root.addHandler(h)
+
+
+def serve_until_signalled(daemon, log) -> int:
+    """Start daemon, block until SIGTERM or SIGINT, stop it cleanly; the exit code."""
+    import signal
+    import threading
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    daemon.start()
+    done.wait()
+    log.info("stopping")
+    daemon.stop()
+    return 0

@@ -1,12 +1,12 @@
 """`callerid tracer`: load the probe, reconcile, serve the RPC and /metrics, sweep, stop on SIGTERM."""
 
 import logging
-import signal
 import threading
 
 from prometheus_client import start_http_server
 
 from callerid import config as cfgmod
+from callerid import logs
 from callerid.config import Config, parse_addr
 from callerid.userdb import uid_of
 
@@ -102,18 +102,10 @@ def run(args) -> int:
         cfg.tracer.metrics = args.metrics
     if args.probe:
         cfg.tracer.probe = args.probe
-    from callerid import logs
     logs.setup("callerid-tracer", cfg.common.log_level)
     try:
         tracer = Tracer(cfg)
     except (probes.ProbeLoadError, probes.PinnedMapMismatch, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    tracer.start()
-    done.wait()
-    log.info("stopping")
-    tracer.stop()
-    return 0
+    return logs.serve_until_signalled(tracer, log)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .netns import Netns
 from .procs import alive, stop_pid, wait_for
+from .tracerproc import toml_value
 
 CALLERID = str(Path(sys.executable).parent / "callerid")
 
@@ -16,14 +17,7 @@ def write_config(path: Path, munge_socket: str, nodename: str, rpc_port: int, so
     lines = ["[common]", f'munge_socket = "{munge_socket}"', f'nodename = "{nodename}"', 'slurm_user = "root"',
              'log_level = "debug"', f"rpc_port = {rpc_port}", "", "[adopter]", f'socket = "{socket}"',
              f'metrics = "{metrics}"']
-    for k, v in adopter.items():
-        if isinstance(v, bool):
-            v = str(v).lower()
-        elif isinstance(v, str):
-            v = f'"{v}"'
-        elif isinstance(v, (list, tuple)):
-            v = "[" + ", ".join(f'"{x}"' for x in v) + "]"
-        lines.append(f"{k} = {v}")
+    lines += [f"{k} = {toml_value(v)}" for k, v in adopter.items()]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -16,14 +16,24 @@ from .procs import alive, stop_pid
 VENV_BIN = Path(sys.executable).parent
 
 
+def toml_value(v) -> str:
+    """A Python value as TOML (the few types test configs use)."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return str(v)
+
+
 def write_config(path: Path, munge_socket: str, pin_root: str, listen: list[str], metrics: str,
                  nodename: str = "testnode", rpc_port: int = 6828, **tracer) -> None:
     lines = ["[common]", f'munge_socket = "{munge_socket}"', f'nodename = "{nodename}"',
              'slurm_user = "root"', 'log_level = "debug"', f"rpc_port = {rpc_port}", "", "[tracer]",
              "listen = [" + ", ".join(f'"{a}"' for a in listen) + "]", f'metrics = "{metrics}"',
              f'pin_root = "{pin_root}"']
-    for k, v in tracer.items():
-        lines.append(f"{k} = " + (f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)))
+    lines += [f"{k} = {toml_value(v)}" for k, v in tracer.items()]
     path.write_text("\n".join(lines) + "\n")
 
 
