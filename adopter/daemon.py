@@ -7,10 +7,8 @@ import socket
 import threading
 import time
 
-from prometheus_client import start_http_server
-
 from callerid import config as cfgmod
-from callerid import logs
+from callerid import httpd, logs
 
 from . import peer, policy
 from .metrics import AdopterMetrics
@@ -83,7 +81,9 @@ class AdopterDaemon:
         m = self.cfg.adopter.metrics
         if m:
             host, port = cfgmod.parse_addr(m, 9829)
-            self._http, _ = start_http_server(port, host, registry=self.metrics.registry)
+            self._http = httpd.serve(host, port, self.metrics.registry, f"callerid adopter on {self.settings.nodename}",
+                                     lambda: [f"hook socket: {self.cfg.adopter.socket}",
+                                              f"options: {vars(self.settings.base_options)}"])
         threading.Thread(target=self._accept_loop, name="hook-accept", daemon=True).start()
         log.info("adopter serving %s for node %s (%s)", self.cfg.adopter.socket, self.settings.nodename,
                  ", ".join(f"{k}={v}" for k, v in vars(self.settings.base_options).items()))

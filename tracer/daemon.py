@@ -3,10 +3,8 @@
 import logging
 import threading
 
-from prometheus_client import start_http_server
-
 from callerid import config as cfgmod
-from callerid import logs
+from callerid import httpd, logs
 from callerid.config import Config, parse_addr
 from callerid.userdb import uid_of
 
@@ -69,13 +67,20 @@ class Tracer:
         m = self.cfg.tracer.metrics
         if m:
             host, port = parse_addr(m, 9828)
-            self._http, _ = start_http_server(port, host, registry=self.metrics.registry)
+            self._http = httpd.serve(host, port, self.metrics.registry, f"callerid tracer on {self.resolver.node}",
+                                     self._landing)
         self.server.start()
         if self.sweeper is not None:
             threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True).start()
         log.info("tracer serving on %s (probe %s, node %s)",
                  ", ".join(f"{h}:{p}" for h, p in self.server.addresses),
                  self.probe.backend if self.probe else "none", self.resolver.node)
+
+    def _landing(self) -> list[str]:
+        probe = self.probe.backend if self.probe else "none (answering from /proc only)"
+        return [f"probe backend: {probe}",
+                "RPC on " + ", ".join(f"{h}:{p}" for h, p in self.server.addresses),
+                f"pinned maps: {self.probe.pin_dir if self.probe else '-'}"]
 
     def _sweep_loop(self):
         while not self._stop.wait(self.cfg.tracer.sweep_interval_seconds):

@@ -263,6 +263,19 @@ def test_slow_client_times_out_and_is_counted(tracer):
     assert metric(scrape(tracer.metrics_url), "callerid_rpc_requests_total", result="timeout") == before + 1
 
 
+def test_metrics_endpoint_has_a_landing_page_and_only_serves_metrics_at_metrics(tracer):
+    import urllib.error
+    import urllib.request
+    base = tracer.metrics_url.rsplit("/", 1)[0]
+    page = urllib.request.urlopen(base + "/", timeout=5).read().decode()
+    assert "callerid tracer on testnode" in page and "probe backend: tracepoint" in page and "href='metrics'" in page
+    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    assert "callerid_rpc_requests_total" in text and "_created" not in text
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(base + "/other", timeout=5)
+    assert exc.value.code == 404
+
+
 def test_unreachable_tracer_is_a_clear_error(munged):
     q = Query.make("127.0.0.1", 1234, "127.0.0.1", 22)
     with socket.socket() as s:
