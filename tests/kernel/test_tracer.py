@@ -276,6 +276,16 @@ def test_metrics_endpoint_has_a_landing_page_and_only_serves_metrics_at_metrics(
     assert exc.value.code == 404
 
 
+def test_scrape_passes_promtool_check_metrics(tracer):
+    import shutil
+    import urllib.request
+    from tests.helpers import require
+    require(shutil.which("promtool") is not None, "promtool (Debian package prometheus)")
+    text = urllib.request.urlopen(tracer.metrics_url, timeout=5).read()
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (r.stdout + r.stderr).decode()
+
+
 def test_unreachable_tracer_is_a_clear_error(munged):
     q = Query.make("127.0.0.1", 1234, "127.0.0.1", 22)
     with socket.socket() as s:
