@@ -121,8 +121,10 @@ class AdopterDaemon:
                 try:
                     conn.settimeout(1.0)
                     conn.sendall(json.dumps(reply.to_json()).encode() + b"\n")
-                except OSError:
-                    pass
+                except OSError as exc:
+                    # The hook gave up (its deadline) and applied action_generic_failure itself.
+                    self.metrics.hook_requests.labels("reply_undelivered").inc()
+                    log.warning("hook went away before its reply (%s): the login got action_generic_failure", exc)
 
     def _handle(self, conn: socket.socket) -> Reply | None:
         who = peer.peer_credentials(conn)

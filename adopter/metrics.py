@@ -4,10 +4,20 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.process_collector import ProcessCollector
 
 from callerid import __version__
+from callerid.client import RPC_ERROR_REASONS
+
+from . import policy
 
 # Sub-millisecond for single-job adoptions, seconds for RPC timeouts and deadlines.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+# callerid RPC outcomes seen by the adopter: answers, the client's error reasons, and
+# no_socket (the sshd held no TCP connection: nothing to ask about).
+RPC_OUTCOMES = ("found_job", "no_job", "not_found", "no_socket") + RPC_ERROR_REASONS
+HOOK_RESULTS = ("ok", "not_root", "bad_request", "bad_peer", "timeout", "internal_error", "reply_undelivered")
+SECURITY_KIND = "foreign_job"  # the only decision policy flags as a possible escape
 
 
 class AdopterMetrics:
@@ -30,8 +40,15 @@ class AdopterMetrics:
                                      ["result"], registry=r)
         self.security = Counter("callerid_adopter_security_events",
                                 "Logins from another user's job or other possible escape attempts.", ["kind"], registry=r)
+        # Pre-declared label values: a series born at 1 is invisible to rate() and
+        # increase(), which would hide a node's first security event or failure.
+        for verdict, reason in policy.verdict_reason_pairs():
+            self.decisions.labels(verdict, reason)
+        for v in RPC_OUTCOMES:
+            self.rpc.labels(v)
         for v in ("success", "job_gone", "permission", "io"):
             self.adoptions.labels(v)
-        for v in ("ok", "not_root", "bad_request", "bad_peer", "timeout", "internal_error"):
+        for v in HOOK_RESULTS:
             self.hook_requests.labels(v)
+        self.security.labels(SECURITY_KIND)
         ProcessCollector(registry=r)

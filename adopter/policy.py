@@ -406,6 +406,11 @@ def decision_table() -> list[dict]:
     return rows
 
 
+def verdict_reason_pairs() -> list[tuple[str, str]]:
+    """Every (verdict, reason) a counted decision can have (NEED_RPC is never final)."""
+    return sorted({(r["verdict"], r["reason"]) for r in decision_table() if r["verdict"] != Verdict.NEED_RPC.value})
+
+
 _INTRO = """\
 # What the adopter decides
 

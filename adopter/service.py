@@ -10,7 +10,7 @@ from callerid.protocol import Query, Status
 from callerid.userdb import trusted_uids
 
 from . import cgroupfs, jobs, peer, policy
-from .metrics import AdopterMetrics
+from .metrics import SECURITY_KIND, AdopterMetrics
 
 log = logging.getLogger("callerid.adopter")
 
@@ -61,7 +61,7 @@ class Adopter:
         self.m.decisions.labels(decision.verdict.value, decision.reason).inc()
         self.m.decision_seconds.observe(elapsed)
         if decision.security:
-            self.m.security.labels(decision.reason.rsplit("_", 1)[0]).inc()  # e.g. foreign_job
+            self.m.security.labels(SECURITY_KIND).inc()
         line = (f"user={user} service={service} from={src} job={decision.job_id if decision.job_id else '-'} "
                 f"decision={decision.verdict.value} reason={decision.reason} latency_ms={elapsed * 1000:.1f}")
         if decision.security:

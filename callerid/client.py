@@ -7,6 +7,9 @@ from . import munge
 from .protocol import HEADER, Answer, ErrorCode, FrameType, ProtocolError, Query, decode_error, decode_header, encode_frame
 
 
+RPC_ERROR_REASONS = ("connect", "timeout", "refused", "bad_reply", "auth", "munge")
+
+
 class RpcError(Exception):
     """The question could not be answered: unreachable, timeout, refused or a bad reply."""
 

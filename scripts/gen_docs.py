@@ -1,8 +1,11 @@
-"""Regenerate the generated docs (docs/CONFIG.md) from the code."""
+"""Regenerate the generated docs (docs/CONFIG.md, the metrics reference in docs/OPERATIONS.md) from the code."""
 
 from pathlib import Path
+
+import gen_operations  # scripts/gen_operations.py: this script's directory is on sys.path
 
 from callerid import config
 
 root = Path(__file__).resolve().parent.parent
 (root / "docs" / "CONFIG.md").write_text(config.reference() + "\n")
+gen_operations.main()

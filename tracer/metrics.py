@@ -25,7 +25,7 @@ class TracerMetrics:
         for res in RPC_RESULTS:
             self.requests.labels(res)
         self.request_seconds = Histogram("callerid_rpc_request_duration_seconds",
-                                         "Time from a complete request frame to the answer being sent.",
+                                         "Time from a complete request frame to its reply being ready (credential check, lookup, signing); frames refused before that are counted, not timed.",
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.clients = Gauge("callerid_rpc_clients", "RPC clients connected now.", registry=r)
         self.lookups = Counter("callerid_lookups", "Lookups by the source that answered (none: nothing found).",
@@ -42,7 +42,7 @@ class TracerMetrics:
                                 ["backend"], registry=r)
         self.probe_load_seconds = Gauge("callerid_probe_load_duration_seconds",
                                         "Time to compile, load, attach and self-test the probe.", registry=r)
-        self.sweeps = Counter("callerid_sweeper_runs", "Sweeper passes over the connection map.", registry=r)
+        self.sweeps = Counter("callerid_sweeper_runs", "Completed sweeper passes over the connection map.", registry=r)
         self.sweep_failures = Counter("callerid_sweeper_failures", "Sweeper passes that raised an error.", registry=r)
         self.sweep_deleted = Counter("callerid_sweeper_deleted_connections",
                                      "Closed connections deleted after their grace period.", registry=r)

@@ -1,0 +1,1 @@
+"""Grafana dashboards and Prometheus alert rules for callerid, and the code that generates them."""

@@ -1,0 +1,578 @@
+"""Prometheus alerting rules for callerid, their promtool unit tests, and a small YAML writer.
+
+dashboards/build.py writes dashboards/alerts/callerid.yml (loaded by Prometheus) and
+dashboards/alerts/tests/callerid_test.yml (`promtool test rules`) from the data here.
+The test file sits in a subdirectory on purpose: Prometheus configs (the Vagrant
+controller's among them) load dashboards/alerts/*.yml as rule files, and a promtool test
+file there would stop Prometheus from loading its rules.
+
+Expected scrape job names: callerid-tracer (port 9828) and callerid-adopter (port 9829).
+The up-alerts match any job name containing callerid and tracer/adopter, so
+site prefixes (cluster1-callerid-tracer) keep working.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from adopter import policy
+
+TRACER_JOB_RE = ".*callerid.*tracer.*"
+ADOPTER_JOB_RE = ".*callerid.*adopter.*"
+GENERIC = "|".join(policy.GENERIC_FAILURE_REASONS)
+HOOK_FAILED = "timeout|internal_error|bad_request|bad_peer"
+RPC_FAILED = "connect|timeout|refused|bad_reply|auth|munge|no_socket"
+RUNBOOK = "docs/OPERATIONS.md#{anchor}"
+
+
+@dataclass
+class Alert:
+    name: str
+    expr: str
+    for_: str
+    severity: str  # page: wake someone; warn: look during working hours
+    summary: str
+    description: str
+    group: str
+
+    @property
+    def anchor(self) -> str:
+        return self.name.lower()  # GitHub's anchor for the heading "### <name>"
+
+    def annotations(self) -> dict:
+        return {"summary": self.summary, "description": self.description,
+                "runbook_url": RUNBOOK.format(anchor=self.anchor)}
+
+
+@dataclass
+class Case:
+    """One promtool test: input series, then at each eval time the alerts expected (labels)."""
+
+    alert: str
+    name: str
+    series: dict[str, str]
+    evals: list[tuple[str, list[dict]]] = field(default_factory=list)
+
+
+def _dedent(text: str) -> str:
+    lines = text.strip("\n").split("\n")
+    pad = min(len(x) - len(x.lstrip()) for x in lines if x.strip())
+    return "\n".join(x[pad:].rstrip() for x in lines)
+
+
+ALERTS = [
+    # --- availability --------------------------------------------------------------------
+    Alert("CallerIDTracerDown", f'up{{job=~"{TRACER_JOB_RE}"}} == 0', "5m", "warn",
+          "callerid tracer on {{ $labels.instance }} is not being scraped",
+          """\
+          Prometheus cannot scrape the callerid tracer on {{ $labels.instance }} (job {{ $labels.job }}).
+          If the daemon is down, adopters asking this node which job opened a connection get no
+          answer and fall back to action_unknown (default: adopt into the user's newest job).
+          Check `systemctl status callerid-tracer` and `journalctl -u callerid-tracer` on the node.""",
+          "callerid-availability"),
+    Alert("CallerIDAdopterDown", f'up{{job=~"{ADOPTER_JOB_RE}"}} == 0', "5m", "page",
+          "callerid adopter on {{ $labels.instance }} is not being scraped",
+          """\
+          Prometheus cannot scrape the callerid adopter on {{ $labels.instance }} (job {{ $labels.job }}).
+          If the daemon is down, every ssh login to this node gets action_generic_failure from the
+          PAM hook after its deadline: with the default (ignore) sessions land outside any job, with
+          deny nobody can log in. Check `systemctl status callerid-adopter` on the node.""",
+          "callerid-availability"),
+    # --- adopter (destination side) ------------------------------------------------------------
+    Alert("CallerIDAdoptionFailures",
+          """\
+          sum by (job, instance) (increase(callerid_adopter_adoptions_total{result!="success"}[15m])) >= 3
+          and
+          sum by (job, instance) (increase(callerid_adopter_adoptions_total{result!="success"}[15m]))
+            / sum by (job, instance) (increase(callerid_adopter_adoptions_total[15m])) > 0.1""",
+          "5m", "warn",
+          "ssh sessions on {{ $labels.instance }} cannot be moved into their jobs",
+          """\
+          More than 10% of the attempts to write sshd pids into a job's extern-step cgroups on
+          {{ $labels.instance }} failed in the last 15 minutes (at least 3). Those sessions run outside
+          the job (action_adopt_failure=allow) or were refused (deny). See the result label on the
+          Adoptions panel and the adopter's log lines "adopting process ... failed".""",
+          "callerid-adopter"),
+    Alert("CallerIDDenialsSpiking",
+          """\
+          sum by (job, instance) (increase(callerid_adopter_decisions_total{verdict="deny"}[15m])) >= 10
+          and
+          sum by (job, instance) (increase(callerid_adopter_decisions_total{verdict="deny"}[15m]))
+            / sum by (job, instance) (increase(callerid_adopter_decisions_total[15m])) > 0.5""",
+          "10m", "warn",
+          "most ssh logins to {{ $labels.instance }} are being denied",
+          """\
+          More than half of the login decisions on {{ $labels.instance }} in the last 15 minutes were
+          denials (at least 10). Look at the reason on the "Login decisions by reason" panel: no_jobs
+          for users who do have jobs there means job discovery broke (cgroup layout, Slurm upgrade);
+          *_deny reasons mean attribution fails under action_unknown=deny.""",
+          "callerid-adopter"),
+    Alert("CallerIDGenericFailures",
+          f"""\
+          sum by (job, instance) (
+              increase(callerid_adopter_decisions_total{{reason=~"{GENERIC}"}}[10m])
+            or
+              increase(callerid_adopter_hook_requests_total{{result=~"{HOOK_FAILED}"}}[10m])
+          ) >= 3""",
+          "5m", "page",
+          "the callerid adopter on {{ $labels.instance }} cannot check logins",
+          """\
+          At least 3 logins on {{ $labels.instance }} in 10 minutes were decided by
+          action_generic_failure (unknown user, internal error) or failed on the hook socket (timeout,
+          bad request, bad peer, internal error). Those sessions are not adopted, or refused if
+          action_generic_failure=deny. Read `journalctl -u callerid-adopter` on the node; check sssd /
+          the user database and that the hook runs from sshd.""",
+          "callerid-adopter"),
+    Alert("CallerIDSecurityEvent",
+          """\
+          sum by (job, instance, kind) (increase(callerid_adopter_security_events_total[15m])) > 0
+          or
+          sum by (job, instance, kind) (
+            callerid_adopter_security_events_total unless callerid_adopter_security_events_total offset 15m
+          ) > 0""",
+          "0m", "page",
+          "possible escape attempt: login to {{ $labels.instance }} came from another user's job",
+          """\
+          The adopter on {{ $labels.instance }} saw a login whose connection, according to the source
+          node's tracer, was opened by a job of another user on this node (kind {{ $labels.kind }}). It was
+          not adopted into that job. Find the "SECURITY possible escape attempt" line in the adopter's
+          log (user, source address, job) and follow your security procedure.""",
+          "callerid-adopter"),
+    Alert("CallerIDSourceRPCFailing",
+          f"""\
+          sum by (job, instance) (increase(callerid_adopter_rpc_requests_total{{outcome=~"{RPC_FAILED}"}}[15m])) >= 3
+          and
+          sum by (job, instance) (increase(callerid_adopter_rpc_requests_total{{outcome=~"{RPC_FAILED}"}}[15m]))
+            / sum by (job, instance) (increase(callerid_adopter_rpc_requests_total[15m])) > 0.2""",
+          "15m", "warn",
+          "the adopter on {{ $labels.instance }} often gets no answer from source nodes",
+          """\
+          More than 20% of the callerid RPCs the adopter on {{ $labels.instance }} made in 15 minutes
+          failed (connect, timeout, refused, bad reply, auth, munge, no socket). Those logins fall to
+          action_unknown. The outcome label on "RPC outcomes (adopter side)" says which: connect or
+          timeout point at a tracer down or a firewall on port 6828, auth or munge at MUNGE keys or
+          clocks.""",
+          "callerid-adopter"),
+    Alert("CallerIDAdopterRPCLatencyHigh",
+          """\
+          histogram_quantile(0.99,
+            sum by (job, instance, le) (rate(callerid_adopter_rpc_duration_seconds_bucket[10m]))
+          ) > 0.5
+          and
+          sum by (job, instance) (increase(callerid_adopter_rpc_duration_seconds_count[10m])) >= 5""",
+          "15m", "warn",
+          "callerid RPCs from {{ $labels.instance }} are slow (p99 over 0.5 s)",
+          """\
+          The 99th percentile of the callerid RPC round trip seen by the adopter on
+          {{ $labels.instance }} has been above 0.5 s for 15 minutes. Every login that needs the RPC
+          waits that long, and past rpc_timeout_seconds (2 s) it fails. Compare with "RPC latency
+          (tracer)": if the tracers are fast, look at the network and munged on this node; if not,
+          at the tracers' fallback ratio.""",
+          "callerid-adopter"),
+    # --- tracer (source side) -----------------------------------------------------------------
+    Alert("CallerIDTracerRPCLatencyHigh",
+          """\
+          histogram_quantile(0.99,
+            sum by (job, instance, le) (rate(callerid_rpc_request_duration_seconds_bucket[10m]))
+          ) > 0.25
+          and
+          sum by (job, instance) (increase(callerid_rpc_request_duration_seconds_count[10m])) >= 5""",
+          "15m", "warn",
+          "the callerid tracer on {{ $labels.instance }} answers slowly (p99 over 0.25 s)",
+          """\
+          The 99th percentile of the time the tracer on {{ $labels.instance }} spends per request has
+          been above 0.25 s for 15 minutes. Map answers take under a millisecond plus munged; slow
+          answers come from the /proc fallback (check the fallback ratio and the probe backend) or a
+          slow munged.""",
+          "callerid-tracer"),
+    Alert("CallerIDFallbackRatioHigh",
+          """\
+          (
+            sum by (job, instance) (rate(callerid_fallback_lookups_total[15m]))
+              / sum by (job, instance) (rate(callerid_lookups_total[15m])) > 0.2
+          )
+          and sum by (job, instance) (increase(callerid_lookups_total[15m])) >= 10
+          unless on (job, instance) callerid_probe_backend{backend="none"} == 1""",
+          "15m", "warn",
+          "the tracer on {{ $labels.instance }} answers many lookups from /proc instead of its BPF map",
+          """\
+          More than 20% of the lookups on {{ $labels.instance }} in 15 minutes missed the BPF map and
+          went to the sock_diag + /proc fallback, although a probe is loaded. Fallback answers are
+          slower and miss processes that already exited. Look for map_miss with BPF pending_miss or
+          update_failed events, a full map, or connections opened while the tracer was down.""",
+          "callerid-tracer"),
+    Alert("CallerIDMapNearCapacity",
+          """\
+          sum by (job, instance) (callerid_tracked_connections)
+            / max by (job, instance) (callerid_map_capacity_connections) > 0.9""",
+          "15m", "warn",
+          "the connection map on {{ $labels.instance }} is over 90% full",
+          """\
+          The tracer's connection map on {{ $labels.instance }} holds more than 90% of max_connections.
+          It is an LRU map: when full, the oldest entries are evicted silently and those connections can
+          no longer be attributed. Raise max_connections in callerid.toml (restart the tracer with
+          replace_pinned = true), or shorten close_grace_seconds if most entries are closed ones.""",
+          "callerid-tracer"),
+    Alert("CallerIDProbeNotLoaded", 'callerid_probe_backend{backend="none"} == 1', "10m", "warn",
+          "the tracer on {{ $labels.instance }} runs without a BPF probe",
+          """\
+          No probe backend could be loaded on {{ $labels.instance }}; the tracer answers every lookup
+          from sock_diag + /proc. Answers are slower and miss short-lived processes. Run `callerid
+          doctor` on the node (BTF, tracefs, bpffs, kernel headers) and read the tracer's start-up log.""",
+          "callerid-tracer"),
+    Alert("CallerIDBPFUpdateFailures",
+          'sum by (job, instance) (increase(callerid_bpf_events_total{event="update_failed"}[15m])) > 0',
+          "5m", "warn",
+          "BPF map updates fail on {{ $labels.instance }}",
+          """\
+          The tracer's BPF program on {{ $labels.instance }} failed to write map entries in the last 15
+          minutes: those connections are not recorded and their lookups go to the /proc fallback. Both
+          maps are LRU, so a full map evicts rather than fails; an update fails when the kernel finds no
+          free element, typically a burst of connects on many CPUs while a map is nearly full. Raise
+          max_pending / max_connections.""",
+          "callerid-tracer"),
+    Alert("CallerIDSweeperFailing",
+          """\
+          sum by (job, instance) (increase(callerid_sweeper_failures_total[15m]))
+            / (
+                sum by (job, instance) (increase(callerid_sweeper_failures_total[15m]))
+              + sum by (job, instance) (increase(callerid_sweeper_runs_total[15m]))
+            )
+          > 0.5""",
+          "15m", "warn",
+          "the connection-map sweeper on {{ $labels.instance }} keeps failing",
+          """\
+          More than half of the sweeper passes on {{ $labels.instance }} raised an error in the last 15
+          minutes. Closed connections then stay in the map until the LRU evicts them, and the map fills.
+          The traceback is in `journalctl -u callerid-tracer` ("sweep failed").""",
+          "callerid-tracer"),
+    Alert("CallerIDReconcileFailed",
+          "callerid_reconcile_last_success == 0 and callerid_reconcile_last_duration_seconds > 0",
+          "5m", "warn",
+          "the tracer's start-up reconcile failed on {{ $labels.instance }}",
+          """\
+          The tracer on {{ $labels.instance }} could not add the connections that existed before it
+          started to its map. Lookups for them go to the /proc fallback until they close. The error is
+          in the tracer's start-up log ("start-up reconcile failed"); restart the tracer once it is
+          fixed (the alert clears with the next successful start).""",
+          "callerid-tracer"),
+    Alert("CallerIDRPCAuthFailures",
+          'sum by (job, instance) (increase(callerid_rpc_requests_total{result=~"auth_failed|replayed"}[15m])) >= 3',
+          "5m", "warn",
+          "the tracer on {{ $labels.instance }} rejects MUNGE credentials",
+          """\
+          The tracer on {{ $labels.instance }} rejected at least 3 requests in 15 minutes because MUNGE
+          refused their credential (auth_failed) or saw it twice (replayed). Usual causes: a node with a
+          different munge.key, clocks more than the credential TTL apart, or someone replaying captured
+          requests. Check `munge -n | ssh <node> unmunge` between the nodes involved.""",
+          "callerid-tracer"),
+]
+for _a in ALERTS:
+    _a.expr = _dedent(_a.expr)
+    _a.description = _dedent(_a.description)
+
+GROUPS = ("callerid-availability", "callerid-adopter", "callerid-tracer")
+
+# ---------------------------------------------------------------------------------------
+# promtool test cases: every alert has at least one case where it fires and one where it
+# does not (tests/unit/test_alert_rules.py checks that).
+
+TRACER = {"job": "callerid-tracer", "instance": "node1:9828"}
+ADOPTER = {"job": "callerid-adopter", "instance": "node1:9829"}
+
+
+def s(name: str, base: dict, **labels) -> str:
+    """A series selector with base labels (job, instance) and extra ones."""
+    items = {**base, **labels}
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in items.items()) + "}"
+
+
+def fired(base: dict, **labels) -> dict:
+    return {**base, **labels}
+
+
+DEC = "callerid_adopter_decisions_total"
+ADO = "callerid_adopter_adoptions_total"
+ARPC = "callerid_adopter_rpc_requests_total"
+
+
+def _hist(name: str, base: dict, per_min: dict[str, str]) -> dict[str, str]:
+    """Histogram series: per_min maps le -> values; _count follows +Inf."""
+    out = {s(f"{name}_bucket", base, le=le): v for le, v in per_min.items()}
+    out[s(f"{name}_count", base)] = per_min["+Inf"]
+    return out
+
+
+CASES = [
+    Case("CallerIDTracerDown", "tracer down for 10 minutes", {s("up", TRACER): "0x20"},
+         [("3m", []), ("10m", [fired(TRACER)])]),
+    Case("CallerIDTracerDown", "tracer up; a down adopter is not a tracer alert",
+         {s("up", TRACER): "1x20", s("up", ADOPTER): "0x20"}, [("10m", [])]),
+    Case("CallerIDAdopterDown", "adopter down for 10 minutes", {s("up", ADOPTER): "0x20"},
+         [("3m", []), ("10m", [fired(ADOPTER)])]),
+    Case("CallerIDAdopterDown", "adopter up; a down tracer is not an adopter alert",
+         {s("up", ADOPTER): "1x20", s("up", TRACER): "0x20"}, [("10m", [])]),
+
+    Case("CallerIDAdoptionFailures", "2 of 12 adoptions per minute fail",
+         {s(ADO, ADOPTER, result="success"): "0+10x40", s(ADO, ADOPTER, result="permission"): "0+2x40"},
+         [("30m", [fired(ADOPTER)])]),
+    Case("CallerIDAdoptionFailures", "one job_gone race, no other failure",
+         {s(ADO, ADOPTER, result="success"): "0+10x40", s(ADO, ADOPTER, result="job_gone"): "0x5 1x35"},
+         [("30m", [])]),
+    Case("CallerIDAdoptionFailures", "failures below 10% of a busy node's adoptions",
+         {s(ADO, ADOPTER, result="success"): "0+100x40", s(ADO, ADOPTER, result="io"): "0+3x40"},
+         [("30m", [])]),
+
+    Case("CallerIDDenialsSpiking", "two thirds of logins denied",
+         {s(DEC, ADOPTER, verdict="deny", reason="no_jobs"): "0+2x40",
+          s(DEC, ADOPTER, verdict="adopt", reason="single_job"): "0+1x40"},
+         [("30m", [fired(ADOPTER)])]),
+    Case("CallerIDDenialsSpiking", "a sixth of logins denied",
+         {s(DEC, ADOPTER, verdict="deny", reason="no_jobs"): "0+1x40",
+          s(DEC, ADOPTER, verdict="adopt", reason="single_job"): "0+5x40"},
+         [("30m", [])]),
+    Case("CallerIDDenialsSpiking", "all denied, but too few to matter",
+         {s(DEC, ADOPTER, verdict="deny", reason="no_jobs"): "0+0.5x40"},
+         [("30m", [])]),
+
+    Case("CallerIDGenericFailures", "adopter internal errors",
+         {s(DEC, ADOPTER, verdict="ignore", reason="internal_error"): "0+1x30"},
+         [("20m", [fired(ADOPTER)])]),
+    Case("CallerIDGenericFailures", "hook requests time out",
+         {s("callerid_adopter_hook_requests_total", ADOPTER, result="ok"): "0+10x30",
+          s("callerid_adopter_hook_requests_total", ADOPTER, result="timeout"): "0+1x30"},
+         [("20m", [fired(ADOPTER)])]),
+    Case("CallerIDGenericFailures", "denials and a non-root poke are not generic failures",
+         {s(DEC, ADOPTER, verdict="deny", reason="no_jobs"): "0+5x30",
+          s("callerid_adopter_hook_requests_total", ADOPTER, result="ok"): "0+5x30",
+          s("callerid_adopter_hook_requests_total", ADOPTER, result="not_root"): "0+1x30"},
+         [("20m", [])]),
+
+    Case("CallerIDSecurityEvent", "first event ever: the series appears at 1",
+         {s("callerid_adopter_security_events_total", ADOPTER, kind="foreign_job"): "_x10 1x30"},
+         [("12m", [fired(ADOPTER, kind="foreign_job")]), ("40m", [])]),
+    Case("CallerIDSecurityEvent", "an existing counter goes up",
+         {s("callerid_adopter_security_events_total", ADOPTER, kind="foreign_job"): "2x20 3x20"},
+         [("25m", [fired(ADOPTER, kind="foreign_job")])]),
+    Case("CallerIDSecurityEvent", "old events only",
+         {s("callerid_adopter_security_events_total", ADOPTER, kind="foreign_job"): "2x40"},
+         [("30m", [])]),
+
+    Case("CallerIDSourceRPCFailing", "half of the RPCs time out",
+         {s(ARPC, ADOPTER, outcome="found_job"): "0+2x40", s(ARPC, ADOPTER, outcome="timeout"): "0+2x40"},
+         [("35m", [fired(ADOPTER)])]),
+    Case("CallerIDSourceRPCFailing", "one RPC in twenty times out",
+         {s(ARPC, ADOPTER, outcome="found_job"): "0+20x40", s(ARPC, ADOPTER, outcome="timeout"): "0+1x40"},
+         [("35m", [])]),
+
+    Case("CallerIDAdopterRPCLatencyHigh", "every RPC takes between 0.5 and 1 s",
+         _hist("callerid_adopter_rpc_duration_seconds", ADOPTER,
+               {"0.01": "0x40", "0.5": "0x40", "1.0": "0+1x40", "+Inf": "0+1x40"}),
+         [("30m", [fired(ADOPTER)])]),
+    Case("CallerIDAdopterRPCLatencyHigh", "every RPC under 10 ms",
+         _hist("callerid_adopter_rpc_duration_seconds", ADOPTER,
+               {"0.01": "0+1x40", "0.5": "0+1x40", "1.0": "0+1x40", "+Inf": "0+1x40"}),
+         [("30m", [])]),
+    Case("CallerIDAdopterRPCLatencyHigh", "slow, but too few RPCs to judge",
+         _hist("callerid_adopter_rpc_duration_seconds", ADOPTER,
+               {"0.01": "0x40", "0.5": "0x40", "1.0": "0+0.2x40", "+Inf": "0+0.2x40"}),
+         [("30m", [])]),
+
+    Case("CallerIDTracerRPCLatencyHigh", "every request takes between 0.25 and 0.5 s",
+         _hist("callerid_rpc_request_duration_seconds", TRACER,
+               {"0.01": "0x40", "0.25": "0x40", "0.5": "0+1x40", "+Inf": "0+1x40"}),
+         [("30m", [fired(TRACER)])]),
+    Case("CallerIDTracerRPCLatencyHigh", "every request under 10 ms",
+         _hist("callerid_rpc_request_duration_seconds", TRACER,
+               {"0.01": "0+1x40", "0.25": "0+1x40", "0.5": "0+1x40", "+Inf": "0+1x40"}),
+         [("30m", [])]),
+
+    Case("CallerIDFallbackRatioHigh", "40% of lookups fall back with a probe loaded",
+         {s("callerid_lookups_total", TRACER, source="bpf"): "0+6x40",
+          s("callerid_lookups_total", TRACER, source="proc"): "0+4x40",
+          s("callerid_fallback_lookups_total", TRACER, reason="map_miss"): "0+4x40",
+          s("callerid_probe_backend", TRACER, backend="tracepoint"): "1x40",
+          s("callerid_probe_backend", TRACER, backend="none"): "0x40"},
+         [("35m", [fired(TRACER)])]),
+    Case("CallerIDFallbackRatioHigh", "10% fall back",
+         {s("callerid_lookups_total", TRACER, source="bpf"): "0+9x40",
+          s("callerid_lookups_total", TRACER, source="proc"): "0+1x40",
+          s("callerid_fallback_lookups_total", TRACER, reason="map_miss"): "0+1x40",
+          s("callerid_probe_backend", TRACER, backend="tracepoint"): "1x40"},
+         [("35m", [])]),
+    Case("CallerIDFallbackRatioHigh", "no probe: CallerIDProbeNotLoaded says it already",
+         {s("callerid_lookups_total", TRACER, source="proc"): "0+10x40",
+          s("callerid_fallback_lookups_total", TRACER, reason="no_bpf"): "0+10x40",
+          s("callerid_probe_backend", TRACER, backend="none"): "1x40"},
+         [("35m", [])]),
+    Case("CallerIDFallbackRatioHigh", "all fall back, but too few lookups to judge",
+         {s("callerid_lookups_total", TRACER, source="proc"): "0+0.5x40",
+          s("callerid_fallback_lookups_total", TRACER, reason="map_miss"): "0+0.5x40",
+          s("callerid_probe_backend", TRACER, backend="kprobe"): "1x40"},
+         [("35m", [])]),
+
+    Case("CallerIDMapNearCapacity", "120000 of 131072 entries used",
+         {s("callerid_tracked_connections", TRACER, state="open"): "100000x30",
+          s("callerid_tracked_connections", TRACER, state="closed"): "20000x30",
+          s("callerid_map_capacity_connections", TRACER): "131072x30"},
+         [("10m", []), ("20m", [fired(TRACER)])]),
+    Case("CallerIDMapNearCapacity", "a quiet map",
+         {s("callerid_tracked_connections", TRACER, state="open"): "1000x30",
+          s("callerid_tracked_connections", TRACER, state="closed"): "200x30",
+          s("callerid_map_capacity_connections", TRACER): "131072x30"},
+         [("20m", [])]),
+
+    Case("CallerIDProbeNotLoaded", "fallback only",
+         {s("callerid_probe_backend", TRACER, backend="none"): "1x20",
+          s("callerid_probe_backend", TRACER, backend="tracepoint"): "0x20"},
+         [("5m", []), ("15m", [fired(TRACER, backend="none")])]),
+    Case("CallerIDProbeNotLoaded", "tracepoint backend loaded",
+         {s("callerid_probe_backend", TRACER, backend="none"): "0x20",
+          s("callerid_probe_backend", TRACER, backend="tracepoint"): "1x20"},
+         [("15m", [])]),
+
+    Case("CallerIDBPFUpdateFailures", "one failed update at 11m",
+         {s("callerid_bpf_events_total", TRACER, event="update_failed"): "0x10 1x20"},
+         [("18m", [fired(TRACER)]), ("30m", [])]),
+    Case("CallerIDBPFUpdateFailures", "old failures from before the window",
+         {s("callerid_bpf_events_total", TRACER, event="update_failed"): "3x30",
+          s("callerid_bpf_events_total", TRACER, event="connect"): "0+50x30"},
+         [("18m", [])]),
+
+    Case("CallerIDSweeperFailing", "every pass fails",
+         {s("callerid_sweeper_failures_total", TRACER): "0+6x40",
+          s("callerid_sweeper_runs_total", TRACER): "100x40"},
+         [("35m", [fired(TRACER)])]),
+    Case("CallerIDSweeperFailing", "one pass in six fails",
+         {s("callerid_sweeper_failures_total", TRACER): "0+1x40",
+          s("callerid_sweeper_runs_total", TRACER): "0+5x40"},
+         [("35m", [])]),
+    Case("CallerIDSweeperFailing", "no sweeper (no probe): nothing moves",
+         {s("callerid_sweeper_failures_total", TRACER): "0x40",
+          s("callerid_sweeper_runs_total", TRACER): "0x40"},
+         [("35m", [])]),
+
+    Case("CallerIDReconcileFailed", "reconcile ran and failed",
+         {s("callerid_reconcile_last_success", TRACER): "0x20",
+          s("callerid_reconcile_last_duration_seconds", TRACER): "0.5x20"},
+         [("10m", [fired(TRACER)])]),
+    Case("CallerIDReconcileFailed", "reconcile did not run (0 with zero duration)",
+         {s("callerid_reconcile_last_success", TRACER): "0x20",
+          s("callerid_reconcile_last_duration_seconds", TRACER): "0x20"},
+         [("10m", [])]),
+    Case("CallerIDReconcileFailed", "reconcile completed",
+         {s("callerid_reconcile_last_success", TRACER): "1x20",
+          s("callerid_reconcile_last_duration_seconds", TRACER): "0.3x20"},
+         [("10m", [])]),
+
+    Case("CallerIDRPCAuthFailures", "a credential rejected every minute",
+         {s("callerid_rpc_requests_total", TRACER, result="auth_failed"): "0+1x30"},
+         [("15m", [fired(TRACER)])]),
+    Case("CallerIDRPCAuthFailures", "denied and found are not MUNGE failures",
+         {s("callerid_rpc_requests_total", TRACER, result="found"): "0+10x30",
+          s("callerid_rpc_requests_total", TRACER, result="denied"): "0+5x30",
+          s("callerid_rpc_requests_total", TRACER, result="auth_failed"): "0x30"},
+         [("15m", [])]),
+]
+
+# ---------------------------------------------------------------------------------------
+# YAML output (PyYAML is not a dependency; this writes the small subset needed).
+
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_DURATION = re.compile(r"[0-9]+[smhdwy]")  # 5m: a string to YAML, a duration to Prometheus
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"}
+
+
+def _scalar(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    s_ = str(v)
+    if (_PLAIN.fullmatch(s_) and s_.lower() not in _YAML_WORDS) or _DURATION.fullmatch(s_):
+        return s_
+    if s_.isprintable() and "'" not in s_ and s_ == s_.strip():
+        return f"'{s_}'"  # single-quoted: nothing inside is special
+    return json.dumps(s_)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def _yaml(obj, indent: int = 0) -> list[str]:
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, (dict, list)) and v:
+                lines.append(f"{pad}{k}:")
+                lines += _yaml(v, indent + 2)
+            elif isinstance(v, (dict, list)):
+                lines.append(f"{pad}{k}: {'{}' if isinstance(v, dict) else '[]'}")
+            elif isinstance(v, str) and "\n" in v:
+                lines.append(f"{pad}{k}: |-")
+                lines += [f"{pad}  {x}" if x else "" for x in v.split("\n")]
+            else:
+                lines.append(f"{pad}{k}: {_scalar(v)}")
+    elif isinstance(obj, list):
+        for item in obj:
+            if isinstance(item, dict) and item:
+                sub = _yaml(item, indent + 2)
+                sub[0] = f"{pad}- {sub[0][indent + 2:]}"
+                lines += sub
+            else:
+                lines.append(f"{pad}- {_scalar(item)}")
+    else:
+        raise TypeError(obj)
+    return lines
+
+
+def rule_groups() -> dict:
+    groups = []
+    for g in GROUPS:
+        rules = [{"alert": a.name, "expr": a.expr, "for": a.for_, "labels": {"severity": a.severity},
+                  "annotations": a.annotations()} for a in ALERTS if a.group == g]
+        groups.append({"name": g, "rules": rules})
+    return {"groups": groups}
+
+
+HEADER = """\
+# Generated by `.venv/bin/python3 -m dashboards.build` from dashboards/rules.py: edit there.
+# What each alert means and what to do: docs/OPERATIONS.md (runbook_url).
+# Expected scrape jobs: callerid-tracer (:9828) and callerid-adopter (:9829).
+"""
+
+
+def render_rules() -> str:
+    return HEADER + "\n".join(_yaml(rule_groups())) + "\n"
+
+
+def _render_template(text: str, labels: dict) -> str:
+    """The alert's annotation as Prometheus renders it: only {{ $labels.X }} is used here."""
+    def sub(mo):
+        return labels.get(mo.group(1), "")
+    out = re.sub(r"\{\{ \$labels\.([a-zA-Z_][a-zA-Z0-9_]*) \}\}", sub, text)
+    assert "{{" not in out, f"unsupported template in {text!r}"
+    return out
+
+
+def promtool_tests() -> dict:
+    by_name = {a.name: a for a in ALERTS}
+    tests = []
+    for c in CASES:
+        a = by_name[c.alert]
+        checks = []
+        for eval_time, alerts in c.evals:
+            exp = []
+            for labels in alerts:
+                full = {"severity": a.severity, **labels}
+                exp.append({"exp_labels": full,
+                            "exp_annotations": {k: _render_template(v, full) for k, v in a.annotations().items()}})
+            checks.append({"eval_time": eval_time, "alertname": a.name, "exp_alerts": exp})
+        tests.append({"name": f"{c.alert}: {c.name}", "interval": "1m",
+                      "input_series": [{"series": k, "values": v} for k, v in c.series.items()],
+                      "alert_rule_test": checks})
+    return {"rule_files": ["../callerid.yml"], "evaluation_interval": "1m", "tests": tests}
+
+
+def render_tests() -> str:
+    return ("# Generated by `.venv/bin/python3 -m dashboards.build` from dashboards/rules.py (CASES): edit there.\n"
+            "# Run: promtool test rules dashboards/alerts/tests/callerid_test.yml\n"
+            + "\n".join(_yaml(promtool_tests())) + "\n")
