@@ -23,11 +23,13 @@ class Munged:
         stop_pid(self.pid)
 
 
-def start(key: str = KEY) -> Munged:
+def start(key: str = KEY, parent: str | None = None) -> Munged:
+    """parent: where to make munged's directory (default: the temp dir); it and its
+    ancestors must be traversable by user munge and by the test users."""
     pw = pwd.getpwnam("munge")
     # Not under pytest's tmp_path: its parents are 0700 and munged runs as munge;
     # 0755 so non-root test users can reach the socket.
-    d = tempfile.mkdtemp(prefix="callerid-munge-")
+    d = tempfile.mkdtemp(prefix="callerid-munge-", dir=parent)
     os.chmod(d, 0o755)
     os.chown(d, pw.pw_uid, pw.pw_gid)
     sock, pidfile = f"{d}/munge.sock", f"{d}/munged.pid"
