@@ -601,7 +601,9 @@ class SlurmLab:
             "MailProg=/bin/true",
             *[f"NodeName={n.name} NodeAddr={n.ip} NodeHostname={n.name} CPUs={CPUS} RealMemory={REAL_MEMORY} "
               "State=UNKNOWN" for n in self.nodes],
-            f"PartitionName={PARTITION} Nodes={nodes} Default=YES MaxTime=INFINITE State=UP",
+            # Cores may be shared by up to 4 jobs: tests need a user with several jobs on one
+            # 2-core node (plus another user's job there) at once; memory is still enforced.
+            f"PartitionName={PARTITION} Nodes={nodes} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4",
             "",
         ]
         return "\n".join(lines)
@@ -946,7 +948,9 @@ class SlurmLab:
     def scontrol_callerid(self, node, src_ip: str, src_port: int, dst_ip: str,
                           dst_port: int) -> tuple[int, str] | None:
         """Slurm's own answer for a TCP tuple (`scontrol callerid`, run on node): (job id, node) or None."""
-        r = self.run(node, ["scontrol", "callerid", src_ip, str(src_port), dst_ip, str(dst_port)], timeout=30)
+        # scontrol takes the address family as a fifth argument and defaults to IPv4
+        af = "6" if ":" in src_ip else "4"
+        r = self.run(node, ["scontrol", "callerid", src_ip, str(src_port), dst_ip, str(dst_port), af], timeout=30)
         parts = r.stdout.split()
         if r.returncode != 0 or len(parts) < 2 or not parts[0].isdigit():
             return None

@@ -18,12 +18,14 @@ from tests.infra.adopterproc import write_config as write_adopter_config
 from tests.infra.jobtree import JobTree, setns_net
 from tests.infra.netns import Topology
 from tests.infra.sshd import Sshd, keygen, pam_stack, ssh_argv
+from tests.infra.slurmlab import PSA_CANDIDATES, LabBusy, SlurmLab, lab_lock
 from tests.infra.tracerproc import TracerFactory, free_port
 
 SRC4, DST4 = "198.18.30.1", "198.18.30.2"
 SRC6, DST6 = "fd00:30::1", "fd00:30::2"
 PROFILE = Path(__file__).resolve().parents[2] / "adopter" / "callerid-profile.sh"
 PROFILE_DEST = Path("/etc/profile.d/callerid-test.sh")
+JOB_WAIT = 60      # a job must start within this (it takes well under a second here)
 
 
 @dataclass
@@ -185,3 +187,46 @@ def cl(cluster):
     yield cluster
     cluster.src_jobs.cleanup()
     cluster.dst_jobs.cleanup()
+
+
+# --- the real Slurm lab (tests/infra/slurmlab.py), one per test module ---
+
+@pytest.fixture(scope="module")
+def lab():
+    require_bpf()
+    for exe in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch", "/usr/sbin/sshd", "/usr/sbin/munged"):
+        require(os.access(exe, os.X_OK), f"{exe} (scripts/setup.sh installs slurmctld slurmd slurm-client "
+                                         "openssh-server munge)")
+    require(any(os.path.exists(p) for p in PSA_CANDIDATES), "pam_slurm_adopt.so (Debian libpam-slurm-adopt)")
+    require(os.path.ismount("/sys/fs/cgroup/freezer"), "cgroup v1 freezer at /sys/fs/cgroup/freezer")
+    try:
+        lock = lab_lock(timeout=120)  # held for the module: `scripts/lab.sh up/down` wait for us
+    except LabBusy as exc:
+        require(False, f"the lab lock ({exc})")
+    lab = SlurmLab(nodes=2)
+    try:
+        try:
+            lab.up(timeout=90)
+        except LabBusy as exc:
+            require(False, f"no other lab up on this machine: {exc}")
+        print(f"lab up in {lab.timings['up']:.1f}s: {lab.timings}")
+        yield lab
+    finally:
+        lab.down()
+        print(f"lab down in {lab.timings.get('down', 0):.1f}s")
+        lock.close()
+
+
+@pytest.fixture
+def jobs(lab):
+    """Job ids a test submits; cancelled (and waited for) after it, so the next test finds free nodes."""
+    ids: list[int] = []
+    yield ids
+    for j in ids:
+        if lab.job_state(j) not in ("", "COMPLETED", "CANCELLED", "FAILED"):
+            lab.scancel(j)
+    for j in ids:
+        lab.wait_job_done(j, timeout=JOB_WAIT)
+    deadline = time.monotonic() + JOB_WAIT
+    while time.monotonic() < deadline and set(lab.node_states().values()) != {"idle"}:
+        time.sleep(0.2)

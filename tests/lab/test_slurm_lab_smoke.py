@@ -3,61 +3,18 @@ network-namespace node, MUNGE, cgroup v1 job trees, and an ssh session opened fr
 landing in that job on the other node — through callerid (port 22) and through Slurm's own
 pam_slurm_adopt (port 2222) — with Slurm's `scontrol listpids` and `scontrol callerid` agreeing."""
 
-import os
 import re
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import require, require_bpf
-from tests.infra.slurmlab import PSA_CANDIDATES, SSH_PORT, PSA_PORT, LabBusy, SlurmLab, lab_lock
+from tests.infra.slurmlab import PSA_PORT, SSH_PORT
+from tests.lab.conftest import JOB_WAIT
 
 pytestmark = pytest.mark.lab
 
-JOB_WAIT = 60      # a job must start within this (it takes well under a second here)
 SSH_WAIT = 30      # the ssh session started from a job must report within this
-
-
-@pytest.fixture(scope="module")
-def lab():
-    require_bpf()
-    for exe in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch", "/usr/sbin/sshd", "/usr/sbin/munged"):
-        require(os.access(exe, os.X_OK), f"{exe} (scripts/setup.sh installs slurmctld slurmd slurm-client "
-                                         "openssh-server munge)")
-    require(any(os.path.exists(p) for p in PSA_CANDIDATES), "pam_slurm_adopt.so (Debian libpam-slurm-adopt)")
-    require(os.path.ismount("/sys/fs/cgroup/freezer"), "cgroup v1 freezer at /sys/fs/cgroup/freezer")
-    try:
-        lock = lab_lock(timeout=120)  # held for the module: `scripts/lab.sh up/down` wait for us
-    except LabBusy as exc:
-        require(False, f"the lab lock ({exc})")
-    lab = SlurmLab(nodes=2)
-    try:
-        try:
-            lab.up(timeout=90)
-        except LabBusy as exc:
-            require(False, f"no other lab up on this machine: {exc}")
-        print(f"lab up in {lab.timings['up']:.1f}s: {lab.timings}")
-        yield lab
-    finally:
-        lab.down()
-        print(f"lab down in {lab.timings.get('down', 0):.1f}s")
-        lock.close()
-
-
-@pytest.fixture
-def jobs(lab):
-    """Job ids a test submits; cancelled (and waited for) after it, so the next test finds free nodes."""
-    ids: list[int] = []
-    yield ids
-    for j in ids:
-        if lab.job_state(j) not in ("", "COMPLETED", "CANCELLED", "FAILED"):
-            lab.scancel(j)
-    for j in ids:
-        lab.wait_job_done(j, timeout=JOB_WAIT)
-    deadline = time.monotonic() + JOB_WAIT
-    while time.monotonic() < deadline and set(lab.node_states().values()) != {"idle"}:
-        time.sleep(0.2)
 
 
 def test_all_nodes_idle(lab):
