@@ -75,7 +75,7 @@ def child(addr, wfd: int, parent: int, cgroup_procs: list[str]) -> None:
             os.dup2(null, n)
         os.execv(SLEEP, ["sleep", "86400"])
     except BaseException:  # noqa: BLE001 - a child must never run the parent's code
-        pass
+        os._exit(2)
     os._exit(2)
 
 

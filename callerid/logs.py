@@ -3,23 +3,50 @@
 import logging
 import logging.handlers
 import os
+import queue
 import sys
 
 
 def setup(ident: str, level: str = "info", syslog: bool = True) -> None:
-    root = logging.getLogger()
-    root.handlers.clear()
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    """Request threads only put records on a bounded queue; one thread writes them out,
+    so a stuck syslog reader or a vanished /dev/log never stalls an answer or a login."""
+    logging.raiseExceptions = False  # a broken log sink must not print a traceback per record
+    handlers = []
     err = logging.StreamHandler(sys.stderr)
     err.setFormatter(logging.Formatter(f"%(asctime)s {ident}[%(process)d]: %(levelname)s %(message)s"))
-    root.addHandler(err)
+    handlers.append(err)
     if syslog and os.path.exists("/dev/log"):
         try:
             h = logging.handlers.SysLogHandler("/dev/log", facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV)
+            h.setFormatter(logging.Formatter(f"{ident}[%(process)d]: %(message)s"))
+            handlers.append(h)
         except OSError:
-            return
-        h.setFormatter(logging.Formatter(f"{ident}[%(process)d]: %(message)s"))
-        root.addHandler(h)
+            pass
+    q = _DroppingQueue(10000)
+    listener = logging.handlers.QueueListener(q, *handlers, respect_handler_level=False)
+    listener.start()
+    global _listener
+    _listener = listener
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    root.addHandler(logging.handlers.QueueHandler(q))
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+class _DroppingQueue(queue.Queue):
+    """Drops records when full instead of blocking the logging thread's producers."""
+
+    def put(self, item, block=True, timeout=None):
+        try:
+            super().put(item, block=False)
+        except queue.Full:
+            pass
+
+    def put_nowait(self, item):
+        self.put(item)
 
 
 def serve_until_signalled(daemon, log) -> int:
@@ -34,4 +61,6 @@ def serve_until_signalled(daemon, log) -> int:
     done.wait()
     log.info("stopping")
     daemon.stop()
+    if _listener is not None:
+        _listener.stop()  # writes out what is still queued
     return 0

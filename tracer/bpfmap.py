@@ -17,8 +17,15 @@ from .layout import ConnKey, Owner
 _lib = libbcc.lib
 _lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
 _lib.bpf_obj_get.restype = ctypes.c_int
+_lib.bpf_lookup_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                  ctypes.c_void_p, ctypes.c_void_p]
+_lib.bpf_lookup_batch.restype = ctypes.c_int
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH = 1, 9
+
+
+class _NoBatch(Exception):
+    """The kernel has no BPF_MAP_LOOKUP_BATCH for this map."""
 
 
 class PinnedMapMismatch(RuntimeError):
@@ -134,10 +141,39 @@ class ConnMap:
                 return out
 
     def items(self):
-        for key in self.keys():
-            value = self.lookup(key)
-            if value is not None:
-                yield key, value
+        """(key, value) pairs: in batches of BATCH entries per syscall where the kernel
+        supports it (5.6+), one key at a time otherwise."""
+        try:
+            yield from self._items_batched()
+        except _NoBatch:
+            for key in self.keys():
+                value = self.lookup(key)
+                if value is not None:
+                    yield key, value
+
+    BATCH = 4096
+
+    def _items_batched(self):
+        keys = (ConnKey * self.BATCH)()
+        values = (Owner * self.BATCH)()
+        token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        first, seen = True, 0
+        while True:
+            count = ctypes.c_uint32(self.BATCH)
+            ret = _lib.bpf_lookup_batch(self.fd, None if first else ctypes.byref(token_in), ctypes.byref(token_out),
+                                        keys, values, ctypes.byref(count))
+            if ret < 0 and first and count.value == 0 and self._batch_unsupported():
+                raise _NoBatch()
+            for i in range(count.value):
+                yield ConnKey.from_buffer_copy(keys[i]), Owner.from_buffer_copy(values[i])
+            seen += count.value
+            if ret < 0 or seen > self.capacity * 2:  # ENOENT: walked the whole map
+                return
+            token_in.value, first = token_out.value, False
+
+    def _batch_unsupported(self) -> bool:
+        """An empty map also ends a first batch with an error: tell that from no support."""
+        return self.keys() != []
 
     def __len__(self):
         return len(self.keys())

@@ -29,8 +29,7 @@ class Tracer:
         self.probe = self._load_probe()
         self.metrics.set_probe(self.probe)
         conns = self.probe.conns if self.probe else None
-        if conns is not None and t.reconcile:
-            self._reconcile(conns)
+        self._conns = conns
         self.resolver = Resolver(conns, cfg.common.node(), fallback=t.fallback)
         handler = RequestHandler(self.resolver, self.metrics, uid_of(cfg.common.slurm_user), cfg.common.munge_socket)
         listen = t.listen or [f"[::]:{cfg.common.rpc_port}"]
@@ -70,6 +69,10 @@ class Tracer:
             self._http = httpd.serve(host, port, self.metrics.registry, f"callerid tracer on {self.resolver.node}",
                                      self._landing)
         self.server.start()
+        if self._conns is not None and self.cfg.tracer.reconcile:
+            # After the server: until reconcile is done, older connections are still
+            # answered, by the fallback; a busy node's reconcile takes seconds.
+            threading.Thread(target=self._reconcile, args=(self._conns,), name="reconcile", daemon=True).start()
         if self.sweeper is not None:
             threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True).start()
         log.info("tracer serving on %s (probe %s, node %s)",

@@ -50,7 +50,7 @@ class Resolver:
                     uid=owner.uid, gid=owner.gid, cgroup_id=owner.cgroup_id, birth_ns=owner.birth_ns,
                     comm=owner.comm.decode(errors="replace"), node=self.node)
         try:
-            info = procfs.proc_info(owner.tgid, self.proc)
+            info = procfs.proc_info(owner.tgid, self.proc, ids=False)  # ids come from the probe
         except procfs.ProcessGone:
             info = None
         if info is None or not procfs.same_start(info, owner.birth_ns):

@@ -72,14 +72,16 @@ def _read(name: str, dir_fd: int) -> str:
 
 
 @_gone_is_lookup
-def proc_info(pid: int, proc: str = "/proc") -> ProcInfo:
+def proc_info(pid: int, proc: str = "/proc", ids: bool = True) -> ProcInfo:
+    """ids=False skips /proc/<pid>/status (uid/euid/gid come back as -1): the map path
+    has the ids from the probe already, and status is the costliest file to parse."""
     # Every file is opened relative to one /proc/<pid> directory fd: it stays
     # bound to the task it was opened for, so if that task dies and the pid is
     # reused mid-read, reads fail (ESRCH/ENOENT) instead of mixing two processes.
     dfd = os.open(f"{proc}/{pid}", os.O_RDONLY | os.O_DIRECTORY)
     try:
         _, comm, ppid, start_ticks = parse_stat(_read("stat", dfd))
-        uid, euid, gid = parse_status_ids(_read("status", dfd))
+        uid, euid, gid = parse_status_ids(_read("status", dfd)) if ids else (-1, -1, -1)
         cgroup_text = _read("cgroup", dfd)
         netns = os.stat("ns/net", dir_fd=dfd).st_ino
     finally:
