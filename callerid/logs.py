@@ -1,5 +1,6 @@
 """Logging for the daemons: stderr always, syslog (authpriv, like pam_slurm_adopt) when /dev/log exists."""
 
+import atexit
 import logging
 import logging.handlers
 import os
@@ -25,15 +26,11 @@ def setup(ident: str, level: str = "info", syslog: bool = True) -> None:
     q = _DroppingQueue(10000)
     listener = logging.handlers.QueueListener(q, *handlers, respect_handler_level=False)
     listener.start()
-    global _listener
-    _listener = listener
+    atexit.register(listener.stop)  # write out what is queued, also on an error exit
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     root.addHandler(logging.handlers.QueueHandler(q))
-
-
-_listener: logging.handlers.QueueListener | None = None
 
 
 class _DroppingQueue(queue.Queue):
@@ -61,6 +58,4 @@ def serve_until_signalled(daemon, log) -> int:
     done.wait()
     log.info("stopping")
     daemon.stop()
-    if _listener is not None:
-        _listener.stop()  # writes out what is still queued
     return 0
