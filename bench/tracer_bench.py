@@ -52,6 +52,7 @@ from bench.slurm_proc_scan import (
     ss_lookup,
 )
 from callerid import munge
+from tests.infra.procs import stop_pid
 from callerid.client import RpcError, ask
 from callerid.protocol import Query, Source, Status
 
@@ -129,32 +130,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def stop_pid(pid: int, timeout: float = 5.0) -> None:
-    """SIGTERM, wait, SIGKILL: only the pid given (one we started)."""
-    if not pid or not alive(pid):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and alive(pid):
-        time.sleep(0.02)
-    if alive(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def new_pin_root() -> str:

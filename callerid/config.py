@@ -43,7 +43,7 @@ class TracerConfig:
     probe: str = opt("auto", "Probe backend: auto, tracepoint, kprobe or fentry. A forced backend that cannot load is fatal.")
     pin_root: str = opt("/sys/fs/bpf/callerid", "bpffs directory for pinned maps; the layout version is appended.")
     replace_pinned: bool = opt(False, "Replace pinned maps whose layout does not match instead of refusing to start.")
-    max_connections: int = opt(131072, "Capacity of the connection map (LRU: the oldest entries are evicted beyond it).")
+    max_connections: int = opt(131072, "Capacity of the connection map. It is an LRU map: from about 90% full the kernel evicts the least recently used entries (closed ones in their grace period count as used); evicted connections are still answered, slowly, by the /proc fallback.")
     max_pending: int = opt(16384, "Capacity of the map of connects not yet established.")
     close_grace_seconds: float = opt(120.0, "How long a closed connection stays answerable (covers TIME_WAIT, 60 s on Linux).")
     sweep_interval_seconds: float = opt(10.0, "How often closed entries past their grace are deleted.")

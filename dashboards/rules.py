@@ -209,9 +209,10 @@ ALERTS = [
           "the connection map on {{ $labels.instance }} is over 90% full",
           """\
           The tracer's connection map on {{ $labels.instance }} holds more than 90% of max_connections.
-          It is an LRU map: when full, the oldest entries are evicted silently and those connections can
-          no longer be attributed. Raise max_connections in callerid.toml (restart the tracer with
-          replace_pinned = true), or shorten close_grace_seconds if most entries are closed ones.""",
+          It is an LRU map: from about 90% full the kernel evicts the least recently used entries
+          silently; those connections are then answered only by the slow /proc fallback (and not at
+          all once their process exits). Raise max_connections in callerid.toml (restart the tracer
+          with replace_pinned = true), or shorten close_grace_seconds if most entries are closed ones.""",
           "callerid-tracer"),
     Alert("CallerIDProbeNotLoaded", 'callerid_probe_backend{backend="none"} == 1', "10m", "warn",
           "the tracer on {{ $labels.instance }} runs without a BPF probe",

@@ -17,7 +17,7 @@ class _Deadline(Exception):
     pass
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
     """Listen on host:port; '::' is dual stack (IPv4 clients arrive v4-mapped)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
@@ -25,7 +25,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
     if family == socket.AF_INET6 and host in ("::", ""):
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.bind((host, port))
-    s.listen(128)
+    s.listen(backlog)
     return s
 
 
