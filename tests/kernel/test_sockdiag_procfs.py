@@ -13,19 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import require
+
 from tracer import procfs, sockdiag
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "slurm_proc_scan.py"
 V4 = "127.0.0.1"
 MAPPED = "::ffff:127.0.0.1"
-
-
-def require(ok: bool, what: str):
-    # Locally a missing precondition skips; under CI it is a failure.
-    if not ok:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"missing precondition: {what}")
-        pytest.skip(what)
 
 
 def _has_ipv6_loopback() -> bool:

@@ -6,6 +6,7 @@ import pytest
 
 from adopter import jobs
 from adopter.jobs import LocalJob, choose_owner, classify_extern, list_jobs, jobs_of, own_roots, root_node
+from tests.helpers import require_root
 
 V1_CTRLS = ("freezer", "cpuset", "memory", "devices", "cpuacct")
 SLUID = "sBR1JB8J1YM400"  # Slurm's own sluid unit test value
@@ -224,8 +225,8 @@ def test_start_is_step_extern_mtime_and_orders_jobs(fake):
     assert [(j.job_id, j.start) for j in got] == [(50, 2_000.0), (40, 3_000.0)]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 def test_v1_dirs_not_owned_like_the_mount_are_forged(fake):
+    require_root()  # chown
     fake.v1_job(1000, 42)
     forged = fake.v1_job(1000, 666)
     # Slurm makes job_<id> root-owned; one owned by the user was made by the user.

@@ -10,6 +10,7 @@ import pytest
 
 from callerid.protocol import HEADER, ErrorCode, FrameType, decode_error, decode_header, encode_frame
 from tracer.metrics import RPC_RESULTS, TracerMetrics
+from tests.helpers import require
 from tracer.server import RpcServer, bind_listener
 
 READ_TIMEOUT = 0.3
@@ -488,7 +489,8 @@ def test_bind_listener_port_zero_and_v6():
     try:
         s6 = bind_listener("::1", 0)
     except OSError:
-        pytest.skip("no IPv6 loopback")
+        s6 = None
+    require(s6 is not None, "an IPv6 loopback address (::1)")
     try:
         assert s6.family == socket.AF_INET6
     finally:
