@@ -22,7 +22,6 @@ Everything started is stopped by pid in a finally block; every loop is bounded.
 
 import argparse
 import datetime
-import json
 import multiprocessing
 import os
 import shutil
@@ -40,6 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.tracer_bench import (
+    write_results,
     Cleanup,
     Daemon,
     SyslogSink,
@@ -337,12 +337,7 @@ def main() -> int:
                 cleanup.run_one(x.close)
             d.shutdown()
         r["background_cpu_busy_end"] = background_busy()
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(r, f, indent=2, sort_keys=True)
-        text = render(r)
-        Path(args.out).with_suffix(".txt").write_text(text + "\n")
-        print(text)
+        write_results(r, args.out, render)
         return 0
     except KeyboardInterrupt:
         log("interrupted: cleaning up")

@@ -42,6 +42,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.tracer_bench import (
+    write_results,
     Cleanup,
     background_busy,
     log,
@@ -554,12 +555,7 @@ def main() -> int:
         else:
             log("(c2) skipped: no C compiler (gcc) for bench/churn_gen.c")
         r["background_cpu_busy_end"] = background_busy()
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(r, f, indent=2, sort_keys=True)
-        text = render(r)
-        Path(args.out).with_suffix(".txt").write_text(text + "\n")
-        print(text)
+        write_results(r, args.out, render)
         return 0
     except KeyboardInterrupt:
         log("interrupted: cleaning up")

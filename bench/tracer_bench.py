@@ -1242,6 +1242,16 @@ def preflight(ns) -> None:
         sys.exit("tracer_bench: " + "; ".join(problems))
 
 
+def write_results(r: dict, out: str, render) -> None:
+    """Results as JSON at out, the rendered report beside it (.txt) and on stdout."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(r, f, indent=2, sort_keys=True)
+    text = render(r)
+    Path(out).with_suffix(".txt").write_text(text + "\n")
+    print(text)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="N = 100, 1000 only and shorter phases (about 1.5 min)")
@@ -1320,11 +1330,7 @@ def main() -> int:
         r["background_cpu_busy_end"] = background_busy()
         r["verdicts"] = verdicts(r, args.quick)
         r["elapsed_s"] = time.monotonic() - started
-        with open(args.out, "w") as f:
-            json.dump(r, f, indent=2, sort_keys=True)
-        text = render(r)
-        Path(args.out).with_suffix(".txt").write_text(text + "\n")
-        print(text)
+        write_results(r, args.out, render)
         print(f"\n(results in {args.out}; {r['elapsed_s']:.0f} s)")
         return 0
     except KeyboardInterrupt:
