@@ -43,6 +43,7 @@ from pathlib import Path
 
 from . import munged as munged_mod
 from .adopterproc import write_config as write_adopter_config
+from .daemonproc import CALLERID
 from .jobtree import setns_net
 from .netns import Netns, _allowed
 from .procs import alive
@@ -70,8 +71,6 @@ MAX_NODES = 16
 CPUS, REAL_MEMORY, DEF_MEM_PER_CPU = 2, 2000, 100
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
-VENV_BIN = Path(sys.executable).parent
-CALLERID = str(VENV_BIN / "callerid")
 # Debian installs the module outside the multiarch PAM directory, so a bare
 # "pam_slurm_adopt.so" is not found by Linux-PAM there: give PAM the full path.
 PSA_CANDIDATES = ("/lib/security/pam_slurm_adopt.so", "/usr/lib/security/pam_slurm_adopt.so",

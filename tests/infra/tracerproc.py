@@ -1,19 +1,12 @@
-"""Run `callerid tracer` as a real daemon process for tests: config file, log file, stop by pid."""
+"""Run `callerid tracer` as a real daemon process for tests, and make many of them (TracerFactory)."""
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from .netns import Netns
-from .procs import alive, stop_pid
-
-VENV_BIN = Path(sys.executable).parent
+from .daemonproc import DaemonProc, parse_metrics
 
 
 def toml_value(v) -> str:
@@ -37,61 +30,14 @@ def write_config(path: Path, munge_socket: str, pin_root: str, listen: list[str]
     path.write_text("\n".join(lines) + "\n")
 
 
-@dataclass
-class TracerProc:
-    config: Path
-    log: Path
-    netns: Netns | None = None
-    proc: subprocess.Popen | None = None
-
-    def start(self, *extra, wait: bool = True, timeout: float = 30.0) -> "TracerProc":
-        argv = [str(VENV_BIN / "callerid"), "--config", str(self.config), "tracer", *extra]
-        if self.netns:
-            argv = self.netns.argv(argv)
-        if getattr(self, "_logf", None):
-            self._logf.close()
-        self._logf = open(self.log, "ab")
-        self._log_start = self.log.stat().st_size
-        self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT)
-        if wait:
-            self.wait_ready(timeout)
-        return self
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with open(self.log, "rb") as f:
-                f.seek(self._log_start)
-                if b"tracer serving on" in f.read():
-                    return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tracer exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            time.sleep(0.05)
-        raise TimeoutError(f"tracer not ready in {timeout}s:\n{self.log_text()[-3000:]}")
-
-    def stop(self):
-        if self.proc is not None:
-            stop_pid(self.proc.pid)
-            self.proc.wait(timeout=10)
-            self._logf.close()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and alive(self.proc.pid)
+class TracerProc(DaemonProc):
+    subcommand = "tracer"
+    ready_marker = b"tracer serving on"
 
 
 def scrape(url: str) -> dict[tuple, float]:
     """Metrics as {(name, ((label, value), ...)): value}."""
-    from prometheus_client.parser import text_string_to_metric_families
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+    return parse_metrics(urllib.request.urlopen(url, timeout=5).read().decode())
 
 
 def metric(samples: dict, name: str, **labels) -> float:

@@ -1,0 +1,77 @@
+"""A callerid daemon run as a real process for tests: config file, log file, ready marker, stop by pid."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .netns import Netns
+from .procs import alive, stop_pid
+
+CALLERID = str(Path(sys.executable).parent / "callerid")
+
+
+def parse_metrics(text: str) -> dict[tuple, float]:
+    """Prometheus text as {(name, ((label, value), ...)): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+class DaemonProc:
+    """`callerid --config CONFIG <subcommand>`, optionally inside a test host's namespace.
+    Ready when the log, from this start on, contains `ready_marker`."""
+
+    subcommand = ""
+    ready_marker = b""
+
+    def __init__(self, config: Path, log: Path, netns: Netns | None = None):
+        self.config = config
+        self.log = log
+        self.netns = netns
+        self.proc: subprocess.Popen | None = None
+        self._logf = None
+        self._log_start = 0
+
+    def start(self, *extra, wait: bool = True, timeout: float = 30.0):
+        argv = [CALLERID, "--config", str(self.config), self.subcommand, *extra]
+        if self.netns:
+            argv = self.netns.argv(argv)
+        if self._logf:
+            self._logf.close()
+        self._logf = open(self.log, "ab")
+        self._log_start = self.log.stat().st_size
+        self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.log, "rb") as f:
+                f.seek(self._log_start)
+                if self.ready_marker in f.read():
+                    return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.subcommand} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.subcommand} not ready in {timeout}s:\n{self.log_text()[-3000:]}")
+
+    def stop(self):
+        if self.proc is not None:
+            stop_pid(self.proc.pid)
+            self.proc.wait(timeout=10)
+            self._logf.close()
+            self._logf = None
+            self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and alive(self.proc.pid)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
