@@ -52,16 +52,9 @@ from bench.tracer_bench import (
     summary,
 )
 
+from tracer.bpfmap import fdinfo
+
 CHILDREN_PROG = REPO / "bench" / "conn_children.py"
-
-
-def fdinfo(fd: int) -> dict:
-    out = {}
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            out[k.strip()] = v.strip()
-    return out
 
 
 def load_probe(max_conns: int, cleanup: Cleanup, max_pending: int = 16384):

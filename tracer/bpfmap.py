@@ -40,13 +40,19 @@ class MapInfo:
     max_entries: int
 
 
-def map_info(fd: int) -> MapInfo:
-    """Read type and sizes from /proc/self/fdinfo (no struct bpf_map_info needed)."""
+def fdinfo(fd: int) -> dict[str, str]:
+    """/proc/self/fdinfo/<fd> as a dict: for a BPF map, its type, sizes and memlock."""
     fields = {}
     with open(f"/proc/self/fdinfo/{fd}") as f:
         for line in f:
             name, _, value = line.partition(":")
             fields[name.strip()] = value.strip()
+    return fields
+
+
+def map_info(fd: int) -> MapInfo:
+    """Read type and sizes from /proc/self/fdinfo (no struct bpf_map_info needed)."""
+    fields = fdinfo(fd)
     return MapInfo(
         map_type=int(fields["map_type"]),
         key_size=int(fields["key_size"]),
