@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 
 from callerid import config as cfgmod
 from callerid import httpd, logs
@@ -28,8 +29,7 @@ class Tracer:
         self.metrics = TracerMetrics()
         self.probe = self._load_probe()
         self.metrics.set_probe(self.probe)
-        conns = self.probe.conns if self.probe else None
-        self._conns = conns
+        self._conns = conns = self.probe.conns if self.probe else None
         self.resolver = Resolver(conns, cfg.common.node(), fallback=t.fallback)
         handler = RequestHandler(self.resolver, self.metrics, uid_of(cfg.common.slurm_user), cfg.common.munge_socket)
         listen = t.listen or [f"[::]:{cfg.common.rpc_port}"]
@@ -44,8 +44,6 @@ class Tracer:
         t = self.cfg.tracer
         try:
             return probes.load(t.probe, t.pin_root, t.max_connections, t.max_pending, t.replace_pinned)
-        except probes.PinnedMapMismatch:
-            raise
         except probes.ProbeLoadError as exc:
             if t.probe != "auto" or t.require_bpf:
                 raise
@@ -53,7 +51,6 @@ class Tracer:
             return None
 
     def _reconcile(self, conns):
-        import time
         start = time.perf_counter()
         try:
             self.metrics.reconcile_inserted.inc(reconcile(conns))

@@ -1,7 +1,6 @@
 """Answer 'who opened this connection?': BPF map first, sock_diag + /proc as the fallback."""
 
 import logging
-import time
 from dataclasses import dataclass
 
 from callerid.protocol import Answer, Query, Source, Status
@@ -99,7 +98,3 @@ def _first_cgroup(text: str) -> str:
         if ctrls == "" and not best:
             best = path
     return best
-
-
-def now_boot_ns() -> int:
-    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
