@@ -7,7 +7,6 @@ from dataclasses import dataclass, replace
 
 from callerid.client import RpcError, ask
 from callerid.protocol import Query, Status
-from callerid.userdb import trusted_uids
 
 from . import cgroupfs, jobs, peer, policy
 from .metrics import SECURITY_KIND, AdopterMetrics
@@ -42,7 +41,6 @@ class Adopter:
     def __init__(self, settings: Settings, metrics: AdopterMetrics):
         self.s = settings
         self.m = metrics
-        self._trusted = trusted_uids(settings.slurm_user)
 
     def handle(self, app_pid: int, user: str, service: str, raw_options: dict) -> Reply:
         """Decide for the PAM application process app_pid (already verified)."""
@@ -109,7 +107,7 @@ class Adopter:
         src = f"{q.src_ip}:{q.src_port}" if q.src_ip.version == 4 else f"[{q.src_ip}]:{q.src_port}"
         start = time.perf_counter()
         try:
-            ans = ask((str(q.src_ip), self.s.rpc_port), q, self.s.rpc_timeout, self.s.munge_socket, self._trusted)
+            ans = ask((str(q.src_ip), self.s.rpc_port), q, self.s.rpc_timeout, self.s.munge_socket)
         except RpcError as exc:
             self.m.rpc_seconds.observe(time.perf_counter() - start)
             self.m.rpc.labels(exc.reason).inc()

@@ -6,10 +6,16 @@
 Against a real `callerid tracer` daemon (bench/tracer_bench.py's Daemon: own config, pins,
 ports, private munged, syslog sink), for two configurations — the default max_clients = 64
 and max_clients raised to 512 — and for each client count, for a bounded time:
-  good clients   call callerid.client.ask() back to back for one connection opened after
-                 the probe loaded (expected answer FOUND from the map); at most 16 client
-                 processes, more clients are threads inside them (256 = 16 x 16). A BUSY
-                 answer is counted and retried after 10 ms; any other error is an error.
+  good clients   call callerid.client.ask() for one connection opened after the probe
+                 loaded (expected answer FOUND from the map); at most 16 client processes,
+                 more clients are threads inside them (256 = 16 x 16). A BUSY answer is
+                 counted and retried after 10 ms; any other error is an error.
+                 Closed loop: each client asks again as soon as it has its answer (the
+                 server's saturation throughput; latency is then queueing, by Little's
+                 law p50 ~ clients / throughput). Paced: each client asks R times a
+                 second on a fixed schedule with a random phase, and latency counts from
+                 the scheduled time, so a late start is not hidden (no coordinated
+                 omission) — what 16 nodes' adopters asking at once during a login storm see.
   slow clients   4 threads, each holding a connection that sent 3 bytes of a header and
                  then nothing (the daemon's read deadline, 2 s, drops it; the thread then
                  reconnects), so 4 of the daemon's client slots are always taken.
@@ -24,6 +30,7 @@ import argparse
 import datetime
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import socket
@@ -56,6 +63,9 @@ from callerid.client import RpcError, ask
 from callerid.protocol import HEADER, MAGIC, VERSION, FrameType, Query, Status
 
 MAX_PROCS = 16
+# (clients, abuse alongside, requests/s per client or None for back to back)
+CELLS = ((16, False, None), (1, True, None), (16, True, None), (256, True, None),
+         (16, True, 10), (16, True, 25))
 GARBAGE = b"MUNGE:garbage-that-is-not-a-credential:"
 
 
@@ -69,7 +79,7 @@ def listen_overflows() -> int:
     return 0
 
 
-def _good_proc(port, munge_socket, qargs, threads, duration, go, outq):
+def _good_proc(port, munge_socket, qargs, threads, duration, go, outq, rate=None):
     q = Query.make(*qargs)
     res = []
 
@@ -77,9 +87,17 @@ def _good_proc(port, munge_socket, qargs, threads, duration, go, outq):
         lat, busy, errs = [], 0, {}
         end = time.monotonic() + duration
         n = 0
+        interval_ns = int(1e9 / rate) if rate else 0
+        due = time.perf_counter_ns() + int(random.random() * interval_ns)
         while time.monotonic() < end and n < 100000:
             n += 1
-            t0 = time.perf_counter_ns()
+            if interval_ns:
+                wait = due - time.perf_counter_ns()
+                if wait > 0:
+                    time.sleep(wait / 1e9)
+                t0, due = due, due + interval_ns   # late starts count against latency
+            else:
+                t0 = time.perf_counter_ns()
             try:
                 a = ask(("127.0.0.1", port), q, 2.0, munge_socket)
             except RpcError as exc:
@@ -191,12 +209,14 @@ class Abuse:
             t.join(5)
 
 
-def run_cell(daemon: Daemon, clients: int, duration: float, qargs, abuse: bool, cleanup: Cleanup, munged_pid: int) -> dict:
+def run_cell(daemon: Daemon, clients: int, duration: float, qargs, abuse: bool, cleanup: Cleanup, munged_pid: int,
+             rate: float | None = None) -> dict:
+    """One cell; rate = requests per second per client (paced), None = back to back."""
     procs_n = min(MAX_PROCS, clients)
     per = [clients // procs_n + (1 if i < clients % procs_n else 0) for i in range(procs_n)]
     ctx = multiprocessing.get_context("fork")
     go, outq = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_good_proc, args=(daemon.port, daemon.munge_socket, qargs, t, duration, go, outq),
+    procs = [ctx.Process(target=_good_proc, args=(daemon.port, daemon.munge_socket, qargs, t, duration, go, outq, rate),
                          daemon=True) for t in per]
     for p in procs:
         p.start()
@@ -234,7 +254,7 @@ def run_cell(daemon: Daemon, clients: int, duration: float, qargs, abuse: bool, 
             errs[k] = errs.get(k, 0) + v
     wall = max(r["wall"] for r in results)
     out = summary(lat)
-    out.update({"clients": clients, "abuse": abuse, "duration_s": wall, "requests": len(lat),
+    out.update({"clients": clients, "abuse": abuse, "rate_per_client": rate, "duration_s": wall, "requests": len(lat),
                 "req_per_s": len(lat) / wall if wall else 0, "busy": sum(r["busy"] for r in results),
                 "errors": errs, "errors_total": sum(errs.values()),
                 "daemon_cpu_ms_per_request": (cpu1[0] - cpu0[0]) * 1000 / max(1, len(lat)),
@@ -265,11 +285,12 @@ def render(r: dict) -> str:
          f"machine: {m.get('os')}, kernel {m.get('kernel')}, {m.get('cpu')}, {m.get('cores')} cores; Python {m.get('python')}, {m.get('munge')}",
          (f"background CPU busy (others' work) at start / end: {r['background_cpu_busy_start'] * 100:.0f}% / "
          f"{r.get('background_cpu_busy_end', 0) * 100:.0f}%; {r['duration_s']:.0f} s per cell"), "",
-         (f"{'max_clients':>11} {'clients':>7} {'abuse':>5} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+         (f"{'max_clients':>11} {'clients':>7} {'paced':>9} {'abuse':>5} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
          f"{'BUSY':>6} {'errors':>6} {'SYN drops':>9} {'daemon CPU/req':>14}  after-cell answer")]
     for cfg in r["configs"]:
         for c in cfg["cells"]:
-            L.append(f"{cfg['max_clients']:>11} {c['clients']:>7} {'yes' if c['abuse'] else 'no':>5} {c['req_per_s']:>7.0f} "
+            paced = f"{c['rate_per_client']:g}/s each" if c.get("rate_per_client") else "no"
+            L.append(f"{cfg['max_clients']:>11} {c['clients']:>7} {paced:>9} {'yes' if c['abuse'] else 'no':>5} {c['req_per_s']:>7.0f} "
                      f"{fmt_ms(c.get('p50_ns')):>8} {fmt_ms(c.get('p99_ns')):>8} {fmt_ms(c.get('max_ns')):>8} "
                      f"{c['busy']:>6} {c['errors_total']:>6} {c['listen_overflows']:>9} {c['daemon_cpu_ms_per_request']:>11.2f} ms  "
                      f"{c['after_cell_answer']['status']} {c['after_cell_answer']['ms']:.1f} ms")
@@ -325,10 +346,10 @@ def main() -> int:
             cleanup.push(s.close, "target server")
             qargs = ("127.0.0.1", c.getsockname()[1], "127.0.0.1", lsock.getsockname()[1])
             cfg = {"max_clients": max_clients, "cells": []}
-            for clients, abuse in ((16, False), (1, True), (16, True), (256, True)):
-                cell = run_cell(d, clients, dur, qargs, abuse, cleanup, md.pid)
+            for clients, abuse, rate in CELLS:
+                cell = run_cell(d, clients, dur, qargs, abuse, cleanup, md.pid, rate)
                 cfg["cells"].append(cell)
-                log(f"max_clients {max_clients}, {clients} clients, abuse {abuse}: {cell['req_per_s']:.0f} req/s, "
+                log(f"max_clients {max_clients}, {clients} clients, rate {rate}, abuse {abuse}: {cell['req_per_s']:.0f} req/s, "
                     f"p50 {fmt_ms(cell.get('p50_ns'))} ms, p99 {fmt_ms(cell.get('p99_ns'))} ms, busy {cell['busy']}, "
                     f"errors {cell['errors']}")
             cfg["daemon_logging_errors"] = d.logging_errors()

@@ -18,9 +18,8 @@ def _query(args) -> int:
         print(f"callerid query: {exc}", file=sys.stderr)
         return 2
     server = cfgmod.parse_addr(args.server, cfg.common.rpc_port) if args.server else (str(q.src_ip), cfg.common.rpc_port)
-    from .userdb import trusted_uids
     try:
-        ans = ask(server, q, args.timeout, cfg.common.munge_socket, trusted_uids(cfg.common.slurm_user))
+        ans = ask(server, q, args.timeout, cfg.common.munge_socket)
     except RpcError as exc:
         print(f"callerid query: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,12 @@
-"""callerid RPC client: ask a node's tracer who opened a connection, and check the signed answer."""
+"""callerid RPC client: ask a node's tracer who opened a connection, and check the answer's tag."""
 
+import os
 import socket
 import time
 
 from . import munge
-from .protocol import HEADER, Answer, ErrorCode, FrameType, ProtocolError, Query, decode_error, decode_header, encode_frame
+from .protocol import (ANSWER_KEY_SIZE, HEADER, Answer, ErrorCode, FrameType, ProtocolError, Query, decode_error,
+                       decode_header, encode_frame, encode_request, open_answer)
 
 
 RPC_ERROR_REASONS = ("connect", "timeout", "refused", "bad_reply", "auth", "munge")
@@ -18,15 +20,19 @@ class RpcError(Exception):
         self.reason = reason  # stable snake_case: connect, timeout, refused, bad_reply, auth, munge
 
 
-def ask(server: tuple[str, int], query: Query, timeout: float = 2.0, munge_socket: str | None = None,
-        trusted_uids: tuple[int, ...] = (0,)) -> Answer:
+TRACER_UID = 0  # the tracer loads BPF programs: it runs as root
+
+
+def ask(server: tuple[str, int], query: Query, timeout: float = 2.0, munge_socket: str | None = None) -> Answer:
     """One request, one answer, all within `timeout` seconds.
 
-    trusted_uids: uids whose signature on an answer is accepted (root, SlurmUser).
+    The request carries a fresh random key, encrypted in a credential only root can
+    decode; an answer counts only if it is tagged with that key.
     """
     deadline = time.monotonic() + timeout
+    key = os.urandom(ANSWER_KEY_SIZE)
     try:
-        cred = munge.encode(query.encode(), munge_socket)
+        cred = munge.encode(encode_request(query, key), munge_socket, secret_for_uid=TRACER_UID)
     except munge.MungeError as exc:
         raise RpcError("munge", f"cannot sign the request: {exc}") from exc
     host, port = server
@@ -54,15 +60,10 @@ def ask(server: tuple[str, int], query: Query, timeout: float = 2.0, munge_socke
     if ftype != FrameType.ANSWER:
         raise RpcError("bad_reply", f"unexpected {ftype.name} frame from {host}:{port}")
     try:
-        signed = munge.decode(payload, munge_socket)
-    except munge.MungeError as exc:
-        raise RpcError("auth", f"answer from {host}:{port} has a bad credential: {exc.reason}") from exc
-    if signed.uid not in trusted_uids:
-        raise RpcError("auth", f"answer from {host}:{port} signed by uid {signed.uid}, not a trusted uid")
-    try:
-        answer = Answer.decode(signed.payload)
+        answer = open_answer(payload, key)
     except ProtocolError as exc:
-        raise RpcError("bad_reply", f"bad answer from {host}:{port}: {exc}") from exc
+        reason = "auth" if exc.code == ErrorCode.AUTH_FAILED else "bad_reply"
+        raise RpcError(reason, f"bad answer from {host}:{port}: {exc}") from exc
     if answer.query != query:
         raise RpcError("bad_reply", f"answer from {host}:{port} is for another connection ({answer.query})")
     return answer

@@ -26,7 +26,7 @@ def opt(default, help: str):
 
 @dataclass
 class CommonConfig:
-    munge_socket: str = opt("/run/munge/munge.socket.2", "munged's socket, for signing and checking RPC credentials.")
+    munge_socket: str = opt("/run/munge/munge.socket.2", "munged's socket, for making and checking RPC credentials.")
     slurm_user: str = opt("slurm", "SlurmUser of the cluster: besides root, the only user any answer is given to.")
     nodename: str = opt("", "This node's Slurm NodeName; empty means the short host name.")
     log_level: str = opt("info", "debug, info, warning or error.")

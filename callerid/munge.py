@@ -6,8 +6,11 @@ import threading
 from dataclasses import dataclass
 
 # munge_opt_t and munge_err_t values from /usr/include/munge.h (MUNGE 0.5.x).
+MUNGE_OPT_CIPHER_TYPE = 0
 MUNGE_OPT_TTL = 4
 MUNGE_OPT_SOCKET = 8
+MUNGE_OPT_UID_RESTRICTION = 9
+MUNGE_CIPHER_AES128 = 4
 EMUNGE_SUCCESS = 0
 EMUNGE_BAD_ARG = 2
 EMUNGE_NO_MEMORY = 5
@@ -127,8 +130,9 @@ def _message(lib: _Lib, code: int, ctx: int | None) -> str:
     return text.decode(errors="replace") if text else f"munge error {code}"
 
 
-def _make_ctx(lib: _Lib, socket_path: str | None, ttl: int | None) -> int | None:
-    if socket_path is None and ttl is None:
+def _make_ctx(lib: _Lib, socket_path: str | None, ints: dict[int, int]) -> int | None:
+    """A munge context with the socket and integer options set, or None for all defaults."""
+    if socket_path is None and not ints:
         return None
     ctx = lib.ctx_create()
     if not ctx:
@@ -139,8 +143,8 @@ def _make_ctx(lib: _Lib, socket_path: str | None, ttl: int | None) -> int | None
                              ctypes.c_char_p(os.fsencode(socket_path)))
             if rc != EMUNGE_SUCCESS:
                 raise MungeError(rc, _message(lib, rc, ctx), socket_path)
-        if ttl is not None:
-            rc = lib.ctx_set(ctypes.c_void_p(ctx), ctypes.c_int(MUNGE_OPT_TTL), ctypes.c_int(int(ttl)))
+        for opt, value in ints.items():
+            rc = lib.ctx_set(ctypes.c_void_p(ctx), ctypes.c_int(opt), ctypes.c_int(int(value)))
             if rc != EMUNGE_SUCCESS:
                 raise MungeError(rc, _message(lib, rc, ctx), socket_path)
     except BaseException:
@@ -149,12 +153,20 @@ def _make_ctx(lib: _Lib, socket_path: str | None, ttl: int | None) -> int | None
     return ctx
 
 
-def encode(payload: bytes, socket_path: str | None = None, ttl: int | None = None) -> bytes:
-    """Return a credential (ASCII bytes) for `payload`, made by munged for this process's uid/gid."""
+def encode(payload: bytes, socket_path: str | None = None, ttl: int | None = None,
+           secret_for_uid: int | None = None) -> bytes:
+    """Return a credential (ASCII bytes) for `payload`, made by munged for this process's uid/gid.
+
+    secret_for_uid: encrypt the payload (AES-128, whatever munged's default) and let
+    only that uid decode it, for payloads that carry a secret.
+    """
     lib = _load()
     payload = bytes(payload)
     where = socket_path or lib.default_socket
-    ctx = _make_ctx(lib, socket_path, ttl)
+    ints = {} if ttl is None else {MUNGE_OPT_TTL: ttl}
+    if secret_for_uid is not None:
+        ints.update({MUNGE_OPT_CIPHER_TYPE: MUNGE_CIPHER_AES128, MUNGE_OPT_UID_RESTRICTION: secret_for_uid})
+    ctx = _make_ctx(lib, socket_path, ints)
     cred = ctypes.c_void_p()
     try:
         rc = lib.encode(ctypes.byref(cred), ctx, payload or None, len(payload))
@@ -178,7 +190,7 @@ def decode(cred: bytes, socket_path: str | None = None) -> Decoded:
     # libmunge reads a C string: an embedded NUL would silently cut the credential.
     if b"\0" in cred:
         raise MungeError(EMUNGE_BAD_ARG, "credential contains a NUL byte", where)
-    ctx = _make_ctx(lib, socket_path, None)
+    ctx = _make_ctx(lib, socket_path, {})
     buf, length = ctypes.c_void_p(), ctypes.c_int(0)
     uid, gid = ctypes.c_uint32(), ctypes.c_uint32()
     try:

@@ -1,21 +1,25 @@
 """The callerid RPC wire format: framing, request and answer encoding (pure, no I/O).
 
 Every frame:   magic "CI" | version u8 | type u8 | payload length u32 (big endian) | payload
-  REQUEST      payload = a MUNGE credential whose embedded data is a Query
-  ANSWER       payload = a MUNGE credential from the tracer whose data is an Answer
+  REQUEST      payload = a MUNGE credential whose embedded data is a Query and an answer key
+  ANSWER       payload = an Answer | HMAC-SHA256(answer key, context | Answer)
   ERROR        payload = code u8 | UTF-8 message (unsigned: it can only deny, never grant)
-Requests and answers travel inside MUNGE credentials so that neither the tuple
-asked about nor the job named in reply can be altered in flight, and munged's
-replay cache rejects a credential seen twice. docs/PROTOCOL.md describes it for people.
+The request credential is encrypted and may be decoded only by root (the tracer), so
+the answer key it carries is known to the asker and the tracer alone: the tag proves
+the answer came from the process that decoded this very request, which is what a
+second MUNGE credential would prove, for one munged round trip instead of three.
+munged's replay cache rejects a request credential seen twice.
+docs/PROTOCOL.md describes it for people.
 """
 
 import enum
+import hmac
 import ipaddress
 import struct
 from dataclasses import asdict, dataclass, field
 
 MAGIC = b"CI"
-VERSION = 1
+VERSION = 2   # 2: answers authenticated by the request's key, not a second credential
 HEADER = struct.Struct("!2sBBI")
 MAX_FRAME_PAYLOAD = 8192
 
@@ -47,6 +51,9 @@ class Source(enum.IntEnum):
     PROC = 2
 
 
+ANSWER_KEY_SIZE = 32
+ANSWER_TAG_SIZE = 32
+_TAG_CONTEXT = b"callerid answer v2\0"   # a tag made for anything else never verifies here
 NO_ID = 0xFFFFFFFF  # uid/gid unknown: (uid_t)-1 is never a real id
 ANSWER_FLAG_OWNER_EXITED = 1
 ANSWER_FLAG_CLOSED = 2
@@ -187,6 +194,38 @@ class Answer:
         d["status"] = self.status.name.lower()
         d["source"] = self.source.name.lower()
         return d
+
+
+def encode_request(query: Query, key: bytes) -> bytes:
+    """The data a REQUEST credential carries: the query, then the key the answer is tagged with."""
+    if len(key) != ANSWER_KEY_SIZE:
+        raise ValueError(f"answer key must be {ANSWER_KEY_SIZE} bytes")
+    return query.encode() + key
+
+
+def decode_request(data: bytes) -> tuple[Query, bytes]:
+    size = Query._S.size + ANSWER_KEY_SIZE
+    if data[:1] and data[0] != VERSION:
+        raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"query version {data[0]}")
+    if len(data) != size:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"request is {len(data)} bytes, expected {size}")
+    return Query.decode(data[:Query._S.size]), data[Query._S.size:]
+
+
+def seal_answer(answer: Answer, key: bytes) -> bytes:
+    """ANSWER payload: the answer and its tag under the request's key."""
+    body = answer.encode()
+    return body + hmac.digest(key, _TAG_CONTEXT + body, "sha256")
+
+
+def open_answer(payload: bytes, key: bytes) -> Answer:
+    """Verify the tag (ProtocolError AUTH_FAILED if wrong), then decode."""
+    if len(payload) < ANSWER_TAG_SIZE:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"answer of {len(payload)} bytes has no tag")
+    body, tag = payload[:-ANSWER_TAG_SIZE], payload[-ANSWER_TAG_SIZE:]
+    if not hmac.compare_digest(tag, hmac.digest(key, _TAG_CONTEXT + body, "sha256")):
+        raise ProtocolError(ErrorCode.AUTH_FAILED, "answer tag does not verify: not from the tracer that read the request")
+    return Answer.decode(body)
 
 
 def _clip(text: str, limit: int) -> bytes:

@@ -1,4 +1,4 @@
-"""User and group names, and which uids may sign callerid answers."""
+"""User names and uids from the passwd database."""
 
 import pwd
 
@@ -18,8 +18,3 @@ def uid_of(name: str) -> int | None:
     except KeyError:
         return None
 
-
-def trusted_uids(slurm_user: str) -> tuple[int, ...]:
-    """Answers are signed by the tracer, which runs as root (or as SlurmUser)."""
-    uid = uid_of(slurm_user)
-    return (0,) if uid is None or uid == 0 else (0, uid)

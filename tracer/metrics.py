@@ -25,7 +25,7 @@ class TracerMetrics:
         for res in RPC_RESULTS:
             self.requests.labels(res)
         self.request_seconds = Histogram("callerid_rpc_request_duration_seconds",
-                                         "Time from a complete request frame to its reply being ready (credential check, lookup, signing); frames refused before that are counted, not timed.",
+                                         "Time from a complete request frame to its reply being ready (credential check, lookup, tagging); frames refused before that are counted, not timed.",
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.clients = Gauge("callerid_rpc_clients", "RPC clients connected now.", registry=r)
         self.lookups = Counter("callerid_lookups", "Lookups by the source that answered (none: nothing found).",

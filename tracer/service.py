@@ -1,4 +1,4 @@
-"""Turn one REQUEST payload into one reply frame: authenticate, look up, authorise, sign."""
+"""Turn one REQUEST payload into one reply frame: authenticate, look up, authorise, tag."""
 
 import logging
 import time
@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from callerid import munge
-from callerid.protocol import Answer, ErrorCode, FrameType, ProtocolError, Query, Status, encode_error, encode_frame
+from callerid.protocol import (Answer, ErrorCode, FrameType, ProtocolError, Status, decode_request, encode_error,
+                               encode_frame, seal_answer)
 
 from .lookup import Outcome, Resolver
 from .metrics import TracerMetrics
@@ -33,7 +34,6 @@ class RequestHandler:
     munge_socket: str | None = None
     # injectable for unit tests of pure paths; the daemon uses libmunge
     decode: Callable = munge.decode
-    encode: Callable = munge.encode
 
     def handle(self, payload: bytes, peer: str) -> bytes:
         start = time.perf_counter()
@@ -52,7 +52,7 @@ class RequestHandler:
             log.warning("rpc from %s: credential rejected (%s): %s", peer, exc.reason, exc)
             return result, encode_error(code, f"credential rejected: {exc.reason}")
         try:
-            query = Query.decode(cred.payload)
+            query, key = decode_request(cred.payload)
         except ProtocolError as exc:
             result = "unsupported_version" if exc.code == ErrorCode.UNSUPPORTED_VERSION else "bad_frame"
             log.warning("rpc from %s uid=%d: bad query: %s", peer, cred.uid, exc)
@@ -71,14 +71,11 @@ class RequestHandler:
                      answer.status.name.lower(), answer.job_id, answer.pid, answer.source.name.lower(),
                      f" ({outcome.detail})" if outcome.detail else "")
         try:
-            signed = self.encode(answer.encode(), self.munge_socket)
-        except munge.MungeError as exc:
-            log.error("cannot sign answer: %s", exc)
-            return "internal_error", encode_error(ErrorCode.INTERNAL, "tracer cannot sign answers (munged?)")
+            sealed = seal_answer(answer, key)
         except (ValueError, OverflowError) as exc:  # struct.error is a ValueError
             log.error("cannot encode answer for %s: %s", query, exc)
             return "internal_error", encode_error(ErrorCode.INTERNAL, "tracer cannot encode this answer")
-        return result, encode_frame(FrameType.ANSWER, signed)
+        return result, encode_frame(FrameType.ANSWER, sealed)
 
     def _count_lookup(self, outcome: Outcome):
         m = self.metrics

@@ -1,5 +1,6 @@
 """callerid.munge against a real, private munged (tests/conftest.py)."""
 
+import base64
 import os
 import threading
 import time
@@ -102,6 +103,54 @@ def test_encode_as_nobody_decodes_to_nobody(munged):
     assert os.waitstatus_to_exitcode(status) == 0
     got = munge.decode(cred, munged)
     assert (got.payload, got.uid, got.gid) == (b"from nobody", NOBODY, NOBODY)
+
+
+def _decode_as_nobody(cred: bytes, munged: str) -> str:
+    """Try to decode cred in a child running as nobody; returns 'ok' or the munge reason."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                munge.decode(cred, munged)
+                os.write(w, b"ok")
+            except munge.MungeError as exc:
+                os.write(w, exc.reason.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(child, 0)
+    return out
+
+
+def test_secret_credential_is_decoded_by_its_uid_only(munged):
+    """What the RPC's answer key relies on: only root can read a request credential."""
+    require(os.geteuid() == 0, "root (to switch a child to uid 65534)")
+    cred = munge.encode(b"answer key", munged, secret_for_uid=0)
+    assert _decode_as_nobody(cred, munged) == "cred_unauthorized"
+    # the refused attempt did not use the credential up: root still decodes it, once
+    assert munge.decode(cred, munged).payload == b"answer key"
+    with pytest.raises(munge.MungeError) as ei:
+        munge.decode(cred, munged)
+    assert ei.value.reason == "cred_replayed"
+    # and a credential for nobody is refused to root
+    with pytest.raises(munge.MungeError) as ei:
+        munge.decode(munge.encode(b"x", munged, secret_for_uid=NOBODY), munged)
+    assert ei.value.reason == "cred_unauthorized"
+
+
+def test_secret_payload_is_not_in_the_credential_text(munged):
+    secret = b"0123456789abcdef" * 4
+    armored = munge.encode(secret, munged, secret_for_uid=0).split(b":")[1]
+    body = base64.b64decode(armored + b"=" * (-len(armored) % 4))
+    assert len(body) > len(secret)
+    assert secret[:8] not in body and secret[-8:] not in body
 
 
 def test_ttl_is_honoured(munged):

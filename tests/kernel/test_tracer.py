@@ -13,8 +13,9 @@ import pytest
 
 from callerid import munge
 from callerid.client import RpcError, ask
-from callerid.protocol import (HEADER, ErrorCode, FrameType, Query, Source, Status, decode_error,
-                               decode_header, encode_frame)
+from callerid.protocol import (HEADER, Answer, ErrorCode, FrameType, Query, Source, Status, decode_error,
+                               decode_header, decode_request, encode_frame, encode_request, open_answer,
+                               seal_answer)
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
 from tests.kernel.conftest import close_client, start_client
@@ -219,20 +220,30 @@ def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, job
         slow.append(s)
     try:
         assert _error_code(_raw(port, b"GET / HTTP/1.0\r\n\r\n")) == ErrorCode.BAD_FRAME
-        assert _error_code(_raw(port, struct.pack("!2sBBI", b"CI", 1, 1, 10_000_000))) == ErrorCode.BAD_FRAME
+        assert _error_code(_raw(port, struct.pack("!2sBBI", b"CI", 2, 1, 10_000_000))) == ErrorCode.BAD_FRAME
         assert _error_code(_raw(port, struct.pack("!2sBBI", b"CI", 9, 1, 4))) == ErrorCode.UNSUPPORTED_VERSION
         assert _error_code(_raw(port, encode_frame(FrameType.REQUEST, b"MUNGE:not-a-credential:"))) in \
             (ErrorCode.AUTH_FAILED,)
         # a credential from a munged with another key
         q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
-        good = encode_frame(FrameType.REQUEST, munge.encode(q.encode(), tracer.munge_socket))
-        assert _raw(port, good)[2:4] == bytes([1, FrameType.ANSWER])
+        key = os.urandom(32)
+        good = encode_frame(FrameType.REQUEST, munge.encode(encode_request(q, key), tracer.munge_socket,
+                                                            secret_for_uid=0))
+        reply = _raw(port, good)
+        assert reply[2:4] == bytes([2, FrameType.ANSWER])
+        assert open_answer(reply[HEADER.size:], key).job_id == 4104   # tagged with our key
         assert _error_code(_raw(port, good)) == ErrorCode.REPLAYED  # same credential again
-        # a valid credential around a malformed query
-        junk = encode_frame(FrameType.REQUEST, munge.encode(b"\x01\x04junk", tracer.munge_socket))
+        # a valid credential around a malformed query, and one around a version 1 query
+        junk = encode_frame(FrameType.REQUEST, munge.encode(b"\x02\x04junk", tracer.munge_socket))
         assert _error_code(_raw(port, junk)) == ErrorCode.BAD_FRAME
+        old = encode_frame(FrameType.REQUEST, munge.encode(b"\x01" + q.encode()[1:], tracer.munge_socket))
+        assert _error_code(_raw(port, old)) == ErrorCode.UNSUPPORTED_VERSION
+        # a credential the tracer (root) may not decode
+        theirs = encode_frame(FrameType.REQUEST, munge.encode(encode_request(q, key), tracer.munge_socket,
+                                                              secret_for_uid=65534))
+        assert _error_code(_raw(port, theirs)) == ErrorCode.AUTH_FAILED
         # truncated frame: header promises 100 bytes, 10 arrive, then EOF
-        _raw(port, struct.pack("!2sBBI", b"CI", 1, 1, 100) + b"x" * 10, read=False)
+        _raw(port, struct.pack("!2sBBI", b"CI", 2, 1, 100) + b"x" * 10, read=False)
         # meanwhile a well-behaved client is answered, repeatedly and fast
         for _ in range(20):
             t0 = time.monotonic()
@@ -248,8 +259,8 @@ def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, job
                  for r in ("bad_frame", "unsupported_version", "auth_failed", "replayed", "timeout", "found")}
         return delta if delta["timeout"] >= 0 and delta["bad_frame"] >= 4 else None
     delta = wait_for(counted, 10, "bad-frame counters")
-    assert delta["unsupported_version"] == 1
-    assert delta["auth_failed"] == 1
+    assert delta["unsupported_version"] == 2
+    assert delta["auth_failed"] == 2
     assert delta["replayed"] == 1
     assert delta["found"] >= 21
     assert tracer.running
@@ -294,3 +305,53 @@ def test_unreachable_tracer_is_a_clear_error(munged):
         with pytest.raises(RpcError) as exc:
             ask(("127.0.0.1", port), q, 1.0, munged.socket)
     assert exc.value.reason == "connect"
+
+
+def _one_shot_server(reply_for):
+    """A listener that reads one REQUEST frame and sends reply_for(credential) back: a
+    stand-in for a forged or confused tracer. Returns (port, thread)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(5)
+
+    def serve():
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                conn.settimeout(5)
+                head = b""
+                while len(head) < HEADER.size:
+                    head += conn.recv(HEADER.size - len(head))
+                _, n = decode_header(head)
+                cred = b""
+                while len(cred) < n:
+                    cred += conn.recv(n - len(cred))
+                conn.sendall(reply_for(cred))
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv.getsockname()[1], t
+
+
+@pytest.mark.parametrize("forge", ["other_key", "untagged", "other_query"])
+def test_client_refuses_an_answer_not_tagged_for_its_request(munged, forge):
+    """The client believes only an answer tagged with the key inside its own request."""
+    q = Query.make("127.0.0.1", 40000, "127.0.0.1", 22)
+    lie = Answer(q, Status.FOUND, source=Source.BPF, job_id=666, pid=1, uid=0, gid=0, node="evil")
+
+    def reply_for(cred):
+        if forge == "other_key":
+            payload = seal_answer(lie, os.urandom(32))
+        elif forge == "untagged":
+            payload = lie.encode()
+        else:   # a correctly tagged answer, but about another connection (root decodes the key)
+            _, key = decode_request(munge.decode(cred, munged.socket).payload)
+            payload = seal_answer(Answer(Query.make("127.0.0.1", 40001, "127.0.0.1", 22), Status.FOUND,
+                                         job_id=666), key)
+        return encode_frame(FrameType.ANSWER, payload)
+
+    port, t = _one_shot_server(reply_for)
+    with pytest.raises(RpcError) as exc:
+        ask(("127.0.0.1", port), q, 3.0, munged.socket)
+    t.join(5)
+    assert exc.value.reason == ("bad_reply" if forge == "other_query" else "auth"), exc.value

@@ -1,5 +1,7 @@
 """Wire-format tests for callerid.protocol: round trips, and decoders fed hand-built bytes."""
 
+import hashlib
+import hmac
 import ipaddress
 import struct
 
@@ -45,12 +47,12 @@ def v6(text: str) -> bytes:
     return ipaddress.IPv6Address(text).packed
 
 
-def raw_query(ver=1, fam=4, reserved=0, sport=40000, dport=22, src=None, dst=None) -> bytes:
+def raw_query(ver=2, fam=4, reserved=0, sport=40000, dport=22, src=None, dst=None) -> bytes:
     return struct.pack(Q_FMT, ver, fam, reserved, sport, dport,
                        v4("10.0.0.1") if src is None else src, v4("10.0.0.2") if dst is None else dst)
 
 
-def raw_answer(ver=1, status=0, source=1, flags=0, query=None, job=42, pid=1234, uid=1000, gid=1000,
+def raw_answer(ver=2, status=0, source=1, flags=0, query=None, job=42, pid=1234, uid=1000, gid=1000,
                cgid=77, birth=123456789, comm=b"sleep", cgroup=b"/slurm/uid_1000/job_42/step_extern",
                node=b"node1", lcg=None, lnode=None) -> bytes:
     head = struct.pack(A_FMT, ver, status, source, flags, raw_query() if query is None else query,
@@ -59,7 +61,7 @@ def raw_answer(ver=1, status=0, source=1, flags=0, query=None, job=42, pid=1234,
     return head + cgroup + node
 
 
-def raw_header(magic=b"CI", ver=1, ftype=1, length=0) -> bytes:
+def raw_header(magic=b"CI", ver=2, ftype=1, length=0) -> bytes:
     return struct.pack(H_FMT, magic, ver, ftype, length)
 
 
@@ -167,7 +169,7 @@ def test_query_decode_trailing_bytes():
     assert_protocol_error(ErrorCode.BAD_FRAME, Query.decode, raw_query() + b"\0")
 
 
-@pytest.mark.parametrize("ver", [0, 2, 255])
+@pytest.mark.parametrize("ver", [0, 1, 3, 255])
 def test_query_decode_wrong_version(ver):
     assert_protocol_error(ErrorCode.UNSUPPORTED_VERSION, Query.decode, raw_query(ver=ver))
 
@@ -292,7 +294,7 @@ def test_answer_string_lengths_disagree_with_size(lcg, lnode, extra):
 
 
 def test_answer_wrong_version():
-    assert_protocol_error(ErrorCode.UNSUPPORTED_VERSION, Answer.decode, raw_answer(ver=2))
+    assert_protocol_error(ErrorCode.UNSUPPORTED_VERSION, Answer.decode, raw_answer(ver=1))
 
 
 @pytest.mark.parametrize("status", [2, 7, 255])
@@ -319,8 +321,8 @@ def test_answer_to_dict():
 # --- frame header -----------------------------------------------------------------------------
 
 def test_encode_frame_hand_checked():
-    assert encode_frame(FrameType.ANSWER, b"abc") == b"CI\x01\x02\x00\x00\x00\x03abc"
-    assert encode_frame(FrameType.REQUEST, b"") == b"CI\x01\x01\x00\x00\x00\x00"
+    assert encode_frame(FrameType.ANSWER, b"abc") == b"CI\x02\x02\x00\x00\x00\x03abc"
+    assert encode_frame(FrameType.REQUEST, b"") == b"CI\x02\x01\x00\x00\x00\x00"
 
 
 def test_decode_header_good():
@@ -335,7 +337,7 @@ def test_decode_header_bad_magic(magic):
     assert "magic" in str(err)
 
 
-@pytest.mark.parametrize("ver", [0, 2, 255])
+@pytest.mark.parametrize("ver", [0, 1, 3, 255])
 def test_decode_header_wrong_version(ver):
     assert_protocol_error(ErrorCode.UNSUPPORTED_VERSION, decode_header, raw_header(ver=ver))
 
@@ -436,3 +438,65 @@ def test_decode_error_invalid_utf8_does_not_raise():
     code, msg = decode_error(b"\x01\xff\xfe")
     assert code == ErrorCode.BAD_FRAME
     assert "\ufffd" in msg
+
+
+# --- request body and answer tag ----------------------------------------------------------------
+
+KEY = bytes(range(32))
+
+
+def test_request_is_the_query_then_the_key():
+    q = Query.make("10.0.0.1", 40000, "10.0.0.2", 22)
+    body = protocol.encode_request(q, KEY)
+    assert body == raw_query() + KEY
+    assert protocol.decode_request(body) == (q, KEY)
+
+
+@pytest.mark.parametrize("key", [b"", b"k" * 31, b"k" * 33])
+def test_request_refuses_a_key_of_another_size(key):
+    with pytest.raises(ValueError):
+        protocol.encode_request(Query.make("10.0.0.1", 1, "10.0.0.2", 2), key)
+
+
+@pytest.mark.parametrize("body", [raw_query(), raw_query() + KEY[:31], raw_query() + KEY + b"x", b""])
+def test_request_of_the_wrong_length_is_a_bad_frame(body):
+    assert_protocol_error(ErrorCode.BAD_FRAME, protocol.decode_request, body)
+
+
+@pytest.mark.parametrize("ver", [0, 1, 3, 255])
+def test_request_of_another_version_is_unsupported_whatever_its_length(ver):
+    # a v1 client's request is 40 bytes: it must hear "unsupported version", not "bad frame"
+    assert_protocol_error(ErrorCode.UNSUPPORTED_VERSION, protocol.decode_request, raw_query(ver=ver))
+
+
+def test_sealed_answer_is_answer_then_hmac_sha256_of_context_and_answer():
+    a = Answer.decode(raw_answer())
+    sealed = protocol.seal_answer(a, KEY)
+    assert sealed[:-32] == raw_answer()
+    assert sealed[-32:] == hmac.new(KEY, b"callerid answer v2\0" + raw_answer(), hashlib.sha256).digest()
+    assert protocol.open_answer(sealed, KEY) == a
+
+
+def test_answer_under_another_key_is_refused_as_auth_failure():
+    sealed = protocol.seal_answer(Answer.decode(raw_answer()), KEY)
+    assert_protocol_error(ErrorCode.AUTH_FAILED, protocol.open_answer, sealed, bytes(32))
+
+
+@pytest.mark.parametrize("where", [0, 4, 44, -33, -1])
+def test_any_flipped_bit_is_refused(where):
+    sealed = bytearray(protocol.seal_answer(Answer.decode(raw_answer()), KEY))
+    sealed[where] ^= 0x01
+    assert_protocol_error(ErrorCode.AUTH_FAILED, protocol.open_answer, bytes(sealed), KEY)
+
+
+@pytest.mark.parametrize("n", [0, 1, 31])
+def test_answer_shorter_than_a_tag_is_a_bad_frame(n):
+    assert_protocol_error(ErrorCode.BAD_FRAME, protocol.open_answer, b"x" * n, KEY)
+
+
+def test_tag_is_checked_before_the_answer_is_parsed():
+    # garbage with a valid tag is a bad frame; garbage with a wrong tag never reaches the parser
+    garbage = b"\x02junk"
+    tagged = garbage + hmac.new(KEY, b"callerid answer v2\0" + garbage, hashlib.sha256).digest()
+    assert_protocol_error(ErrorCode.BAD_FRAME, protocol.open_answer, tagged, KEY)
+    assert_protocol_error(ErrorCode.AUTH_FAILED, protocol.open_answer, garbage + bytes(32), KEY)
