@@ -1,6 +1,6 @@
 """ssh login latency on the Slurm lab: no account hook vs Slurm's pam_slurm_adopt vs callerid.
 
-    sudo .venv/bin/python3 bench/login_bench.py [--quick] [--n N] [--rounds R] [--json PATH] [--no-proposed]
+    sudo .venv/bin/python3 bench/login_bench.py [--quick] [--n N] [--rounds R] [--json PATH]
 
 Brings up the lab of docs/LAB.md itself (waiting for the lab lock, bounded) and tears it down at
 the end. Measures, on node1 as the test user cidlab1, the wall time of `ssh node2 true` (from
@@ -10,9 +10,7 @@ session, the command) N times per cell, for
   none      port-22 sshd with a PAM stack of pam_unix only (no account hook); the lab's callerid
             stack is put back afterwards (finally)
   psa       port-2222 sshd: pam_unix + Slurm's real pam_slurm_adopt
-  callerid  port-22 sshd: pam_unix + the callerid hook (pam_exec python3 -I -m adopter.hook)
-  callerid -S  (proposed, --no-proposed drops it) the same hook started as `python3 -I -S wrapper.py`:
-            no site module, so none of the venv's .pth files and import hooks are processed
+  callerid  port-22 sshd: pam_unix + the callerid hook (pam_exec callerid-pam-hook, adopter/hook.c)
 
 in two situations: the user has ONE job on node2 (job A, on node1+node2: both hooks adopt without
 an RPC), and SEVERAL (job A plus a newer job B on node2: callerid asks node1's tracer, pam_slurm_adopt
@@ -26,7 +24,7 @@ every login is also checked in the logs (node2's adopter decision lines, pam_slu
 "Process N adopted into job A" in syslog): a cell whose logins were not all adopted where expected
 is flagged.
 
-Also measured: the hook's process start (interpreter + imports, `-X importtime`) and the adopter
+Also measured: the hook's process start and round trip to the daemon, and the adopter
 daemon's decision time (its log's latency_ms, its RPC histogram), and the pieces of a decision
 (cgroupfs job listing, sock_diag dump) timed in node2's namespace.
 
@@ -60,8 +58,7 @@ USER = "cidlab1"
 CONFIGS = {  # name: (label, ssh host alias in the user's ~/.ssh/config, port-22 PAM stack or None)
     "none": ("no account hook (:22, pam_unix only)", "node2", "none"),
     "psa": ("pam_slurm_adopt (:2222)", "node2-psa", None),
-    "callerid": ("callerid (:22, python3 -I -m adopter.hook)", "node2", "callerid"),
-    "callerid_S": ("callerid, hook via python3 -I -S (proposed)", "node2", "callerid_S"),
+    "callerid": ("callerid (:22, callerid-pam-hook)", "node2", "callerid"),
 }
 
 # Runs as cidlab1 inside job A on node1 (srun step): time `ssh HOST true` COUNT times after WARM
@@ -94,14 +91,6 @@ for i in range(warm + count):
 v = subprocess.run(argv + ["cat /proc/self/cgroup"], stdin=subprocess.DEVNULL, capture_output=True, timeout=limit)
 print(json.dumps({"times": times, "fails": fails, "verify": v.stdout.decode(errors="replace"),
                   "verify_rc": v.returncode, "logins": warm + count + 1}))
-"""
-
-# The proposed hook start: without site. adopter/hook.py imports only the standard library.
-HOOK_WRAPPER = """# callerid PAM hook without the site module: python3 -I -S THIS [name=value ...]
-import sys
-sys.path.insert(0, {path!r})
-from adopter.hook import main
-sys.exit(main(sys.argv[1:]))
 """
 
 # Timed in node2's namespace by a root process: the pieces of an adopter decision.
@@ -235,19 +224,15 @@ class Bench:
         self.pam_callerid = self.pam.read_text()
         self.adopter_log = Path(next(r["log"] for r in lab.state["procs"] if r["name"] == "adopter-node2"))
         self.syslog = Path(lab.state["devlog"]["log"]) if lab.state.get("devlog") else None
-        wdir = lab.root / "bench"
-        wdir.mkdir(mode=0o755, exist_ok=True)
-        self.wrapper = wdir / "callerid-hook-S.py"
-        self.wrapper.write_text(HOOK_WRAPPER.format(path=str(REPO)))
-        os.chmod(self.wrapper, 0o644)
+        self.hook = re.search(r"pam_exec\.so .*?(\S*callerid-pam-hook)\b", self.pam_callerid)
+        if not self.hook:
+            raise RuntimeError(f"cannot find the hook command in {self.pam}:\n{self.pam_callerid}")
+        self.hook = self.hook[1]
         self.stacks = {
             "callerid": self.pam_callerid,
             "none": ("# login_bench.py: no account hook\nauth     required pam_unix.so\n"
                      "account  required pam_unix.so\nsession  required pam_unix.so\n"),
-            "callerid_S": re.sub(r" -I -m adopter\.hook", f" -I -S {self.wrapper}", self.pam_callerid),
         }
-        if self.stacks["callerid_S"] == self.pam_callerid:
-            raise RuntimeError(f"cannot find the hook command in {self.pam}:\n{self.pam_callerid}")
         self.results: dict = {}
         self.loads: list = []  # [scenario, round, 1-min load average after it]: the machine is shared
 
@@ -337,22 +322,15 @@ class Bench:
         sock = lab.adopter_socket("node2")
         variants = {
             "/bin/true (fork+exec baseline)": ["/bin/true"],
-            "python3 -I -S -c pass": [VENV_PY, "-I", "-S", "-c", "pass"],
-            "python3 -I -c pass (venv)": [VENV_PY, "-I", "-c", "pass"],
-            "/usr/bin/python3 -I -c pass (no venv)": ["/usr/bin/python3", "-I", "-c", "pass"],
-            "hook: python3 -I -m adopter.hook (the lab's)": [VENV_PY, "-I", "-m", "adopter.hook", nosock],
-            "hook: python3 -I -S wrapper (proposed)": [VENV_PY, "-I", "-S", str(self.wrapper), nosock],
+            "hook: callerid-pam-hook, no daemon socket": [self.hook, nosock],
             # Against node2's real adopter: not a child of sshd, so the daemon refuses it as bad_peer after
             # reading the request and checking the peer: the round trip without the decision itself.
-            "hook -m, asking node2's adopter (bad_peer)": [VENV_PY, "-I", "-m", "adopter.hook", f"socket={sock}"],
-            "hook -S wrapper, asking node2's adopter (bad_peer)": [VENV_PY, "-I", "-S", str(self.wrapper),
-                                                                   f"socket={sock}"],
+            "hook asking node2's adopter (bad_peer)": [self.hook, f"socket={sock}"],
         }
         start = {}
         # back to back (warm caches), then a few spaced 250 ms apart like the logins (colder: the
         # cost a login actually sees)
-        spaced = ["/bin/true (fork+exec baseline)", "hook -m, asking node2's adopter (bad_peer)",
-                  "hook -S wrapper, asking node2's adopter (bad_peer)"]
+        spaced = ["/bin/true (fork+exec baseline)", "hook asking node2's adopter (bad_peer)"]
         for gap, names, rounds in ((0.0, list(variants), 40), (0.25, spaced, 25)):
             sel = {(k if not gap else f"{k}, 250 ms apart"): variants[k] for k in names}
             r = lab.run("node2", ["/usr/bin/python3", "-I", "-S", "-c", SPAWN_TIMER, json.dumps(sel), str(rounds),
@@ -361,17 +339,6 @@ class Bench:
                 start.update(json.loads(r.stdout.strip().splitlines()[-1]))
             except (ValueError, IndexError):
                 start[f"error (gap {gap})"] = (r.stderr or r.stdout)[-500:]
-        imports = {}
-        for name, argv in (("python3 -I -m adopter.hook", [VENV_PY, "-X", "importtime", "-I", "-m", "adopter.hook"]),
-                           ("python3 -I -S wrapper", [VENV_PY, "-X", "importtime", "-I", "-S", str(self.wrapper)])):
-            r = subprocess.run([*argv, nosock], capture_output=True, text=True, timeout=30, cwd="/", check=False)
-            top = []
-            for line in r.stderr.splitlines():
-                m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\S+)", line)
-                if m:  # no indent after "| ": a top-level import
-                    top.append((m[3], int(m[2]) / 1000))
-            top.sort(key=lambda x: -x[1])
-            imports[name] = {"total_ms": sum(x for _, x in top), "top_ms": top[:8]}
         p = lab.run("node2", [VENV_PY, "-c", PIECES, str(REPO), "node2"], timeout=60, uts=False)
         try:
             pieces = json.loads(p.stdout.strip().splitlines()[-1])
@@ -383,7 +350,7 @@ class Bench:
             pieces.update(json.loads(r.stdout.strip().splitlines()[-1]))
         except (ValueError, IndexError):
             pieces["cgroup_error"] = (r.stderr or r.stdout)[-500:]
-        return {"process_start": start, "importtime": imports, "daemon_pieces": pieces, "metrics": self.lab_metrics()}
+        return {"process_start": start, "daemon_pieces": pieces, "metrics": self.lab_metrics()}
 
     def lab_metrics(self) -> dict:
         from prometheus_client.parser import text_string_to_metric_families
@@ -449,9 +416,6 @@ def report(res: dict, comp: dict, mach: dict, args) -> str:
     for k, v in comp["process_start"].items():
         if isinstance(v, dict):
             lines.append(f"    {k:66} {v['p50_ms']:6.1f} ms")
-    for name, imp in comp["importtime"].items():
-        lines.append(f"  -X importtime, {name}: top-level imports {imp['total_ms']:.1f} ms (inflated by the "
-                     "instrumentation): " + ", ".join(f"{n} {ms:.1f}" for n, ms in imp["top_ms"][:5]))
     dp = comp["daemon_pieces"]
     lines.append("  adopter daemon pieces: " + ", ".join(f"{k} {v:.2f} ms" for k, v in dp.items()
                                                          if isinstance(v, float)))
@@ -470,7 +434,6 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, help="logins per cell (default 50, --quick 15)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 5, --quick 3)")
     p.add_argument("--json", help="output file (default bench/results/login.json, --quick login-quick.json)")
-    p.add_argument("--no-proposed", action="store_true", help="skip the proposed `python3 -I -S` hook start")
     args = p.parse_args(argv)
     args.n = max(1, min(args.n or (15 if args.quick else 50), 1000))
     args.rounds = max(1, min(args.rounds or (3 if args.quick else 5), args.n))
@@ -478,7 +441,7 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         log("login_bench: run as root (sudo .venv/bin/python3 bench/login_bench.py)")
         return 2
-    configs = ["none", "psa", "callerid"] + ([] if args.no_proposed else ["callerid_S"])
+    configs = ["none", "psa", "callerid"]
     mach = machine()
     t0 = time.monotonic()
     log(f"waiting for the lab lock (up to {LOCK_WAIT}s: other test runs may be using the lab)")

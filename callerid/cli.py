@@ -112,10 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["pam"]:
-        # `callerid pam ...` = the pam_exec hook; dispatched before argparse to stay light.
-        from adopter.hook import main as hook_main
-        return hook_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

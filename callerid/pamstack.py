@@ -4,7 +4,7 @@ import os
 import re
 from dataclasses import dataclass
 
-HOOK = re.compile(r"pam_exec\.so\b.*(adopter\.hook|callerid\s+pam)")
+HOOK = re.compile(r"pam_exec\.so\b.*\bcallerid-pam-hook\b")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def problems(rules: list[Rule]) -> list[str]:
     account = [r for r in rules if r.type == "account"]
     hooks = [i for i, r in enumerate(account) if os.path.basename(r.module) == "pam_exec.so" and HOOK.search(r.module + " " + r.args)]
     if not hooks:
-        out.append("the account stack has no callerid hook (pam_exec.so ... -m adopter.hook)")
+        out.append("the account stack has no callerid hook (pam_exec.so ... callerid-pam-hook)")
         return out
     first = hooks[0]
     for i, r in enumerate(account[:first]):

@@ -8,7 +8,6 @@ system's own /etc/pam.d/sshd is never touched.
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,12 +15,20 @@ from .netns import Netns
 from .procs import stop_pid, wait_for
 
 SSHD = "/usr/sbin/sshd"
-VENV_PY = str(Path(sys.executable))
+REPO = Path(__file__).resolve().parents[2]
+HOOK = REPO / "build" / "callerid-pam-hook"
+
+
+def hook_binary() -> str:
+    """The pam_exec hook, (re)built from adopter/hook.c if it is missing or older."""
+    subprocess.run(["bash", str(REPO / "scripts" / "build_hook.sh"), str(HOOK)], check=True,
+                   capture_output=True, timeout=120)
+    return str(HOOK)
 
 
 def pam_stack(hook_args: list[str], adopter_socket: str) -> str:
     """account: pam_unix then callerid, last (as pam_slurm_adopt must be). No pam_systemd."""
-    hook = " ".join([VENV_PY, "-I", "-m", "adopter.hook", f"socket={adopter_socket}", *hook_args])
+    hook = " ".join([hook_binary(), f"socket={adopter_socket}", *hook_args])
     return "\n".join([
         "# written by callerid tests; removed when they end",
         "auth     required pam_unix.so",

@@ -2,7 +2,7 @@
 
 from callerid.pamstack import parse, problems
 
-HOOK = "account required pam_exec.so stdout quiet /opt/callerid/venv/bin/python3 -I -m adopter.hook"
+HOOK = "account required pam_exec.so stdout quiet /opt/callerid/libexec/callerid-pam-hook"
 
 
 def write(tmp_path, name, text):
@@ -40,7 +40,7 @@ def test_pam_systemd_in_session_is_reported(tmp_path):
 
 def test_missing_hook_is_reported(tmp_path):
     assert check(tmp_path, "account required pam_unix.so\n") == [
-        "the account stack has no callerid hook (pam_exec.so ... -m adopter.hook)"]
+        "the account stack has no callerid hook (pam_exec.so ... callerid-pam-hook)"]
 
 
 def test_sufficient_before_the_hook_is_reported(tmp_path):
@@ -53,9 +53,9 @@ def test_hook_not_last_is_reported(tmp_path):
     assert any("not last" in p and "pam_access.so" in p for p in found)
 
 
-def test_callerid_pam_spelling_and_continuations_and_comments(tmp_path):
+def test_continuations_and_comments(tmp_path):
     text = ("# comment\naccount required pam_unix.so\n"
-            "account required pam_exec.so stdout \\\n   /opt/callerid/venv/bin/callerid pam action_unknown=deny\n")
+            "account required pam_exec.so stdout \\\n   /usr/local/libexec/callerid-pam-hook action_unknown=deny\n")
     assert check(tmp_path, text) == []
 
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 src=/opt/callerid/src
-apt-get install -y -q --no-install-recommends slurmd openssh-server python3-bpfcc python3-venv \
+apt-get install -y -q --no-install-recommends slurmd openssh-server python3-bpfcc python3-venv gcc libc6-dev \
   linux-headers-amd64 libpam-slurm-adopt
 
 install -d -o slurm -g slurm /var/lib/slurm/slurmd /var/log/slurm
@@ -13,6 +13,7 @@ systemctl enable --now slurmd
 # callerid: a venv from the system interpreter, so Debian's bcc module imports.
 [ -x /opt/callerid/venv/bin/python3 ] || /usr/bin/python3 -m venv --system-site-packages /opt/callerid/venv
 /opt/callerid/venv/bin/pip install -q "$src"
+bash "$src"/scripts/build_hook.sh /opt/callerid/libexec/callerid-pam-hook
 install -d /etc/callerid
 [ -f /etc/callerid/callerid.toml ] || cat > /etc/callerid/callerid.toml <<'CONF'
 [common]
@@ -33,7 +34,7 @@ systemctl enable --now callerid-tracer callerid-adopter
 # every ssh session into a logind scope, out of the job's cgroups, so Slurm could
 # neither account for it nor kill it at job end (the same rule as pam_slurm_adopt).
 pam=/etc/pam.d/sshd
-grep -q "adopter.hook" "$pam" || grep -v '^#' "$src"/packaging/pam/sshd-account-callerid | grep . >> "$pam"
+grep -q "callerid-pam-hook" "$pam" || grep -v '^#' "$src"/packaging/pam/sshd-account-callerid | grep . >> "$pam"
 sed -i 's/^\(session.*pam_systemd\.so.*\)$/# removed for callerid: \1/' /etc/pam.d/common-session
 grep -q '^UsePAM yes' /etc/ssh/sshd_config || echo 'UsePAM yes' >> /etc/ssh/sshd_config
 systemctl restart ssh
