@@ -105,6 +105,23 @@ def boottime_ns() -> int:
 
 
 @_gone_is_lookup
+def socket_fds(pid: int, proc: str = "/proc") -> list[int]:
+    """The process's fd numbers that are sockets."""
+    dfd = os.open(f"{proc}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        found = []
+        for name in os.listdir(dfd):
+            try:
+                if _SOCKET_LINK.match(os.readlink(name, dir_fd=dfd)):
+                    found.append(int(name))
+            except FileNotFoundError:
+                continue  # fd closed between listdir and readlink
+        return sorted(found)
+    finally:
+        os.close(dfd)
+
+
+@_gone_is_lookup
 def socket_inodes(pid: int, proc: str = "/proc") -> set[int]:
     """Inodes of the sockets among the process's open fds."""
     dfd = os.open(f"{proc}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)

@@ -1,0 +1,107 @@
+"""adopter.peer.tcp_connection on real sockets: the pidfd path (sshd's own socket) and
+the sock_diag fallback must name the same connection, for IPv4, dual-stack and IPv6."""
+
+import ipaddress
+import os
+import socket
+
+import pytest
+
+from adopter import peer
+from tests.helpers import require
+
+pytestmark = pytest.mark.kernel
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["v4", "dual-stack", "v6"])
+def holder(request):
+    """A child that holds a unix socketpair, a listening socket and then (like sshd [priv])
+    the accepted end of one TCP connection; yields (pid, client_addr, server_addr)."""
+    require(os.geteuid() == 0, "root (pidfd_getfd needs CAP_SYS_PTRACE)")
+    family, host = {"v4": (socket.AF_INET, "127.0.0.1"), "dual-stack": (socket.AF_INET6, "::"),
+                    "v6": (socket.AF_INET6, "::1")}[request.param]
+    if family == socket.AF_INET6:
+        require(_has_ipv6_loopback(), "IPv6 on loopback")
+    lsock = socket.socket(family, socket.SOCK_STREAM)
+    if request.param == "dual-stack":
+        lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    lsock.bind((host, 0))
+    lsock.listen(1)
+    port = lsock.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1" if request.param != "v6" else "::1", port), timeout=5)
+    server, _ = lsock.accept()
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child: keep the server end and the unix pair, wait
+        try:
+            client.close()
+            os.close(w)
+            os.read(r, 1)
+        finally:
+            os._exit(0)
+    os.close(r)
+    expected = (client.getsockname(), server.getsockname())
+    server.close()
+    lsock.close()
+    try:
+        yield pid, expected
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)
+        client.close()
+        a.close()
+        b.close()
+
+
+def _norm(addr):
+    ip = ipaddress.ip_address(addr[0])
+    return (getattr(ip, "ipv4_mapped", None) or ip, addr[1])
+
+
+def test_pidfd_and_sock_diag_name_the_same_connection(holder, monkeypatch):
+    pid, (client_end, server_end) = holder
+    direct = peer._connection_via_pidfd(pid, "/proc")
+    assert direct is not None
+    assert (_norm((str(direct.remote_ip), direct.remote_port)), _norm((str(direct.local_ip), direct.local_port))) \
+        == (_norm(client_end), _norm(server_end))
+    assert peer.tcp_connection(pid) == direct
+
+    def refused(*_):
+        raise OSError(1, "pidfd_getfd refused (as under a seccomp filter)")
+    monkeypatch.setattr(peer, "_connection_via_pidfd", refused)
+    dumped = peer.tcp_connection(pid)
+    assert dumped is not None
+    assert (_norm((str(dumped.remote_ip), dumped.remote_port)), _norm((str(dumped.local_ip), dumped.local_port))) \
+        == (_norm(client_end), _norm(server_end))
+
+
+def test_process_without_tcp_sockets_has_no_connection():
+    require(os.geteuid() == 0, "root (pidfd_getfd needs CAP_SYS_PTRACE)")
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover
+        try:
+            os.close(w)
+            os.read(r, 1)
+        finally:
+            os._exit(0)
+    os.close(r)
+    try:
+        assert peer._connection_via_pidfd(pid, "/proc") is None
+        assert peer.tcp_connection(pid) is None
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)
+        a.close()
+        b.close()
