@@ -33,8 +33,7 @@ class Tracer:
         self.resolver = Resolver(conns, cfg.common.node(), fallback=t.fallback)
         handler = RequestHandler(self.resolver, self.metrics, uid_of(cfg.common.slurm_user), cfg.common.munge_socket)
         listen = t.listen or [f"[::]:{cfg.common.rpc_port}"]
-        self.server = RpcServer([bind_listener(*parse_addr(a, cfg.common.rpc_port),
-                                                  backlog=max(128, t.max_clients)) for a in listen], handler,
+        self.server = RpcServer([bind_listener(*parse_addr(a, cfg.common.rpc_port)) for a in listen], handler,
                                 self.metrics, t.max_clients, t.read_timeout_seconds, t.max_frame_bytes)
         self.sweeper = Sweeper(conns, self.metrics, t.close_grace_seconds) if conns is not None else None
         self._stop = threading.Event()

@@ -16,8 +16,11 @@ class _Deadline(Exception):
     pass
 
 
-def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
-    """Listen on host:port; '::' is dual stack (IPv4 clients arrive v4-mapped)."""
+def bind_listener(host: str, port: int, backlog: int = socket.SOMAXCONN) -> socket.socket:
+    """Listen on host:port; '::' is dual stack (IPv4 clients arrive v4-mapped).
+
+    A long accept queue costs nothing and turns a burst of connects into prompt
+    answers or BUSY frames, where a full one drops SYNs (clients retry after 1 s, 3 s)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
