@@ -83,7 +83,7 @@ class _ProbeCollector:
     def collect(self):
         probe = self.m._probe
         cap = GaugeMetricFamily("callerid_map_capacity_connections",
-                                "Capacity of the connection maps, by map: open (max_connections) or closed (max_closed_connections).",
+                                "Capacity of the connection maps, by map: open (max_connections) or closed (max_closed_connections); 0 without a probe.",
                                 labels=["state"])
         events = CounterMetricFamily("callerid_bpf_events", "Events counted by the BPF program, by kind.",
                                      labels=["event"])
@@ -93,6 +93,8 @@ class _ProbeCollector:
             for name, value in probe.stats().items():
                 events.add_metric([name], value)
         else:
+            for state in ("open", "closed"):
+                cap.add_metric([state], 0)
             for name in STAT_NAMES:
                 events.add_metric([name], 0)
         yield cap
