@@ -84,15 +84,17 @@ def bench_memory(sizes, cleanup: Cleanup) -> list:
             log(f"max_conns={n}: did not load: {exc}")
             continue
         try:
-            ci, pi = fdinfo(probe.conns.fd), fdinfo(probe.pending_fd)
+            ci, pi, xi = fdinfo(probe.conns.open.fd), fdinfo(probe.pending_fd), fdinfo(probe.conns.closed.fd)
             row = {"max_conns": n, "loaded": True, "load_s": time.monotonic() - t0,
                    "conns_memlock": int(ci["memlock"]), "conns_key_size": int(ci["key_size"]),
                    "conns_value_size": int(ci["value_size"]), "conns_map_type": int(ci["map_type"]),
-                   "pending_max": int(pi["max_entries"]), "pending_memlock": int(pi["memlock"])}
+                   "pending_max": int(pi["max_entries"]), "pending_memlock": int(pi["memlock"]),
+                   "closed_max": int(xi["max_entries"]), "closed_memlock": int(xi["memlock"])}
             row["bytes_per_entry"] = row["conns_memlock"] / n
             rows.append(row)
             log(f"max_conns={n}: conns memlock {row['conns_memlock'] / 2**20:.1f} MiB = "
-                f"{row['bytes_per_entry']:.0f} B/entry; pending {row['pending_memlock'] / 2**20:.1f} MiB")
+                f"{row['bytes_per_entry']:.0f} B/entry; pending {row['pending_memlock'] / 2**20:.1f} MiB; "
+                f"closed ({row['closed_max']}) {row['closed_memlock'] / 2**20:.1f} MiB")
         finally:
             unload(probe, root, cleanup)
     return rows
@@ -222,10 +224,10 @@ def bench_capacity(cap: int, total: int, cleanup: Cleanup, fallback_sample: int,
 LINGER0 = struct.pack("ii", 1, 0)
 
 
-def _churn_worker(pin: str, seconds: float, max_conns: int, sample_every: int, go, outq, seed: int):
-    from tracer.bpfmap import ConnMap
+def _churn_worker(pins: str, seconds: float, max_conns: int, sample_every: int, go, outq, seed: int):
+    from tracer.bpfmap import Connections
     from tracer.layout import make_key
-    conns = ConnMap.open_pinned(pin)
+    conns = Connections.open_pinned(pins)
     rnd = random.Random(seed)
     me = os.getpid()
     lsocks = []
@@ -279,7 +281,7 @@ def bench_churn(workers: int, seconds: float, cap: int, cleanup: Cleanup) -> dic
     from tracer.sweeper import Sweeper
     probe, root = load_probe(cap, cleanup)
     try:
-        pin = str(pin_dir(root) / "conns")
+        pins = str(pin_dir(root))
         # Long-lived connections opened before the churn: are they still in the map after it?
         hold_l = socket.socket()
         hold_l.bind(("127.0.0.1", 0))
@@ -299,7 +301,7 @@ def bench_churn(workers: int, seconds: float, cap: int, cleanup: Cleanup) -> dic
 
         ctx = multiprocessing.get_context("fork")
         go, outq = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_churn_worker, args=(pin, seconds, 2_000_000, 100, go, outq, i), daemon=True)
+        procs = [ctx.Process(target=_churn_worker, args=(pins, seconds, 2_000_000, 100, go, outq, i), daemon=True)
                  for i in range(workers)]
         for p in procs:
             p.start()
@@ -467,6 +469,8 @@ def render(r: dict) -> str:
                  f"{m['pending_memlock'] / 2**20:>16.1f} MiB  {m['load_s']:.1f} s")
     if m.get("loaded"):
         L.append(f"   key {m['conns_key_size']} B + value {m['conns_value_size']} B per entry")
+        if "closed_memlock" in m:
+            L.append(f"   closed map ({m['closed_max']} entries, same layout): {m['closed_memlock'] / 2**20:.1f} MiB")
     c = r.get("capacity")
     if c:
         b, y, fb, mp = c["below"], c["beyond"], c["fallback_on_evicted"], c["resolver_on_present"]

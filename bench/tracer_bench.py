@@ -332,9 +332,10 @@ class Daemon:
         self._stop_fn = cleanup.push(self.stop, f"tracer daemon ({tag})")
 
     @property
-    def conns_pin(self) -> Path:
+    def pins(self) -> Path:
+        """The daemon's pin directory: its open (conns) and closed maps."""
         from tracer.probes import pin_dir
-        return pin_dir(self.pin_root) / "conns"
+        return pin_dir(self.pin_root)
 
     def start(self):
         argv = [str(VENV_BIN / "callerid"), "--config", str(self.config), "tracer"]
@@ -420,7 +421,7 @@ class Daemon:
 def measure_startup(d: Daemon, timeout: float = 60.0) -> dict:
     """Start d; poll with a fresh loopback connection each round until it shows up in the
     pinned map (t_map), then until the RPC answers FOUND from BPF for one (t_rpc)."""
-    from tracer.bpfmap import ConnMap
+    from tracer.bpfmap import Connections
     from tracer.layout import make_key
 
     lsock = listener()
@@ -442,7 +443,7 @@ def measure_startup(d: Daemon, timeout: float = 60.0) -> dict:
             if t_map is None:
                 if conns is None:
                     try:
-                        conns = ConnMap.open_pinned(d.conns_pin)
+                        conns = Connections.open_pinned(d.pins)
                     except OSError:
                         conns = None
                 if conns is not None:
@@ -698,7 +699,7 @@ class Children:
 
 def bench_lookup(n: int, daemon: Daemon, args, cleanup: Cleanup) -> dict:
     from tests.infra.jobtree import JobTree
-    from tracer.bpfmap import ConnMap
+    from tracer.bpfmap import Connections
     from tracer.layout import make_key
     from tracer.lookup import Resolver
 
@@ -711,8 +712,8 @@ def bench_lookup(n: int, daemon: Daemon, args, cleanup: Cleanup) -> dict:
     kids = Children(n, target_index, [str(f) for f in jobs.procs_file(0, JOB_ID, "0")], cleanup)
     spawn_s = time.monotonic() - t0
     try:
-        conns = ConnMap.open_pinned(daemon.conns_pin)
-        cleanup.push(conns.close, "pinned map fd")
+        conns = Connections.open_pinned(daemon.pins)
+        cleanup.push(conns.close, "pinned map fds")
         pid, sport, lport = kids.rows[target_index]
         src, dst = "127.0.0.1", "127.0.0.1"
         key = make_key(src, sport, dst, lport)
@@ -752,7 +753,7 @@ def bench_lookup(n: int, daemon: Daemon, args, cleanup: Cleanup) -> dict:
             ku.append(((r1.ru_stime - r0.ru_stime) * 1e9, (r1.ru_utime - r0.ru_utime) * 1e9))
         slurm_split["fd_walk_kernel_ns"] = statistics.median(k for k, _ in ku)
         slurm_split["fd_walk_user_ns"] = statistics.median(u for _, u in ku)
-        vals, o = time_calls(lambda: conns.lookup(key), 20000, 2)
+        vals, o = time_calls(lambda: conns.open.lookup(key), 20000, 2)  # the one syscall of an open hit
         res["map_raw"], ok["map_raw"] = summary(vals), o is not None and o.tgid == pid
         vals, out = time_calls(lambda: resolver.lookup(q), 5000, 3)
         a = out.answer

@@ -7,11 +7,15 @@
  *      (tracepoint CLOSE->SYN_SENT, or kprobe/fentry on tcp_connect)
  *   2. at SYN_SENT->ESTABLISHED (softirq, `current` is NOT the owner):
  *      conns[tuple] = pending[sk], tuple taken from the tracepoint args.
- * Closing stamps closed_ns; user space sweeps stamped entries after a grace.
+ * Closing moves the entry to closed[tuple] with closed_ns stamped; user space
+ * sweeps closed entries after a grace. A map of its own, because LRU eviction
+ * is per map: churn of short connections then only ever evicts closed entries,
+ * never long-lived open ones.
  *
  * Compile-time flags (set by tracer/probes.py):
  *   CALLERID_PROBE_TRACEPOINT | CALLERID_PROBE_KPROBE | CALLERID_PROBE_FENTRY
- *   CALLERID_MAX_CONNS, CALLERID_MAX_PENDING, CALLERID_PIN_CONNS, CALLERID_PIN_PENDING
+ *   CALLERID_MAX_CONNS, CALLERID_MAX_CLOSED, CALLERID_MAX_PENDING,
+ *   CALLERID_PIN_CONNS, CALLERID_PIN_CLOSED, CALLERID_PIN_PENDING
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/socket.h>
@@ -29,6 +33,8 @@
 
 BPF_TABLE_PINNED("lru_hash", struct callerid_key, struct callerid_owner, conns,
                  CALLERID_MAX_CONNS, CALLERID_PIN_CONNS);
+BPF_TABLE_PINNED("lru_hash", struct callerid_key, struct callerid_owner, closed,
+                 CALLERID_MAX_CLOSED, CALLERID_PIN_CLOSED);
 BPF_TABLE_PINNED("lru_hash", u64, struct callerid_owner, pending,
                  CALLERID_MAX_PENDING, CALLERID_PIN_PENDING);
 BPF_PERCPU_ARRAY(stats, u64, CALLERID_STAT_COUNT);
@@ -60,22 +66,33 @@ static __always_inline void capture_owner(u64 sk)
         count(CALLERID_STAT_CONNECT);
 }
 
+/* The tracepoint record is the program's context: plain loads, no helper call. */
 #define FILL_KEY(key, args)                                              \
     do {                                                                 \
         __builtin_memset(&(key), 0, sizeof(key));                        \
-        bpf_probe_read_kernel(&(key).saddr, 16, (void *)(args)->saddr_v6); \
-        bpf_probe_read_kernel(&(key).daddr, 16, (void *)(args)->daddr_v6); \
+        __builtin_memcpy(&(key).saddr, (args)->saddr_v6, 16);            \
+        __builtin_memcpy(&(key).daddr, (args)->daddr_v6, 16);            \
         (key).sport = (args)->sport;                                     \
         (key).dport = (args)->dport;                                     \
     } while (0)
 
-static __always_inline void stamp_closed(struct callerid_key *key)
+/* Move an open entry to the closed map. Later close transitions of the same
+ * socket find nothing in conns and leave the closed entry untouched. */
+static __always_inline void move_closed(struct callerid_key *key)
 {
     struct callerid_owner *owner = conns.lookup(key);
-    if (owner && owner->closed_ns == 0) {
-        owner->closed_ns = bpf_ktime_get_boot_ns();
-        count(CALLERID_STAT_CLOSED);
+    if (!owner || owner->closed_ns != 0)
+        return;
+    struct callerid_owner copy = *owner;
+    copy.closed_ns = bpf_ktime_get_boot_ns();
+    if (closed.update(key, &copy) != 0) {
+        /* Keep it stamped in place: the sweeper deletes it after the grace. */
+        owner->closed_ns = copy.closed_ns;
+        count(CALLERID_STAT_UPDATE_FAILED);
+        return;
     }
+    conns.delete(key);
+    count(CALLERID_STAT_CLOSED);
 }
 
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
@@ -115,7 +132,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if (args->newstate == TCP_FIN_WAIT1_ || args->newstate == TCP_LAST_ACK_) {
         struct callerid_key key;
         FILL_KEY(key, args);
-        stamp_closed(&key);
+        move_closed(&key);
         return 0;
     }
     if (args->newstate == TCP_CLOSE_) {
@@ -127,7 +144,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         }
         struct callerid_key key;
         FILL_KEY(key, args);
-        stamp_closed(&key);
+        move_closed(&key);
     }
     return 0;
 }
@@ -138,7 +155,7 @@ TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
     pending.delete(&sk);
     struct callerid_key key;
     FILL_KEY(key, args);
-    stamp_closed(&key);
+    move_closed(&key);
     return 0;
 }
 

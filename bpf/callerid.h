@@ -3,14 +3,15 @@
  * Every struct that crosses the kernel boundary lives here, with explicit,
  * zeroed padding so that hashing a key never depends on stack garbage.
  * tracer/layout.py mirrors these structs for ctypes; tests/kernel checks the
- * two against BCC's own view of this file. Change a struct => bump
- * CALLERID_LAYOUT_VERSION: it is part of the bpffs pin path, so an old pinned
- * map is never read with a new layout.
+ * two against BCC's own view of this file. Change a struct or the set of
+ * pinned maps => bump CALLERID_LAYOUT_VERSION: it is part of the bpffs pin
+ * path, so an old pinned map is never read with a new layout, and an old
+ * tracer's maps are never mixed with a new tracer's.
  */
 #ifndef CALLERID_H
 #define CALLERID_H
 
-#define CALLERID_LAYOUT_VERSION 1
+#define CALLERID_LAYOUT_VERSION 2
 
 /* A TCP connection as seen by the side that called connect():
  * local (source) address/port -> remote (destination) address/port.
@@ -47,7 +48,7 @@ struct callerid_owner {
 #define CALLERID_STAT_ESTABLISHED    1 /* tuple entry written */
 #define CALLERID_STAT_PENDING_MISS   2 /* ESTABLISHED with no captured owner */
 #define CALLERID_STAT_CONNECT_FAILED 3 /* SYN_SENT -> CLOSE: pending dropped */
-#define CALLERID_STAT_CLOSED         4 /* close stamp set on a tuple entry */
+#define CALLERID_STAT_CLOSED         4 /* tuple entry moved to the closed map */
 #define CALLERID_STAT_UPDATE_FAILED  5 /* bpf_map_update_elem returned an error */
 #define CALLERID_STAT_COUNT          6
 

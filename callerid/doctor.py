@@ -66,7 +66,7 @@ def check_probes() -> list[Check]:
                 out.append(Check(f"probe {backend}", "fail", "no bpffs", "mount bpffs"))
                 continue
             try:
-                p = probes.load(backend, root, max_conns=1024, max_pending=1024)
+                p = probes.load(backend, root, max_conns=1024, max_pending=1024, max_closed=1024)
                 p.close()
                 out.append(Check(f"probe {backend}", "ok", f"loads and passes its self-test in {p.load_seconds:.2f}s"))
             except Exception as exc:  # noqa: BLE001 - report every failure as a finding

@@ -28,6 +28,9 @@ GENERIC = "|".join(policy.GENERIC_FAILURE_REASONS)
 # no_socket from adopter/service.py); found_job, no_job and not_found are answers.
 RPC_FAILED = "connect|timeout|refused|bad_reply|auth|munge|no_socket"
 # Tracer-side results worth a colour: someone asked what they may not see, or spoke garbage.
+# The map of open connections: its fill is what matters (closed ones have their own map).
+OPEN_T = m("callerid_tracked_connections", 'state="open"')
+OPEN_C = m("callerid_map_capacity_connections", 'state="open"')
 TRACER_ALARMING = {"denied": "orange", "bad_frame": "purple", "auth_failed": "red", "replayed": "dark-red",
                    "internal_error": "red", "busy": "yellow", "timeout": "yellow"}
 
@@ -190,28 +193,29 @@ def _lookups_by_source(by=""):
 def _map_fill_by_node():
     return timeseries(
         "Map fill by node",
-        "Entries in the connection map (open and closed-in-grace) divided by its capacity "
-        "(max_connections). The map is LRU: beyond 100% the oldest entries are evicted silently and "
-        "their connections can no longer be attributed. The alert fires at 90%.",
+        "Entries in the map of open connections divided by its capacity (max_connections). The map "
+        "is LRU: near 100% the least recently used entries are evicted silently and their connections "
+        "are answered only by the slow /proc fallback. Closed connections have a map of their own "
+        "and do not count here. The alert fires at 90%.",
         "percentunit",
-        [target(f"sum by (instance) ({m('callerid_tracked_connections')}) "
-                f"/ sum by (instance) ({m('callerid_map_capacity_connections')})", "{{instance}}")],
+        [target(f"sum by (instance) ({OPEN_T}) "
+                f"/ sum by (instance) ({OPEN_C})", "{{instance}}")],
         max_=1, threshold=0.9)
 
 
 def _tracked_connections(by=""):
     b = f"{by}, state" if by else "state"
-    cap_by = f" by ({by})" if by else ""
     return timeseries(
         "Tracked connections and map capacity",
-        "Entries in the connection map at the last sweep, by state (open; closed, kept for the grace "
-        "period), against the map's capacity. Summed over the selected nodes.",
+        "Entries in the connection maps at the last sweep, by map (open; closed, kept for the grace "
+        "period), against each map's capacity (max_connections, max_closed_connections). A full "
+        "closed map only shortens the grace of the oldest closed entries. Summed over the selected nodes.",
         "short",
         [target(f"sum by ({b}) ({m('callerid_tracked_connections')})",
                 f"{{{{{by}}}}} {{{{state}}}}" if by else "{{state}}", "A"),
-         target(f"sum{cap_by} ({m('callerid_map_capacity_connections')})",
-                f"{{{{{by}}}}} capacity" if by else "capacity", "B")],
-        overrides=[override_color("capacity", "red")])
+         target(f"sum by ({b}) ({m('callerid_map_capacity_connections')})",
+                f"{{{{{by}}}}} {{{{state}}}} capacity" if by else "{{state}} capacity", "B")],
+        overrides=[override_color("open capacity", "red"), override_color("closed capacity", "orange")])
 
 
 def _bpf_events(by=""):
@@ -318,8 +322,8 @@ def overview() -> dict:
         [target(_per_min(by_node(decisions), "node"), ref="A", table=True),
          target(_ratio(by_node(rate("callerid_fallback_lookups_total")), by_node(rate("callerid_lookups_total")),
                        "node"), ref="B", table=True),
-         target(f"sum by (node) ({by_node(m('callerid_tracked_connections'))}) "
-                f"/ sum by (node) ({by_node(m('callerid_map_capacity_connections'))})", ref="C", table=True),
+         target(f"sum by (node) ({by_node(OPEN_T)}) "
+                f"/ sum by (node) ({by_node(OPEN_C)})", ref="C", table=True),
          target(f"max by (node, backend) ({by_node(m('callerid_probe_backend') + ' == 1')})", ref="D", table=True),
          target(_per_min(by_node(rate("callerid_rpc_requests_total")), "node"), ref="E", table=True)],
         columns={
@@ -388,11 +392,12 @@ def node() -> dict:
 
     L.add(row("Tracer: connection map"))
     L.add(gauge("Map fill",
-                "Entries in the connection map divided by its capacity. The map is LRU: at 100% the "
-                "oldest entries are evicted and their connections can no longer be attributed.",
+                "Entries in the map of open connections divided by its capacity (max_connections). The "
+                "map is LRU: near 100% the least recently used entries are evicted and their connections "
+                "are answered only by the slow /proc fallback. Closed connections do not count here.",
                 "percentunit",
-                [target(f"sum by (instance) ({m('callerid_tracked_connections')}) "
-                        f"/ sum by (instance) ({m('callerid_map_capacity_connections')})", "{{instance}}")],
+                [target(f"sum by (instance) ({OPEN_T}) "
+                        f"/ sum by (instance) ({OPEN_C})", "{{instance}}")],
                 max_=1, steps=[(0.75, "orange"), (0.9, "red")]), 6, 8)
     L.add(_tracked_connections(BY), 9, 8)
     L.add(_bpf_events(BY), 9, 8)

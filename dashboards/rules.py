@@ -203,16 +203,17 @@ ALERTS = [
           "callerid-tracer"),
     Alert("CallerIDMapNearCapacity",
           """\
-          sum by (job, instance) (callerid_tracked_connections)
-            / max by (job, instance) (callerid_map_capacity_connections) > 0.9""",
+          max by (job, instance) (callerid_tracked_connections{state="open"})
+            / max by (job, instance) (callerid_map_capacity_connections{state="open"}) > 0.9""",
           "15m", "warn",
-          "the connection map on {{ $labels.instance }} is over 90% full",
+          "the map of open connections on {{ $labels.instance }} is over 90% full",
           """\
-          The tracer's connection map on {{ $labels.instance }} holds more than 90% of max_connections.
-          It is an LRU map: from about 90% full the kernel evicts the least recently used entries
-          silently; those connections are then answered only by the slow /proc fallback (and not at
-          all once their process exits). Raise max_connections in callerid.toml (restart the tracer
-          with replace_pinned = true), or shorten close_grace_seconds if most entries are closed ones.""",
+          The tracer's map of open connections on {{ $labels.instance }} holds more than 90% of
+          max_connections. It is an LRU map: from about 90% full the kernel evicts the least recently
+          used entries silently; those connections are then answered only by the slow /proc fallback
+          (and not at all once their process exits). Raise max_connections in callerid.toml (restart
+          the tracer with replace_pinned = true). Closed connections have a map of their own and
+          do not count here.""",
           "callerid-tracer"),
     Alert("CallerIDProbeNotLoaded", 'callerid_probe_backend{backend="none"} == 1', "10m", "warn",
           "the tracer on {{ $labels.instance }} runs without a BPF probe",
@@ -412,15 +413,23 @@ CASES = [
           s("callerid_probe_backend", TRACER, backend="kprobe"): "1x40"},
          [("35m", [])]),
 
-    Case("CallerIDMapNearCapacity", "120000 of 131072 entries used",
-         {s("callerid_tracked_connections", TRACER, state="open"): "100000x30",
-          s("callerid_tracked_connections", TRACER, state="closed"): "20000x30",
-          s("callerid_map_capacity_connections", TRACER): "131072x30"},
+    Case("CallerIDMapNearCapacity", "120000 of 131072 open entries used",
+         {s("callerid_tracked_connections", TRACER, state="open"): "120000x30",
+          s("callerid_tracked_connections", TRACER, state="closed"): "2000x30",
+          s("callerid_map_capacity_connections", TRACER, state="open"): "131072x30",
+          s("callerid_map_capacity_connections", TRACER, state="closed"): "65536x30"},
          [("10m", []), ("20m", [fired(TRACER)])]),
     Case("CallerIDMapNearCapacity", "a quiet map",
          {s("callerid_tracked_connections", TRACER, state="open"): "1000x30",
           s("callerid_tracked_connections", TRACER, state="closed"): "200x30",
-          s("callerid_map_capacity_connections", TRACER): "131072x30"},
+          s("callerid_map_capacity_connections", TRACER, state="open"): "131072x30",
+          s("callerid_map_capacity_connections", TRACER, state="closed"): "65536x30"},
+         [("20m", [])]),
+    Case("CallerIDMapNearCapacity", "churn fills only the closed map",
+         {s("callerid_tracked_connections", TRACER, state="open"): "1000x30",
+          s("callerid_tracked_connections", TRACER, state="closed"): "65536x30",
+          s("callerid_map_capacity_connections", TRACER, state="open"): "131072x30",
+          s("callerid_map_capacity_connections", TRACER, state="closed"): "65536x30"},
          [("20m", [])]),
 
     Case("CallerIDProbeNotLoaded", "fallback only",

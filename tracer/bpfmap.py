@@ -183,3 +183,79 @@ class ConnMap:
 
     def __len__(self):
         return len(self.keys())
+
+
+class Connections:
+    """Open and closed connections: two ConnMaps (pinned `conns` and `closed`) behind one interface.
+
+    The BPF program moves an entry from the open map to the closed map when its
+    socket closes. LRU eviction is per map, so churn of short connections evicts
+    closed entries, never long-lived open ones.
+    """
+
+    def __init__(self, open_: ConnMap, closed: ConnMap):
+        self.open = open_
+        self.closed = closed
+
+    @classmethod
+    def open_pinned(cls, pin_dir: str | Path) -> "Connections | None":
+        """Both maps pinned in pin_dir, or None unless both are pinned there."""
+        open_ = ConnMap.open_pinned(Path(pin_dir) / "conns")
+        if open_ is None:
+            return None
+        try:
+            closed = ConnMap.open_pinned(Path(pin_dir) / "closed")
+        except BaseException:
+            open_.close()
+            raise
+        if closed is None:
+            open_.close()
+            return None
+        return cls(open_, closed)
+
+    @property
+    def capacity(self) -> int:
+        """Entries both maps can hold together (each map's own is .open/.closed.capacity)."""
+        return self.open.capacity + self.closed.capacity
+
+    def close(self):
+        self.open.close()
+        self.closed.close()
+
+    def lookup(self, key: ConnKey) -> Owner | None:
+        # Open first: a tuple reused within the grace names its new owner.
+        value = self.open.lookup(key)
+        return value if value is not None else self.closed.lookup(key)
+
+    def insert_if_absent(self, key: ConnKey, value: Owner) -> bool:
+        """Write to the open map only if neither map has the key."""
+        if self.closed.lookup(key) is not None:
+            return False
+        return self.open.insert_if_absent(key, value)
+
+    def update(self, key: ConnKey, value: Owner) -> bool:
+        """A closed value (closed_ns set) goes to the closed map and leaves the open one."""
+        if not value.closed_ns:
+            return self.open.update(key, value)
+        if not self.closed.update(key, value):
+            return False
+        self.open.delete(key)
+        return True
+
+    def delete(self, key: ConnKey) -> bool:
+        """Delete from both maps; True if either had the key."""
+        in_open = self.open.delete(key)
+        in_closed = self.closed.delete(key)
+        return in_open or in_closed
+
+    def items(self):
+        """(key, value) pairs of the open map, then of the closed map. An entry that
+        moves while we walk may show up in both; it is never missed."""
+        yield from self.open.items()
+        yield from self.closed.items()
+
+    def keys(self):
+        return self.open.keys() + self.closed.keys()
+
+    def __len__(self):
+        return len(self.open) + len(self.closed)

@@ -8,7 +8,7 @@ from callerid.slurm_cgroup import job_from_proc_cgroup
 from callerid.userdb import user_name
 
 from . import procfs
-from .bpfmap import ConnMap
+from .bpfmap import Connections
 from .layout import F_RECONCILED, key_tuple
 from .probes import pin_dir
 
@@ -17,7 +17,7 @@ def _fmt(ip, port) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
-def rows(conns: ConnMap, include_closed: bool) -> list[dict]:
+def rows(conns: Connections, include_closed: bool) -> list[dict]:
     out = []
     own_netns = procfs.own_netns_inode()
     for key, owner in conns.items():
@@ -50,10 +50,10 @@ def rows(conns: ConnMap, include_closed: bool) -> list[dict]:
 
 def main(args) -> int:
     cfg = cfgmod.load(args.config)
-    path = pin_dir(cfg.tracer.pin_root) / "conns"
-    conns = ConnMap.open_pinned(path)
+    path = pin_dir(cfg.tracer.pin_root)
+    conns = Connections.open_pinned(path)
     if conns is None:
-        print(f"callerid conns: no connection map pinned at {path} (is the tracer running?)", file=sys.stderr)
+        print(f"callerid conns: no connection maps pinned in {path} (is the tracer running?)", file=sys.stderr)
         return 1
     try:
         table = rows(conns, args.all)

@@ -42,7 +42,8 @@ class Tracer:
     def _load_probe(self):
         t = self.cfg.tracer
         try:
-            return probes.load(t.probe, t.pin_root, t.max_connections, t.max_pending, t.replace_pinned)
+            return probes.load(t.probe, t.pin_root, t.max_connections, t.max_pending, t.replace_pinned,
+                               t.max_closed_connections)
         except probes.ProbeLoadError as exc:
             if t.probe != "auto" or t.require_bpf:
                 raise

@@ -6,7 +6,7 @@ from pathlib import Path
 
 # Must equal CALLERID_LAYOUT_VERSION in bpf/callerid.h (checked by
 # tests/kernel/test_layout.py against BCC's compiled view of the header).
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 F_RECONCILED = 1
 
@@ -15,7 +15,7 @@ STAT_NAMES = (
     "established",      # tuple entry written at SYN_SENT -> ESTABLISHED
     "pending_miss",     # ESTABLISHED with no captured owner
     "connect_failed",   # SYN_SENT -> CLOSE, pending entry dropped
-    "closed",           # close stamp set on a tuple entry
+    "closed",           # tuple entry moved to the closed map
     "update_failed",    # a BPF map update returned an error
 )
 

@@ -7,7 +7,7 @@ from callerid.protocol import Answer, Query, Source, Status
 from callerid.slurm_cgroup import job_from_proc_cgroup
 
 from . import procfs, sockdiag
-from .bpfmap import ConnMap
+from .bpfmap import Connections
 from .layout import make_key
 
 log = logging.getLogger("callerid.tracer.lookup")
@@ -24,7 +24,7 @@ class Outcome:
 
 
 class Resolver:
-    def __init__(self, conns: ConnMap | None, node: str, fallback: bool = True, proc: str = "/proc"):
+    def __init__(self, conns: Connections | None, node: str, fallback: bool = True, proc: str = "/proc"):
         self.conns = conns
         self.node = node
         self.fallback = fallback

@@ -42,14 +42,15 @@ class TracerMetrics:
                                 ["backend"], registry=r)
         self.probe_load_seconds = Gauge("callerid_probe_load_duration_seconds",
                                         "Time to compile, load, attach and self-test the probe.", registry=r)
-        self.sweeps = Counter("callerid_sweeper_runs", "Completed sweeper passes over the connection map.", registry=r)
+        self.sweeps = Counter("callerid_sweeper_runs", "Completed sweeper passes over the connection maps.", registry=r)
         self.sweep_failures = Counter("callerid_sweeper_failures", "Sweeper passes that raised an error.", registry=r)
         self.sweep_deleted = Counter("callerid_sweeper_deleted_connections",
                                      "Closed connections deleted after their grace period.", registry=r)
         self.sweep_stale = Counter("callerid_sweeper_stale_closed_connections",
                                    "Entries marked closed by the sweeper because their socket no longer exists.", registry=r)
         self.sweep_seconds = Gauge("callerid_sweeper_last_duration_seconds", "Duration of the last sweep.", registry=r)
-        self.tracked = Gauge("callerid_tracked_connections", "Entries in the connection map at the last sweep.",
+        self.tracked = Gauge("callerid_tracked_connections",
+                             "Entries in the connection maps at the last sweep, by map: open, or closed (kept for the grace period).",
                              ["state"], registry=r)
         self.reconcile_inserted = Counter("callerid_reconcile_inserted_connections",
                                           "Connections found at start-up and written to the map.", registry=r)
@@ -81,14 +82,19 @@ class _ProbeCollector:
 
     def collect(self):
         probe = self.m._probe
-        cap = GaugeMetricFamily("callerid_map_capacity_connections", "Capacity of the connection map.")
+        cap = GaugeMetricFamily("callerid_map_capacity_connections",
+                                "Capacity of the connection maps, by map: open (max_connections) or closed (max_closed_connections); 0 without a probe.",
+                                labels=["state"])
         events = CounterMetricFamily("callerid_bpf_events", "Events counted by the BPF program, by kind.",
                                      labels=["event"])
         if probe is not None:
-            cap.add_metric([], probe.conns.capacity)
+            cap.add_metric(["open"], probe.conns.open.capacity)
+            cap.add_metric(["closed"], probe.conns.closed.capacity)
             for name, value in probe.stats().items():
                 events.add_metric([name], value)
         else:
+            for state in ("open", "closed"):
+                cap.add_metric([state], 0)
             for name in STAT_NAMES:
                 events.add_metric([name], 0)
         yield cap

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bpfmap import BPF_MAP_TYPE_LRU_HASH, ConnMap, MapInfo, PinnedMapMismatch, check_pinned
+from .bpfmap import BPF_MAP_TYPE_LRU_HASH, ConnMap, Connections, MapInfo, PinnedMapMismatch, check_pinned
 from .layout import LAYOUT_VERSION, STAT_NAMES, ConnKey, Owner, bpf_dir, make_key
 
 log = logging.getLogger("callerid.tracer.probes")
@@ -41,7 +41,7 @@ def pin_dir(pin_root: str | Path) -> Path:
 class LoadedProbe:
     backend: str
     bpf: object           # bcc.BPF
-    conns: ConnMap
+    conns: Connections    # the open and the closed map
     pending_fd: int
     pin_dir: Path
     load_seconds: float
@@ -61,17 +61,18 @@ class LoadedProbe:
             log.exception("BCC cleanup failed")
 
 
-def expected_maps(max_conns: int, max_pending: int) -> dict[str, MapInfo]:
+def expected_maps(max_conns: int, max_pending: int, max_closed: int) -> dict[str, MapInfo]:
     return {
         "conns": MapInfo(BPF_MAP_TYPE_LRU_HASH, ctypes.sizeof(ConnKey), ctypes.sizeof(Owner), max_conns),
+        "closed": MapInfo(BPF_MAP_TYPE_LRU_HASH, ctypes.sizeof(ConnKey), ctypes.sizeof(Owner), max_closed),
         "pending": MapInfo(BPF_MAP_TYPE_LRU_HASH, 8, ctypes.sizeof(Owner), max_pending),
     }
 
 
-def prepare_pins(pins: Path, max_conns: int, max_pending: int, replace: bool) -> None:
+def prepare_pins(pins: Path, max_conns: int, max_pending: int, max_closed: int, replace: bool) -> None:
     """Refuse (or, with replace, remove) pinned maps whose layout does not match."""
     pins.mkdir(parents=True, exist_ok=True)
-    for name, info in expected_maps(max_conns, max_pending).items():
+    for name, info in expected_maps(max_conns, max_pending, max_closed).items():
         path = pins / name
         problem = check_pinned(path, info)
         if problem is None:
@@ -85,7 +86,7 @@ def prepare_pins(pins: Path, max_conns: int, max_pending: int, replace: bool) ->
         path.unlink()
 
 
-def compile_and_attach(backend: str, pins: Path, max_conns: int, max_pending: int):
+def compile_and_attach(backend: str, pins: Path, max_conns: int, max_pending: int, max_closed: int):
     from bcc import BPF  # heavy import: only when a probe is really loaded
 
     src = bpf_dir()
@@ -94,7 +95,9 @@ def compile_and_attach(backend: str, pins: Path, max_conns: int, max_pending: in
         f"-DCALLERID_PROBE_{backend.upper()}=1",
         f"-DCALLERID_MAX_CONNS={max_conns}",
         f"-DCALLERID_MAX_PENDING={max_pending}",
+        f"-DCALLERID_MAX_CLOSED={max_closed}",
         f'-DCALLERID_PIN_CONNS="{pins / "conns"}"',
+        f'-DCALLERID_PIN_CLOSED="{pins / "closed"}"',
         f'-DCALLERID_PIN_PENDING="{pins / "pending"}"',
         "-Wno-macro-redefined",
     ]
@@ -111,7 +114,7 @@ def compile_and_attach(backend: str, pins: Path, max_conns: int, max_pending: in
     return bpf
 
 
-def self_test(conns: ConnMap, timeout: float = 1.0) -> None:
+def self_test(conns: Connections, timeout: float = 1.0) -> None:
     """Open one loopback connection and require our own pid to show up for it."""
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -137,10 +140,10 @@ def self_test(conns: ConnMap, timeout: float = 1.0) -> None:
 
 
 def load(backend: str, pin_root: str | Path = DEFAULT_PIN_ROOT, max_conns: int = 131072,
-         max_pending: int = 16384, replace_pinned: bool = False) -> LoadedProbe:
+         max_pending: int = 16384, replace_pinned: bool = False, max_closed: int = 65536) -> LoadedProbe:
     """Load exactly one backend (or 'auto': try each in AUTO_ORDER)."""
     pins = pin_dir(pin_root)
-    prepare_pins(pins, max_conns, max_pending, replace_pinned)
+    prepare_pins(pins, max_conns, max_pending, max_closed, replace_pinned)
     order = AUTO_ORDER if backend == "auto" else (backend,)
     if backend != "auto" and backend not in BACKENDS:
         raise ProbeLoadError(f"unknown probe backend {backend!r}; choose from {', '.join(BACKENDS)} or auto")
@@ -148,12 +151,12 @@ def load(backend: str, pin_root: str | Path = DEFAULT_PIN_ROOT, max_conns: int =
     for name in order:
         start = time.monotonic()
         try:
-            bpf = compile_and_attach(name, pins, max_conns, max_pending)
+            bpf = compile_and_attach(name, pins, max_conns, max_pending, max_closed)
         except ProbeLoadError as exc:
             failures.append(str(exc))
             log.info("probe backend %s unavailable: %s", name, exc)
             continue
-        conns = ConnMap(bpf["conns"].get_fd())
+        conns = Connections(ConnMap(bpf["conns"].get_fd()), ConnMap(bpf["closed"].get_fd()))
         try:
             self_test(conns)
         except ProbeLoadError as exc:

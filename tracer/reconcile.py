@@ -5,7 +5,7 @@ import os
 import time
 
 from . import procfs, sockdiag
-from .bpfmap import ConnMap
+from .bpfmap import Connections
 from .layout import F_RECONCILED, Owner, make_key
 
 log = logging.getLogger("callerid.tracer.reconcile")
@@ -37,7 +37,7 @@ def owner_from_proc(info: procfs.ProcInfo) -> Owner:
     return o
 
 
-def reconcile(conns: ConnMap) -> int:
+def reconcile(conns: Connections) -> int:
     """Insert every established outgoing connection that is not in the map yet.
 
     Accepted connections (local port is a listening port) are skipped: only the

@@ -1,10 +1,10 @@
-"""Delete closed connections once their grace period is over; close entries whose socket vanished."""
+"""Delete closed connections once their grace period is over; close open entries whose socket vanished."""
 
 import logging
 import time
 
 from . import procfs, sockdiag
-from .bpfmap import ConnMap
+from .bpfmap import Connections
 from .layout import key_tuple
 from .metrics import TracerMetrics
 
@@ -32,7 +32,7 @@ def _tuple_key(t) -> tuple:
 
 
 class Sweeper:
-    def __init__(self, conns: ConnMap, metrics: TracerMetrics, grace_seconds: float):
+    def __init__(self, conns: Connections, metrics: TracerMetrics, grace_seconds: float):
         self.conns = conns
         self.metrics = metrics
         self.grace_ns = int(grace_seconds * 1e9)
@@ -41,26 +41,31 @@ class Sweeper:
         start = time.perf_counter()
         now = procfs.boottime_ns()
         deleted = stale = open_ = closed = 0
+        # Each map on its own: a tuple reused within the grace is in both, and
+        # expiring the old closed entry must not delete the new open one.
+        for key, owner in self.conns.closed.items():
+            if verdict(owner.closed_ns, owner.birth_ns, now, self.grace_ns) == "delete":
+                if self.conns.closed.delete(key):
+                    deleted += 1
+            else:
+                closed += 1
         to_verify = []
-        for key, owner in self.conns.items():
+        for key, owner in self.conns.open.items():
             v = verdict(owner.closed_ns, owner.birth_ns, now, self.grace_ns)
-            if v == "delete":
-                if self.conns.delete(key):
+            if v == "delete":  # stamped in place because the BPF move failed
+                if self.conns.open.delete(key):
                     deleted += 1
                 continue
             if v == "verify":
                 to_verify.append((key, owner))
-            if owner.closed_ns:
-                closed += 1
-            else:
-                open_ += 1
+            open_ += 1
         if to_verify:
             # One sock_diag dump answers for all candidates (no dump when nothing is old).
             live = {_tuple_key((s.src, s.sport, s.dst, s.dport)) for s in sockdiag.list_tcp(states=ALIVE_STATES)}
             for key, owner in to_verify:
                 if _tuple_key(key_tuple(key)) not in live:
                     owner.closed_ns = now
-                    if self.conns.update(key, owner):
+                    if self.conns.update(key, owner):  # moves it to the closed map
                         stale += 1
                         open_ -= 1
                         closed += 1

@@ -166,11 +166,11 @@ def test_failed_connect_leaves_nothing(tracer):
 
 def test_pid_reuse_reports_owner_exited(tracer, listener):
     """An entry whose pid now names a younger process must not name that process."""
-    from tracer.bpfmap import ConnMap
+    from tracer.bpfmap import Connections
     from tracer.layout import Owner, make_key
     from tracer.probes import pin_dir
 
-    conns = ConnMap.open_pinned(pin_dir(tracer.pin_root) / "conns")
+    conns = Connections.open_pinned(pin_dir(tracer.pin_root))
     try:
         key = make_key("127.0.0.1", 40000, "127.0.0.1", 40001)
         o = Owner(tgid=os.getpid(), tid=os.getpid(), uid=0, gid=0, birth_ns=1, comm=b"old")

@@ -179,23 +179,23 @@ def test_doctor_reports_backends_and_munge(munged, tmp_path):
 
 
 def test_batched_map_walk_sees_every_entry(tracers):
-    """The sweeper walks the map in batches: the same entries as one key at a time."""
-    from tracer.bpfmap import ConnMap
+    """The sweeper walks the maps in batches: the same entries as one key at a time."""
+    from tracer.bpfmap import Connections
     from tracer.layout import Owner, make_key
     from tracer.probes import pin_dir
     t = tracers.make(max_connections=16384).start()
     try:
-        conns = ConnMap.open_pinned(pin_dir(t.pin_root) / "conns")
+        conns = Connections.open_pinned(pin_dir(t.pin_root))
         try:
             want = {}
             for i in range(10000):  # more than two batches
                 key = make_key("198.18.0.1", 1024 + i % 60000, "198.18.0.2", 22 + i // 60000)
-                conns.update(key, Owner(tgid=i + 1, birth_ns=i))
+                conns.update(key, Owner(tgid=i + 1, birth_ns=i))  # open: the open map
                 want[bytes(key)] = i + 1
             got = {bytes(k): v.tgid for k, v in conns.items() if bytes(k) in want}
             assert got == want
             # and the batched path itself, not its per-key fallback, produced them
-            assert {bytes(k): v.tgid for k, v in conns._items_batched() if bytes(k) in want} == want
+            assert {bytes(k): v.tgid for k, v in conns.open._items_batched() if bytes(k) in want} == want
             assert sorted(bytes(k) for k in conns.keys() if bytes(k) in want) == sorted(want)
         finally:
             conns.close()

@@ -1,0 +1,160 @@
+"""Closed connections live in their own BPF map: churn must never evict open connections.
+
+With one map, every close touched its entry in the kernel's LRU, so under churn the map
+filled with closed entries and evicted long-lived open connections first (docs/BENCHMARKS.md,
+issue 6, finding 2). These tests hold open connections in small maps, churn several times
+the maps' capacity through them, and require every held connection to stay in the open map
+and be answered from BPF.
+"""
+
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+from callerid.client import ask
+from callerid.protocol import Query, Source, Status
+from tests.infra.procs import wait_for
+from tests.infra.tracerproc import metric, scrape
+
+pytestmark = pytest.mark.kernel
+
+MAX_OPEN, MAX_CLOSED = 1024, 256
+HELD = 100
+CHURN = 5 * MAX_OPEN          # far more closes than both maps hold together
+CHURN_SECONDS = 120           # bound on the churn loop (it takes a few seconds)
+LINGER0 = struct.pack("ii", 1, 0)  # RST on close: no TIME_WAIT, no ephemeral port exhaustion
+
+
+@pytest.fixture
+def pinned():
+    """Open the pinned maps of a started tracer; closed at teardown."""
+    from tracer.bpfmap import Connections
+    from tracer.probes import pin_dir
+    opened = []
+
+    def open_for(t):
+        conns = Connections.open_pinned(pin_dir(t.pin_root))
+        assert conns is not None, "tracer pinned no open/closed maps"
+        opened.append(conns)
+        return conns
+    yield open_for
+    for c in opened:
+        c.close()
+
+
+def listen() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(256)
+    return s
+
+
+def connect(lsock: socket.socket, rst: bool = False) -> tuple[socket.socket, socket.socket]:
+    c = socket.socket()
+    if rst:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+    c.settimeout(5)
+    c.connect(lsock.getsockname())
+    a, _ = lsock.accept()
+    return c, a
+
+
+def key_of(c: socket.socket):
+    from tracer.layout import make_key
+    return make_key("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1])
+
+
+def ask_for(t, munge_socket, c: socket.socket):
+    q = Query.make("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1])
+    return ask(("127.0.0.1", t.port), q, 3.0, munge_socket)
+
+
+def test_churn_never_evicts_open_connections(tracers, munged, pinned):
+    # A long grace: no closed entry is swept during the test, the closed map can only overflow.
+    t = tracers.make(max_connections=MAX_OPEN, max_closed_connections=MAX_CLOSED, close_grace_seconds=600.0,
+                     sweep_interval_seconds=1.0, reconcile=False).start()
+    conns = pinned(t)
+    assert (conns.open.capacity, conns.closed.capacity) == (MAX_OPEN, MAX_CLOSED)
+    hold_l, churn_l = listen(), listen()
+    held = []
+    try:
+        for _ in range(HELD):
+            held.append(connect(hold_l))
+        assert all(conns.open.lookup(key_of(c)) is not None for c, _ in held)
+        before = scrape(t.metrics_url)
+
+        n = 0
+        deadline = time.monotonic() + CHURN_SECONDS
+        while n < CHURN and time.monotonic() < deadline:
+            c, a = connect(churn_l, rst=True)
+            c.close()
+            a.close()
+            n += 1
+        assert n == CHURN, f"churned only {n} of {CHURN} connections in {CHURN_SECONDS} s"
+
+        # A fresh, graceful close (FIN_WAIT1): moved to the closed map, stamped.
+        c, a = connect(churn_l)
+        key = key_of(c)
+        assert conns.open.lookup(key) is not None and conns.closed.lookup(key) is None
+        fresh = ask_for(t, munged.socket, c)
+        c.close()
+        a.close()
+        moved = wait_for(lambda: conns.closed.lookup(key), 5, "the closed connection in the closed map")
+        assert moved.closed_ns >= moved.birth_ns > 0 and moved.tgid == os.getpid()
+        assert conns.open.lookup(key) is None
+        assert conns.lookup(key).closed_ns == moved.closed_ns  # the two-map view finds it too
+        assert fresh.status == Status.FOUND and fresh.source == Source.BPF and not fresh.closed
+
+        after = scrape(t.metrics_url)
+        closes = metric(after, "callerid_bpf_events_total", event="closed") - \
+            metric(before, "callerid_bpf_events_total", event="closed")
+        assert closes >= CHURN
+        assert metric(after, "callerid_bpf_events_total", event="update_failed") == 0
+        assert len(conns.closed) <= MAX_CLOSED
+
+        # The point: every held connection is still in the open map and answered from it.
+        missing = [c.getsockname()[1] for c, _ in held if conns.open.lookup(key_of(c)) is None]
+        assert not missing, f"{len(missing)} of {HELD} held connections evicted from the open map"
+        for c, _ in held:
+            ans = ask_for(t, munged.socket, c)
+            assert ans.status == Status.FOUND and ans.source == Source.BPF and ans.pid == os.getpid(), ans
+            assert not ans.closed
+        s = scrape(t.metrics_url)
+        assert metric(s, "callerid_fallback_lookups_total", reason="map_miss") == 0
+        assert metric(s, "callerid_map_capacity_connections", state="open") == MAX_OPEN
+        assert metric(s, "callerid_map_capacity_connections", state="closed") == MAX_CLOSED
+    finally:
+        for pair in held:
+            for x in pair:
+                x.close()
+        hold_l.close()
+        churn_l.close()
+        t.stop()
+
+
+def test_closed_connection_is_answered_then_swept_after_the_grace(tracers, munged, pinned):
+    grace = 2.0
+    t = tracers.make(max_connections=MAX_OPEN, max_closed_connections=MAX_CLOSED, close_grace_seconds=grace,
+                     sweep_interval_seconds=0.3, reconcile=False).start()
+    conns = pinned(t)
+    lsock = listen()
+    try:
+        c, a = connect(lsock)
+        key = key_of(c)
+        q = Query.make("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1])
+        assert conns.open.lookup(key) is not None
+        c.close()
+        a.close()
+        closed = wait_for(lambda: conns.closed.lookup(key), 5, "the closed connection in the closed map")
+        assert closed.closed_ns and conns.open.lookup(key) is None
+        ans = ask(("127.0.0.1", t.port), q, 3.0, munged.socket)
+        assert ans.status == Status.FOUND and ans.source == Source.BPF and ans.closed and ans.pid == os.getpid()
+        wait_for(lambda: conns.closed.lookup(key) is None, grace + 10, "the sweeper to delete the closed entry")
+        assert conns.lookup(key) is None
+        assert metric(scrape(t.metrics_url), "callerid_sweeper_deleted_connections_total") >= 1
+    finally:
+        lsock.close()
+        t.stop()
