@@ -74,13 +74,20 @@ def plot_rpc(rl: dict | None, tr: dict | None, out: Path, plt) -> Path | None:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.8), dpi=110)
     if rl:
         for cfg in rl["configs"]:
-            cells = sorted((c for c in cfg["cells"] if c["abuse"]), key=lambda c: c["clients"])
+            cells = sorted((c for c in cfg["cells"] if c["abuse"] and not c.get("rate_per_client")),
+                           key=lambda c: c["clients"])
             x = [c["clients"] for c in cells]
             line, = ax.plot(x, [c["p50_ns"] / 1e6 for c in cells], marker="o",
-                            label=f"p50, max_clients={cfg['max_clients']}, with abuse")
+                            label=f"p50, max_clients={cfg['max_clients']}, with abuse, back to back")
             ax.plot(x, [c["p99_ns"] / 1e6 for c in cells], marker="s", linestyle=":", color=line.get_color(),
-                    label=f"p99, max_clients={cfg['max_clients']}, with abuse")
+                    label=f"p99, max_clients={cfg['max_clients']}, with abuse, back to back")
             ax2.plot(x, [c["req_per_s"] for c in cells], marker="o", label=f"max_clients={cfg['max_clients']}, with abuse")
+            for c in (c for c in cfg["cells"] if c.get("rate_per_client")):
+                # paced cells: a slight x offset per rate so the markers do not overlap
+                xp = c["clients"] * (1.06 if c["rate_per_client"] > 10 else 0.94)
+                ax.plot([xp, xp], [c["p50_ns"] / 1e6, c["p99_ns"] / 1e6], color=line.get_color(), marker="*",
+                        linewidth=0.8, label=f"p50..p99, max_clients={cfg['max_clients']}, "
+                                             f"paced {c['rate_per_client']:g}/s per client")
     if tr and "throughput" in tr:
         t = sorted(tr["throughput"].values(), key=lambda c: c["clients"])
         x = [c["clients"] for c in t]

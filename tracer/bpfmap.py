@@ -7,6 +7,7 @@ BCC just created and a pinned map opened without loading any program.
 import ctypes
 import errno
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ _lib.bpf_obj_get.restype = ctypes.c_int
 _lib.bpf_lookup_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                   ctypes.c_void_p, ctypes.c_void_p]
 _lib.bpf_lookup_batch.restype = ctypes.c_int
+_lib.bpf_delete_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_lib.bpf_delete_batch.restype = ctypes.c_int
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH = 1, 9
 
@@ -160,6 +163,31 @@ class ConnMap:
     BATCH = 4096
 
     def _items_batched(self):
+        ksize, vsize = ctypes.sizeof(ConnKey), ctypes.sizeof(Owner)
+        for kbuf, vbuf, count in self._raw_batches():
+            for i in range(count):
+                yield (ConnKey.from_buffer_copy(kbuf, i * ksize), Owner.from_buffer_copy(vbuf, i * vsize))
+
+    _TIMES = struct.Struct("=QQ")   # birth_ns, closed_ns: adjacent in struct callerid_owner
+    _TIMES_AT = Owner.birth_ns.offset
+
+    def entry_times(self):
+        """(key bytes, birth_ns, closed_ns) for every entry: the sweeper's walk. The same
+        batched read as items(), but per entry only two integers are unpacked from the
+        batch buffer, not two ctypes objects built (~0.85 us of GIL per entry before)."""
+        ksize, vsize, at = ctypes.sizeof(ConnKey), ctypes.sizeof(Owner), self._TIMES_AT
+        unpack = self._TIMES.unpack_from
+        try:
+            for kbuf, vbuf, count in self._raw_batches():
+                for i in range(count):
+                    birth, closed = unpack(vbuf, i * vsize + at)
+                    yield kbuf[i * ksize:(i + 1) * ksize], birth, closed
+        except _NoBatch:
+            for key, value in self.items():
+                yield bytes(key), value.birth_ns, value.closed_ns
+
+    def _raw_batches(self):
+        """(keys bytes, values bytes, count) per BPF_MAP_LOOKUP_BATCH call."""
         keys = (ConnKey * self.BATCH)()
         values = (Owner * self.BATCH)()
         token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
@@ -170,12 +198,35 @@ class ConnMap:
                                         keys, values, ctypes.byref(count))
             if ret < 0 and first and count.value == 0 and self._batch_unsupported():
                 raise _NoBatch()
-            for i in range(count.value):
-                yield ConnKey.from_buffer_copy(keys[i]), Owner.from_buffer_copy(values[i])
-            seen += count.value
+            n = count.value
+            yield bytes(memoryview(keys).cast("B")[:n * ctypes.sizeof(ConnKey)]), \
+                bytes(memoryview(values).cast("B")[:n * ctypes.sizeof(Owner)]), n
+            seen += n
             if ret < 0 or seen > self.capacity * 2:  # ENOENT: walked the whole map
                 return
             token_in.value, first = token_out.value, False
+
+    def delete_many(self, keys: list[bytes]) -> int:
+        """Delete these keys (as from entry_times), BATCH per syscall; returns how many
+        were deleted. A key already gone (evicted, deleted meanwhile) is skipped."""
+        ksize, done = ctypes.sizeof(ConnKey), 0
+        for start in range(0, len(keys), self.BATCH):
+            chunk = keys[start:start + self.BATCH]
+            while chunk:
+                buf = ctypes.create_string_buffer(b"".join(chunk), len(chunk) * ksize)
+                count = ctypes.c_uint32(len(chunk))
+                ret = _lib.bpf_delete_batch(self.fd, buf, ctypes.byref(count))
+                done += count.value
+                if ret == 0:
+                    break
+                rest = chunk[count.value:]   # the kernel stops at the first key it cannot delete
+                stuck = ConnKey.from_buffer_copy(rest[0])
+                if count.value == 0 and self.lookup(stuck) is not None:
+                    # it exists, so batch delete itself failed (no support): one syscall per key
+                    done += sum(self.delete(ConnKey.from_buffer_copy(k)) for k in rest)
+                    break
+                chunk = rest[1:]             # that key was gone already (evicted, deleted meanwhile)
+        return done
 
     def _batch_unsupported(self) -> bool:
         """An empty map also ends a first batch with an error: tell that from no support."""
@@ -228,9 +279,10 @@ class Connections:
         return value if value is not None else self.closed.lookup(key)
 
     def insert_if_absent(self, key: ConnKey, value: Owner) -> bool:
-        """Write to the open map only if neither map has the key."""
-        if self.closed.lookup(key) is not None:
-            return False
+        """Write to the open map unless it has the key. A closed entry for the same
+        tuple does not count: it belongs to an earlier connection (ephemeral ports come
+        round within the grace under churn), and the live socket being inserted must win
+        the lookup, or its question would be answered with the earlier owner."""
         return self.open.insert_if_absent(key, value)
 
     def update(self, key: ConnKey, value: Owner) -> bool:

@@ -5,7 +5,7 @@ import time
 
 from . import procfs, sockdiag
 from .bpfmap import Connections
-from .layout import key_tuple
+from .layout import ConnKey, key_tuple
 from .metrics import TracerMetrics
 
 log = logging.getLogger("callerid.tracer.sweeper")
@@ -43,32 +43,37 @@ class Sweeper:
         deleted = stale = open_ = closed = 0
         # Each map on its own: a tuple reused within the grace is in both, and
         # expiring the old closed entry must not delete the new open one.
-        for key, owner in self.conns.closed.items():
-            if verdict(owner.closed_ns, owner.birth_ns, now, self.grace_ns) == "delete":
-                if self.conns.closed.delete(key):
-                    deleted += 1
+        expired = []
+        for key, birth_ns, closed_ns in self.conns.closed.entry_times():
+            if verdict(closed_ns, birth_ns, now, self.grace_ns) == "delete":
+                expired.append(key)
             else:
                 closed += 1
-        to_verify = []
-        for key, owner in self.conns.open.items():
-            v = verdict(owner.closed_ns, owner.birth_ns, now, self.grace_ns)
+        deleted += self.conns.closed.delete_many(expired)
+        stamped, to_verify = [], []
+        for key, birth_ns, closed_ns in self.conns.open.entry_times():
+            v = verdict(closed_ns, birth_ns, now, self.grace_ns)
             if v == "delete":  # stamped in place because the BPF move failed
-                if self.conns.open.delete(key):
-                    deleted += 1
+                stamped.append(key)
                 continue
             if v == "verify":
-                to_verify.append((key, owner))
+                to_verify.append(ConnKey.from_buffer_copy(key))
             open_ += 1
+        deleted += self.conns.open.delete_many(stamped)
         if to_verify:
             # One sock_diag dump answers for all candidates (no dump when nothing is old).
             live = {_tuple_key((s.src, s.sport, s.dst, s.dport)) for s in sockdiag.list_tcp(states=ALIVE_STATES)}
-            for key, owner in to_verify:
-                if _tuple_key(key_tuple(key)) not in live:
-                    owner.closed_ns = now
-                    if self.conns.update(key, owner):  # moves it to the closed map
-                        stale += 1
-                        open_ -= 1
-                        closed += 1
+            for key in to_verify:
+                if _tuple_key(key_tuple(key)) in live:
+                    continue
+                owner = self.conns.open.lookup(key)
+                if owner is None or owner.closed_ns:
+                    continue  # closed or evicted since the walk
+                owner.closed_ns = now
+                if self.conns.update(key, owner):  # moves it to the closed map
+                    stale += 1
+                    open_ -= 1
+                    closed += 1
         m = self.metrics
         m.sweeps.inc()
         m.sweep_deleted.inc(deleted)

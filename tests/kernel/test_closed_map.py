@@ -158,3 +158,35 @@ def test_closed_connection_is_answered_then_swept_after_the_grace(tracers, munge
     finally:
         lsock.close()
         t.stop()
+
+
+def test_reconciled_live_connection_wins_over_a_closed_entry_for_the_same_tuple(tracers, munged, pinned):
+    """Ports come round within the grace under churn: a closed entry for a tuple that a
+    new, live connection uses again (opened while no tracer ran) names the wrong owner.
+    Reconcile's insert must go to the open map anyway, and the lookup must find it."""
+    from tracer.layout import Owner
+    t = tracers.make(max_connections=MAX_OPEN, max_closed_connections=MAX_CLOSED, close_grace_seconds=600.0,
+                     reconcile=False).start()
+    conns = pinned(t)
+    lsock = listen()
+    try:
+        c, a = connect(lsock)
+        key = key_of(c)
+        live = conns.open.lookup(key)
+        assert live is not None and live.tgid == os.getpid()
+        conns.open.delete(key)                  # as if opened while the tracer was down
+        earlier = Owner()
+        earlier.tgid, earlier.uid, earlier.gid = 1, 4242, 4242
+        earlier.birth_ns, earlier.closed_ns = 1, 2
+        assert conns.closed.update(key, earlier)   # the tuple's previous, closed owner
+        assert conns.lookup(key).tgid == 1
+        assert conns.insert_if_absent(key, live)
+        assert conns.lookup(key).tgid == os.getpid()
+        ans = ask_for(t, munged.socket, c)
+        assert ans.status == Status.FOUND and ans.pid == os.getpid() and not ans.closed
+        assert not conns.insert_if_absent(key, earlier)   # never over an open entry
+        c.close()
+        a.close()
+    finally:
+        lsock.close()
+        t.stop()

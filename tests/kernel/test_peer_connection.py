@@ -4,10 +4,12 @@ the sock_diag fallback must name the same connection, for IPv4, dual-stack and I
 import ipaddress
 import os
 import socket
+import subprocess
 
 import pytest
 
 from adopter import peer
+from tracer import procfs
 from tests.helpers import require
 
 pytestmark = pytest.mark.kernel
@@ -24,8 +26,8 @@ def _has_ipv6_loopback() -> bool:
 
 @pytest.fixture(params=["v4", "dual-stack", "v6"])
 def holder(request):
-    """A child that holds a unix socketpair, a listening socket and then (like sshd [priv])
-    the accepted end of one TCP connection; yields (pid, client_addr, server_addr)."""
+    """A process holding a unix socket and (like sshd [priv]) the accepted end of one TCP
+    connection; yields (pid, (client_addr, server_addr))."""
     require(os.geteuid() == 0, "root (pidfd_getfd needs CAP_SYS_PTRACE)")
     family, host = {"v4": (socket.AF_INET, "127.0.0.1"), "dual-stack": (socket.AF_INET6, "::"),
                     "v6": (socket.AF_INET6, "::1")}[request.param]
@@ -40,24 +42,17 @@ def holder(request):
     client = socket.create_connection(("127.0.0.1" if request.param != "v6" else "::1", port), timeout=5)
     server, _ = lsock.accept()
     a, b = socket.socketpair()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child: keep the server end and the unix pair, wait
-        try:
-            client.close()
-            os.close(w)
-            os.read(r, 1)
-        finally:
-            os._exit(0)
-    os.close(r)
+    # A fresh process holding exactly these sockets (a forked pytest would also hold
+    # every socket the session has open, and the first TCP one would win).
+    child = subprocess.Popen(["sleep", "60"], pass_fds=(server.fileno(), a.fileno()))
     expected = (client.getsockname(), server.getsockname())
     server.close()
     lsock.close()
     try:
-        yield pid, expected
+        yield child.pid, expected
     finally:
-        os.close(w)
-        os.waitpid(pid, 0)
+        child.kill()
+        child.wait(10)
         client.close()
         a.close()
         b.close()
@@ -88,20 +83,13 @@ def test_pidfd_and_sock_diag_name_the_same_connection(holder, monkeypatch):
 def test_process_without_tcp_sockets_has_no_connection():
     require(os.geteuid() == 0, "root (pidfd_getfd needs CAP_SYS_PTRACE)")
     a, b = socket.socketpair()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover
-        try:
-            os.close(w)
-            os.read(r, 1)
-        finally:
-            os._exit(0)
-    os.close(r)
+    child = subprocess.Popen(["sleep", "60"], pass_fds=(a.fileno(), b.fileno()))
     try:
-        assert peer._connection_via_pidfd(pid, "/proc") is None
-        assert peer.tcp_connection(pid) is None
+        assert procfs.socket_fds(child.pid), "the holder should have its unix sockets"
+        assert peer._connection_via_pidfd(child.pid, "/proc") is None
+        assert peer.tcp_connection(child.pid) is None
     finally:
-        os.close(w)
-        os.waitpid(pid, 0)
+        child.kill()
+        child.wait(10)
         a.close()
         b.close()

@@ -197,6 +197,17 @@ def test_batched_map_walk_sees_every_entry(tracers):
             # and the batched path itself, not its per-key fallback, produced them
             assert {bytes(k): v.tgid for k, v in conns.open._items_batched() if bytes(k) in want} == want
             assert sorted(bytes(k) for k in conns.keys() if bytes(k) in want) == sorted(want)
+            # the sweeper's walk: the same keys, with each entry's own two timestamps
+            times = {k: (b, c) for k, b, c in conns.open.entry_times() if k in want}
+            assert times == {k: (tgid - 1, 0) for k, tgid in want.items()}
+            # batched delete: every other key, plus keys that are not there (skipped, not fatal)
+            doomed = sorted(want)[::2]
+            ghosts = [bytes(make_key("198.18.1.1", 7, "198.18.1.2", p)) for p in (1, 2, 3)]
+            mixed = doomed[:100] + ghosts[:1] + doomed[100:5000] + ghosts[1:] + doomed[5000:]
+            assert conns.open.delete_many(mixed) == len(doomed)
+            left = {k for k, _, _ in conns.open.entry_times() if k in want}
+            assert left == set(want) - set(doomed)
+            assert conns.open.delete_many([]) == 0
         finally:
             conns.close()
     finally:
