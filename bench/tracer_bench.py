@@ -480,8 +480,7 @@ def measure_startup(d: Daemon, timeout: float = 60.0) -> dict:
 
 # --------------------------------------------------------------------------- 2. probe cost
 
-TRACEPOINTS = ((b"sock:inet_sock_set_state", b"tracepoint__sock__inet_sock_set_state"),
-               (b"tcp:tcp_destroy_sock", b"tracepoint__tcp__tcp_destroy_sock"))
+TRACEPOINTS = ((b"sock:inet_sock_set_state", b"tracepoint__sock__inet_sock_set_state"),)
 
 
 def conn_loop_ns(lsock: socket.socket, n: int, max_s: float, chunk: int = 250) -> list:
@@ -579,7 +578,7 @@ def loaded_callerid_programs() -> int:
 def bench_probe_cost(args, cleanup: Cleanup) -> dict:
     """ns per loopback connect+accept+close without and with the tracepoint probe.
 
-    The probe is loaded once; its two tracepoints are detached and re-attached between
+    The probe is loaded once; its tracepoint is detached and re-attached between
     short chunks (250 connections, ~12 ms) in an ABBA order, so slow drifts in machine
     load cancel out in each pair's difference. A detached tracepoint costs nothing, the
     same as no probe; a never-loaded baseline is measured before and after as a check."""

@@ -24,8 +24,10 @@
 
 #define TCP_ESTABLISHED_ 1
 #define TCP_SYN_SENT_    2
+#define TCP_SYN_RECV_    3
 #define TCP_FIN_WAIT1_   4
 #define TCP_CLOSE_       7
+#define TCP_CLOSE_WAIT_  8
 #define TCP_LAST_ACK_    9
 #define AF_INET_         2
 #define AF_INET6_        10
@@ -142,22 +144,21 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
                 count(CALLERID_STAT_CONNECT_FAILED);
             return 0;
         }
+        /* From FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK or TIME_WAIT the close
+         * above already moved the entry: only a reset of a connection that was
+         * still open has one left. Skipping the others saves a lookup per socket. */
+        if (args->oldstate != TCP_ESTABLISHED_ && args->oldstate != TCP_CLOSE_WAIT_ &&
+            args->oldstate != TCP_SYN_RECV_)
+            return 0;
         struct callerid_key key;
         FILL_KEY(key, args);
         move_closed(&key);
     }
     return 0;
 }
-
-TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
-{
-    u64 sk = (u64)args->skaddr;
-    pending.delete(&sk);
-    struct callerid_key key;
-    FILL_KEY(key, args);
-    move_closed(&key);
-    return 0;
-}
+/* No tcp_destroy_sock program: a TCP socket is destroyed only in CLOSE, and every
+ * way into CLOSE passes tcp_set_state and so the tracepoint above. It ran twice per
+ * connection (both ends) for nothing but misses. */
 
 #ifdef CALLERID_PROBE_KPROBE
 /* kprobe: only the sk pointer (first argument) is used, never its fields. */
