@@ -168,19 +168,17 @@ class ConnMap:
             for i in range(count):
                 yield (ConnKey.from_buffer_copy(kbuf, i * ksize), Owner.from_buffer_copy(vbuf, i * vsize))
 
-    _TIMES = struct.Struct("=QQ")   # birth_ns, closed_ns: adjacent in struct callerid_owner
-    _TIMES_AT = Owner.birth_ns.offset
+    # One value's birth_ns and closed_ns (adjacent in struct callerid_owner), the rest skipped.
+    _TIMES = struct.Struct(f"={Owner.birth_ns.offset}xQQ{ctypes.sizeof(Owner) - Owner.birth_ns.offset - 16}x")
 
     def entry_times(self):
         """(key bytes, birth_ns, closed_ns) for every entry: the sweeper's walk. The same
         batched read as items(), but per entry only two integers are unpacked from the
         batch buffer, not two ctypes objects built (~0.85 us of GIL per entry before)."""
-        ksize, vsize, at = ctypes.sizeof(ConnKey), ctypes.sizeof(Owner), self._TIMES_AT
-        unpack = self._TIMES.unpack_from
+        ksize = ctypes.sizeof(ConnKey)
         try:
-            for kbuf, vbuf, count in self._raw_batches():
-                for i in range(count):
-                    birth, closed = unpack(vbuf, i * vsize + at)
+            for kbuf, vbuf, _ in self._raw_batches():
+                for i, (birth, closed) in enumerate(self._TIMES.iter_unpack(vbuf)):
                     yield kbuf[i * ksize:(i + 1) * ksize], birth, closed
         except _NoBatch:
             for key, value in self.items():
