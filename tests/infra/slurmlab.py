@@ -273,7 +273,7 @@ class SlurmLab:
     def __init__(self, nodes: int = 2, root: Path = ROOT, log=None, log_level: str = "info", probe: str = "auto",
                  syslog: bool = True):
         """nodes: 1..16; log: a callable taking progress lines (default: silent); log_level: of the
-        callerid daemons ("debug" also logs pyroute2's netlink chatter); probe: the tracers' backend
+        callerid daemons; probe: the tracers' backend
         ("auto" tries fentry, kprobe, tracepoint: about 3 s more per tracer here than "tracepoint");
         syslog: run a /dev/log listener (log/syslog.log) if the machine has none, for pam_slurm_adopt."""
         if not 1 <= nodes <= MAX_NODES:
