@@ -293,6 +293,14 @@ def fired(base: dict, **labels) -> dict:
     return {**base, **labels}
 
 
+def map_fill(open_used: int, closed_used: int, minutes: int = 30) -> dict[str, str]:
+    """A tracer's map series, constant for `minutes`: entries in use and the default capacities."""
+    return {s("callerid_tracked_connections", TRACER, state="open"): f"{open_used}x{minutes}",
+            s("callerid_tracked_connections", TRACER, state="closed"): f"{closed_used}x{minutes}",
+            s("callerid_map_capacity_connections", TRACER, state="open"): f"131072x{minutes}",
+            s("callerid_map_capacity_connections", TRACER, state="closed"): f"65536x{minutes}"}
+
+
 DEC = "callerid_adopter_decisions_total"
 ADO = "callerid_adopter_adoptions_total"
 ARPC = "callerid_adopter_rpc_requests_total"
@@ -413,24 +421,10 @@ CASES = [
           s("callerid_probe_backend", TRACER, backend="kprobe"): "1x40"},
          [("35m", [])]),
 
-    Case("CallerIDMapNearCapacity", "120000 of 131072 open entries used",
-         {s("callerid_tracked_connections", TRACER, state="open"): "120000x30",
-          s("callerid_tracked_connections", TRACER, state="closed"): "2000x30",
-          s("callerid_map_capacity_connections", TRACER, state="open"): "131072x30",
-          s("callerid_map_capacity_connections", TRACER, state="closed"): "65536x30"},
+    Case("CallerIDMapNearCapacity", "120000 of 131072 open entries used", map_fill(120000, 2000),
          [("10m", []), ("20m", [fired(TRACER)])]),
-    Case("CallerIDMapNearCapacity", "a quiet map",
-         {s("callerid_tracked_connections", TRACER, state="open"): "1000x30",
-          s("callerid_tracked_connections", TRACER, state="closed"): "200x30",
-          s("callerid_map_capacity_connections", TRACER, state="open"): "131072x30",
-          s("callerid_map_capacity_connections", TRACER, state="closed"): "65536x30"},
-         [("20m", [])]),
-    Case("CallerIDMapNearCapacity", "churn fills only the closed map",
-         {s("callerid_tracked_connections", TRACER, state="open"): "1000x30",
-          s("callerid_tracked_connections", TRACER, state="closed"): "65536x30",
-          s("callerid_map_capacity_connections", TRACER, state="open"): "131072x30",
-          s("callerid_map_capacity_connections", TRACER, state="closed"): "65536x30"},
-         [("20m", [])]),
+    Case("CallerIDMapNearCapacity", "a quiet map", map_fill(1000, 200), [("20m", [])]),
+    Case("CallerIDMapNearCapacity", "churn fills only the closed map", map_fill(1000, 65536), [("20m", [])]),
 
     Case("CallerIDProbeNotLoaded", "fallback only",
          {s("callerid_probe_backend", TRACER, backend="none"): "1x20",

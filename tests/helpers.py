@@ -1,6 +1,7 @@
 """Shared test helpers: preconditions that skip locally but fail loudly in CI."""
 
 import os
+import socket
 
 import pytest
 
@@ -28,3 +29,13 @@ def require_bpf():
         import bcc  # noqa: F401
     except ImportError:
         require(False, "BCC Python bindings (python3-bpfcc; venv with --system-site-packages)")
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether ::1 can be bound here (some CI containers have IPv6 disabled)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False

@@ -10,18 +10,10 @@ import pytest
 
 from adopter import peer
 from tracer import procfs
-from tests.helpers import require
+from tests.helpers import has_ipv6_loopback, require
 
 pytestmark = pytest.mark.kernel
 
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(params=["v4", "dual-stack", "v6"])
@@ -32,7 +24,7 @@ def holder(request):
     family, host = {"v4": (socket.AF_INET, "127.0.0.1"), "dual-stack": (socket.AF_INET6, "::"),
                     "v6": (socket.AF_INET6, "::1")}[request.param]
     if family == socket.AF_INET6:
-        require(_has_ipv6_loopback(), "IPv6 on loopback")
+        require(has_ipv6_loopback(), "IPv6 on loopback")
     lsock = socket.socket(family, socket.SOCK_STREAM)
     if request.param == "dual-stack":
         lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import require
+from tests.helpers import has_ipv6_loopback, require
 
 from tracer import procfs, sockdiag
 
@@ -21,14 +21,6 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "slurm_proc_scan.py"
 V4 = "127.0.0.1"
 MAPPED = "::ffff:127.0.0.1"
 
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +69,7 @@ CASES = {
 def conn(request, bench):
     lf, laddr, cf, caddr, forms = CASES[request.param]
     if "::1" in (laddr, caddr):
-        require(_has_ipv6_loopback(), "IPv6 on loopback (::1)")
+        require(has_ipv6_loopback(), "IPv6 on loopback (::1)")
     c = Conn(lf, laddr, cf, caddr)
     c.name, c.forms, c.family = request.param, forms, cf
     yield c
