@@ -70,7 +70,7 @@ def _ip(host: str):
 def _connection_via_pidfd(pid: int, proc: str) -> Connection | None:
     """Read the connection's ends from sshd's own socket: duplicate each of its socket
     fds (pidfd_getfd, needs CAP_SYS_PTRACE) and ask getpeername/getsockname. O(1),
-    where a sock_diag dump costs ~50 us per TCP socket on the node. Raises OSError when
+    where a sock_diag dump reads every TCP socket of the node. Raises OSError when
     the kernel or a seccomp filter refuses pidfd_getfd."""
     fds = procfs.socket_fds(pid, proc)
     if not fds:
@@ -84,7 +84,12 @@ def _connection_via_pidfd(pid: int, proc: str) -> Connection | None:
                 if err == errno.EBADF:
                     continue  # closed since we listed it
                 raise OSError(err, f"pidfd_getfd: {os.strerror(err)}")
-            with socket.socket(fileno=dup) as s:   # closes our duplicate only
+            try:
+                s = socket.socket(fileno=dup)
+            except OSError:
+                os.close(dup)   # the fd number now names something else (sshd reused it)
+                continue
+            with s:   # closes our duplicate only; sshd's descriptor stays open
                 if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM \
                         or s.proto != socket.IPPROTO_TCP:
                     continue
