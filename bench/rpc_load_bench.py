@@ -32,13 +32,11 @@ import multiprocessing
 import os
 import random
 import shutil
-import signal
 import socket
 import struct
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +44,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.tracer_bench import (
+    run_cleanly,
     write_results,
     Cleanup,
     Daemon,
@@ -317,14 +316,11 @@ def main() -> int:
         sys.exit("rpc_load_bench: run as root (BPF, munged)")
     dur = 3.0 if args.quick else 6.0
 
-    def on_term(*_):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-    cleanup = Cleanup()
     r = {"mode": "quick" if args.quick else "full", "duration_s": dur,
          "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
          "command": "sudo .venv/bin/python3 bench/rpc_load_bench.py" + (" --quick" if args.quick else "")}
-    try:
+
+    def body(cleanup: Cleanup) -> int:
         r["background_cpu_busy_start"] = background_busy()
         Daemon.sink = SyslogSink(cleanup)
         from tests.infra.munged import start as start_munged
@@ -360,15 +356,8 @@ def main() -> int:
         r["background_cpu_busy_end"] = background_busy()
         write_results(r, args.out, render)
         return 0
-    except KeyboardInterrupt:
-        log("interrupted: cleaning up")
-        return 130
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-        return 1
-    finally:
-        cleanup.run()
-        log("cleaned up")
+
+    return run_cleanly(body)
 
 
 if __name__ == "__main__":

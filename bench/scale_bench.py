@@ -28,13 +28,11 @@ import multiprocessing
 import os
 import random
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.tracer_bench import (
+    run_cleanly,
     write_results,
     Cleanup,
     background_busy,
@@ -530,14 +529,11 @@ def main() -> int:
         sys.exit("scale_bench: bpffs not mounted")
     secs = min(10.0, args.churn_seconds or (3.0 if args.quick else 8.0))
 
-    def on_term(*_):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-    cleanup = Cleanup()
     r = {"mode": "quick" if args.quick else "full",
          "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
          "machine": machine_info(), "command": "sudo .venv/bin/python3 bench/scale_bench.py" + (" --quick" if args.quick else "")}
-    try:
+
+    def body(cleanup: Cleanup) -> int:
         r["background_cpu_busy_start"] = background_busy()
         log("(a) memory")
         r["memory"] = bench_memory((16384, 131072) if args.quick else (16384, 131072, 1048576), cleanup)
@@ -554,15 +550,8 @@ def main() -> int:
         r["background_cpu_busy_end"] = background_busy()
         write_results(r, args.out, render)
         return 0
-    except KeyboardInterrupt:
-        log("interrupted: cleaning up")
-        return 130
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-        return 1
-    finally:
-        cleanup.run()
-        log("cleaned up")
+
+    return run_cleanly(body)
 
 
 if __name__ == "__main__":

@@ -182,6 +182,28 @@ class Cleanup:
             self._call(fn, what)
 
 
+def run_cleanly(body) -> int:
+    """A bench's main: body(cleanup) -> exit status. SIGTERM and SIGHUP count as Ctrl-C
+    (130); an error prints its traceback (1); either way everything pushed on the
+    Cleanup is undone before returning."""
+    def on_term(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    cleanup = Cleanup()
+    try:
+        return body(cleanup)
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        return 130
+    except Exception:  # noqa: BLE001 - report, then clean up in finally
+        traceback.print_exc()
+        return 1
+    finally:
+        cleanup.run()
+        log("cleaned up")
+
+
 def machine_info() -> dict:
     cpu = ""
     with open("/proc/cpuinfo") as f:
@@ -1260,18 +1282,13 @@ def main() -> int:
     preflight(args.ns)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
-    def on_term(*_):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, on_term)
-
-    cleanup = Cleanup()
     started = time.monotonic()
     r = {"mode": "quick" if args.quick else "full",
          "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
          "machine": machine_info(), "command": "sudo .venv/bin/python3 bench/tracer_bench.py"
          + (" --quick" if args.quick else "")}
-    try:
+
+    def body(cleanup: Cleanup) -> int:
         r["time_wait_at_start"] = wait_time_wait_drained()
         r["background_cpu_busy_start"] = wait_quiet()
         Daemon.sink = SyslogSink(cleanup)
@@ -1332,15 +1349,8 @@ def main() -> int:
         write_results(r, args.out, render)
         print(f"\n(results in {args.out}; {r['elapsed_s']:.0f} s)")
         return 0
-    except KeyboardInterrupt:
-        log("interrupted: cleaning up")
-        return 130
-    except Exception:  # noqa: BLE001 - report, then clean up in finally
-        traceback.print_exc()
-        return 1
-    finally:
-        cleanup.run()
-        log("cleaned up")
+
+    return run_cleanly(body)
 
 
 if __name__ == "__main__":
