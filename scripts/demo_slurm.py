@@ -171,6 +171,12 @@ def one(m: dict, name: str) -> float:
     return sum(v for _, v in series(m, name))
 
 
+def histogram_row(m: dict, prefix: str, name: str) -> list[str]:
+    """A table row for histogram prefix+name: count / sum and the mean."""
+    cnt, tot = one(m, f"{prefix}{name}_count"), one(m, f"{prefix}{name}_sum")
+    return [f"  {name} count / sum", f"{cnt:g} / {tot:.4f}  (mean {tot / cnt * 1000:.1f} ms)" if cnt else f"{cnt:g}"]
+
+
 def wait_file(path: Path, mark: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     text = ""
@@ -321,13 +327,8 @@ def run_demo(lab: SlurmLab, reused: bool) -> int:
     for labels, v in series(am, "callerid_adopter_rpc_requests_total"):
         if v:
             rows.append([f'  rpc_requests_total{{outcome="{labels["outcome"]}"}}', f"{v:g}"])
-    cnt, tot = one(am, "callerid_adopter_rpc_duration_seconds_count"), one(am, "callerid_adopter_rpc_duration_seconds_sum")
-    rows.append(["  rpc_duration_seconds count / sum",
-                 f"{cnt:g} / {tot:.4f}  (mean {tot / cnt * 1000:.1f} ms)" if cnt else f"{cnt:g}"])
-    cnt, tot = (one(am, "callerid_adopter_decision_duration_seconds_count"),
-                one(am, "callerid_adopter_decision_duration_seconds_sum"))
-    rows.append(["  decision_duration_seconds count / sum",
-                 f"{cnt:g} / {tot:.4f}  (mean {tot / cnt * 1000:.1f} ms)" if cnt else f"{cnt:g}"])
+    rows.append(histogram_row(am, "callerid_adopter_", "rpc_duration_seconds"))
+    rows.append(histogram_row(am, "callerid_adopter_", "decision_duration_seconds"))
     rows.append(["node1 tracer   " + n1.tracer_metrics, ""])
     for labels, v in series(tm, "callerid_lookups_total"):
         if v:
@@ -335,9 +336,7 @@ def run_demo(lab: SlurmLab, reused: bool) -> int:
     for labels, v in series(tm, "callerid_rpc_requests_total"):
         if v:
             rows.append([f'  rpc_requests_total{{result="{labels["result"]}"}}', f"{v:g}"])
-    cnt, tot = one(tm, "callerid_rpc_request_duration_seconds_count"), one(tm, "callerid_rpc_request_duration_seconds_sum")
-    rows.append(["  rpc_request_duration_seconds count / sum",
-                 f"{cnt:g} / {tot:.4f}  (mean {tot / cnt * 1000:.1f} ms)" if cnt else f"{cnt:g}"])
+    rows.append(histogram_row(tm, "callerid_", "rpc_request_duration_seconds"))
     backend = [labels.get("backend") for labels, v in series(tm, "callerid_probe_backend") if v]
     rows.append(["  probe_backend", ", ".join(backend) or "none"])
     table(rows)
