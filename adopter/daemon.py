@@ -53,7 +53,7 @@ class AdopterDaemon:
         self.settings = Settings(
             nodename=cfg.common.node(), base_options=base_options(a), rpc_port=cfg.common.rpc_port,
             rpc_timeout=a.rpc_timeout_seconds, munge_socket=cfg.common.munge_socket,
-            slurm_user=cfg.common.slurm_user, cgroup_root=a.cgroup_root, allowed_exe=tuple(a.adopt_exe))
+            cgroup_root=a.cgroup_root, allowed_exe=tuple(a.adopt_exe))
         self.adopter = Adopter(self.settings, self.metrics)
         self.sock = self._bind(a.socket)
         self._stop = threading.Event()

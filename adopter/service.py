@@ -31,7 +31,6 @@ class Settings:
     rpc_port: int
     rpc_timeout: float
     munge_socket: str | None
-    slurm_user: str
     cgroup_root: str = "/sys/fs/cgroup"
     v2_mount: str | None = None
     allowed_exe: tuple = ("sshd",)

@@ -98,8 +98,9 @@ def _request(nl: socket.socket, family: int, mask: int, sockid=None) -> list[Tcp
     """
     if sockid:
         src, sport, dst, dport = sockid
-        addr = (lambda ip: ip.packed.ljust(16, b"\0"))
-        sid = _SOCKID.pack(sport, dport, addr(src), addr(dst)) + _SOCKID_TAIL.pack(0, _NOCOOKIE)
+        # an IPv4 address fills the first 4 of the 16 bytes
+        sid = _SOCKID.pack(sport, dport, src.packed.ljust(16, b"\0"), dst.packed.ljust(16, b"\0")) \
+            + _SOCKID_TAIL.pack(0, _NOCOOKIE)
         flags = NLM_F_REQUEST
     else:
         sid = _SOCKID.pack(0, 0, bytes(16), bytes(16)) + _SOCKID_TAIL.pack(0, 0)
