@@ -120,7 +120,7 @@ class AdopterDaemon:
             if reply is not None:
                 try:
                     conn.settimeout(1.0)
-                    conn.sendall(json.dumps(reply.to_json()).encode() + b"\n")
+                    conn.sendall(reply.encode())
                 except OSError as exc:
                     # The hook gave up (its deadline) and applied action_generic_failure itself.
                     self.metrics.hook_requests.labels("reply_undelivered").inc()

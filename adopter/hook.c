@@ -17,7 +17,7 @@
  * pam_exec turns any non-zero exit into an error, so "ignore" and "allow" exit 0 and
  * "deny" exits 1 (adopter/policy.py pam_exit_code).
  *
- * Wire contract with adopter/daemon.py (parse_request, Reply.to_json), one line of
+ * Wire contract with adopter/daemon.py parse_request and adopter/service.py Reply.encode, one line of
  * JSON each way:
  *   request  {"v":1,"user":U,"service":S,"type":T,"options":{name:value,...}}\n
  *   reply    {"v":1,"verdict":...,"exit":N,"message":M or null}\n

@@ -1,5 +1,6 @@
 """One login: gather facts, ask the source node if needed, decide, adopt, log, count."""
 
+import json
 import logging
 import pwd
 import time
@@ -20,8 +21,9 @@ class Reply:
     exit: int
     message: str = ""
 
-    def to_json(self) -> dict:
-        return {"v": 1, "verdict": self.verdict, "exit": self.exit, "message": self.message}
+    def encode(self) -> bytes:
+        """The reply line the hook (adopter/hook.c) reads."""
+        return json.dumps({"v": 1, "verdict": self.verdict, "exit": self.exit, "message": self.message}).encode() + b"\n"
 
 
 @dataclass

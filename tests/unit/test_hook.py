@@ -5,7 +5,6 @@ parse_request), how it reads replies, its deadline and failure policy. That the 
 works under real sshd + PAM with the real daemon is tests/lab/test_adopter.py's job.
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -15,6 +14,7 @@ import time
 import pytest
 
 from adopter.daemon import MAX_REQUEST, parse_request
+from adopter.service import Reply
 from tests.infra.sshd import hook_binary
 
 GENERIC_DENY_TEXT = "Access denied by callerid: cannot determine the job of this session\n"
@@ -82,8 +82,7 @@ def run(hook, args, env=None, timeout=15):
 
 
 def reply(exit_code=0, message=None, verdict="allow") -> bytes:
-    # exactly how adopter/daemon.py sends a Reply
-    return json.dumps({"v": 1, "verdict": verdict, "exit": exit_code, "message": message}).encode() + b"\n"
+    return Reply(verdict, exit_code, message).encode()   # what the daemon sends
 
 
 def test_request_is_what_the_daemon_parses(hook, sockpath):
