@@ -7,9 +7,10 @@ import time
 from dataclasses import dataclass, replace
 
 from callerid.client import RpcError, ask
+from callerid.linux import sockets
 from callerid.protocol import Query, Status
 
-from . import cgroupfs, jobs, peer, policy
+from . import cgroupfs, jobs, policy
 from .metrics import SECURITY_KIND, AdopterMetrics
 
 log = logging.getLogger("callerid.adopter")
@@ -100,7 +101,7 @@ class Adopter:
         return d, src
 
     def _ask_source(self, app_pid: int, user: str) -> tuple[policy.CallerAnswer, str]:
-        conn = peer.tcp_connection(app_pid)
+        conn = sockets.tcp_connection(app_pid)
         if conn is None:
             self.m.rpc.labels("no_socket").inc()
             return policy.CallerAnswer(None, "no_socket"), "-"

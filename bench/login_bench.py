@@ -97,8 +97,8 @@ print(json.dumps({"times": times, "fails": fails, "verify": v.stdout.decode(erro
 PIECES = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from adopter import jobs
-from tracer import sockdiag
+from callerid.adopter import jobs
+from callerid.linux import sockdiag
 def t(fn, n=30):
     fn()
     xs = []

@@ -51,13 +51,13 @@ from bench.tracer_bench import (
     summary,
 )
 
-from tracer.bpfmap import fdinfo
+from callerid.tracer.bpfmap import fdinfo
 
 CHILDREN_PROG = REPO / "bench" / "conn_children.py"
 
 
 def load_probe(max_conns: int, cleanup: Cleanup, max_pending: int = 16384):
-    from tracer.probes import load
+    from callerid.tracer.probes import load
     root = new_pin_root()
     cleanup.push(lambda: shutil.rmtree(root, ignore_errors=True), f"pins {root}")
     probe = load("tracepoint", pin_root=root, max_conns=max_conns, max_pending=max_pending)
@@ -131,7 +131,7 @@ class Kids:
 
 
 def check_rows(conns, rows) -> list[bool]:
-    from tracer.layout import make_key
+    from callerid.tracer.layout import make_key
     out = []
     for pid, sport, lport in rows:
         o = conns.lookup(make_key("127.0.0.1", sport, "127.0.0.1", lport))
@@ -141,7 +141,7 @@ def check_rows(conns, rows) -> list[bool]:
 
 def bench_capacity(cap: int, total: int, cleanup: Cleanup, fallback_sample: int, fallback_budget_s: float) -> dict:
     from callerid.protocol import Query, Source, Status
-    from tracer.lookup import Resolver
+    from callerid.tracer.lookup import Resolver
     probe, root = load_probe(cap, cleanup)
     lsocks = []
     kids = []
@@ -224,8 +224,8 @@ LINGER0 = struct.pack("ii", 1, 0)
 
 
 def _churn_worker(pins: str, seconds: float, max_conns: int, sample_every: int, go, outq, seed: int):
-    from tracer.bpfmap import Connections
-    from tracer.layout import make_key
+    from callerid.tracer.bpfmap import Connections
+    from callerid.tracer.layout import make_key
     conns = Connections.open_pinned(pins)
     rnd = random.Random(seed)
     me = os.getpid()
@@ -275,9 +275,9 @@ def _churn_worker(pins: str, seconds: float, max_conns: int, sample_every: int, 
 
 
 def bench_churn(workers: int, seconds: float, cap: int, cleanup: Cleanup) -> dict:
-    from tracer.metrics import TracerMetrics
-    from tracer.probes import pin_dir
-    from tracer.sweeper import Sweeper
+    from callerid.tracer.metrics import TracerMetrics
+    from callerid.tracer.probes import pin_dir
+    from callerid.tracer.sweeper import Sweeper
     probe, root = load_probe(cap, cleanup)
     try:
         pins = str(pin_dir(root))
@@ -291,7 +291,7 @@ def bench_churn(workers: int, seconds: float, cap: int, cleanup: Cleanup) -> dic
             a, _ = hold_l.accept()
             held.append((c, a))
         cleanup.push(lambda: [x.close() for p in held for x in p] and None, "held sockets")
-        from tracer.layout import make_key
+        from callerid.tracer.layout import make_key
         held_keys = [make_key("127.0.0.1", c.getsockname()[1], "127.0.0.1", hold_l.getsockname()[1]) for c, _ in held]
 
         def held_in_map():
@@ -393,7 +393,7 @@ def bench_churn_c(exe: str, workers: int, seconds: float, cap: int, cleanup: Cle
     connections amid the churn and looks each up in the map while it is open."""
     import threading
 
-    from tracer.layout import make_key
+    from callerid.tracer.layout import make_key
     out = {"capacity": cap, "seconds": seconds}
     out["without_probe"] = run_churn_gen(exe, min(3.0, seconds), workers, cleanup)
     log(f"C churn without our probe: {out['without_probe']['conns_per_s']:,.0f}/s")

@@ -356,7 +356,7 @@ class Daemon:
     @property
     def pins(self) -> Path:
         """The daemon's pin directory: its open (conns) and closed maps."""
-        from tracer.probes import pin_dir
+        from callerid.tracer.probes import pin_dir
         return pin_dir(self.pin_root)
 
     def start(self):
@@ -443,8 +443,8 @@ class Daemon:
 def measure_startup(d: Daemon, timeout: float = 60.0) -> dict:
     """Start d; poll with a fresh loopback connection each round until it shows up in the
     pinned map (t_map), then until the RPC answers FOUND from BPF for one (t_rpc)."""
-    from tracer.bpfmap import Connections
-    from tracer.layout import make_key
+    from callerid.tracer.bpfmap import Connections
+    from callerid.tracer.layout import make_key
 
     lsock = listener()
     conns = None
@@ -604,7 +604,7 @@ def bench_probe_cost(args, cleanup: Cleanup) -> dict:
     short chunks (250 connections, ~12 ms) in an ABBA order, so slow drifts in machine
     load cancel out in each pair's difference. A detached tracepoint costs nothing, the
     same as no probe; a never-loaded baseline is measured before and after as a check."""
-    from tracer import probes
+    from callerid.tracer import probes
 
     chunk, pairs = 100, (150 if args.quick else 500)
     pin_root = new_pin_root()
@@ -720,9 +720,9 @@ class Children:
 
 def bench_lookup(n: int, daemon: Daemon, args, cleanup: Cleanup) -> dict:
     from tests.infra.jobtree import JobTree
-    from tracer.bpfmap import Connections
-    from tracer.layout import make_key
-    from tracer.lookup import Resolver
+    from callerid.tracer.bpfmap import Connections
+    from callerid.tracer.layout import make_key
+    from callerid.tracer.lookup import Resolver
 
     jobs = JobTree(node=f"bench{os.getpid()}")
     jobs_clean = cleanup.push(jobs.cleanup, "job cgroups")

@@ -38,17 +38,17 @@ def _query(args) -> int:
 
 
 def _tracer(args) -> int:
-    from tracer.daemon import run
+    from callerid.tracer.daemon import run
     return run(args)
 
 
 def _adopter(args) -> int:
-    from adopter.daemon import run
+    from callerid.adopter.daemon import run
     return run(args)
 
 
 def _conns(args) -> int:
-    from tracer.conns import main
+    from callerid.tracer.conns import main
     return main(args)
 
 

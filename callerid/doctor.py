@@ -54,7 +54,7 @@ def check_kernel() -> list[Check]:
 
 def check_probes() -> list[Check]:
     try:
-        from tracer import probes
+        from callerid.tracer import probes
     except ImportError as exc:
         return [Check("bcc", "fail", f"cannot import BCC: {exc}",
                       "install python3-bpfcc (Debian/Ubuntu) or python3-bcc (RHEL) and use a venv with --system-site-packages")]

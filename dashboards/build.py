@@ -1,7 +1,7 @@
 """Generate the Grafana dashboards and Prometheus alert rules in dashboards/ (run after editing).
 
-    .venv/bin/python3 -m dashboards.build          # rewrite the generated files
-    .venv/bin/python3 -m dashboards.build --check  # exit 1 if a file is stale
+    .venv/bin/python3 -m callerid.dashboards.build          # rewrite the generated files
+    .venv/bin/python3 -m callerid.dashboards.build --check  # exit 1 if a file is stale
 
 The JSON and YAML are committed, because Grafana and Prometheus read them as they are;
 tests/unit/test_dashboards.py and test_alert_rules.py fail when they differ from what
@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from adopter import policy
+from callerid.adopter import policy
 
 from . import rules
 from .grafana import (Layout, by_node, dashboard, datasource_var, gauge, instance_var, job_var, m,
@@ -515,7 +515,7 @@ def main(argv: list[str]) -> int:
             path.write_text(text)
             print(f"wrote {path.relative_to(HERE.parent)}")
     if stale:
-        print("stale: " + ", ".join(map(str, stale)) + " (run .venv/bin/python3 -m dashboards.build)")
+        print("stale: " + ", ".join(map(str, stale)) + " (run .venv/bin/python3 -m callerid.dashboards.build)")
         return 1
     return 0
 

@@ -82,8 +82,8 @@ def _table(rows: list[dict]) -> list[str]:
 
 
 def _daemon_metrics():
-    from adopter.metrics import AdopterMetrics
-    from tracer.metrics import TracerMetrics
+    from callerid.adopter.metrics import AdopterMetrics
+    from callerid.tracer.metrics import TracerMetrics
 
     tracer = TracerMetrics()
     # The tracer declares every backend value at start (Tracer.__init__ -> set_probe), before

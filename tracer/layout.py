@@ -1,8 +1,9 @@
 """ctypes mirror of bpf/callerid.h: the only Python copy of the BPF record layout."""
 
 import ctypes
-import ipaddress
 from pathlib import Path
+
+from callerid.inet import mapped16, unmapped  # noqa: F401  (re-exported: the key layout uses them)
 
 # Must equal CALLERID_LAYOUT_VERSION in bpf/callerid.h (checked by
 # tests/kernel/test_layout.py against BCC's compiled view of the header).
@@ -45,20 +46,6 @@ class Owner(ctypes.Structure):
     ]
 
 
-def mapped16(addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
-    """16-byte form used in keys: IPv6 as is, IPv4 as ::ffff:a.b.c.d."""
-    ip = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
-    if ip.version == 4:
-        return b"\x00" * 10 + b"\xff\xff" + ip.packed
-    return ip.packed
-
-
-def unmapped(raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """Inverse of mapped16: v4-mapped addresses come back as IPv4."""
-    ip6 = ipaddress.IPv6Address(bytes(raw))
-    return ip6.ipv4_mapped or ip6
-
-
 def make_key(src_ip, src_port: int, dst_ip, dst_port: int) -> ConnKey:
     key = ConnKey()
     ctypes.memmove(key.saddr, mapped16(src_ip), 16)
@@ -77,10 +64,11 @@ def header_path() -> Path:
 
 
 def bpf_dir() -> Path:
-    """Where the BPF sources live: the checkout, else the installed data dir."""
-    import sys
+    """Where the BPF sources live: the callerid.bpf package's data.
 
-    here = Path(__file__).resolve().parent.parent / "bpf"
-    if (here / "callerid.bpf.c").exists():
-        return here
-    return Path(sys.prefix) / "share" / "callerid" / "bpf"
+    BCC needs a real directory (it compiles a file that #includes its sibling), so
+    this takes the resource root as a path: callerid is never installed zipped.
+    """
+    from importlib.resources import files
+
+    return Path(str(files("callerid.bpf")))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from callerid.protocol import Answer, Query, Source, Status
 from callerid.slurm_cgroup import job_from_proc_cgroup
 
-from . import procfs, sockdiag
+from callerid.linux import procfs, sockdiag
 from .bpfmap import Connections
 from .layout import make_key
 

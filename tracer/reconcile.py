@@ -4,7 +4,7 @@ import logging
 import os
 import time
 
-from . import procfs, sockdiag
+from callerid.linux import procfs, sockdiag
 from .bpfmap import Connections
 from .layout import F_RECONCILED, Owner, make_key
 

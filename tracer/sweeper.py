@@ -3,7 +3,7 @@
 import logging
 import time
 
-from . import procfs, sockdiag
+from callerid.linux import procfs, sockdiag
 from .bpfmap import Connections
 from .layout import ConnKey, key_tuple
 from .metrics import TracerMetrics

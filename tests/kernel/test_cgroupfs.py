@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from adopter import cgroupfs, jobs
-from adopter.cgroupfs import AdoptError, adopt, pid_in_extern
+from callerid.adopter import cgroupfs, jobs
+from callerid.adopter.cgroupfs import AdoptError, adopt, pid_in_extern
 from callerid.slurm_cgroup import job_from_cgroup_path, job_from_proc_cgroup
 from tests.helpers import require
 from tests.infra.jobtree import JobTree

@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import has_ipv6_loopback, require
 
-from tracer import procfs, sockdiag
+from callerid.linux import procfs, sockdiag
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "slurm_proc_scan.py"
 V4 = "127.0.0.1"

@@ -166,9 +166,9 @@ def test_failed_connect_leaves_nothing(tracer):
 
 def test_pid_reuse_reports_owner_exited(tracer, listener):
     """An entry whose pid now names a younger process must not name that process."""
-    from tracer.bpfmap import Connections
-    from tracer.layout import Owner, make_key
-    from tracer.probes import pin_dir
+    from callerid.tracer.bpfmap import Connections
+    from callerid.tracer.layout import Owner, make_key
+    from callerid.tracer.probes import pin_dir
 
     conns = Connections.open_pinned(pin_dir(tracer.pin_root))
     try:

@@ -109,7 +109,7 @@ def test_auto_falls_over_to_a_working_backend(tracers):
 
 def test_pinned_map_with_other_layout_is_refused_then_replaced(tracers):
     from bcc import BPF
-    from tracer.probes import pin_dir
+    from callerid.tracer.probes import pin_dir
     t = tracers.make()
     pins = pin_dir(t.pin_root)
     pins.mkdir(parents=True)
@@ -131,7 +131,7 @@ def test_pinned_map_with_other_layout_is_refused_then_replaced(tracers):
 def test_layout_mirror_matches_bcc_view_of_the_header():
     """tracer/layout.py must agree with what BCC compiles from bpf/callerid.h."""
     from bcc import BPF
-    from tracer import layout
+    from callerid.tracer import layout
     src = f'#include "{layout.header_path()}"\nBPF_HASH(m, struct callerid_key, struct callerid_owner, 1);'
     b = BPF(text=src.encode())
     try:
@@ -180,9 +180,9 @@ def test_doctor_reports_backends_and_munge(munged, tmp_path):
 
 def test_batched_map_walk_sees_every_entry(tracers):
     """The sweeper walks the maps in batches: the same entries as one key at a time."""
-    from tracer.bpfmap import Connections
-    from tracer.layout import Owner, make_key
-    from tracer.probes import pin_dir
+    from callerid.tracer.bpfmap import Connections
+    from callerid.tracer.layout import Owner, make_key
+    from callerid.tracer.probes import pin_dir
     t = tracers.make(max_connections=16384).start()
     try:
         conns = Connections.open_pinned(pin_dir(t.pin_root))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.expressions import all_expressions
+from callerid.dashboards.expressions import all_expressions
 from tests.helpers import require
 from tests.infra.procs import stop_pid
 from tests.infra.slurmlab import ADOPTER_METRICS_PORT, TRACER_METRICS_PORT

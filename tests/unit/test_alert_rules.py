@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dashboards import rules
-from dashboards.expressions import PROMETHEUS_SERIES, exported_metric_names, referenced_metrics
+from callerid.dashboards import rules
+from callerid.dashboards.expressions import PROMETHEUS_SERIES, exported_metric_names, referenced_metrics
 from tests.helpers import require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +39,8 @@ def run(*args) -> subprocess.CompletedProcess:
 
 
 def test_generated_rule_files_are_current():
-    assert RULES.read_text() == rules.render_rules(), "run .venv/bin/python3 -m dashboards.build"
-    assert TESTS.read_text() == rules.render_tests(), "run .venv/bin/python3 -m dashboards.build"
+    assert RULES.read_text() == rules.render_rules(), "run .venv/bin/python3 -m callerid.dashboards.build"
+    assert TESTS.read_text() == rules.render_tests(), "run .venv/bin/python3 -m callerid.dashboards.build"
 
 
 def test_promtool_check_rules_on_every_rule_file():

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dashboards import build, expressions
-from dashboards.expressions import exported_metric_names, panels, referenced_metrics
-from dashboards.rules import _yaml
+from callerid.dashboards import build, expressions
+from callerid.dashboards.expressions import exported_metric_names, panels, referenced_metrics
+from callerid.dashboards.rules import _yaml
 from tests.helpers import require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def dash_file(request) -> Path:
 def test_generated_files_are_current():
     stale = [str(p.relative_to(ROOT)) for p, text in build.outputs().items()
              if not p.exists() or p.read_text() != text]
-    assert not stale, f"stale generated files {stale}: run .venv/bin/python3 -m dashboards.build"
+    assert not stale, f"stale generated files {stale}: run .venv/bin/python3 -m callerid.dashboards.build"
 
 
 def test_the_two_dashboards_exist():
@@ -186,7 +186,7 @@ def test_referenced_metrics_parser():
 
 
 def test_all_expressions_cover_every_target_and_alert():
-    from dashboards.rules import ALERTS
+    from callerid.dashboards.rules import ALERTS
     targets = sum(len(p["targets"]) for f in DASHBOARDS for p in real_panels(load(f)))
     exprs = expressions.all_expressions()
     assert len(exprs) == targets + len(ALERTS)

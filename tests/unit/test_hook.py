@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from adopter.daemon import MAX_REQUEST, parse_request
-from adopter.service import Reply
+from callerid.adopter.daemon import MAX_REQUEST, parse_request
+from callerid.adopter.service import Reply
 from tests.infra.sshd import hook_binary
 
 GENERIC_DENY_TEXT = "Access denied by callerid: cannot determine the job of this session\n"

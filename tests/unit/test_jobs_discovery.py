@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from adopter import jobs
-from adopter.jobs import LocalJob, choose_owner, classify_extern, list_jobs, jobs_of, own_roots, root_node
+from callerid.adopter import jobs
+from callerid.adopter.jobs import LocalJob, choose_owner, classify_extern, list_jobs, jobs_of, own_roots, root_node
 from tests.helpers import require_root
 
 V1_CTRLS = ("freezer", "cpuset", "memory", "devices", "cpuacct")

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from adopter import policy
-from adopter.metrics import AdopterMetrics
+from callerid.adopter import policy
+from callerid.adopter.metrics import AdopterMetrics
 from scripts import gen_operations
 from tests.helpers import require
-from tracer.metrics import TracerMetrics
+from callerid.tracer.metrics import TracerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN_LABELS = {"job", "instance", "user", "uid", "job_id", "jobid", "username", "gid", "pid"}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from adopter import policy
-from adopter.policy import (
+from callerid.adopter import policy
+from callerid.adopter.policy import (
     CallerAnswer, Decision, Facts, Job, Options, Verdict, after_adopt_failure, decide, decision_table,
     generic_failure, pam_exit_code, parse_args, parse_options, render_markdown,
 )
@@ -451,4 +451,4 @@ def test_decision_table_rows_and_reasons():
 
 def test_decisions_md_matches_code():
     assert DECISIONS_MD.read_text() == render_markdown(), (
-        "docs/DECISIONS.md is stale: python3 -m adopter.policy > docs/DECISIONS.md")
+        "docs/DECISIONS.md is stale: python3 -m callerid.adopter.policy > docs/DECISIONS.md")

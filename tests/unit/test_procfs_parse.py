@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tracer import procfs
+from callerid.linux import procfs
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

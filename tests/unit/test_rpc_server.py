@@ -9,9 +9,9 @@ import time
 import pytest
 
 from callerid.protocol import HEADER, ErrorCode, FrameType, decode_error, decode_header, encode_frame
-from tracer.metrics import RPC_RESULTS, TracerMetrics
+from callerid.tracer.metrics import RPC_RESULTS, TracerMetrics
 from tests.helpers import require
-from tracer.server import RpcServer, bind_listener
+from callerid.tracer.server import RpcServer, bind_listener
 
 READ_TIMEOUT = 0.3
 IO_TIMEOUT = 2.0   # upper bound for any single wait in these tests

@@ -20,9 +20,9 @@ from callerid.protocol import (
     decode_header,
     open_answer,
 )
-from tracer.lookup import Outcome
-from tracer.metrics import RPC_RESULTS, TracerMetrics
-from tracer.service import RequestHandler, may_see
+from callerid.tracer.lookup import Outcome
+from callerid.tracer.metrics import RPC_RESULTS, TracerMetrics
+from callerid.tracer.service import RequestHandler, may_see
 
 ROOT, SLURM, OWNER, OTHER = 0, 500, 1000, 1001
 SOCK = "/run/test/munge.sock"

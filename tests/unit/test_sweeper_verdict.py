@@ -2,7 +2,7 @@
 
 import pytest
 
-from tracer.sweeper import verdict
+from callerid.tracer.sweeper import verdict
 
 S = 1_000_000_000          # one second in ns
 GRACE = 120 * S

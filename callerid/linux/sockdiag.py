@@ -13,7 +13,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from tracer.layout import mapped16
+from callerid.inet import mapped16
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6

@@ -1,0 +1,1 @@
+"""Linux I/O shared by the tracer and the adopter: /proc, sock_diag, a process's own sockets."""
