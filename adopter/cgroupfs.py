@@ -1,5 +1,7 @@
 """Adoption I/O: write a pid into a job's extern-step cgroups and read it back."""
 
+from __future__ import annotations
+
 # Only cgroup.procs files that Slurm made are written: nothing is ever created here
 # (no mkdir, no O_CREAT), so a job that ended cannot be resurrected as an empty cgroup.
 # Writing a pid to cgroup.procs moves the whole thread group; children forked later

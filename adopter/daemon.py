@@ -1,5 +1,7 @@
 """`callerid adopter`: serve the PAM hook on a root-only unix socket, decide, adopt, export metrics."""
 
+from __future__ import annotations
+
 import json
 import logging
 import os

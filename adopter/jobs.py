@@ -1,5 +1,7 @@
 """The Slurm jobs on this node that have an extern step, read from cgroupfs alone (no slurmctld)."""
 
+from __future__ import annotations
+
 # Layouts (REFERENCE.md "Adoption by slurmstepd", callerid/slurm_cgroup.py):
 #   v1  <root>/<ctrl>/slurm_<node>/uid_<uid>/job_<id>/step_extern   (Debian: multiple-slurmd build)
 #       <root>/<ctrl>/slurm/uid_<uid>/job_<id>/step_extern          (other builds)

@@ -1,5 +1,7 @@
 """The adopter's Prometheus metrics: every name the adopter exports is defined here."""
 
+from __future__ import annotations
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.process_collector import ProcessCollector
 

@@ -1,5 +1,7 @@
 """Who is asking on the hook socket, and which process to adopt."""
 
+from __future__ import annotations
+
 import os
 import socket
 import struct

@@ -10,6 +10,8 @@ docs/DECISIONS.md is generated from `render_markdown()`:
     python3 -m callerid.adopter.policy > docs/DECISIONS.md
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 

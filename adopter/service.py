@@ -1,5 +1,7 @@
 """One login: gather facts, ask the source node if needed, decide, adopt, log, count."""
 
+from __future__ import annotations
+
 import json
 import logging
 import pwd

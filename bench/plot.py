@@ -14,6 +14,8 @@
 A missing results file skips its plot (with a message); nothing else is read or written.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import sys

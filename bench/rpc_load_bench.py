@@ -26,6 +26,8 @@ p99, max, BUSY count, other errors, what the abusers got back, and the daemon's 
 Everything started is stopped by pid in a finally block; every loop is bounded.
 """
 
+from __future__ import annotations
+
 import argparse
 import datetime
 import multiprocessing

@@ -21,6 +21,8 @@ Everything it creates (pins under /sys/fs/bpf/callerid-bench-*, children, worker
 removed in a finally block. All loops are bounded in count and time.
 """
 
+from __future__ import annotations
+
 import argparse
 import datetime
 import json

@@ -1,5 +1,7 @@
 """Benchmark baselines for a caller-ID lookup: Slurm's /proc scan, psutil, ss."""
 
+from __future__ import annotations
+
 import ipaddress
 import os
 import re

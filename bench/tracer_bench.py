@@ -17,6 +17,8 @@ Everything it starts (children, daemons, munged, bpffs pin dirs, job cgroups) is
 in a finally block, also on Ctrl-C and SIGTERM. docs/BENCHMARKS.md has a full run.
 """
 
+from __future__ import annotations
+
 import argparse
 import cProfile
 import datetime

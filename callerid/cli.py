@@ -1,5 +1,7 @@
 """The `callerid` command: tracer, adopter, query, conns, doctor, config."""
 
+from __future__ import annotations
+
 import argparse
 import json
 import sys

@@ -1,5 +1,7 @@
 """callerid RPC client: ask a node's tracer who opened a connection, and check the answer's tag."""
 
+from __future__ import annotations
+
 import os
 import socket
 import time

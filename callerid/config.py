@@ -3,10 +3,16 @@
 docs/CONFIG.md is generated from the `help` metadata here (callerid config --doc).
 """
 
+from __future__ import annotations
+
 import socket
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+try:  # Python 3.11+; RHEL/Rocky 9's system Python (3.9), which its BCC binds to, needs tomli
+    import tomllib
+except ImportError:  # pragma: no cover - exercised on the Python 3.9 platform
+    import tomli as tomllib
 
 DEFAULT_CONFIG = Path("/etc/callerid/callerid.toml")
 DEFAULT_RPC_PORT = 6828

@@ -1,5 +1,7 @@
 """`callerid doctor`: check what callerid needs from this machine and say what to fix."""
 
+from __future__ import annotations
+
 import glob
 import json
 import os

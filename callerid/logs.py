@@ -1,5 +1,7 @@
 """Logging for the daemons: stderr always, syslog (authpriv, like pam_slurm_adopt) when /dev/log exists."""
 
+from __future__ import annotations
+
 import atexit
 import logging
 import logging.handlers

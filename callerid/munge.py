@@ -1,5 +1,7 @@
 """MUNGE credentials through libmunge (ctypes), as Slurm uses them."""
 
+from __future__ import annotations
+
 import ctypes
 import os
 import threading

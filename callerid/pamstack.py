@@ -1,5 +1,7 @@
 """Read a PAM service file (following includes) and check it for what breaks adoption (pure)."""
 
+from __future__ import annotations
+
 import os
 import re
 from dataclasses import dataclass

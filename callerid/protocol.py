@@ -12,6 +12,8 @@ munged's replay cache rejects a request credential seen twice.
 docs/PROTOCOL.md describes it for people.
 """
 
+from __future__ import annotations
+
 import enum
 import hmac
 import ipaddress

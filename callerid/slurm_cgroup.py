@@ -1,5 +1,7 @@
 """Which Slurm job a process is in, parsed from the text of /proc/<pid>/cgroup (pure, no I/O)."""
 
+from __future__ import annotations
+
 import re
 from dataclasses import dataclass
 

@@ -8,6 +8,8 @@ tests/unit/test_dashboards.py and test_alert_rules.py fail when they differ from
 this generates. Metric names come from tracer/metrics.py and adopter/metrics.py only.
 """
 
+from __future__ import annotations
+
 import json
 import sys
 from pathlib import Path

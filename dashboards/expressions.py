@@ -14,6 +14,8 @@ Also here, for the tests: the metric names the daemons export (from fresh Tracer
 and AdopterMetrics() registries) and the metric names an expression references.
 """
 
+from __future__ import annotations
+
 import json
 import re
 from pathlib import Path

@@ -1,5 +1,7 @@
 """Small builders for Grafana 10 dashboard JSON (schemaVersion 39): panels, targets, variables, layout."""
 
+from __future__ import annotations
+
 import re
 
 # Everything here produces plain dicts; dashboards/build.py assembles them and writes the

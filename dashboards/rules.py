@@ -11,6 +11,8 @@ The up-alerts match any job name containing callerid and tracer/adopter, so
 site prefixes (cluster1-callerid-tracer) keep working.
 """
 
+from __future__ import annotations
+
 import json
 import re
 from dataclasses import dataclass, field

@@ -1,5 +1,7 @@
 """Regenerate the generated docs (docs/CONFIG.md, the metrics reference in docs/OPERATIONS.md) from the code."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import gen_operations  # scripts/gen_operations.py: this script's directory is on sys.path

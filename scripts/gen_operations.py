@@ -8,6 +8,8 @@ replaces the text between the BEGIN/END markers; the rest of OPERATIONS.md is wr
 hand. tests/unit/test_metrics_reference.py fails when the two disagree.
 """
 
+from __future__ import annotations
+
 import sys
 from pathlib import Path
 

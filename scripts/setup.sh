@@ -83,7 +83,7 @@ fi
 stamp=$venv/.callerid-installed
 if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
   log "installing callerid into the venv"
-  "$venv/bin/python3" -m pip install -q --disable-pip-version-check -e "${repo}[test]"
+  "$venv/bin/python3" -m pip install -q --disable-pip-version-check -e "${repo}[test,bench]"
   touch "$stamp"
 fi
 bash "$repo/scripts/build_hook.sh" "$repo/build/callerid-pam-hook"

@@ -1,5 +1,7 @@
 """Session fixtures shared by kernel and lab tests: a private munged and non-root test users."""
 
+from __future__ import annotations
+
 import os
 import shutil
 

@@ -4,6 +4,8 @@ Goes through libbcc's thin syscall wrappers so that the same code serves a map
 BCC just created and a pinned map opened without loading any program.
 """
 
+from __future__ import annotations
+
 import ctypes
 import errno
 import os

@@ -1,5 +1,7 @@
 """`callerid conns`: the connection table of this node, like `ss -tnp`, with owners and jobs."""
 
+from __future__ import annotations
+
 import json
 import sys
 

@@ -1,5 +1,7 @@
 """`callerid tracer`: load the probe, reconcile, serve the RPC and /metrics, sweep, stop on SIGTERM."""
 
+from __future__ import annotations
+
 import logging
 import threading
 import time

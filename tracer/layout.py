@@ -1,5 +1,7 @@
 """ctypes mirror of bpf/callerid.h: the only Python copy of the BPF record layout."""
 
+from __future__ import annotations
+
 import ctypes
 from pathlib import Path
 

@@ -1,5 +1,7 @@
 """Answer 'who opened this connection?': BPF map first, sock_diag + /proc as the fallback."""
 
+from __future__ import annotations
+
 import logging
 from dataclasses import dataclass
 

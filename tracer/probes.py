@@ -10,6 +10,8 @@ self-test (a loopback connection that must appear in the map with our pid)
 before it is accepted.
 """
 
+from __future__ import annotations
+
 import ctypes
 import logging
 import os

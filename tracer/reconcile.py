@@ -1,5 +1,7 @@
 """Start-up reconcile: put connections that existed before the probe into the map."""
 
+from __future__ import annotations
+
 import logging
 import os
 import time

@@ -1,5 +1,7 @@
 """The callerid RPC listener: bounded clients, a deadline on every read, never blocked by one peer."""
 
+from __future__ import annotations
+
 import logging
 import socket
 import threading

@@ -1,5 +1,7 @@
 """Turn one REQUEST payload into one reply frame: authenticate, look up, authorise, tag."""
 
+from __future__ import annotations
+
 import logging
 import time
 from dataclasses import dataclass

@@ -1,5 +1,7 @@
 """Delete closed connections once their grace period is over; close open entries whose socket vanished."""
 
+from __future__ import annotations
+
 import logging
 import time
 

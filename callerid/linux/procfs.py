@@ -1,5 +1,7 @@
 """Narrow /proc reader: process identity, socket fds, network namespace."""
 
+from __future__ import annotations
+
 import functools
 import os
 import re

@@ -6,6 +6,8 @@ where pyroute2 took ~50 us (plus ~1 ms to open a socket): a dump of a busy node'
 20,000 sockets is then tens of milliseconds, not a second of GIL in the tracer.
 """
 
+from __future__ import annotations
+
 import errno
 import ipaddress
 import os

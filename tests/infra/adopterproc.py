@@ -1,5 +1,7 @@
 """Run `callerid adopter` as a real daemon process for tests, in a test host's namespace."""
 
+from __future__ import annotations
+
 import subprocess
 import sys
 from pathlib import Path

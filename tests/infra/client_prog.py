@@ -4,6 +4,8 @@ Run as the test user inside a job cgroup; it names itself with --comm so the
 test can check the comm the probe recorded.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import socket

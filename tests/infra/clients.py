@@ -1,5 +1,7 @@
 """Test clients: processes that open TCP connections from inside a job, as a test user."""
 
+from __future__ import annotations
+
 import json
 import subprocess
 import sys

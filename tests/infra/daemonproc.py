@@ -1,5 +1,7 @@
 """A callerid daemon run as a real process for tests: config file, log file, ready marker, stop by pid."""
 
+from __future__ import annotations
+
 import subprocess
 import sys
 import time

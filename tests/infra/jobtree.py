@@ -5,6 +5,8 @@ jobs: v1 <ctrl>/slurm_<node>/uid_<uid>/job_<id>/step_<step> in each controller,
 v2 <cgroup2>/system.slice/slurmstepd.scope/job_<id>/step_<step>/user/task_special.
 """
 
+from __future__ import annotations
+
 import os
 import subprocess
 import time

@@ -1,5 +1,7 @@
 """A private munged for tests and the lab: its own socket, stopped by pid."""
 
+from __future__ import annotations
+
 import os
 import pwd
 import stat

@@ -1,5 +1,7 @@
 """Test hosts as network namespaces joined by veth pairs (198.18.0.0/15 and fd00::/8 only)."""
 
+from __future__ import annotations
+
 import ipaddress
 import subprocess
 from dataclasses import dataclass, field

@@ -1,5 +1,7 @@
 """Start and stop test daemons by pid: never by name, never anything we did not start."""
 
+from __future__ import annotations
+
 import os
 import signal
 import time

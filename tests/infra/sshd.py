@@ -5,6 +5,8 @@ through a symlink with a unique name and gets /etc/pam.d/<that name>; the
 system's own /etc/pam.d/sshd is never touched.
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 import subprocess

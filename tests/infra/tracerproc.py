@@ -1,5 +1,7 @@
 """Run `callerid tracer` as a real daemon process for tests, and make many of them (TracerFactory)."""
 
+from __future__ import annotations
+
 import os
 import shutil
 import tempfile

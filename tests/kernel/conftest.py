@@ -1,5 +1,7 @@
 """Kernel-test fixtures: tracer daemons and job cgroups."""
 
+from __future__ import annotations
+
 import os
 
 import pytest

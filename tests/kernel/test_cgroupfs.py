@@ -1,5 +1,7 @@
 """Job discovery and adoption on the real cgroupfs (root): Slurm-layout trees made by JobTree."""
 
+from __future__ import annotations
+
 import errno
 import os
 import subprocess

@@ -7,6 +7,8 @@ the maps' capacity through them, and require every held connection to stay in th
 and be answered from BPF.
 """
 
+from __future__ import annotations
+
 import os
 import socket
 import struct

@@ -1,5 +1,7 @@
 """callerid.munge against a real, private munged (tests/conftest.py)."""
 
+from __future__ import annotations
+
 import base64
 import os
 import threading

@@ -1,5 +1,7 @@
 """Two test hosts in network namespaces: a job on 'src' connects to 'dst'; 'dst' asks src's tracer."""
 
+from __future__ import annotations
+
 import json
 import os
 import subprocess

@@ -1,6 +1,8 @@
 """callerid.linux.sockets.tcp_connection on real sockets: the pidfd path (sshd's own socket) and
 the sock_diag fallback must name the same connection, for IPv4, dual-stack and IPv6."""
 
+from __future__ import annotations
+
 import ipaddress
 import os
 import socket

@@ -1,5 +1,7 @@
 """sock_diag + /proc lookups on real loopback connections, checked against Slurm's scan, psutil and ss."""
 
+from __future__ import annotations
+
 import errno
 import importlib.util
 import ipaddress

@@ -1,5 +1,7 @@
 """The tracer daemon against the real kernel: BPF probe, pinned maps, munged, RPC, sweeper."""
 
+from __future__ import annotations
+
 import json
 import os
 import socket

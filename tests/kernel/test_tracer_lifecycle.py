@@ -1,5 +1,7 @@
 """Tracer start-up, restart, probe selection and pinned-map layout against the real kernel."""
 
+from __future__ import annotations
+
 import ctypes
 import json
 import os

@@ -2,6 +2,8 @@
 ssh from; 'dst' runs a real sshd whose PAM account stack ends with the callerid hook, and the
 adopter daemon. Jobs are Slurm-layout cgroup trees (tests/infra/jobtree.py) on each node."""
 
+from __future__ import annotations
+
 import os
 import shutil
 import subprocess

@@ -1,6 +1,8 @@
 """The adopter end to end: real sshd, real PAM (pam_exec), real kernel BPF on the source,
 real munged, Slurm-layout job cgroups on both test hosts."""
 
+from __future__ import annotations
+
 import json
 import os
 import signal

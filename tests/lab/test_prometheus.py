@@ -1,6 +1,8 @@
 """A real Prometheus scrapes every callerid daemon of the Slurm lab while real logins happen; then
 every expression of every dashboard panel and alert rule is evaluated through its query API."""
 
+from __future__ import annotations
+
 import json
 import shutil
 import subprocess

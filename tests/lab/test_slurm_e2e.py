@@ -3,6 +3,8 @@ job they came from, callerid agrees with Slurm's own `scontrol callerid`, Slurm 
 sessions at job end, and the adopter's scenario matrix holds against real jobs — side by side with
 Slurm's pam_slurm_adopt on a second sshd, whose decisions are tabulated for parity."""
 
+from __future__ import annotations
+
 import contextlib
 import json
 import re

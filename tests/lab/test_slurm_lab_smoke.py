@@ -3,6 +3,8 @@ network-namespace node, MUNGE, cgroup v1 job trees, and an ssh session opened fr
 landing in that job on the other node — through callerid (port 22) and through Slurm's own
 pam_slurm_adopt (port 2222) — with Slurm's `scontrol listpids` and `scontrol callerid` agreeing."""
 
+from __future__ import annotations
+
 import re
 import time
 from pathlib import Path

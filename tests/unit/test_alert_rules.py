@@ -2,6 +2,8 @@
 has a firing and a quiet test case, every expectation matters, and every alert is
 documented with a runbook section in docs/OPERATIONS.md."""
 
+from __future__ import annotations
+
 import copy
 import re
 import shutil

@@ -1,5 +1,7 @@
 """Tests for callerid.config: defaults, a full override, rejected keys and types, addresses, reference."""
 
+from __future__ import annotations
+
 from dataclasses import fields
 
 import pytest

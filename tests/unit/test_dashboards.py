@@ -1,6 +1,8 @@
 """Grafana dashboards: generated files are current, every dashboard follows the provisioning
 rules, and every panel queries only metrics the daemons export, in valid PromQL."""
 
+from __future__ import annotations
+
 import json
 import re
 import shutil

@@ -5,6 +5,8 @@ parse_request), how it reads replies, its deadline and failure policy. That the 
 works under real sshd + PAM with the real daemon is tests/lab/test_adopter.py's job.
 """
 
+from __future__ import annotations
+
 import os
 import socket
 import subprocess

@@ -1,5 +1,7 @@
 """adopter.jobs on fake cgroup trees in tmp_path (plain dirs, cgroup.procs as text; no root needed)."""
 
+from __future__ import annotations
+
 import os
 
 import pytest

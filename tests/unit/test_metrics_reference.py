@@ -1,6 +1,8 @@
 """The daemons' metrics: the reference in docs/OPERATIONS.md matches the code, the exposition
 passes `promtool check metrics`, and every name and label follows the project's conventions."""
 
+from __future__ import annotations
+
 import re
 import shutil
 import subprocess

@@ -1,5 +1,7 @@
 """The PAM stack checks of `callerid doctor`, on PAM files written by the test."""
 
+from __future__ import annotations
+
 from callerid.pamstack import parse, problems
 
 HOOK = "account required pam_exec.so stdout quiet /opt/callerid/libexec/callerid-pam-hook"

@@ -1,5 +1,7 @@
 """Tests for adopter.policy: an exhaustive table against an independent reference, then the edges."""
 
+from __future__ import annotations
+
 import itertools
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,5 +1,7 @@
 """procfs parsing on hand-written text and a fake /proc tree (no root needed)."""
 
+from __future__ import annotations
+
 import os
 
 import pytest

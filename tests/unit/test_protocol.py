@@ -1,5 +1,7 @@
 """Wire-format tests for callerid.protocol: round trips, and decoders fed hand-built bytes."""
 
+from __future__ import annotations
+
 import hashlib
 import hmac
 import ipaddress

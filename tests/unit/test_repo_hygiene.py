@@ -1,5 +1,7 @@
 """Generated docs match the code, and the tree has no undefined names or unused imports."""
 
+from __future__ import annotations
+
 import shutil
 import subprocess
 import sys

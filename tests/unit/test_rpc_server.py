@@ -1,5 +1,7 @@
 """Tests for tracer.server.RpcServer on a loopback socket, with a fake request handler."""
 
+from __future__ import annotations
+
 import select
 import socket
 import struct

@@ -2,6 +2,8 @@
 
 The tracer's answers are checked the way the client checks them: open_answer with the request's key."""
 
+from __future__ import annotations
+
 import ipaddress
 import struct
 

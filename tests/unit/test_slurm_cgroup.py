@@ -1,5 +1,7 @@
 """Table tests for callerid.slurm_cgroup on realistic /proc/<pid>/cgroup texts."""
 
+from __future__ import annotations
+
 import pytest
 
 from callerid.slurm_cgroup import JobRef, job_from_cgroup_path, job_from_proc_cgroup

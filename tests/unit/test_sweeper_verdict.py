@@ -1,5 +1,7 @@
 """Table test for tracer.sweeper.verdict: what the sweeper does with one map entry."""
 
+from __future__ import annotations
+
 import pytest
 
 from callerid.tracer.sweeper import verdict
