@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from callerid.linux import procfs
 from callerid.slurm_cgroup import JobRef, job_from_cgroup_path
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
@@ -135,15 +136,6 @@ def choose_owner(uids: Iterable[int]) -> int:
     if not counts:
         return UNKNOWN_UID
     return min(counts, key=lambda u: (-counts[u], u))
-
-
-def parse_status_uid(text: str) -> int | None:
-    """Real uid from /proc/<pid>/status text."""
-    for line in text.splitlines():
-        if line.startswith("Uid:"):
-            fields = line.split()
-            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
-    return None
 
 
 def parse_procs(text: str) -> list[int]:
@@ -287,9 +279,12 @@ def _uids_of(pids: Iterable[int], proc: str) -> list[int]:
     uids = []
     for pid in pids:
         text = _read(f"{proc}/{pid}/status")
-        uid = parse_status_uid(text) if text is not None else None
-        if uid is not None:
-            uids.append(uid)
+        if text is None:
+            continue  # gone
+        try:
+            uids.append(procfs.parse_status_ids(text)[0])
+        except ValueError:
+            continue  # no Uid line: not a process we can count
     return uids
 
 

@@ -17,7 +17,10 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 # callerid RPC outcomes seen by the adopter: answers, the client's error reasons, and
 # no_socket (the sshd held no TCP connection: nothing to ask about).
-RPC_OUTCOMES = ("found_job", "no_job", "not_found", "no_socket") + RPC_ERROR_REASONS
+NO_SOCKET = "no_socket"
+RPC_OUTCOMES = ("found_job", "no_job", "not_found", NO_SOCKET) + RPC_ERROR_REASONS
+# The outcomes in which no answer came back (the dashboards' and alerts' "RPC failed").
+RPC_FAILED_OUTCOMES = RPC_ERROR_REASONS + (NO_SOCKET,)
 HOOK_RESULTS = ("ok", "not_root", "bad_request", "bad_peer", "timeout", "internal_error", "reply_undelivered")
 SECURITY_KIND = "foreign_job"  # the only decision policy flags as a possible escape
 

@@ -20,6 +20,8 @@ import ipaddress
 import struct
 from dataclasses import asdict, dataclass, field
 
+from .inet import IPAddress, endpoint, mapped16, unmapped
+
 MAGIC = b"CI"
 VERSION = 2   # 2: answers authenticated by the request's key, not a second credential
 HEADER = struct.Struct("!2sBBI")
@@ -69,13 +71,6 @@ class ProtocolError(ValueError):
         self.code = code
 
 
-def _ip16(addr) -> tuple[int, bytes]:
-    ip = ipaddress.ip_address(addr)
-    if ip.version == 4:
-        return 4, b"\x00" * 10 + b"\xff\xff" + ip.packed
-    return 6, ip.packed
-
-
 def _from16(family: int, raw: bytes):
     ip6 = ipaddress.IPv6Address(raw)
     if family == 4:
@@ -89,19 +84,17 @@ def _from16(family: int, raw: bytes):
 class Query:
     """Who opened SRC_IP:SRC_PORT -> DST_IP:DST_PORT (as seen by the source node)?"""
 
-    src_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    src_ip: IPAddress
     src_port: int
-    dst_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst_ip: IPAddress
     dst_port: int
 
     _S = struct.Struct("!BBHHH16s16s")
 
     @classmethod
     def make(cls, src_ip, src_port, dst_ip, dst_port) -> "Query":
-        s, d = ipaddress.ip_address(src_ip), ipaddress.ip_address(dst_ip)
         # v4-mapped IPv6 is the same connection as plain IPv4: normalise once here.
-        s = getattr(s, "ipv4_mapped", None) or s
-        d = getattr(d, "ipv4_mapped", None) or d
+        s, d = unmapped(src_ip), unmapped(dst_ip)
         if s.version != d.version:
             raise ValueError("source and destination must be the same address family")
         for p in (src_port, dst_port):
@@ -110,9 +103,8 @@ class Query:
         return cls(s, int(src_port), d, int(dst_port))
 
     def encode(self) -> bytes:
-        fam, s = _ip16(self.src_ip)
-        _, d = _ip16(self.dst_ip)
-        return self._S.pack(VERSION, fam, 0, self.src_port, self.dst_port, s, d)
+        return self._S.pack(VERSION, self.src_ip.version, 0, self.src_port, self.dst_port,
+                            mapped16(self.src_ip), mapped16(self.dst_ip))
 
     @classmethod
     def decode(cls, data: bytes) -> "Query":
@@ -128,9 +120,7 @@ class Query:
         return cls(_from16(fam, s), sport, _from16(fam, d), dport)
 
     def __str__(self):
-        def fmt(ip, port):
-            return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-        return f"{fmt(self.src_ip, self.src_port)} -> {fmt(self.dst_ip, self.dst_port)}"
+        return f"{endpoint(self.src_ip, self.src_port)} -> {endpoint(self.dst_ip, self.dst_port)}"
 
 
 @dataclass(frozen=True)

@@ -144,8 +144,6 @@ def test_choose_owner(uids, want):
 
 
 def test_parse_helpers():
-    assert jobs.parse_status_uid("Name:\tx\nUid:\t1000\t0\t0\t0\n") == 1000
-    assert jobs.parse_status_uid("Name:\tx\n") is None
     assert jobs.parse_procs("12\n7\n12\n") == [12, 7, 12]
     assert jobs.parse_procs("") == []
 
