@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 
-from .jobs import LocalJob, parse_procs
+from .jobs import LocalJob
 
 
 class AdoptError(Exception):
@@ -85,18 +85,3 @@ def adopt(pid: int, job: LocalJob) -> list[str]:
             raise _error(exc, pid, path, tuple(written)) from exc
         written.append(path)
     return written
-
-
-def pid_in_extern(pid: int, job: LocalJob) -> bool:
-    """True if `pid` is listed in cgroup.procs of every extern dir of `job` (read back)."""
-    if not job.extern:
-        return False
-    for path in job.extern:
-        try:
-            with open(os.path.join(path, "cgroup.procs"), "rb") as f:
-                pids = parse_procs(f.read().decode(errors="replace"))
-        except OSError:
-            return False
-        if pid not in pids:
-            return False
-    return True

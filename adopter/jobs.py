@@ -345,11 +345,3 @@ def list_jobs(nodename: str, root: str = DEFAULT_ROOT, v2_mount: str | None = No
     v2 = v2_mount if v2_mount is not None else default_v2_mount(root)
     jobs = _list_v1(nodename, root) + _list_v2(nodename, v2, proc)
     return sorted(jobs, key=lambda j: (j.start, j.job_id or 0, j.sluid or "", j.layout))
-
-
-def jobs_of(uid: int, nodename: str, root: str = DEFAULT_ROOT, v2_mount: str | None = None,
-            proc: str = "/proc") -> list[LocalJob]:
-    """The jobs of user `uid` with an extern step on node `nodename`, oldest first."""
-    if uid < 0:
-        return []
-    return [j for j in list_jobs(nodename, root, v2_mount, proc) if j.uid == uid]

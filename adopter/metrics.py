@@ -8,7 +8,7 @@ from prometheus_client.process_collector import ProcessCollector
 from callerid import __version__
 from callerid.client import RPC_ERROR_REASONS
 
-from . import policy
+from .decision_table import verdict_reason_pairs
 
 # Sub-millisecond for single-job adoptions, seconds for RPC timeouts and deadlines.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -47,7 +47,7 @@ class AdopterMetrics:
                                 "Logins from another user's job or other possible escape attempts.", ["kind"], registry=r)
         # Pre-declared label values: a series born at 1 is invisible to rate() and
         # increase(), which would hide a node's first security event or failure.
-        for verdict, reason in policy.verdict_reason_pairs():
+        for verdict, reason in verdict_reason_pairs():
             self.decisions.labels(verdict, reason)
         for v in RPC_OUTCOMES:
             self.rpc.labels(v)

@@ -50,13 +50,15 @@ def _adopter(args) -> int:
 
 
 def _conns(args) -> int:
-    from callerid.tracer.conns import main
+    from callerid.tracer.conns_table import main
     return main(args)
 
 
 def _doctor(args) -> int:
+    from callerid.tracer.checks import check_probes
+
     from .doctor import main
-    return main(args)
+    return main(args, check_probes)
 
 
 def _config(args) -> int:

@@ -6,9 +6,7 @@ import glob
 import json
 import os
 import platform
-import shutil
-import sys
-import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,32 +52,6 @@ def check_kernel() -> list[Check]:
     return out
 
 
-def check_probes() -> list[Check]:
-    try:
-        from callerid.tracer import probes
-    except ImportError as exc:
-        return [Check("bcc", "fail", f"cannot import BCC: {exc}",
-                      "install python3-bpfcc (Debian/Ubuntu) or python3-bcc (RHEL) and use a venv with --system-site-packages")]
-    out = []
-    root = tempfile.mkdtemp(prefix="callerid-doctor-", dir="/sys/fs/bpf") if os.path.isdir("/sys/fs/bpf") else None
-    try:
-        for backend in probes.BACKENDS:
-            if root is None:
-                out.append(Check(f"probe {backend}", "fail", "no bpffs", "mount bpffs"))
-                continue
-            try:
-                p = probes.load(backend, root, max_conns=1024, max_pending=1024, max_closed=1024)
-                p.close()
-                out.append(Check(f"probe {backend}", "ok", f"loads and passes its self-test in {p.load_seconds:.2f}s"))
-            except Exception as exc:  # noqa: BLE001 - report every failure as a finding
-                out.append(Check(f"probe {backend}", "warn" if backend != "tracepoint" else "fail", str(exc)[:300],
-                                 "" if backend != "tracepoint" else "callerid will answer from /proc only"))
-    finally:
-        if root:
-            shutil.rmtree(root, ignore_errors=True)
-    return out
-
-
 def check_cgroups(cgroup_root: str = "/sys/fs/cgroup") -> list[Check]:
     v2_root = _mounted(cgroup_root, "cgroup2")
     v1 = [p for p in glob.glob(f"{cgroup_root}/*") if _mounted(p, "cgroup")]
@@ -115,14 +87,16 @@ def check_pam(services: list[str], pam_dir: str = "/etc/pam.d") -> list[Check]:
     return out
 
 
-def run_checks(cfg) -> list[Check]:
+def run_checks(cfg, check_probes: Callable[[], list[Check]]) -> list[Check]:
+    """check_probes is the tracer's (callerid.tracer.checks): the CLI passes it in, so
+    this core module does not depend on the tracer package."""
     return (check_kernel() + check_probes() + check_cgroups(cfg.adopter.cgroup_root)
             + check_munge(cfg.common.munge_socket) + check_pam(list(cfg.adopter.service)))
 
 
-def main(args) -> int:
+def main(args, check_probes: Callable[[], list[Check]]) -> int:
     cfg = cfgmod.load(args.config)
-    checks = run_checks(cfg)
+    checks = run_checks(cfg, check_probes)
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=1))
     else:
@@ -131,7 +105,3 @@ def main(args) -> int:
             if c.fix:
                 print(f"       fix: {c.fix}")
     return 1 if any(c.status == "fail" for c in checks) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(None))

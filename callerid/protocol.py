@@ -18,7 +18,7 @@ import enum
 import hmac
 import ipaddress
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from .inet import IPAddress, endpoint, mapped16, unmapped
 
@@ -262,25 +262,3 @@ def decode_error(payload: bytes) -> tuple[ErrorCode, str]:
         code = ErrorCode.INTERNAL
     return code, payload[1:].decode(errors="replace")
 
-
-@dataclass
-class FrameReader:
-    """Incremental frame parser (pure): feed bytes, get complete frames."""
-
-    max_payload: int = MAX_FRAME_PAYLOAD
-    _buf: bytearray = field(default_factory=bytearray)
-
-    def feed(self, data: bytes) -> list[tuple[FrameType, bytes]]:
-        self._buf += data
-        frames = []
-        while len(self._buf) >= HEADER.size:
-            ftype, length = decode_header(bytes(self._buf[:HEADER.size]), self.max_payload)
-            if len(self._buf) < HEADER.size + length:
-                break
-            frames.append((ftype, bytes(self._buf[HEADER.size:HEADER.size + length])))
-            del self._buf[:HEADER.size + length]
-        return frames
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)

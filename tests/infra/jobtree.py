@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from callerid.adopter.jobs import DEFAULT_ROOT, LocalJob, list_jobs, parse_procs
+
 CLONE_NEWNET = 0x40000000
 
 
@@ -123,3 +125,26 @@ class JobTree:
                 except OSError:
                     time.sleep(0.02)
         self.created.clear()
+
+
+def jobs_of(uid: int, nodename: str, root: str = DEFAULT_ROOT, v2_mount: str | None = None,
+            proc: str = "/proc") -> list[LocalJob]:
+    """The jobs of user `uid` with an extern step on node `nodename`, oldest first."""
+    if uid < 0:
+        return []
+    return [j for j in list_jobs(nodename, root, v2_mount, proc) if j.uid == uid]
+
+
+def pid_in_extern(pid: int, job: LocalJob) -> bool:
+    """True if `pid` is listed in cgroup.procs of every extern dir of `job` (read back)."""
+    if not job.extern:
+        return False
+    for path in job.extern:
+        try:
+            with open(os.path.join(path, "cgroup.procs"), "rb") as f:
+                pids = parse_procs(f.read().decode(errors="replace"))
+        except OSError:
+            return False
+        if pid not in pids:
+            return False
+    return True
