@@ -148,12 +148,15 @@ class Answer:
         flags = (ANSWER_FLAG_OWNER_EXITED if self.owner_exited else 0) | (ANSWER_FLAG_CLOSED if self.closed else 0)
         cgroup = _clip(self.cgroup, 4096)
         node = _clip(self.node, 255)
-        head = self._S.pack(
-            VERSION, self.status, self.source, flags, self.query.encode(),
-            self.job_id or 0, self.pid, NO_ID if self.uid is None else self.uid,
-            NO_ID if self.gid is None else self.gid, self.cgroup_id, self.birth_ns,
-            _clip(self.comm, 16), len(cgroup), len(node),
-        )
+        try:
+            head = self._S.pack(
+                VERSION, self.status, self.source, flags, self.query.encode(),
+                self.job_id or 0, self.pid, NO_ID if self.uid is None else self.uid,
+                NO_ID if self.gid is None else self.gid, self.cgroup_id, self.birth_ns,
+                _clip(self.comm, 16), len(cgroup), len(node),
+            )
+        except struct.error as exc:  # not a ValueError: say what it is
+            raise ValueError(f"answer field out of range: {exc}") from exc
         return head + cgroup + node
 
     @classmethod
