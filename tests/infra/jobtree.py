@@ -15,6 +15,8 @@ from pathlib import Path
 
 from callerid.adopter.jobs import DEFAULT_ROOT, LocalJob, list_jobs, parse_procs
 
+from .procs import as_user, in_cgroups, in_netns, wait_started
+
 CLONE_NEWNET = 0x40000000
 
 
@@ -88,19 +90,12 @@ class JobTree:
         """Start argv as uid:gid inside the job step (joins before exec, like slurmstepd),
         optionally in the network namespace at path `netns` (joined while still root)."""
         files = [str(f) for f in self.procs_file(uid, job, step)]
-
-        def enter():
-            if netns:
-                setns_net(netns)
-            for f in files:
-                with open(f, "w") as fh:
-                    fh.write("0")
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-
-        p = subprocess.Popen(argv, preexec_fn=enter, **kw)
+        wrapped = as_user(argv, uid, gid)
+        if netns:
+            wrapped = in_netns(wrapped, netns)
+        p = subprocess.Popen(in_cgroups(wrapped, files), **kw)
         self.procs.append(p)
+        wait_started(p, argv[0], uid)
         return p
 
     def cleanup(self) -> None:

@@ -67,13 +67,9 @@ def query(tracer, c, timeout=3.0):
 
 def query_as(user, tracer, c) -> tuple[int, dict | str]:
     """Run `callerid query --json` as another user; returns (exit code, parsed answer or stderr)."""
-    def drop():
-        os.setgroups([])
-        os.setgid(user.gid)
-        os.setuid(user.uid)
     r = subprocess.run([CALLERID, "--config", str(tracer.config), "query", "--json", "--server",
                         f"127.0.0.1:{tracer.port}", c["src"], str(c["sport"]), c["dst"], str(c["dport"])],
-                       preexec_fn=drop, capture_output=True, text=True, timeout=20)
+                       user=user.uid, group=user.gid, extra_groups=[], capture_output=True, text=True, timeout=20)
     assert r.returncode in (0, 1), r.stderr
     return r.returncode, json.loads(r.stdout)
 
