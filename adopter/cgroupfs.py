@@ -6,7 +6,6 @@ from __future__ import annotations
 # (no mkdir, no O_CREAT), so a job that ended cannot be resurrected as an empty cgroup.
 # Writing a pid to cgroup.procs moves the whole thread group; children forked later
 # start in the same cgroups (cgroup v1 and v2 alike).
-
 import errno
 import os
 

@@ -9,9 +9,24 @@ metrics create their (verdict, reason) label pairs from it too.
 from __future__ import annotations
 
 from .policy import (
-    ADOPT_FAILURE_ACTIONS, GENERIC_FAILURE_ACTIONS, NO_JOBS_ACTIONS, REASON_DAEMON_UNREACHABLE, REASON_DEADLINE,
-    REASON_INTERNAL_ERROR, UNKNOWN_ACTIONS, CallerAnswer, Decision, Facts, Job, Options, Verdict, after_adopt_failure,
-    decide, generic_failure, pam_exit_code, show_value,
+    ADOPT_FAILURE_ACTIONS,
+    GENERIC_FAILURE_ACTIONS,
+    NO_JOBS_ACTIONS,
+    REASON_DAEMON_UNREACHABLE,
+    REASON_DEADLINE,
+    REASON_INTERNAL_ERROR,
+    UNKNOWN_ACTIONS,
+    CallerAnswer,
+    Decision,
+    Facts,
+    Job,
+    Options,
+    Verdict,
+    after_adopt_failure,
+    decide,
+    generic_failure,
+    pam_exit_code,
+    show_value,
 )
 
 _UID = 1000

@@ -29,7 +29,6 @@ from __future__ import annotations
 # (v2 user/ and slurm/, v1 task_<n> with jobacct_gather/cgroup), so its mtime is the
 # job's start on this node. `start` is the step_extern mtime of the first extern dir.
 # (Slurm 22.05's pam_slurm_adopt compares job directory mtimes on v1, highest job id on v2.)
-
 import os
 from collections import Counter
 from collections.abc import Iterable

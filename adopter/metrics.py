@@ -38,13 +38,15 @@ class AdopterMetrics:
                            ["outcome"], registry=r)
         self.rpc_seconds = Histogram("callerid_adopter_rpc_duration_seconds",
                                      "Duration of callerid RPCs to source nodes.", buckets=LATENCY_BUCKETS, registry=r)
-        self.adoptions = Counter("callerid_adopter_adoptions", "Attempts to move an sshd into a job's extern step, by result.",
-                                 ["result"], registry=r)
+        self.adoptions = Counter("callerid_adopter_adoptions",
+                                 "Attempts to move an sshd into a job's extern step, by result.", ["result"],
+                                 registry=r)
         self.hook_requests = Counter("callerid_adopter_hook_requests",
                                      "Requests on the hook socket by result (rejected ones never reach a decision).",
                                      ["result"], registry=r)
         self.security = Counter("callerid_adopter_security_events",
-                                "Logins from another user's job or other possible escape attempts.", ["kind"], registry=r)
+                                "Logins from another user's job or other possible escape attempts.", ["kind"],
+                                registry=r)
         # Pre-declared label values: a series born at 1 is invisible to rate() and
         # increase(), which would hide a node's first security event or failure.
         for verdict, reason in verdict_reason_pairs():

@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, replace
 
 from callerid.client import RpcError, ask
-from callerid.linux import sockets
 from callerid.inet import endpoint
+from callerid.linux import sockets
 from callerid.protocol import Query, Status
 
 from . import cgroupfs, jobs, policy
@@ -27,7 +27,8 @@ class Reply:
 
     def encode(self) -> bytes:
         """The reply line the hook (adopter/hook.c) reads."""
-        return json.dumps({"v": 1, "verdict": self.verdict, "exit": self.exit, "message": self.message}).encode() + b"\n"
+        reply = {"v": 1, "verdict": self.verdict, "exit": self.exit, "message": self.message}
+        return json.dumps(reply).encode() + b"\n"
 
 
 @dataclass

@@ -7,10 +7,21 @@ import socket
 import time
 
 from . import munge
+from .protocol import (
+    ANSWER_KEY_SIZE,
+    HEADER,
+    Answer,
+    ErrorCode,
+    FrameType,
+    ProtocolError,
+    Query,
+    decode_error,
+    decode_header,
+    encode_frame,
+    encode_request,
+    open_answer,
+)
 from .sockio import ClosedMidFrame, recv_exact
-from .protocol import (ANSWER_KEY_SIZE, HEADER, Answer, ErrorCode, FrameType, ProtocolError, Query, decode_error,
-                       decode_header, encode_frame, encode_request, open_answer)
-
 
 # RpcError.reason: stable snake_case, used as a metric label and in dashboards and alerts.
 RPC_ERROR_REASONS = ("connect", "timeout", "refused", "bad_reply", "auth", "munge")

@@ -42,13 +42,16 @@ def check_kernel() -> list[Check]:
     bpffs = _mounted("/sys/fs/bpf", "bpf")
     out.append(Check("bpffs", "ok" if bpffs else "fail", "mounted" if bpffs else "not mounted",
                      "" if bpffs else "mount -t bpf bpf /sys/fs/bpf (pinned maps keep attribution across restarts)"))
-    kp = os.path.exists("/sys/kernel/tracing/kprobe_events") or os.path.exists("/sys/kernel/debug/tracing/kprobe_events")
-    out.append(Check("kprobes", "ok" if kp else "warn", "kprobe_events " + ("present" if kp else "absent (CONFIG_KPROBES not set?)"),
+    kp = any(os.path.exists(f"{d}/kprobe_events") for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
+    out.append(Check("kprobes", "ok" if kp else "warn",
+                     "kprobe_events " + ("present" if kp else "absent (CONFIG_KPROBES not set?)"),
                      "" if kp else "the kprobe backend cannot load; tracepoint is used instead"))
     build = Path(f"/lib/modules/{platform.release()}/build")
     ok = build.exists()
-    out.append(Check("kernel headers", "ok" if ok else "fail", f"{build} " + ("-> " + os.path.realpath(build) if ok else "missing"),
-                     "" if ok else "install kernel headers (Debian: linux-headers-amd64, then link /lib/modules/$(uname -r)/{build,source}; scripts/setup.sh does it)"))
+    out.append(Check("kernel headers", "ok" if ok else "fail",
+                     f"{build} " + ("-> " + os.path.realpath(build) if ok else "missing"),
+                     "" if ok else "install kernel headers (Debian: linux-headers-amd64, then link "
+                                   "/lib/modules/$(uname -r)/{build,source}; scripts/setup.sh does it)"))
     return out
 
 
@@ -57,10 +60,13 @@ def check_cgroups(cgroup_root: str = "/sys/fs/cgroup") -> list[Check]:
     v1 = [p for p in glob.glob(f"{cgroup_root}/*") if _mounted(p, "cgroup")]
     unified = _mounted(f"{cgroup_root}/unified", "cgroup2")
     kind = "v2" if v2_root else ("hybrid (v1 controllers + unified)" if unified else ("v1" if v1 else "none"))
-    out = [Check("cgroups", "ok" if kind != "none" else "fail", kind, "" if kind != "none" else "mount cgroup hierarchies")]
-    layouts = glob.glob(f"{cgroup_root}/freezer/slurm*") + glob.glob(f"{cgroup_root}/**/slurmstepd.scope", recursive=True)
+    out = [Check("cgroups", "ok" if kind != "none" else "fail", kind,
+                 "" if kind != "none" else "mount cgroup hierarchies")]
+    layouts = (glob.glob(f"{cgroup_root}/freezer/slurm*")
+               + glob.glob(f"{cgroup_root}/**/slurmstepd.scope", recursive=True))
     out.append(Check("slurm cgroup layout", "ok" if layouts else "warn",
-                     ", ".join(sorted(layouts)[:4]) if layouts else "no slurm*/ or slurmstepd.scope found (no job has run here yet?)",
+                     ", ".join(sorted(layouts)[:4]) if layouts
+                     else "no slurm*/ or slurmstepd.scope found (no job has run here yet?)",
                      "" if layouts else "needs ProctrackType=proctrack/cgroup and PrologFlags=contain"))
     return out
 
@@ -68,7 +74,8 @@ def check_cgroups(cgroup_root: str = "/sys/fs/cgroup") -> list[Check]:
 def check_munge(socket_path: str) -> list[Check]:
     from . import munge
     problem = munge.available(socket_path)
-    return [Check("munge", "ok" if problem is None else "fail", f"{socket_path}: " + (problem or "encode/decode round trip works"),
+    return [Check("munge", "ok" if problem is None else "fail",
+                  f"{socket_path}: " + (problem or "encode/decode round trip works"),
                   "" if problem is None else "start munged with the cluster's key (every node must share it)")]
 
 

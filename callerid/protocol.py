@@ -92,7 +92,7 @@ class Query:
     _S = struct.Struct("!BBHHH16s16s")
 
     @classmethod
-    def make(cls, src_ip, src_port, dst_ip, dst_port) -> "Query":
+    def make(cls, src_ip, src_port, dst_ip, dst_port) -> Query:
         # v4-mapped IPv6 is the same connection as plain IPv4: normalise once here.
         s, d = unmapped(src_ip), unmapped(dst_ip)
         if s.version != d.version:
@@ -107,7 +107,7 @@ class Query:
                             mapped16(self.src_ip), mapped16(self.dst_ip))
 
     @classmethod
-    def decode(cls, data: bytes) -> "Query":
+    def decode(cls, data: bytes) -> Query:
         if len(data) != cls._S.size:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"query is {len(data)} bytes, expected {cls._S.size}")
         ver, fam, reserved, sport, dport, s, d = cls._S.unpack(data)
@@ -160,7 +160,7 @@ class Answer:
         return head + cgroup + node
 
     @classmethod
-    def decode(cls, data: bytes) -> "Answer":
+    def decode(cls, data: bytes) -> Answer:
         n = cls._S.size
         if len(data) < n:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"answer is {len(data)} bytes, shorter than {n}")
@@ -219,7 +219,8 @@ def open_answer(payload: bytes, key: bytes) -> Answer:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"answer of {len(payload)} bytes has no tag")
     body, tag = payload[:-ANSWER_TAG_SIZE], payload[-ANSWER_TAG_SIZE:]
     if not hmac.compare_digest(tag, hmac.digest(key, _TAG_CONTEXT + body, "sha256")):
-        raise ProtocolError(ErrorCode.AUTH_FAILED, "answer tag does not verify: not from the tracer that read the request")
+        raise ProtocolError(ErrorCode.AUTH_FAILED,
+                            "answer tag does not verify: not from the tracer that read the request")
     return Answer.decode(body)
 
 

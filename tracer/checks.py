@@ -16,7 +16,8 @@ def check_probes() -> list[Check]:
         from . import probes  # imports BCC
     except ImportError as exc:
         return [Check("bcc", "fail", f"cannot import BCC: {exc}",
-                      "install python3-bpfcc (Debian/Ubuntu) or python3-bcc (RHEL) and use a venv with --system-site-packages")]
+                      "install python3-bpfcc (Debian/Ubuntu) or python3-bcc (RHEL) "
+                      "and use a venv with --system-site-packages")]
     out = []
     root = tempfile.mkdtemp(prefix="callerid-doctor-", dir="/sys/fs/bpf") if os.path.isdir("/sys/fs/bpf") else None
     try:

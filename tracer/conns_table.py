@@ -7,10 +7,10 @@ import sys
 
 from callerid import config as cfgmod
 from callerid.inet import endpoint
+from callerid.linux import procfs
 from callerid.slurm_cgroup import job_from_proc_cgroup
 from callerid.userdb import user_name
 
-from callerid.linux import procfs
 from .bpfmap import Connections
 from .layout import F_RECONCILED, key_tuple
 from .probes import pin_dir

@@ -8,8 +8,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 from callerid import munge
-from callerid.protocol import (Answer, ErrorCode, FrameType, ProtocolError, Status, decode_request, encode_error,
-                               encode_frame, seal_answer)
+from callerid.protocol import (
+    Answer,
+    ErrorCode,
+    FrameType,
+    ProtocolError,
+    Status,
+    decode_request,
+    encode_error,
+    encode_frame,
+    seal_answer,
+)
 
 from .lookup import Outcome, Resolver
 from .metrics import TracerMetrics

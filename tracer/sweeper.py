@@ -7,6 +7,7 @@ import time
 
 from callerid.inet import unmapped
 from callerid.linux import procfs, sockdiag
+
 from .bpfmap import Connections
 from .layout import ConnKey, key_tuple
 from .metrics import TracerMetrics

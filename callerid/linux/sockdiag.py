@@ -123,7 +123,7 @@ def _request(nl: socket.socket, family: int, mask: int, sockid=None) -> list[Tcp
                 off += (length + 3) & ~3
                 if mseq != seq:
                     continue
-                if mtype == NLMSG_ERROR or mtype == NLMSG_DONE:
+                if mtype in (NLMSG_ERROR, NLMSG_DONE):
                     # both carry -errno first; a dump that failed after it started ends
                     # with a NLMSG_DONE carrying one, which must not pass for "no sockets"
                     code = -struct.unpack_from("=i", data, payload)[0] if length >= _NLMSG.size + 4 else 0

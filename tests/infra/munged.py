@@ -51,7 +51,8 @@ def start(key: str = KEY, parent: str | None = None, new_key: bool = False) -> M
 
     def ready():
         if os.path.exists(sock) and stat.S_ISSOCK(os.stat(sock).st_mode) and os.path.exists(pidfile):
-            text = open(pidfile).read().strip()
+            with open(pidfile) as f:
+                text = f.read().strip()
             return int(text) if text else None
         return None
 

@@ -9,7 +9,6 @@ import time
 
 from callerid.linux import procfs
 
-
 # Changing identity, namespace or cgroup between fork and exec is done by programs in
 # front of argv (each execs the next, so the pid stays the one Popen returns), not by
 # preexec_fn, which can deadlock in a process that has threads.
@@ -42,7 +41,8 @@ def wait_started(p, argv0: str, uid: int, timeout: float = 10.0) -> None:
             return True
         try:
             exe = os.readlink(f"/proc/{p.pid}/exe")
-            status = open(f"/proc/{p.pid}/status").read()
+            with open(f"/proc/{p.pid}/status") as f:
+                status = f.read()
         except OSError:
             return False
         return exe == target and procfs.parse_status_ids(status)[0] == uid

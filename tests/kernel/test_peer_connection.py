@@ -10,8 +10,7 @@ import subprocess
 import pytest
 
 from callerid.inet import unmapped
-from callerid.linux import sockets
-from callerid.linux import procfs
+from callerid.linux import procfs, sockets
 from tests.helpers import has_ipv6_loopback, require
 
 pytestmark = pytest.mark.kernel

@@ -15,9 +15,22 @@ import pytest
 
 from callerid import munge
 from callerid.client import RpcError, ask
-from callerid.protocol import (HEADER, Answer, ErrorCode, FrameType, Query, Source, Status, decode_error,
-                               decode_header, decode_request, encode_frame, encode_request, open_answer,
-                               seal_answer)
+from callerid.protocol import (
+    HEADER,
+    Answer,
+    ErrorCode,
+    FrameType,
+    Query,
+    Source,
+    Status,
+    decode_error,
+    decode_header,
+    decode_request,
+    encode_frame,
+    encode_request,
+    open_answer,
+    seal_answer,
+)
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
 from tests.kernel.conftest import close_client, start_client
@@ -150,9 +163,8 @@ def test_failed_connect_leaves_nothing(tracer):
         dead_port = probe.getsockname()[1]  # bound, never listening: connects are refused
         before = scrape(tracer.metrics_url)
         for _ in range(3):
-            with socket.socket() as s:
-                with pytest.raises(ConnectionRefusedError):
-                    s.connect(("127.0.0.1", dead_port))
+            with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+                s.connect(("127.0.0.1", dead_port))
         after = scrape(tracer.metrics_url)
     failed = metric(after, "callerid_bpf_events_total", event="connect_failed") - \
         metric(before, "callerid_bpf_events_total", event="connect_failed")
@@ -265,7 +277,8 @@ def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, job
 
     def counted():
         now = scrape(tracer.metrics_url)
-        delta = {r: metric(now, "callerid_rpc_requests_total", result=r) - metric(before, "callerid_rpc_requests_total", result=r)
+        name = "callerid_rpc_requests_total"
+        delta = {r: metric(now, name, result=r) - metric(before, name, result=r)
                  for r in ("bad_frame", "unsupported_version", "auth_failed", "replayed", "timeout", "found")}
         return delta if delta["timeout"] >= 4 and delta["bad_frame"] >= 4 else None
     delta = wait_for(counted, 10, "bad-frame and timeout counters")
@@ -302,6 +315,7 @@ def test_metrics_endpoint_has_a_landing_page_and_only_serves_metrics_at_metrics(
 def test_scrape_passes_promtool_check_metrics(tracer):
     import shutil
     import urllib.request
+
     from tests.helpers import require
     require(shutil.which("promtool") is not None, "promtool (Debian package prometheus)")
     text = urllib.request.urlopen(tracer.metrics_url, timeout=5).read()

@@ -279,9 +279,11 @@ def test_adoption_failure_follows_action_adopt_failure(cl, action, allowed):
 def test_adopter_scrape_passes_promtool_check_metrics(cl):
     import shutil
     import sys
+
     from tests.helpers import require
     require(shutil.which("promtool") is not None, "promtool (Debian package prometheus)")
-    code = f"import urllib.request,sys;sys.stdout.buffer.write(urllib.request.urlopen({cl.adopter_metrics_url!r}).read())"
+    code = ("import urllib.request,sys;"
+            f"sys.stdout.buffer.write(urllib.request.urlopen({cl.adopter_metrics_url!r}).read())")
     text = subprocess.run(cl.dst.argv([sys.executable, "-c", code]), capture_output=True, check=True).stdout
     assert b"callerid_adopter_decisions_total" in text
     r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)

@@ -11,7 +11,16 @@ import pytest
 from callerid.adopter import policy
 from callerid.adopter.decision_table import decision_table, render_markdown
 from callerid.adopter.policy import (
-    CallerAnswer, Decision, Facts, Job, Options, Verdict, after_adopt_failure, decide, generic_failure, pam_exit_code,
+    CallerAnswer,
+    Decision,
+    Facts,
+    Job,
+    Options,
+    Verdict,
+    after_adopt_failure,
+    decide,
+    generic_failure,
+    pam_exit_code,
     parse_options,
 )
 
@@ -109,10 +118,7 @@ def reference(c: Case) -> tuple:
             return ("deny", "no_jobs", None, None, False)
         return ("ignore", "no_jobs_ignored", None, None, False)
 
-    if c.action_adopt_failure == "allow":
-        fallback = "allow"
-    else:
-        fallback = "deny"
+    fallback = "allow" if c.action_adopt_failure == "allow" else "deny"
 
     if c.njobs == 1 and c.single_job_skip_rpc:
         return ("adopt", "single_job", OLD_ID, fallback, False)
