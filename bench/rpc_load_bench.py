@@ -3,7 +3,7 @@
 
     sudo .venv/bin/python3 bench/rpc_load_bench.py [--quick] [--out bench/results/rpc_load.json]
 
-Against a real `callerid tracer` daemon (bench/tracer_bench.py's Daemon: own config, pins,
+Against a real `callerid tracer` daemon (bench/daemon.py's Daemon: own config, pins,
 ports, private munged, syslog sink), for two configurations — the default max_clients = 64
 and max_clients raised to 512 — and for each client count, for a bounded time:
   good clients   call callerid.client.ask() for one connection opened after the probe
@@ -45,21 +45,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.tracer_bench import (
-    run_cleanly,
+from bench.common import (  # noqa: E402
+    Cleanup, background_busy, connected_pair, listener, log, machine_info, proc_cpu_s, run_cleanly, stop_pid, summary,
     write_results,
-    Cleanup,
-    Daemon,
-    SyslogSink,
-    background_busy,
-    connected_pair,
-    listener,
-    log,
-    machine_info,
-    proc_cpu_s,
-    stop_pid,
-    summary,
 )
+from bench.daemon import Daemon, SyslogSink  # noqa: E402
 from callerid.client import RpcError, ask
 from callerid.protocol import HEADER, MAGIC, VERSION, FrameType, Query, Status
 

@@ -41,16 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.tracer_bench import (
-    run_cleanly,
-    write_results,
-    Cleanup,
-    background_busy,
-    log,
-    machine_info,
-    new_pin_root,
-    stop_pid,
-    summary,
+from bench.common import (  # noqa: E402
+    Cleanup, background_busy, log, machine_info, new_pin_root, run_cleanly, stop_pid, summary, write_results,
 )
 
 from callerid.tracer.bpfmap import fdinfo

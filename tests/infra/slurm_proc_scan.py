@@ -1,4 +1,5 @@
-"""Benchmark baselines for a caller-ID lookup: Slurm's /proc scan, psutil, ss."""
+"""Baselines for a caller-ID lookup: Slurm's /proc scan, psutil, ss (the benches measure them,
+tests/kernel checks they agree with callerid's sock_diag + /proc answers)."""
 
 from __future__ import annotations
 
