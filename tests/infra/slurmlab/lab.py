@@ -12,9 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from .. import munged as munged_mod
 from ..adopterproc import write_config as write_adopter_config
 from ..daemonproc import CALLERID
+from ..netns import _allowed
 from ..tracerproc import write_config as write_tracer_config
 from . import cgroups, network
 from .config import (
@@ -166,7 +169,7 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
                     self.down()
                 except Exception as exc2:  # report the first failure, not the clean-up's
                     detail += f"\n(down after the failed up also failed: {exc2})"
-            if isinstance(exc, (LabError, network.NetworkError)):
+            if isinstance(exc, (LabError, NetlinkError, OSError)):
                 raise LabError(f"{exc}\n{detail}") from exc
             raise
         self.timings["up"] = time.monotonic() - t0
@@ -230,14 +233,16 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
         self._save()
 
     def _network(self) -> None:
-        for name in (HUB, *(n.netns.name for n in self.nodes)):
-            self.state["netns"].append(name)  # recorded before it exists: down() removes a half-made one
-            self._save()
-            network.add_netns(name)
-            if name == HUB:
-                network.add_bridge(HUB)
+        for n in self.nodes:  # refuse addresses outside the test ranges before making anything
+            _allowed(f"{n.ip}/24")
+            _allowed(f"{n.ip6}/64")
+        self.state["netns"].append(HUB)  # recorded before it exists: down() removes a half-made one
+        self._save()
+        network.add_hub()
         for n in self.nodes:
-            network.attach_node(n)
+            self.state["netns"].append(n.netns.name)
+            self._save()
+            network.add_node(n)
 
     def _munge(self) -> None:
         """A private munged with the lab's own key."""
@@ -282,11 +287,10 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
         for n in self.nodes:
             nd = self.root / n.name
             write_tracer_config(nd / "tracer.toml", self.munge_socket, str(PIN_ROOT / n.name), [],
-                                f"{n.ip}:{TRACER_METRICS_PORT}", nodename=n.name, rpc_port=RPC_PORT, probe=self.probe)
+                                f"{n.ip}:{TRACER_METRICS_PORT}", nodename=n.name, rpc_port=RPC_PORT, log_level=self.log_level,
+                                probe=self.probe)
             write_adopter_config(nd / "adopter.toml", self.munge_socket, n.name, RPC_PORT, self.adopter_socket(n),
-                                 f"{n.ip}:{ADOPTER_METRICS_PORT}")
-            for f in (nd / "tracer.toml", nd / "adopter.toml"):
-                f.write_text(f.read_text().replace('log_level = "debug"', f'log_level = "{self.log_level}"'))
+                                 f"{n.ip}:{ADOPTER_METRICS_PORT}", log_level=self.log_level)
         self._save()
 
     # ---- daemons

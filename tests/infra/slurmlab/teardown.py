@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from .. import netns
 from . import cgroups, network
 from .procctl import (
     cmdline,
@@ -95,7 +96,7 @@ class Teardown:
                 if left:
                     notes.append(f"processes still in {ns} (not started by the lab, left alone): "
                                  + ", ".join(f"{p} {cmdline(p)[:40]}" for p in sorted(left)[:5]))
-                network.del_netns(ns)
+                netns.del_netns(ns)
 
         # 6. files: PAM services, profile.d snippet, our /dev/log
         for f in st.get("files", []):
@@ -140,6 +141,6 @@ class Teardown:
         """Leftovers with no state file (killed before it was written): names only the lab uses."""
         for name in network.lab_namespaces():
             log(f"removing leftover namespace {name}")
-            network.del_netns(name)
+            netns.del_netns(name)
         if root.exists():
             shutil.rmtree(root, ignore_errors=True)
