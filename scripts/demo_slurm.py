@@ -33,7 +33,7 @@ from pathlib import Path
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from tests.infra.slurmlab import (
+from tests.infra.slurmlab import (  # noqa: E402 - tests/ is not installed: the checkout goes on sys.path first
     SSH_PORT,
     STATE_FILE,
     LabBusy,
@@ -224,7 +224,8 @@ def run_demo(lab: SlurmLab, reused: bool) -> int:
     table([line.split() for line in r.stdout.splitlines()])
     batch_host = lab.job_info(a).get("BatchHost")
 
-    head(f"From inside job A on {batch_host}: ssh node2 (session stays {SESSION_SECONDS // 60} min) and srun ... ssh node2")
+    head(f"From inside job A on {batch_host}: ssh node2 (session stays {SESSION_SECONDS // 60} min) "
+         "and srun ... ssh node2")
     fd = os.open(go, os.O_CREAT | os.O_WRONLY, 0o644)
     os.close(fd)
     os.chown(go, u.uid, u.gid)

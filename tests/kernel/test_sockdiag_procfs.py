@@ -13,9 +13,8 @@ import time
 
 import pytest
 
-from tests.helpers import has_ipv6_loopback, require
-
 from callerid.linux import procfs, sockdiag
+from tests.helpers import has_ipv6_loopback, require
 
 V4 = "127.0.0.1"
 MAPPED = "::ffff:127.0.0.1"
