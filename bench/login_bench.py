@@ -47,7 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.infra.slurmlab import LabBusy, SlurmLab, lab_lock
+from tests.infra.slurmlab import LabBusy, SlurmLab, lab_lock  # noqa: E402
 
 VENV_PY = str(Path(sys.executable))
 LOCK_WAIT = 900        # the lab is shared with other people's test runs: wait this long for it, at most
@@ -210,7 +210,8 @@ def machine() -> dict:
         "cpu": first("/proc/cpuinfo", "model name"), "cpus": os.cpu_count(),
         "memory": first("/proc/meminfo", "MemTotal"), "kernel": platform.release(),
         "debian": Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "?",
-        "python": platform.python_version(), "openssh": cmd(["ssh", "-V"]), "slurm": "slurm " + cmd(["dpkg-query", "-W", "-f", "${Version}", "slurmd"]),
+        "python": platform.python_version(), "openssh": cmd(["ssh", "-V"]),
+        "slurm": "slurm " + cmd(["dpkg-query", "-W", "-f", "${Version}", "slurmd"]),
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
     }
 
@@ -259,8 +260,9 @@ class Bench:
                 self.restore()
         try:
             out = json.loads(r.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise RuntimeError(f"driver for {cfg} failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-1500:]}")
+        except (ValueError, IndexError) as exc:
+            raise RuntimeError(f"driver for {cfg} failed ({r.returncode}): {r.stdout[-500:]} "
+                               f"{r.stderr[-1500:]}") from exc
         time.sleep(0.05)  # let the daemons' log lines land
         decisions = [kv(ln) for ln in read_from(self.adopter_log, a0).splitlines() if "decision=" in ln]
         psa_adopted = [ln for ln in (read_from(self.syslog, s0) if self.syslog else "").splitlines()
@@ -303,7 +305,8 @@ class Bench:
                 adopted = f"{len(adopts)}/{c['logins']} job A ({','.join(reasons)})"
             lat = [float(d["latency_ms"]) for d in c["decisions"] if "latency_ms" in d]
             self.results.setdefault(name, {})[cfg] = {
-                "label": CONFIGS[cfg][0], "jobs_on_node2": n_jobs, "n": len(ms), "samples_ms": [round(x, 3) for x in ms],
+                "label": CONFIGS[cfg][0], "jobs_on_node2": n_jobs, "n": len(ms),
+                "samples_ms": [round(x, 3) for x in ms],
                 "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "mean_ms": statistics.fmean(ms) if ms else None,
                 "min_ms": min(ms, default=None), "max_ms": max(ms, default=None),
                 "failed_logins": c["fails"][:5], "n_failed": len(c["fails"]),
@@ -357,7 +360,8 @@ class Bench:
         out = {}
         for key, url in (("adopter_node2", self.lab.node("node2").adopter_metrics),
                          ("tracer_node1", self.lab.node("node1").tracer_metrics)):
-            code = f"import sys,urllib.request;sys.stdout.write(urllib.request.urlopen({url!r},timeout=5).read().decode())"
+            code = ("import sys,urllib.request;"
+                    f"sys.stdout.write(urllib.request.urlopen({url!r},timeout=5).read().decode())")
             r = self.lab.run("node1", [VENV_PY, "-c", code], timeout=20)
             vals = {}
             for fam in text_string_to_metric_families(r.stdout if r.returncode == 0 else ""):

@@ -69,10 +69,10 @@ class Children:
 
 
 def bench_lookup(n: int, daemon: Daemon, args, cleanup: Cleanup) -> dict:
-    from tests.infra.jobtree import JobTree
     from callerid.tracer.bpfmap import Connections
     from callerid.tracer.layout import make_key
     from callerid.tracer.lookup import Resolver
+    from tests.infra.jobtree import JobTree
 
     jobs = JobTree(node=f"bench{os.getpid()}")
     jobs_clean = cleanup.push(jobs.cleanup, "job cgroups")
@@ -137,8 +137,9 @@ def bench_lookup(n: int, daemon: Daemon, args, cleanup: Cleanup) -> dict:
                   "map_entries": int(sum(v for k, v in dm.items() if k.startswith("callerid_tracked_connections{")))}
         log(f"N={n}: map {fmt_ns(res['map_raw']['p50_ns'])}, resolver {fmt_ns(res['resolver']['p50_ns'])}, "
             f"rpc {fmt_ns(res['rpc']['p50_ns'])} (p99 {fmt_ns(res['rpc']['p99_ns'])})")
-        out = {"n": n, "spawn_s": spawn_s, "node": counts, "target": {"pid": pid, "query": str(q),
-               "index_in_proc_order": target_index}, "methods": res, "correct": ok, "slurm_scan_split": slurm_split, "daemon": dstate}
+        out = {"n": n, "spawn_s": spawn_s, "node": counts,
+               "target": {"pid": pid, "query": str(q), "index_in_proc_order": target_index},
+               "methods": res, "correct": ok, "slurm_scan_split": slurm_split, "daemon": dstate}
         if n == max(args.ns) and not args.quick:
             log(f"N={n}: start-up of a second tracer on the busy node (reconciles {n}+ connections)")
             d2 = Daemon(daemon.munge_socket, cleanup, "busy")

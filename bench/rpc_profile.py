@@ -85,7 +85,8 @@ def _pyspy_bucket(fr) -> str | None:
         return "rpc thread: other (thread bootstrap/exit, socket close, loop)"
     if "RpcServer._accept_loop" in names:
         leaf = fr[-1]
-        if leaf[0] == "socket.accept" or (leaf[0] == "RpcServer._accept_loop" and "accept()" in _src_line(leaf[1], leaf[2])):
+        waiting = leaf[0] == "RpcServer._accept_loop" and "accept()" in _src_line(leaf[1], leaf[2])
+        if leaf[0] == "socket.accept" or waiting:
             return None
         return "accept thread: starting a thread per connection" if "Thread.start" in names else "accept thread: other"
     if "Tracer._sweep_loop" in names:

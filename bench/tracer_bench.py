@@ -37,8 +37,17 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
-    VENV_BIN, Cleanup, background_busy, connected_pair, listener, log, machine_info, run_cleanly, wait_quiet,
-    wait_time_wait_drained, write_results,
+    VENV_BIN,
+    Cleanup,
+    background_busy,
+    connected_pair,
+    listener,
+    log,
+    machine_info,
+    run_cleanly,
+    wait_quiet,
+    wait_time_wait_drained,
+    write_results,
 )
 from bench.daemon import Daemon, SyslogSink, measure_startup  # noqa: E402
 from bench.lookup_cost import PER_LISTENER, bench_lookup  # noqa: E402

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from bench.common import fmt_ns, fmt_x
 
-
 TARGETS = {
     "map_flat": "map lookup flat in process count (p50 at the largest N within 1.5x of the smallest)",
     "rpc_p99": "end-to-end RPC p99 < 1 ms on loopback at 16 clients",
@@ -58,7 +57,8 @@ def verdicts(r: dict, quick: bool) -> list[dict]:
     pc = r["probe_cost"]["added_ns"]
     out.append({"target": TARGETS["probe_cost"], "met": pc < 1000,
                 "result": f"{fmt_ns(pc)} added per connect+accept+close (= {pc / 1000:.2f}x the 1 us budget; "
-                          f"interquartile {fmt_ns(r['probe_cost']['added_ns_p25'])}..{fmt_ns(r['probe_cost']['added_ns_p75'])})"})
+                          f"interquartile {fmt_ns(r['probe_cost']['added_ns_p25'])}.."
+                          f"{fmt_ns(r['probe_cost']['added_ns_p75'])})"})
     return out
 
 
@@ -86,18 +86,24 @@ def render(r: dict) -> str:
             ok = "" if lk[str(n)]["correct"][key] else " WRONG"
             row += f"{fmt_ns(s['p50_ns']) + ' / ' + fmt_ns(s['p99_ns']) + ' (' + str(s['n']) + ')' + ok:>30}"
         L.append(row)
-    L.append(f"{'  node: processes / open fds / TCP sockets':<48}" + "".join(
-        f"{str(lk[str(n)]['node']['processes']) + ' / ' + str(lk[str(n)]['node']['fds']) + ' / ' + str(lk[str(n)]['node']['tcp_sockets']):>30}"
-        for n in ns))
-    L.append(f"{'  (c) split: /proc/net/tcp parse + fd walk':<48}" + "".join(
-        f"{fmt_ns(lk[str(n)]['slurm_scan_split']['tcp_table_ns']) + ' + ' + fmt_ns(lk[str(n)]['slurm_scan_split']['fd_walk_ns']):>30}"
-        for n in ns))
-    L.append(f"{'  (c) fd walk CPU, tick-sampled: kernel + user':<48}" + "".join(
-        f"{fmt_ns(lk[str(n)]['slurm_scan_split']['fd_walk_kernel_ns']) + ' + ' + fmt_ns(lk[str(n)]['slurm_scan_split']['fd_walk_user_ns']):>30}"
-        for n in ns))
-    L.append(f"{'  tracer sweeper: last sweep / map entries':<48}" + "".join(
-        f"{fmt_ns(lk[str(n)]['daemon'].get('sweep_last_ns')) + ' / ' + str(lk[str(n)]['daemon'].get('map_entries')):>30}"
-        for n in ns))
+    def per_n(label: str, cell) -> str:
+        """One table row: cell(results at N) for every N, right-aligned."""
+        return f"{label:<48}" + "".join(f"{cell(lk[str(n)]):>30}" for n in ns)
+
+    def node(x):
+        return f"{x['node']['processes']} / {x['node']['fds']} / {x['node']['tcp_sockets']}"
+
+    def split(x, a, b):
+        return f"{fmt_ns(x['slurm_scan_split'][a])} + {fmt_ns(x['slurm_scan_split'][b])}"
+
+    def sweep(x):
+        return f"{fmt_ns(x['daemon'].get('sweep_last_ns'))} / {x['daemon'].get('map_entries')}"
+
+    L.append(per_n("  node: processes / open fds / TCP sockets", node))
+    L.append(per_n("  (c) split: /proc/net/tcp parse + fd walk", lambda x: split(x, "tcp_table_ns", "fd_walk_ns")))
+    L.append(per_n("  (c) fd walk CPU, tick-sampled: kernel + user",
+                   lambda x: split(x, "fd_walk_kernel_ns", "fd_walk_user_ns")))
+    L.append(per_n("  tracer sweeper: last sweep / map entries", sweep))
     L.append("   speed-up vs the Slurm /proc scan (scan p50 / method p50):")
     for key, name in METHOD_NAMES:
         if key == "slurm_scan":
@@ -113,39 +119,42 @@ def render(r: dict) -> str:
              f"{pc['chunk']}-connection chunks, probe attached / detached)")
     L.append(f"   added {fmt_ns(pc['added_ns'])} per connection (median of the pairs' differences; interquartile range "
              f"{fmt_ns(pc['added_ns_p25'])}..{fmt_ns(pc['added_ns_p75'])})")
-    L.append(f"   chunk medians: no probe {fmt_ns(pc['baseline_ns'])}, with probe {fmt_ns(pc['with_probe_ns'])} (machine "
-             f"load drifts between pairs dominate these; the paired difference cancels it)")
+    L.append(f"   chunk medians: no probe {fmt_ns(pc['baseline_ns'])}, with probe {fmt_ns(pc['with_probe_ns'])} "
+             f"(machine load drifts between pairs dominate these; the paired difference cancels it)")
     L.append(f"   least-disturbed chunks (p10 with probe - p10 without): {fmt_ns(pc['added_ns_p10_vs_p10'])} added")
+    others = pc["other_callerid_programs_loaded"]
     L.append(f"   never-loaded baseline before/after: {fmt_ns(pc['never_loaded_ns_before'])} / "
-             f"{fmt_ns(pc['never_loaded_ns_after'])}; other callerid-like BPF programs loaded meanwhile (others' tests): "
-             f"{'unknown' if pc['other_callerid_programs_loaded'] is None else pc['other_callerid_programs_loaded']}")
+             f"{fmt_ns(pc['never_loaded_ns_after'])}; other callerid-like BPF programs loaded meanwhile "
+             f"(others' tests): {'unknown' if others is None else others}")
     L.append(f"   probe load (compile+load+attach+self-test) in-process: {pc['probe_load_s']:.2f} s; "
              f"map entries per connection while attached: {pc['map_entries_per_attached_connection']:.2f}")
     bp = pc.get("bpf_program", {})
     if "ns_per_connection" in bp:
-        L.append(f"   time inside the BPF programs (kernel.bpf_stats_enabled, separate phase): {fmt_ns(bp['ns_per_connection'])} "
-                 f"per connection over {bp['runs_per_connection']:.1f} program runs "
+        L.append(f"   time inside the BPF programs (kernel.bpf_stats_enabled, separate phase): "
+                 f"{fmt_ns(bp['ns_per_connection'])} per connection over {bp['runs_per_connection']:.1f} program runs "
                  f"({fmt_ns(bp['ns_per_connection'] / bp['runs_per_connection'])} per run)")
     elif bp:
         L.append(f"   BPF program run time: {bp.get('error')}")
     L.append("")
     st = r["startup"]
     L.append("3. Start-up of `callerid tracer` (process start -> ...), runs: " + ", ".join(
-        f"map {x['first_map_entry_s']:.2f} s / RPC {x['first_rpc_answer_s']:.2f} s (probe load {x['probe_load_logged_s']:.2f} s, "
-        f"reconcile {x['reconcile_s'] * 1000:.0f} ms)" for x in st["runs"]))
+        f"map {x['first_map_entry_s']:.2f} s / RPC {x['first_rpc_answer_s']:.2f} s "
+        f"(probe load {x['probe_load_logged_s']:.2f} s, reconcile {x['reconcile_s'] * 1000:.0f} ms)"
+        for x in st["runs"]))
     L.append(f"   median: first map entry {st['median_first_map_entry_s']:.2f} s, first RPC answer "
              f"{st['median_first_rpc_answer_s']:.2f} s, probe load as logged {st['median_probe_load_s']:.2f} s")
     busy = r.get("startup_busy")
     if busy:
         L.append(f"   on the busy node (N={busy['n']}): first map entry {busy['first_map_entry_s']:.2f} s, first RPC "
-                 f"answer {busy['first_rpc_answer_s']:.2f} s, probe load {busy['probe_load_logged_s']:.2f} s, reconcile "
-                 f"{busy['reconcile_s']:.2f} s ({busy['reconciled_connections'] or 0:.0f} connections put in the map)")
+                 f"answer {busy['first_rpc_answer_s']:.2f} s, probe load {busy['probe_load_logged_s']:.2f} s, "
+                 f"reconcile {busy['reconcile_s']:.2f} s "
+                 f"({busy['reconciled_connections'] or 0:.0f} connections put in the map)")
     L.append("")
     L.append("4. RPC throughput (each client a process doing ask() back to back)")
     for c in ("1", "16"):
         t = r["throughput"][c]
-        L.append(f"   {c:>2} client(s): {t['req_per_s']:.0f} req/s over {t['duration_s']:.1f} s, p50 {fmt_ns(t['p50_ns'])}, "
-                 f"p99 {fmt_ns(t['p99_ns'])}, errors {t['errors']}")
+        L.append(f"   {c:>2} client(s): {t['req_per_s']:.0f} req/s over {t['duration_s']:.1f} s, "
+                 f"p50 {fmt_ns(t['p50_ns'])}, p99 {fmt_ns(t['p99_ns'])}, errors {t['errors']}")
         cpu = t.get("cpu_ms_per_request")
         if cpu:
             L.append(f"      CPU per request: daemon {cpu['daemon']:.2f} ms, munged {cpu['munged']:.2f} ms, client "
@@ -180,7 +189,8 @@ def render(r: dict) -> str:
     if mb:
         L.append(f"   one libmunge round trip to munged: encode p50 {fmt_ns(mb['encode']['p50_ns'])} "
                  f"(p99 {fmt_ns(mb['encode']['p99_ns'])}), decode p50 {fmt_ns(mb['decode']['p50_ns'])} "
-                 f"(p99 {fmt_ns(mb['decode']['p99_ns'])}); an RPC makes 2 of them (the client encodes, the server decodes)")
+                 f"(p99 {fmt_ns(mb['decode']['p99_ns'])}); an RPC makes 2 of them "
+                 "(the client encodes, the server decodes)")
     L.append("")
     L.append("Targets")
     for v in r["verdicts"]:

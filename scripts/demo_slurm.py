@@ -270,7 +270,8 @@ def run_demo(lab: SlurmLab, reused: bool) -> int:
     for h, where in cg.items():
         ok = where == want
         good &= ok
-        rows.append([h or "unified", "%s step_%s" % where if where else "(no job)", f"job A step_extern {OK}" if ok else BAD])
+        place = f"job {where[0]} step_{where[1]}" if where else "(no job)"
+        rows.append([h or "unified", place, f"job A step_extern {OK}" if ok else BAD])
     srun_ok = set(scg.values()) == {want}
     rows.append(["all", ", ".join(sorted({str(w) for w in scg.values()})),
                  "(srun-launched ssh) " + (f"job A step_extern {OK}" if srun_ok else BAD)])

@@ -1,7 +1,8 @@
 """The real-Slurm lab (tests/infra/slurmlab/) works end to end: slurmctld + one slurmd per
-network-namespace node, MUNGE, the job cgroup trees of the host's cgroup version, and an ssh session opened from inside a job
-landing in that job on the other node — through callerid (port 22) and through Slurm's own
-pam_slurm_adopt (port 2222) — with Slurm's `scontrol listpids` and `scontrol callerid` agreeing."""
+network-namespace node, MUNGE, the job cgroup trees of the host's cgroup version, and an ssh
+session opened from inside a job landing in that job on the other node — through callerid (port 22)
+and through Slurm's own pam_slurm_adopt (port 2222) — with Slurm's `scontrol listpids` and
+`scontrol callerid` agreeing."""
 
 from __future__ import annotations
 

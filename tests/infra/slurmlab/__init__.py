@@ -36,6 +36,7 @@ CLI: python -m tests.infra.slurmlab up [--nodes N] [--keep-on-failure] | down | 
 from __future__ import annotations
 
 from ..daemonproc import CALLERID
+from . import cgroups
 from .cli import LOCK_FILE, lab_lock
 from .config import (
     ADOPTER_METRICS_PORT,
@@ -54,6 +55,6 @@ from .lab import SlurmLab
 from .procctl import same_proc
 from .slurm import JobFailed, LabBusy, LabError, parse_kv
 
-__all__ = ["ADOPTER_METRICS_PORT", "CALLERID", "LOCK_FILE", "PSA_CANDIDATES", "PSA_PORT", "ROOT", "RPC_PORT", "SSH_PORT",
-           "STATE_FILE", "TRACER_METRICS_PORT", "USERS", "JobFailed", "LabBusy", "LabError", "LabUser", "Node",
-           "SlurmLab", "lab_lock", "parse_kv", "same_proc"]
+__all__ = ["ADOPTER_METRICS_PORT", "CALLERID", "LOCK_FILE", "PSA_CANDIDATES", "PSA_PORT", "ROOT", "RPC_PORT",
+           "SSH_PORT", "STATE_FILE", "TRACER_METRICS_PORT", "USERS", "JobFailed", "LabBusy", "LabError", "LabUser",
+           "Node", "SlurmLab", "cgroups", "lab_lock", "parse_kv", "same_proc"]

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from callerid.adopter.jobs import LocalJob, default_v2_mount, list_jobs, parse_procs
-
 from callerid.slurm_cgroup import job_from_cgroup_path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

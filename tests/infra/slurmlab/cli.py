@@ -20,7 +20,7 @@ def lab_lock(timeout: float = 120.0):
     """Serialise `up`/`down` of the lab on this machine (the CLI, and test fixtures for their whole
     module, hold it). Returns the open lock file: close it to release."""
     os.makedirs(os.path.dirname(LOCK_FILE), exist_ok=True)
-    f = open(LOCK_FILE, "w")
+    f = open(LOCK_FILE, "w")  # noqa: SIM115 - returned open: the caller holds the lock until it closes it
     deadline = time.monotonic() + timeout
     while True:
         try:

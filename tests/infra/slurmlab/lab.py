@@ -40,7 +40,7 @@ from .config import (
     slurm_conf_text,
 )
 from .logins import Logins
-from .procctl import DEVLOG_PROG, netns_inode, preexec, proc_start, same_proc, tail
+from .procctl import DEVLOG_PROG, netns_inode, node_argv, proc_start, same_proc, tail
 from .report import Report
 from .slurm import LabBusy, LabError, SlurmClient
 from .teardown import Teardown
@@ -287,8 +287,8 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
         for n in self.nodes:
             nd = self.root / n.name
             write_tracer_config(nd / "tracer.toml", self.munge_socket, str(PIN_ROOT / n.name), [],
-                                f"{n.ip}:{TRACER_METRICS_PORT}", nodename=n.name, rpc_port=RPC_PORT, log_level=self.log_level,
-                                probe=self.probe)
+                                f"{n.ip}:{TRACER_METRICS_PORT}", nodename=n.name, rpc_port=RPC_PORT,
+                                log_level=self.log_level, probe=self.probe)
             write_adopter_config(nd / "adopter.toml", self.munge_socket, n.name, RPC_PORT, self.adopter_socket(n),
                                  f"{n.ip}:{ADOPTER_METRICS_PORT}", log_level=self.log_level)
         self._save()
@@ -302,9 +302,9 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
                cgroup: Path | None = None) -> dict:
         log = self.logdir / f"{name}.out"
         with open(log, "ab") as f:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                 env=self._daemon_env(), start_new_session=True, close_fds=True,
-                                 preexec_fn=preexec(node.netns.path if node else None, hostname, cgroup=cgroup))
+            p = subprocess.Popen(node_argv(argv, node.netns.path if node else None, hostname, cgroup=cgroup),
+                                 stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                 env=self._daemon_env(), start_new_session=True, close_fds=True)
         self._popens[p.pid] = p
         rec = {"name": name, "pid": p.pid, "start": proc_start(p.pid), "node": node.name if node else None,
                "log": str(log)}

@@ -3,18 +3,12 @@ start time, and stop only processes the lab started (by pid, never by name)."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
-from ..jobtree import setns_net
-from ..procs import alive
-
-CLONE_NEWUTS = 0x04000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from ..procs import alive, in_cgroups, in_netns
 
 # A /dev/log listener for pam_slurm_adopt (it logs only through syslog): one line per datagram.
 DEVLOG_PROG = r"""
@@ -62,24 +56,22 @@ def same_proc(rec: dict) -> bool:
     return alive(rec["pid"]) and proc_start(rec["pid"]) == rec.get("start")
 
 
-def preexec(netns_path: str | None, hostname: str | None = None, user=None, cgroup: Path | None = None):
-    """Run in the child before exec: join a cgroup (v2 slurmd), the netns (as root), an own UTS
-    namespace with its host name, then drop to `user` (a LabUser)."""
-    def fn():
-        if cgroup is not None:
-            (cgroup / "cgroup.procs").write_text("0")
-        if netns_path:
-            setns_net(netns_path)
-        if hostname:
-            if _libc.unshare(CLONE_NEWUTS) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"unshare(CLONE_NEWUTS): {os.strerror(err)}")
-            socket.sethostname(hostname)
-        if user is not None:
-            os.initgroups(user.name, user.gid)
-            os.setgid(user.gid)
-            os.setuid(user.uid)
-    return fn
+def node_argv(argv: list[str], netns_path: str | None, hostname: str | None = None, user=None,
+              cgroup: Path | None = None) -> list[str]:
+    """argv run, in this order, in a cgroup (v2 slurmd), in the network namespace at netns_path,
+    in a UTS namespace of its own named `hostname`, and as `user` (a LabUser, with its groups).
+
+    Programs in front of argv that each exec the next (the pid stays the one Popen returns),
+    not preexec_fn, which can deadlock in a process that has threads (tests/infra/procs.py)."""
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--", *argv]
+    if hostname:
+        argv = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *argv]
+    if netns_path:
+        argv = in_netns(argv, netns_path)
+    if cgroup is not None:
+        argv = in_cgroups(argv, [str(cgroup / "cgroup.procs")])
+    return argv
 
 
 def all_pids() -> list[int]:

@@ -9,7 +9,7 @@ import time
 
 from . import cgroups
 from .config import SBIN_PATH, SSH_PORT, USER_PATH, LabUser
-from .procctl import preexec, tail
+from .procctl import node_argv, tail
 
 TERMINAL_JOB_STATES = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
                        "PREEMPTED", "TIMEOUT", "REVOKED", "SPECIAL_EXIT"}
@@ -69,8 +69,7 @@ class SlurmClient:
         u = self.user(user) if user is not None else None
         kw.setdefault("cwd", u.home if u else str(self.root))
         kw.setdefault("stdin", subprocess.DEVNULL)
-        p = subprocess.Popen(argv, env=self.env(u, env), preexec_fn=preexec(n.netns.path, n.name if uts else None, u),
-                             **kw)
+        p = subprocess.Popen(node_argv(argv, n.netns.path, n.name if uts else None, u), env=self.env(u, env), **kw)
         self._children.append(p)
         return p
 
@@ -85,8 +84,8 @@ class SlurmClient:
         kw.setdefault("text", True)
         if input is None:
             kw.setdefault("stdin", subprocess.DEVNULL)
-        r = subprocess.run(argv, env=self.env(u, env), input=input, timeout=timeout,
-                           preexec_fn=preexec(n.netns.path, n.name if uts else None, u), **kw)
+        r = subprocess.run(node_argv(argv, n.netns.path, n.name if uts else None, u), env=self.env(u, env),
+                           input=input, timeout=timeout, check=False, **kw)
         if check and r.returncode != 0:
             raise LabError(f"{' '.join(argv)} on {n.name} as {u.name if u else 'root'} exited {r.returncode}: "
                            f"{(r.stderr or '').strip()[-1000:]}")
