@@ -18,8 +18,24 @@ from callerid.adopter import policy
 from callerid.adopter.metrics import RPC_FAILED_OUTCOMES
 
 from . import rules
-from .grafana import (Layout, by_node, dashboard, datasource_var, gauge, instance_var, job_var, m,
-                      override_color, quantiles, rate, row, stat, table, target, timeseries)
+from .grafana import (
+    Layout,
+    by_node,
+    dashboard,
+    datasource_var,
+    gauge,
+    instance_var,
+    job_var,
+    m,
+    override_color,
+    quantiles,
+    rate,
+    row,
+    stat,
+    table,
+    target,
+    timeseries,
+)
 
 HERE = Path(__file__).resolve().parent
 
