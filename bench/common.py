@@ -268,6 +268,13 @@ def wait_quiet(limit: float = 0.25, max_s: float = 180) -> float:
     return busy
 
 
+def read_from_offset(path, offset: int) -> str:
+    """What was appended to a log file since `offset` (its size before a measurement)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
 def write_results(r: dict, out: str, render) -> None:
     """Results as JSON at out, the rendered report beside it (.txt) and on stdout."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)

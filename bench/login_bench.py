@@ -47,6 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import read_from_offset  # noqa: E402
 from tests.infra.slurmlab import LabBusy, SlurmLab, cgroups, lab_lock  # noqa: E402
 
 VENV_PY = str(Path(sys.executable))
@@ -264,8 +265,8 @@ class Bench:
             raise RuntimeError(f"driver for {cfg} failed ({r.returncode}): {r.stdout[-500:]} "
                                f"{r.stderr[-1500:]}") from exc
         time.sleep(0.05)  # let the daemons' log lines land
-        decisions = [kv(ln) for ln in read_from(self.adopter_log, a0).splitlines() if "decision=" in ln]
-        psa_adopted = [ln for ln in (read_from(self.syslog, s0) if self.syslog else "").splitlines()
+        decisions = [kv(ln) for ln in read_from_offset(self.adopter_log, a0).splitlines() if "decision=" in ln]
+        psa_adopted = [ln for ln in (read_from_offset(self.syslog, s0) if self.syslog else "").splitlines()
                        if "pam_slurm_adopt" in ln and f"adopted into job {job_a}" in ln]
         # Where the verifying session sat, per job hierarchy (callerid.slurm_cgroup parses it):
         # one (job, step) if it sat in one place in all of them, else what each said.
@@ -382,12 +383,6 @@ class Bench:
 
 def kv(line: str) -> dict:
     return dict(m.groups() for m in re.finditer(r"(\w+)=(\S+)", line))
-
-
-def read_from(path: Path, offset: int) -> str:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read().decode(errors="replace")
 
 
 def fmt(x, nd=1) -> str:
