@@ -157,14 +157,15 @@ def test_srun_launched_ssh_from_several_tasks_all_land_in_the_job(lab, jobs):
     key = lab.user(u).key_of(u.name)
     n2 = lab.node("node2").ip
     one = (f"ssh -F none -i {key} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-           f"{u.name}@{n2} 'cat /proc/self/cgroup; echo END'")
+           f"{u.name}@{n2} 'echo CGROUPS $(cat /proc/self/cgroup)'")
     r = lab.run("node1", ["srun", f"--jobid={j}", "--overlap", "-w", "node1", "-N1", "-n2", "bash", "-c", one],
                 user=u, timeout=90)
-    outs = [o for o in r.stdout.split("END") if o.strip()]
-    assert len(outs) == 2, r.stdout + r.stderr
-    for o in outs:
-        steps = cgroups.job_steps(o, lab.host.version)
-        assert steps == {h: (j, "extern") for h in steps}, o
+    # srun interleaves the two sessions' output: each prints its /proc/self/cgroup on one line
+    lines = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("CGROUPS ")]
+    assert len(lines) == 2, r.stdout + r.stderr
+    for words in lines:
+        steps = cgroups.job_steps("\n".join(words), lab.host.version)
+        assert steps == {h: (j, "extern") for h in steps}, words
 
 
 def test_slurm_kills_the_adopted_session_when_the_job_ends(lab, jobs):

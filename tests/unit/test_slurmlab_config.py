@@ -173,3 +173,19 @@ def test_ssh_client_and_known_hosts_cover_both_sshds():
     assert f"[node2]:{PSA_PORT},[198.18.40.2]:{PSA_PORT},[fd00:40::2]:{PSA_PORT} ssh-ed25519 AAA2" in known
     cfg = ssh_client_config_text(nodes)
     assert "Host node1-psa\n  HostName 198.18.40.1\n  Port 2222" in cfg and "StrictHostKeyChecking yes" in cfg
+
+
+def test_node_argv_joins_cgroup_then_netns_then_uts_then_user():
+    from pathlib import Path
+
+    from tests.infra.slurmlab.config import LabUser
+    from tests.infra.slurmlab.procctl import node_argv
+    u = LabUser("cidlab1", 1001, 1002, "/home/cidlab1")
+    argv = node_argv(["sleep", "1"], "/run/netns/cidlab-node2", "node2", u, Path("/sys/fs/cgroup/x"))
+    order = [argv.index(w) for w in ("/bin/sh", "nsenter", "unshare", "setpriv", "sleep")]
+    assert order == sorted(order), argv
+    assert "/sys/fs/cgroup/x/cgroup.procs" in argv and "--net=/run/netns/cidlab-node2" in argv
+    assert "--reuid=1001" in argv and "--regid=1002" in argv and "--init-groups" in argv
+    assert argv[argv.index("unshare"):][:7] == ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"',
+                                                "node2"]
+    assert node_argv(["true"], None) == ["true"]

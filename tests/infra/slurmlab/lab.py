@@ -16,7 +16,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import munged as munged_mod
 from ..adopterproc import write_config as write_adopter_config
-from ..daemonproc import CALLERID
+from ..daemonproc import CALLERID, READY_TIMEOUT_FLOOR
 from ..netns import _allowed
 from ..tracerproc import write_config as write_tracer_config
 from . import cgroups, network
@@ -151,7 +151,7 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
         persistent=False (tests): the lab belongs to this process; if the process dies without
         down(), the next up() removes it. persistent=True (`scripts/lab.sh up`): it stays until `down`."""
         t0 = time.monotonic()
-        deadline = t0 + timeout
+        deadline = t0 + max(timeout, READY_TIMEOUT_FLOOR)  # the VM runner raises it: BCC under emulation
         self._preflight()
         self._claim(persistent)
         try:
