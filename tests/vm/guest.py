@@ -43,7 +43,7 @@ class Guest:
         remote = env + ("exec " + shlex.join(argv) if argv else "exec bash -l")
         if tee is None:
             return subprocess.run(self.ssh_argv(tty) + [remote], stdin=None if tty else subprocess.DEVNULL).returncode
-        with open(tee, "a") as out:
+        with open(tee, "a", buffering=1) as out:  # line-buffered: the log follows the run
             p = subprocess.Popen(self.ssh_argv() + [remote], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, errors="replace")
             for line in p.stdout:

@@ -44,7 +44,7 @@ step setup bash scripts/setup.sh
 for s in "${steps[@]}"; do
   case $s in
     unit) step unit pytest tests/unit ;;
-    smoke) step smoke pytest tests/vm/backend_smoke.py ;;
+    smoke) step smoke pytest -rA tests/vm/backend_smoke.py ;;  # -rA: each backend prints its start-up time
     kernel) step kernel pytest tests/kernel ;;
     *) step "$s" pytest "$s" ;;
   esac

@@ -46,7 +46,7 @@ class Recipe:
         h = hashlib.sha256()
         for name in BUILDER_FILES:
             h.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
-        for part in (self.suite.name, self.suite.python, *self.packages, "--", *self.requirements, self.ssh_pubkey):
+        for part in (self.suite.name, self.suite.python, *self.suite.pockets, *self.packages, "--", *self.requirements, self.ssh_pubkey):
             h.update(part.encode() + b"\0")
         return h.hexdigest()[:12]
 
