@@ -30,8 +30,9 @@ def python_requirements() -> list[str]:
     reqs = list(pp["build-system"]["requires"]) + list(pp["project"].get("dependencies", []))
     for extra in pp["project"].get("optional-dependencies", {}).values():
         reqs += extra
-    # wheel: older setuptools need it for editable installs; tomli: tomllib's backport (Python < 3.11)
-    return sorted(set(reqs + ["wheel", "tomli; python_version < '3.11'"]))
+    # wheel: older setuptools need it for editable installs; tomli: tomllib's backport (Python < 3.11);
+    # pip: Debian 11's pip 20.3 cannot do editable installs of a pyproject.toml-only project
+    return sorted(set(reqs + ["wheel", "tomli; python_version < '3.11'", "pip>=21.3"]))
 
 
 @dataclass(frozen=True)
