@@ -29,8 +29,11 @@ class Guest:
         while time.monotonic() < deadline:
             if not self.machine.alive():
                 raise RuntimeError(f"qemu exited during boot:\n{self.machine.serial_tail()}")
-            r = subprocess.run(self.ssh_argv() + [f"mountpoint -q {image.SHARE_MOUNT}"],
-                               stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+            try:
+                r = subprocess.run(self.ssh_argv() + [f"mountpoint -q {image.SHARE_MOUNT}"],
+                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+            except subprocess.TimeoutExpired:
+                continue  # sshd accepted but the guest is still too busy booting to answer
             if r.returncode == 0:
                 return time.monotonic() - self.machine.started
             time.sleep(2)
