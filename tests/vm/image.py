@@ -128,7 +128,7 @@ def build(r: recipe.Recipe, force: bool = False) -> None:
         run("debootstrap", "--variant=minbase", "--include=" + ",".join(suites.DEBOOTSTRAP_INCLUDE),
             f"--cache-dir={debs}", r.suite.name, root, archive, stdout=subprocess.DEVNULL)
         t_boot = time.monotonic()
-        (root / "etc/apt/sources.list").write_text(mirror.sources_list(r.suite.name))
+        (root / "etc/apt/sources.list").write_text(mirror.sources_list(r.suite.name, r.suite.pockets))
         (root / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")  # no daemon starts in the chroot
         os.chmod(root / "usr/sbin/policy-rc.d", 0o755)
         (root / "etc/initramfs-tools/modules").write_text("\n".join(INITRAMFS_MODULES) + "\n")

@@ -90,6 +90,8 @@ class Machine:
             self.overlay.unlink()
         except FileNotFoundError:
             pass
+        if self.serial.exists():  # keep the latest boot's console per suite, not one per run
+            self.serial = self.serial.replace(RUNS / f"{self.recipe.suite.name}.serial.log")
 
     def serial_tail(self, n: int = 30) -> str:
         try:

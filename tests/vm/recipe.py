@@ -34,8 +34,9 @@ def python_requirements() -> list[str]:
     reqs = list(pp["build-system"]["requires"]) + list(pp["project"].get("dependencies", []))
     for extra in pp["project"].get("optional-dependencies", {}).values():
         reqs += extra
-    # wheel: older setuptools need it for editable installs; tomli: tomllib's backport (Python < 3.11)
-    return sorted(set(reqs + ["wheel", "tomli; python_version < '3.11'"]))
+    # wheel: older setuptools need it for editable installs; tomli: tomllib's backport (Python < 3.11);
+    # pip: Debian 11's pip 20.3 cannot do editable installs of a pyproject.toml-only project
+    return sorted(set(reqs + ["wheel", "tomli; python_version < '3.11'", "pip>=21.3"]))
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Recipe:
         h = hashlib.sha256()
         for name in BUILDER_FILES:
             h.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
-        for part in (self.suite.name, self.suite.python, *self.packages, "--", *self.requirements, self.ssh_pubkey):
+        for part in (self.suite.name, self.suite.python, *self.suite.pockets, *self.packages, "--", *self.requirements, self.ssh_pubkey):
             h.update(part.encode() + b"\0")
         return h.hexdigest()[:12]
 
