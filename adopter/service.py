@@ -12,7 +12,7 @@ from callerid.client import RpcError, ask
 from callerid.linux import sockets
 from callerid.protocol import Query, Status
 
-from . import cgroupfs, jobs, policy
+from . import cgroupfs, jobs, peer, policy
 from .metrics import SECURITY_KIND, AdopterMetrics
 
 log = logging.getLogger("callerid.adopter")
@@ -38,7 +38,7 @@ class Settings:
     munge_socket: str | None
     cgroup_root: str = "/sys/fs/cgroup"
     v2_mount: str | None = None
-    allowed_exe: tuple = ("sshd",)
+    allowed_exe: tuple = peer.DEFAULT_PAM_APPLICATIONS
 
 
 class Adopter:
