@@ -85,7 +85,7 @@ def procs(d: str) -> set[int]:
 
 
 def only(found, ids):
-    return sorted((j for j in found if j.job_id in ids), key=lambda j: j.job_id)
+    return sorted((j for j in found if j.job_id in {str(i) for i in ids}), key=lambda j: int(j.job_id))
 
 
 # ------------------------------------------------------------------- v1
@@ -100,14 +100,14 @@ def test_v1_discovery(trees):
     trees(node=other).create(UID_A, BASE + 4)         # another slurmd's node on this host
 
     found = [j for j in jobs.list_jobs(node) if j.layout == "v1"]
-    assert sorted((j.job_id, j.uid) for j in found) == [(BASE + 1, UID_A), (BASE + 2, UID_B)]
+    assert sorted((int(j.job_id), j.uid) for j in found) == [(BASE + 1, UID_A), (BASE + 2, UID_B)]
     for j in found:
         assert j.extern == tuple(f"{ROOT}/{c}/slurm_{node}/uid_{j.uid}/job_{j.job_id}/step_extern"
                                  for c in v1_ctrls())
-        assert j.sluid is None and j.start > 0
-    assert [j.job_id for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
-    assert [j.job_id for j in jobs.jobs_of(UID_B, node) if j.layout == "v1"] == [BASE + 2]
-    assert [j.job_id for j in jobs.list_jobs(other) if j.layout == "v1"] == [BASE + 4]
+        assert j.start > 0
+    assert [int(j.job_id) for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
+    assert [int(j.job_id) for j in jobs.jobs_of(UID_B, node) if j.layout == "v1"] == [BASE + 2]
+    assert [int(j.job_id) for j in jobs.list_jobs(other) if j.layout == "v1"] == [BASE + 4]
 
 
 def test_v1_forged_job_dir_is_ignored(trees):
@@ -118,7 +118,7 @@ def test_v1_forged_job_dir_is_ignored(trees):
     t.create(UID_A, BASE + 5)
     # Slurm makes job_<id> root-owned; a user-owned one was made by a user (who owned its parent).
     os.chown(f"{ROOT}/freezer/slurm_{node}/uid_{UID_A}/job_{BASE + 5}", UID_A, UID_A)
-    assert [j.job_id for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
+    assert [int(j.job_id) for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
 
 
 def test_v1_adopt_moves_process_and_its_future_children(trees, children):
@@ -141,7 +141,7 @@ def test_v1_adopt_moves_process_and_its_future_children(trees, children):
     lines = cgroup_lines(sh.pid)
     assert {c: lines[c] for c in v1_ctrls()} == {c: want for c in v1_ctrls()}
     ref = job_from_proc_cgroup(Path(f"/proc/{sh.pid}/cgroup").read_text())
-    assert (ref.job_id, ref.uid, ref.step, ref.node, ref.controller) == (BASE + 1, UID_A, "extern", node, "freezer")
+    assert (int(ref.job_id), ref.uid, ref.step, ref.node, ref.controller) == (BASE + 1, UID_A, "extern", node, "freezer")
     # The other user's job is untouched.
     (other,) = [j for j in jobs.jobs_of(UID_B, node) if j.layout == "v1"]
     assert not pid_in_extern(sh.pid, other)
@@ -219,11 +219,11 @@ def test_v2_discovery_and_adopt(trees, children):
             t.popen(["sleep", "60"], uid, uid, job_id, step="extern")
 
     found = only(jobs.list_jobs(node), ids)
-    assert [(j.job_id, j.uid, j.layout) for j in found] == [
+    assert [(int(j.job_id), j.uid, j.layout) for j in found] == [
         (BASE + 6, UID_A, "v2"), (BASE + 7, UID_B, "v2"), (BASE + 8, -1, "v2")]
     for j in found:
         assert j.extern == (f"{V2}/system.slice/slurmstepd.scope/job_{j.job_id}/step_extern/user/task_special",)
-    assert [j.job_id for j in only(jobs.jobs_of(UID_A, node), ids)] == [BASE + 6]
+    assert [int(j.job_id) for j in only(jobs.jobs_of(UID_A, node), ids)] == [BASE + 6]
     assert only(jobs.jobs_of(-1, node), ids) == []
 
     job = found[0]
@@ -232,7 +232,7 @@ def test_v2_discovery_and_adopt(trees, children):
     assert adopt(sh.pid, job) == list(job.extern)
     assert pid_in_extern(sh.pid, job) and sh.pid in procs(job.extern[0])
     ref = job_from_cgroup_path(cgroup_lines(sh.pid)[""], "v2")
-    assert (ref.job_id, ref.step, ref.layout) == (BASE + 6, "extern", "v2")
+    assert (int(ref.job_id), ref.step, ref.layout) == (BASE + 6, "extern", "v2")
     assert cgroup_lines(sh.pid)[""].endswith(f"/job_{BASE + 6}/step_extern/user/task_special")
     # Adopting root's sshd does not change who owns the job.
     assert [j.uid for j in only(jobs.list_jobs(node), {BASE + 6})] == [UID_A]

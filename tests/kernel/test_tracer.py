@@ -94,7 +94,7 @@ def test_connection_after_start_found_with_owner_and_job(tracer, jobs, test_user
     assert ans.source == Source.BPF
     assert (ans.pid, ans.uid, ans.gid) == (p.pid, user.uid, user.gid)
     assert ans.comm == "cid-ssh"
-    assert ans.job_id == 4101
+    assert ans.job_id == "4101"
     assert f"uid_{user.uid}/job_4101" in ans.cgroup
     assert not ans.closed and not ans.owner_exited
     # an AF_INET connect and a dual-stack AF_INET6 connect to the same peer are
@@ -117,8 +117,8 @@ def test_non_owner_gets_not_found_owner_and_root_get_answer(tracer, jobs, test_u
     rc, ans = query_as(other, tracer, c)
     assert rc == 1 and ans["status"] == "not_found" and ans["pid"] == 0 and ans["job_id"] is None
     rc, ans = query_as(owner, tracer, c)
-    assert rc == 0 and ans["job_id"] == 4102 and ans["pid"] == p.pid
-    assert query(tracer, c).job_id == 4102  # root
+    assert rc == 0 and ans["job_id"] == "4102" and ans["pid"] == p.pid
+    assert query(tracer, c).job_id == "4102"  # root
     after = scrape(tracer.metrics_url)
     assert metric(after, "callerid_rpc_requests_total", result="denied") == \
         metric(before, "callerid_rpc_requests_total", result="denied") + 1
@@ -141,7 +141,7 @@ def test_closed_connection_found_within_grace_then_swept(tracer, jobs, test_user
     p, (c,) = start_client(jobs, user, 4103, "127.0.0.1", listener)
     close_client(p)
     ans = query(tracer, c)
-    assert ans.status == Status.FOUND and ans.closed and ans.job_id == 4103 and ans.source == Source.BPF
+    assert ans.status == Status.FOUND and ans.closed and ans.job_id == "4103" and ans.source == Source.BPF
     # grace 2 s, sweep every 0.5 s: gone within a few seconds, and the fallback finds nothing either
     wait_for(lambda: query(tracer, c).status == Status.NOT_FOUND, 10, "the sweeper to delete the entry")
     samples = scrape(tracer.metrics_url)
@@ -233,7 +233,7 @@ def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, job
                                                             secret_for_uid=0))
         reply = _raw(port, good)
         assert reply[2:4] == bytes([2, FrameType.ANSWER])
-        assert open_answer(reply[HEADER.size:], key).job_id == 4104   # tagged with our key
+        assert open_answer(reply[HEADER.size:], key).job_id == "4104"   # tagged with our key
         assert _error_code(_raw(port, good)) == ErrorCode.REPLAYED  # same credential again
         # a valid credential around a malformed query, and one around a version 1 query
         junk = encode_frame(FrameType.REQUEST, munge.encode(b"\x02\x04junk", tracer.munge_socket))
@@ -249,7 +249,7 @@ def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, job
         # meanwhile a well-behaved client is answered, repeatedly and fast
         for _ in range(20):
             t0 = time.monotonic()
-            assert query(tracer, c).job_id == 4104
+            assert query(tracer, c).job_id == "4104"
             assert time.monotonic() - t0 < 1.0
     finally:
         for s in slow:
@@ -339,7 +339,7 @@ def _one_shot_server(reply_for):
 def test_client_refuses_an_answer_not_tagged_for_its_request(munged, forge):
     """The client believes only an answer tagged with the key inside its own request."""
     q = Query.make("127.0.0.1", 40000, "127.0.0.1", 22)
-    lie = Answer(q, Status.FOUND, source=Source.BPF, job_id=666, pid=1, uid=0, gid=0, node="evil")
+    lie = Answer(q, Status.FOUND, source=Source.BPF, job_id="666", pid=1, uid=0, gid=0, node="evil")
 
     def reply_for(cred):
         if forge == "other_key":
@@ -349,7 +349,7 @@ def test_client_refuses_an_answer_not_tagged_for_its_request(munged, forge):
         else:   # a correctly tagged answer, but about another connection (root decodes the key)
             _, key = decode_request(munge.decode(cred, munged.socket).payload)
             payload = seal_answer(Answer(Query.make("127.0.0.1", 40001, "127.0.0.1", 22), Status.FOUND,
-                                         job_id=666), key)
+                                         job_id="666"), key)
         return encode_frame(FrameType.ANSWER, payload)
 
     port, t = _one_shot_server(reply_for)

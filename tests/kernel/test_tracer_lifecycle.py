@@ -39,10 +39,10 @@ def test_connections_opened_before_start_are_reconciled(tracers, munged, jobs, t
     try:
         wait_for(lambda: "reconcile:" in t.log_text(), 30, "the start-up reconcile")
         ans = query(t, c, munged.socket)
-        assert ans.status == Status.FOUND and ans.pid == p.pid and ans.job_id == 4201 and ans.uid == user.uid
+        assert ans.status == Status.FOUND and ans.pid == p.pid and ans.job_id == "4201" and ans.uid == user.uid
         assert ans.source == Source.BPF  # reconcile put it in the map
         row = [r for r in conns_json(t) if r["local"] == f"127.0.0.1:{c['sport']}"]
-        assert row and row[0]["origin"] == "reconcile" and row[0]["job_id"] == 4201
+        assert row and row[0]["origin"] == "reconcile" and row[0]["job_id"] == "4201"
         assert metric(scrape(t.metrics_url), "callerid_reconcile_inserted_connections_total") >= 1
     finally:
         t.stop()
@@ -57,7 +57,7 @@ def test_fallback_answers_when_map_misses(tracers, munged, jobs, test_users, lis
     try:
         ans = query(t, c, munged.socket)
         assert ans.status == Status.FOUND and ans.source == Source.PROC
-        assert ans.pid == p.pid and ans.job_id == 4202
+        assert ans.pid == p.pid and ans.job_id == "4202"
         s = scrape(t.metrics_url)
         assert metric(s, "callerid_fallback_lookups_total", reason="map_miss") == 1
         assert metric(s, "callerid_lookups_total", source="proc") == 1
@@ -77,7 +77,7 @@ def test_restart_keeps_attribution_from_the_pinned_map(tracers, munged, jobs, te
         t.stop()
         t.start()  # same pins, reconcile off: only the pinned map can know this connection
         ans = query(t, c, munged.socket)
-        assert ans.status == Status.FOUND and ans.source == Source.BPF and ans.pid == p.pid and ans.job_id == 4203
+        assert ans.status == Status.FOUND and ans.source == Source.BPF and ans.pid == p.pid and ans.job_id == "4203"
         row = [r for r in conns_json(t) if r["local"] == f"[::1]:{c['sport']}"]
         assert row and row[0]["origin"] == "probe"
     finally:
@@ -161,7 +161,7 @@ def test_conns_agrees_with_ss(tracers, munged, jobs, test_users, listener):  # n
         for c in conns:
             local = f"127.0.0.1:{c['sport']}"
             assert f"{local} " in ss and f"pid={p.pid}," in ss
-            assert rows[local]["pid"] == p.pid and rows[local]["job_id"] == 4204 and rows[local]["user"] == user.name
+            assert rows[local]["pid"] == p.pid and rows[local]["job_id"] == "4204" and rows[local]["user"] == user.name
     finally:
         t.stop()
         if p:
