@@ -282,6 +282,22 @@ def _find_scopes(v2: str, trusted: int | None) -> list[tuple[str, str | None]]:
     return out
 
 
+def slurm_roots(root: str = DEFAULT_ROOT, v2_mount: str | None = None) -> list[tuple[str, str, str | None]]:
+    """(layout, path, node) of every Slurm cgroup root on this host, whatever node it is
+    for: v1 slurm[_<node>] under each controller, v2 [<node>_]slurmstepd.scope. For
+    `callerid doctor`; the same search as discovery, so both see the same layouts."""
+    out: list[tuple[str, str, str | None]] = []
+    for c in _v1_controllers(root):
+        for name in _subdirs(os.path.join(root, c)):
+            ok, node = root_node(name, "v1")
+            if ok:
+                out.append(("v1", os.path.join(root, c, name), node))
+    v2 = v2_mount if v2_mount is not None else default_v2_mount(root)
+    if is_cgroup2(v2):
+        out += [("v2", path, node) for path, node in _find_scopes(v2, _owner(v2))]
+    return out
+
+
 def _uids_of(pids: Iterable[int], proc: str) -> list[int]:
     uids = []
     for pid in pids:

@@ -75,6 +75,15 @@ def _canonical_id(digits: str) -> str:
     return str(int(digits))
 
 
+def v2_job_identity(name: str) -> str | None:
+    """The job a v2 job directory name stands for (job_<id>, <SLUID>, job_<SLUID>), else None."""
+    job = _V2_JOB.fullmatch(name)
+    if not job:
+        return None
+    ident = _canonical_id(job[1]) if job[1] else job[2]
+    return ident if is_job_identity(ident) else None
+
+
 def _step(parts: list[str], job_index: int) -> str | None:
     nxt = parts[job_index + 1] if job_index + 1 < len(parts) else ""
     return nxt[5:] if nxt.startswith("step_") and len(nxt) > 5 else None
@@ -98,10 +107,9 @@ def job_from_cgroup_path(path: str, layout: str = "v2", controller: str | None =
                               controller, "/".join(parts[: i + 3]))
         else:
             scope = _V2_SCOPE.fullmatch(part)
-            job = _V2_JOB.fullmatch(parts[i + 1]) if scope and i + 1 < len(parts) else None
-            if job and is_job_identity(_canonical_id(job[1]) if job[1] else job[2]):
-                return JobRef(_canonical_id(job[1]) if job[1] else job[2], None, _step(parts, i + 1),
-                              scope[1], "v2", None, "/".join(parts[: i + 2]))
+            job = v2_job_identity(parts[i + 1]) if scope and i + 1 < len(parts) else None
+            if job:
+                return JobRef(job, None, _step(parts, i + 1), scope[1], "v2", None, "/".join(parts[: i + 2]))
     return None
 
 
