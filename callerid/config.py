@@ -48,13 +48,23 @@ class CommonConfig:
 class TracerConfig:
     listen: list = opt([], "RPC listen addresses as ADDR:PORT or [ADDR6]:PORT; empty means [::]:rpc_port, dual stack.")
     metrics: str = opt(DEFAULT_TRACER_METRICS, "Address of the /metrics endpoint; empty disables it.")
-    probe: str = opt("auto", "Probe backend: auto, tracepoint, kprobe or fentry. A forced backend that cannot load is fatal.")
+    probe: str = opt("auto",
+        "Probe backend: auto, tracepoint, kprobe or fentry. A forced backend that cannot load is fatal.")
     pin_root: str = opt("/sys/fs/bpf/callerid", "bpffs directory for pinned maps; the layout version is appended.")
     replace_pinned: bool = opt(False, "Replace pinned maps whose layout does not match instead of refusing to start.")
-    max_connections: int = opt(131072, "Capacity of the map of open connections. It is an LRU map: from about 90% full the kernel evicts the least recently used entries; evicted connections are still answered, slowly, by the /proc fallback. Closed connections live in a map of their own (max_closed_connections), so churn does not fill this one.")
-    max_closed_connections: int = opt(65536, "Capacity of the map of closed connections kept for close_grace_seconds. A map of its own so that closed entries can never evict open ones. Above max_closed_connections / close_grace_seconds closes per second (546/s at the defaults) the kernel evicts the oldest closed entries before their grace ends; that is harmless to open connections and only shortens the grace of those entries (a login racing their close is then not answered).")
+    max_connections: int = opt(131072,
+        "Capacity of the map of open connections. It is an LRU map: from about 90% full the kernel evicts the least "
+        "recently used entries; evicted connections are still answered, slowly, by the /proc fallback. Closed "
+        "connections live in a map of their own (max_closed_connections), so churn does not fill this one.")
+    max_closed_connections: int = opt(65536,
+        "Capacity of the map of closed connections kept for close_grace_seconds. A map of its own so that closed "
+        "entries can never evict open ones. Above max_closed_connections / close_grace_seconds closes per second "
+        "(546/s at the defaults) the kernel evicts the oldest closed entries before their grace ends; that is harmless"
+        " to open connections and only shortens the grace of those entries (a login racing their close is then not "
+        "answered).")
     max_pending: int = opt(16384, "Capacity of the map of connects not yet established.")
-    close_grace_seconds: float = opt(120.0, "How long a closed connection stays answerable (covers TIME_WAIT, 60 s on Linux).")
+    close_grace_seconds: float = opt(120.0,
+        "How long a closed connection stays answerable (covers TIME_WAIT, 60 s on Linux).")
     sweep_interval_seconds: float = opt(10.0, "How often closed entries past their grace are deleted.")
     reconcile: bool = opt(True, "At start, attribute connections that already exist (sock_diag + /proc).")
     fallback: bool = opt(True, "Answer from sock_diag + /proc when the map has no entry or BPF is unavailable.")
@@ -69,16 +79,21 @@ class AdopterConfig:
     socket: str = opt("/run/callerid/adopter.sock", "Unix socket the PAM hook talks to (root only).")
     metrics: str = opt(DEFAULT_ADOPTER_METRICS, "Address of the adopter's /metrics endpoint; empty disables it.")
     action_no_jobs: str = opt("deny", "deny or ignore, when the user has no job on this node.")
-    action_unknown: str = opt("newest", "newest, allow or deny, when the user has several jobs and the source could not say which.")
+    action_unknown: str = opt("newest",
+        "newest, allow or deny, when the user has several jobs and the source could not say which.")
     action_adopt_failure: str = opt("allow", "allow or deny, when moving the sshd into the chosen job failed.")
-    action_generic_failure: str = opt("ignore", "ignore, allow or deny, when nothing could be determined (also applied by the hook when the daemon is unreachable).")
+    action_generic_failure: str = opt("ignore",
+        "ignore, allow or deny, when nothing could be determined (also applied by the hook when the daemon is "
+        "unreachable).")
     ignore_root: bool = opt(True, "Never adopt root; root logins get PAM_IGNORE before any work.")
     single_job_skip_rpc: bool = opt(True, "With exactly one job, adopt into it without asking the source node.")
     service: list = opt(["sshd"], "PAM services handled ('*' for all); others get PAM_IGNORE.")
     rpc_timeout_seconds: float = opt(2.0, "Deadline for the callerid RPC to the source node.")
     deadline_seconds: float = opt(5.0, "Total deadline of the hook; past it the hook applies action_generic_failure.")
     cgroup_root: str = opt("/sys/fs/cgroup", "Where cgroup hierarchies are mounted.")
-    adopt_exe: list = opt(list(DEFAULT_PAM_APPLICATIONS), "Executables (basename) of PAM applications whose hook requests are served; the hook's parent must run one of them (OpenSSH 9.8 and later: sshd-session).")
+    adopt_exe: list = opt(list(DEFAULT_PAM_APPLICATIONS),
+        "Executables (basename) of PAM applications whose hook requests are served; the hook's parent must run one of "
+        "them (OpenSSH 9.8 and later: sshd-session).")
 
 
 @dataclass

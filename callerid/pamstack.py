@@ -107,7 +107,8 @@ def problems(rules: list[Rule], pam_dir: str = "/etc/pam.d") -> list[Problem]:
             out.append(Problem(f"{r.source}: pam_systemd.so in the session stack moves sessions into a logind "
                                "scope, out of the job's cgroup", pam_systemd_fix(r, pam_dir)))
     account = [r for r in rules if r.type == "account"]
-    hooks = [i for i, r in enumerate(account) if os.path.basename(r.module) == "pam_exec.so" and HOOK.search(r.module + " " + r.args)]
+    hooks = [i for i, r in enumerate(account)
+             if os.path.basename(r.module) == "pam_exec.so" and HOOK.search(r.module + " " + r.args)]
     layout = "see packaging/pam/sshd-account-callerid"
     if not hooks:
         out.append(Problem("the account stack has no callerid hook (pam_exec.so ... callerid-pam-hook)",

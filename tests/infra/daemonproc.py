@@ -44,7 +44,7 @@ class DaemonProc:
             argv = self.netns.argv(argv)
         if self._logf:
             self._logf.close()
-        self._logf = open(self.log, "ab")
+        self._logf = open(self.log, "ab")  # noqa: SIM115 - the daemon's stdout until it is restarted or stopped
         self._log_start = self.log.stat().st_size
         self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT)
         if wait:

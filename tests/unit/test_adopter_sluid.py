@@ -5,8 +5,8 @@ cgroup.procs write, the log line, the metrics and the hook's reply all name the 
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import pwd
 import subprocess
 
