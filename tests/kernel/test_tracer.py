@@ -17,6 +17,7 @@ from callerid import munge
 from callerid.client import RpcError, ask
 from callerid.protocol import (
     HEADER,
+    VERSION,
     Answer,
     ErrorCode,
     FrameType,
@@ -104,7 +105,8 @@ def test_connection_after_start_found_with_owner_and_job(tracer, jobs, test_user
     assert (ans.pid, ans.uid, ans.gid) == (p.pid, user.uid, user.gid)
     assert ans.comm == "cid-ssh"
     assert ans.job_id == "4101"
-    assert f"uid_{user.uid}/job_4101" in ans.cgroup
+    want = f"/uid_{user.uid}/job_4101" if jobs.layout == "v1" else "/slurmstepd.scope/job_4101"
+    assert ans.cgroup.endswith(want), ans.cgroup
     assert not ans.closed and not ans.owner_exited
     # an AF_INET connect and a dual-stack AF_INET6 connect to the same peer are
     # found by the same query, whichever spelling (plain or v4-mapped) it uses
@@ -234,7 +236,7 @@ def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, job
         slow.append(s)
     try:
         assert _error_code(_raw(port, b"GET / HTTP/1.0\r\n\r\n")) == ErrorCode.BAD_FRAME
-        assert _error_code(_raw(port, struct.pack("!2sBBI", b"CI", 2, 1, 10_000_000))) == ErrorCode.BAD_FRAME
+        assert _error_code(_raw(port, struct.pack("!2sBBI", b"CI", VERSION, 1, 10_000_000))) == ErrorCode.BAD_FRAME
         assert _error_code(_raw(port, struct.pack("!2sBBI", b"CI", 9, 1, 4))) == ErrorCode.UNSUPPORTED_VERSION
         assert _error_code(_raw(port, encode_frame(FrameType.REQUEST, b"MUNGE:not-a-credential:"))) in \
             (ErrorCode.AUTH_FAILED,)
@@ -248,11 +250,11 @@ def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, job
         good = encode_frame(FrameType.REQUEST, munge.encode(encode_request(q, key), tracer.munge_socket,
                                                             secret_for_uid=0))
         reply = _raw(port, good)
-        assert reply[2:4] == bytes([2, FrameType.ANSWER])
+        assert reply[2:4] == bytes([VERSION, FrameType.ANSWER])
         assert open_answer(reply[HEADER.size:], key).job_id == "4104"   # tagged with our key
         assert _error_code(_raw(port, good)) == ErrorCode.REPLAYED  # same credential again
         # a valid credential around a malformed query, and one around a version 1 query
-        junk = encode_frame(FrameType.REQUEST, munge.encode(b"\x02\x04junk", tracer.munge_socket))
+        junk = encode_frame(FrameType.REQUEST, munge.encode(bytes([VERSION]) + b"\x04junk", tracer.munge_socket))
         assert _error_code(_raw(port, junk)) == ErrorCode.BAD_FRAME
         old = encode_frame(FrameType.REQUEST, munge.encode(b"\x01" + q.encode()[1:], tracer.munge_socket))
         assert _error_code(_raw(port, old)) == ErrorCode.UNSUPPORTED_VERSION
@@ -261,7 +263,7 @@ def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, job
                                                               secret_for_uid=65534))
         assert _error_code(_raw(port, theirs)) == ErrorCode.AUTH_FAILED
         # truncated frame: header promises 100 bytes, 10 arrive, then EOF
-        _raw(port, struct.pack("!2sBBI", b"CI", 2, 1, 100) + b"x" * 10, read=False)
+        _raw(port, struct.pack("!2sBBI", b"CI", VERSION, 1, 100) + b"x" * 10, read=False)
         # meanwhile a well-behaved client is answered, repeatedly and fast
         for _ in range(20):
             t0 = time.monotonic()

@@ -12,6 +12,7 @@ import pytest
 
 from callerid.client import ask
 from callerid.protocol import Query, Source, Status
+from callerid.tracer.probes import AUTO_ORDER, FAIL_FOR_TESTS
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
 from tests.kernel.conftest import close_client, start_client
@@ -86,8 +87,27 @@ def test_restart_keeps_attribution_from_the_pinned_map(tracers, munged, jobs, te
             close_client(p)
 
 
+def failing(*backends: str) -> dict[str, str]:
+    """The daemon's environment with these probe backends made to fail (tracer/probes.py
+    FAIL_FOR_TESTS): on a stock kernel fentry and kprobe work, so failing them takes this."""
+    return {**os.environ, FAIL_FOR_TESTS: ",".join(backends)}
+
+
+@pytest.fixture(scope="module")
+def working_backends(munged, tmp_path_factory):
+    """The backends this kernel really loads, in auto's order, and `callerid doctor --json`
+    (which loads each one) for the checks that read it."""
+    cfg = tmp_path_factory.mktemp("doctor") / "c.toml"
+    cfg.write_text(f'[common]\nmunge_socket = "{munged.socket}"\n')
+    r = subprocess.run([CALLERID, "--config", str(cfg), "doctor", "--json"], capture_output=True, text=True,
+                       timeout=600)
+    checks = {c["name"]: c for c in json.loads(r.stdout)}
+    return [b for b in AUTO_ORDER if checks[f"probe {b}"]["status"] == "ok"], checks
+
+
 def test_forced_unavailable_backend_fails_clearly(tracers):
     t = tracers.make(probe="kprobe")
+    t.env = failing("kprobe")
     t.start(wait=False)
     assert t.proc.wait(timeout=60) == 1
     log = t.log_text()
@@ -95,16 +115,32 @@ def test_forced_unavailable_backend_fails_clearly(tracers):
 
 
 def test_auto_falls_over_to_a_working_backend(tracers):
+    t = tracers.make(probe="auto")
+    t.env = failing("fentry", "kprobe")
+    t.start(timeout=60)
+    try:
+        s = scrape(t.metrics_url)
+        loaded = [b for b in AUTO_ORDER if metric(s, "callerid_probe_backend", backend=b) == 1]
+        assert loaded == ["tracepoint"], s
+        log = t.log_text()
+        assert "probe backend tracepoint loaded" in log
+        for b in ("fentry", "kprobe"):   # the failures are logged, not fatal
+            assert f"probe backend {b} unavailable" in log, log[-3000:]
+    finally:
+        t.stop()
+
+
+def test_auto_picks_the_first_backend_that_works_on_this_kernel(tracers, working_backends):
+    available, _ = working_backends
+    assert "tracepoint" in available
     t = tracers.make(probe="auto").start(timeout=60)
     try:
         s = scrape(t.metrics_url)
-        loaded = [b for b in ("fentry", "kprobe", "tracepoint") if metric(s, "callerid_probe_backend", backend=b) == 1]
-        assert len(loaded) == 1, s
-        assert f"probe backend {loaded[0]} loaded" in t.log_text()
-        # on machines without kprobes/trampolines the failures are logged, not fatal
-        for b in ("fentry", "kprobe"):
-            if b != loaded[0] and b not in t.log_text():
-                pytest.fail(f"auto did not report trying {b}")
+        loaded = [b for b in AUTO_ORDER if metric(s, "callerid_probe_backend", backend=b) == 1]
+        assert loaded == available[:1], (available, s)
+        log = t.log_text()
+        for b in AUTO_ORDER[:AUTO_ORDER.index(available[0])]:   # tried first, and failed here
+            assert f"probe backend {b} unavailable" in log, log[-3000:]
     finally:
         t.stop()
 
@@ -170,12 +206,8 @@ def test_conns_agrees_with_ss(tracers, munged, jobs, test_users, listener):  # n
             close_client(p)
 
 
-def test_doctor_reports_backends_and_munge(munged, tmp_path):
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[common]\nmunge_socket = "{munged.socket}"\n')
-    r = subprocess.run([CALLERID, "--config", str(cfg), "doctor", "--json"], capture_output=True, text=True,
-                       timeout=120)
-    checks = {c["name"]: c for c in json.loads(r.stdout)}
+def test_doctor_reports_backends_and_munge(working_backends):
+    _, checks = working_backends
     assert checks["probe tracepoint"]["status"] == "ok"
     assert checks["munge"]["status"] == "ok"
     assert checks["bpffs"]["status"] == "ok" and checks["tracefs"]["status"] == "ok"
