@@ -9,6 +9,8 @@ import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from callerid.adopter.peer import DEFAULT_PAM_APPLICATIONS
+
 try:  # Python 3.11+; RHEL/Rocky 9's system Python (3.9), which its BCC binds to, needs tomli
     import tomllib
 except ImportError:  # pragma: no cover - exercised on the Python 3.9 platform
@@ -89,9 +91,9 @@ class AdopterConfig:
     rpc_timeout_seconds: float = opt(2.0, "Deadline for the callerid RPC to the source node.")
     deadline_seconds: float = opt(5.0, "Total deadline of the hook; past it the hook applies action_generic_failure.")
     cgroup_root: str = opt("/sys/fs/cgroup", "Where cgroup hierarchies are mounted.")
-    adopt_exe: list = opt(["sshd"],
+    adopt_exe: list = opt(list(DEFAULT_PAM_APPLICATIONS),
         "Executables (basename) of PAM applications whose hook requests are served; the hook's parent must run one of "
-        "them.")
+        "them (OpenSSH 9.8 and later: sshd-session).")
 
 
 @dataclass

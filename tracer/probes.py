@@ -30,6 +30,15 @@ AUTO_ORDER = ("fentry", "kprobe", "tracepoint")
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/callerid"
 
 
+# Tests list backends here (comma-separated) to make them fail as on a kernel that refuses
+# them, so failover is tested on kernels where every backend works. Not for production.
+FAIL_FOR_TESTS = "CALLERID_TEST_FAIL_PROBES"
+
+
+def _failed_for_tests() -> set[str]:
+    return {b.strip() for b in os.environ.get(FAIL_FOR_TESTS, "").split(",") if b.strip()}
+
+
 class ProbeLoadError(RuntimeError):
     """A backend could not be compiled, loaded, attached, or failed its self-test."""
 
@@ -151,6 +160,10 @@ def load(backend: str, pin_root: str | Path = DEFAULT_PIN_ROOT, max_conns: int =
         raise ProbeLoadError(f"unknown probe backend {backend!r}; choose from {', '.join(BACKENDS)} or auto")
     failures = []
     for name in order:
+        if name in _failed_for_tests():
+            failures.append(f"{name}: made to fail by {FAIL_FOR_TESTS}")
+            log.info("probe backend %s unavailable: made to fail by %s", name, FAIL_FOR_TESTS)
+            continue
         start = time.monotonic()
         try:
             bpf = compile_and_attach(name, pins, max_conns, max_pending, max_closed)

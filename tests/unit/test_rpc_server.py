@@ -238,7 +238,7 @@ def test_long_garbage_still_gets_its_error(make):
 def test_oversized_length_with_body_in_flight(make):
     h = make(read_timeout=IO_TIMEOUT, max_frame=64)
     c = h.connect()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 5000) + b"b" * 5000)
+    c.sendall(struct.pack("!2sBBI", b"CI", 3, FrameType.REQUEST, 5000) + b"b" * 5000)
     assert recv_error(c)[0] == ErrorCode.BAD_FRAME
     assert h.counts() == {"bad_frame": 1.0}
     assert h.handler.calls == []
@@ -249,7 +249,7 @@ def test_oversized_length_is_refused_without_reading_the_body(make):
     h = make(read_timeout=IO_TIMEOUT, max_frame=8192)
     c = h.connect()
     start = time.monotonic()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 8193))
+    c.sendall(struct.pack("!2sBBI", b"CI", 3, FrameType.REQUEST, 8193))
     code, msg = recv_error(c)
     assert code == ErrorCode.BAD_FRAME
     assert "8193" in msg
@@ -262,7 +262,7 @@ def test_oversized_length_is_refused_without_reading_the_body(make):
 def test_max_frame_is_the_servers_not_the_protocols(make):
     h = make(read_timeout=IO_TIMEOUT, max_frame=16)
     c = h.connect()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 17))
+    c.sendall(struct.pack("!2sBBI", b"CI", 3, FrameType.REQUEST, 17))
     assert recv_error(c)[0] == ErrorCode.BAD_FRAME
     assert h.counts() == {"bad_frame": 1.0}
 
@@ -271,7 +271,7 @@ def test_max_frame_is_the_servers_not_the_protocols(make):
 def test_non_request_frame_is_bad_frame(make, ftype):
     h = make(read_timeout=IO_TIMEOUT)
     c = h.connect()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, ftype, 0))
+    c.sendall(struct.pack("!2sBBI", b"CI", 3, ftype, 0))
     assert recv_error(c) == (ErrorCode.BAD_FRAME, f"expected a request, got {ftype.name}")
     assert_closed(c)
     assert h.counts() == {"bad_frame": 1.0}
@@ -281,7 +281,7 @@ def test_non_request_frame_is_bad_frame(make, ftype):
 def test_unknown_frame_type_is_bad_frame(make):
     h = make(read_timeout=IO_TIMEOUT)
     c = h.connect()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, 9, 0))
+    c.sendall(struct.pack("!2sBBI", b"CI", 3, 9, 0))
     assert recv_error(c)[0] == ErrorCode.BAD_FRAME
     assert h.counts() == {"bad_frame": 1.0}
 
@@ -307,7 +307,7 @@ def test_bad_frame_after_a_good_one(make):
 
 
 @pytest.mark.parametrize("data", [
-    struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 10) + b"abcd",   # body cut short
+    struct.pack("!2sBBI", b"CI", 3, FrameType.REQUEST, 10) + b"abcd",   # body cut short
     b"CI\x01",                                                          # header cut short
 ], ids=["body", "header"])
 def test_truncated_frame_then_close_is_bad_frame(make, data):
@@ -338,7 +338,7 @@ def test_slow_client_gets_timeout(make):
 def test_slow_body_gets_timeout(make):
     h = make(read_timeout=READ_TIMEOUT)
     c = h.connect()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 10) + b"abc")
+    c.sendall(struct.pack("!2sBBI", b"CI", 3, FrameType.REQUEST, 10) + b"abc")
     assert recv_error(c)[0] == ErrorCode.TIMEOUT
     assert h.counts() == {"timeout": 1.0}
     assert h.handler.calls == []
