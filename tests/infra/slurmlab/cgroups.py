@@ -72,11 +72,27 @@ def slurm_tops(node: str, host: HostCgroups) -> list[Path]:
     return [Path(host.v2_mount or CGROUP_ROOT, V2_SLURMD_PARENT, f"{node}_slurmstepd.scope")]
 
 
-def slurmd_cgroup(node: str, host: HostCgroups) -> Path | None:
-    """Pure: the cgroup the lab starts node's slurmd in (v2 only; None on v1)."""
+def slurmd_cgroup(node: str, host: HostCgroups, systemd: bool = False) -> Path | None:
+    """Pure: the cgroup the lab starts node's slurmd in (v2 only; None on v1): under systemd the
+    transient scope systemd_scope_argv() asks for, elsewhere a directory the lab makes."""
     if host.version == "v1":
         return None
-    return Path(host.v2_mount or CGROUP_ROOT, V2_SLURMD_PARENT, f"cidlab-slurmd-{node}.service")
+    kind = "scope" if systemd else "service"
+    return Path(host.v2_mount or CGROUP_ROOT, V2_SLURMD_PARENT, f"cidlab-slurmd-{node}.{kind}")
+
+
+def systemd_is_init() -> bool:
+    """systemd runs as PID 1 (sd_booted(3)'s test): it owns the cgroup tree and must be asked for one."""
+    return Path("/run/systemd/system").is_dir()
+
+
+def systemd_scope_argv(cgroup: Path) -> list[str]:
+    """Programs in front of argv that run it (same pid, exec) in a transient systemd scope named
+    after `cgroup` with Delegate=yes, as slurmd.service has: systemd then enables every controller
+    on the way down and leaves the subtree to slurmd. A directory made behind systemd's back loses
+    its controllers the next time systemd realises system.slice (Slurm's cgroup_v2.c says as much)."""
+    return ["systemd-run", "--quiet", "--scope", "--collect", f"--slice={cgroup.parent.name}",
+            f"--unit={cgroup.name}", "-p", "Delegate=yes", "--"]
 
 
 def delegate_slurmd_cgroup(path: Path) -> None:
@@ -94,7 +110,7 @@ def delegate_slurmd_cgroup(path: Path) -> None:
 def find_job(node: str, job_id: int, root: Path = CGROUP_ROOT) -> LocalJob | None:
     """Job `job_id` on `node` as callerid's adopter sees it (only once its extern step exists)."""
     for j in list_jobs(node, str(root), default_v2_mount(str(root))):
-        if j.job_id == job_id:
+        if j.job_id == str(job_id):  # callerid's job ids are strings (SLUIDs); the lab's sbatch gives ints
             return j
     return None
 
@@ -153,7 +169,12 @@ def rm_tree(top: Path, deadline: float) -> bool:
 JOB_HIERARCHIES = {"v1": ("freezer", "cpuset", "memory"), "v2": ("",)}
 
 
-def job_steps(proc_cgroup_text: str, version: str) -> dict[str, tuple[int | None, str | None] | None]:
+def lab_job_id(job_id: str) -> int | str:
+    """Pure: callerid's job id (a string: numeric or a SLUID) as the lab's Slurm calls it (an int from sbatch)."""
+    return int(job_id) if job_id.isdigit() else job_id
+
+
+def job_steps(proc_cgroup_text: str, version: str) -> dict[str, tuple[int | str | None, str | None] | None]:
     """Pure: for each job hierarchy of cgroup `version`, the (job, step) that /proc/<pid>/cgroup text
     puts the process in, parsed by callerid.slurm_cgroup; None where it is in no job."""
     out: dict[str, tuple[int | None, str | None] | None] = {h: None for h in JOB_HIERARCHIES[version]}
@@ -166,7 +187,7 @@ def job_steps(proc_cgroup_text: str, version: str) -> dict[str, tuple[int | None
         names = [""] if layout == "v2" else ctrls.split(",")
         for h in out.keys() & set(names):
             ref = job_from_cgroup_path(path, layout) if layout == version else None
-            out[h] = (ref.job_id, ref.step) if ref else None
+            out[h] = (lab_job_id(ref.job_id), ref.step) if ref else None
     return out
 
 

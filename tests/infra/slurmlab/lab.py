@@ -299,10 +299,11 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
                 "PYTHONUNBUFFERED": "1"}
 
     def _spawn(self, name: str, argv: list[str], node: Node | None, hostname: str | None = None,
-               cgroup: Path | None = None) -> dict:
+               cgroup: Path | None = None, scope: list[str] | None = None) -> dict:
         log = self.logdir / f"{name}.out"
         with open(log, "ab") as f:
-            p = subprocess.Popen(node_argv(argv, node.netns.path if node else None, hostname, cgroup=cgroup),
+            p = subprocess.Popen(node_argv(argv, node.netns.path if node else None, hostname, cgroup=cgroup,
+                                           scope=scope),
                                  stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                                  env=self._daemon_env(), start_new_session=True, close_fds=True)
         self._popens[p.pid] = p
@@ -320,13 +321,18 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
                         n, n.name)
         self._spawn("slurmctld", ["/usr/sbin/slurmctld", "-D", "-i", "-f", str(self.conf)], self.ctl, self.ctl.name)
         for n in self.nodes:
-            cg = cgroups.slurmd_cgroup(n.name, self.host)
+            # v2: slurmd in a delegated cgroup of its own, as slurmd.service has (Delegate=yes);
+            # under systemd a transient scope systemd makes, elsewhere a directory the lab makes
+            systemd = cgroups.systemd_is_init()
+            cg = cgroups.slurmd_cgroup(n.name, self.host, systemd)
             if cg is not None:
                 self.state.setdefault("cgroup_dirs", []).append(str(cg))
                 self._save()
-                cgroups.delegate_slurmd_cgroup(cg)
+                if not systemd:
+                    cgroups.delegate_slurmd_cgroup(cg)
             self._spawn(f"slurmd-{n.name}", ["/usr/sbin/slurmd", "-D", "-N", n.name, "-f", str(self.conf)], n, n.name,
-                        cgroup=cg)
+                        cgroup=None if systemd else cg,
+                        scope=cgroups.systemd_scope_argv(cg) if systemd and cg is not None else None)
         for n in self.nodes:
             self._spawn(f"adopter-{n.name}", [CALLERID, "--config", str(self.root / n.name / "adopter.toml"),
                                               "adopter"], n, n.name)
