@@ -19,6 +19,8 @@ import pytest
 from tests.helpers import require
 
 ROOT = Path(__file__).resolve().parents[2]
+# Building the package, a first debootstrap and apt-get downloading BCC and LLVM take minutes.
+pytestmark = pytest.mark.timeout(1800)
 CACHE = Path(os.environ.get("CALLERID_CHROOT_CACHE", "/var/cache/callerid-chroot"))
 SUITE = "bookworm"
 BASE = CACHE / f"{SUITE}-minbase"
