@@ -66,6 +66,9 @@ def _config(args) -> int:
     if args.doc:
         print(cfgmod.reference())
         return 0
+    if args.sample:
+        sys.stdout.write(cfgmod.sample())
+        return 0
     try:
         cfg = cfgmod.load(args.config)
     except cfgmod.ConfigError as exc:
@@ -109,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=_doctor)
 
-    g = sub.add_parser("config", help="print the effective configuration, or --doc for the reference")
+    g = sub.add_parser("config", help="print the effective configuration, --doc for the reference, "
+                                      "--sample for a default configuration file")
     g.add_argument("--doc", action="store_true")
+    g.add_argument("--sample", action="store_true")
     g.set_defaults(func=_config)
     return p
 
