@@ -23,6 +23,7 @@ from . import cgroups, network
 from .config import (
     ADOPTER_METRICS_PORT,
     DEVLOG,
+    EXEC_SPOOL,
     HUB,
     NS_PREFIX,
     PIN_ROOT,
@@ -44,6 +45,13 @@ from .procctl import DEVLOG_PROG, netns_inode, node_argv, proc_start, same_proc,
 from .report import Report
 from .slurm import LabBusy, LabError, SlurmClient
 from .teardown import Teardown
+
+
+def exec_allowed(path: Path) -> bool:
+    """False where the filesystem holding `path` (or its nearest existing parent) is mounted noexec."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return not os.statvfs(path).f_flag & os.ST_NOEXEC
 
 
 class SlurmLab(SlurmClient, Logins, Teardown, Report):
@@ -262,19 +270,27 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
         self._save()
 
     # ---- configuration
+    @property
+    def spool(self) -> Path:
+        """slurmd's spool: under the lab's root unless that filesystem is mounted noexec."""
+        return self.root / "slurm" / "spool" if exec_allowed(self.root) else EXEC_SPOOL
+
     def slurm_conf_text(self) -> str:
-        return slurm_conf_text(self.root, self.nodes, self.munge_socket)
+        return slurm_conf_text(self.root, self.nodes, self.munge_socket, self.spool)
 
     def cgroup_conf_text(self) -> str:
         return cgroup_conf_text(self.host.version)
 
     def _write_configs(self) -> None:
         sd = self.root / "slurm"
-        for d in (sd, sd / "state", sd / "spool", self.logdir, self.root / "bin"):
+        if self.spool != sd / "spool":
+            self.state["dirs"].append(str(self.spool))  # outside the root: down() removes it by name
+            self._save()
+        for d in (sd, sd / "state", self.spool, self.logdir, self.root / "bin"):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o755)
         for n in self.nodes:
-            (sd / "spool" / n.name).mkdir(mode=0o755)
+            (self.spool / n.name).mkdir(mode=0o755, exist_ok=True)
             (self.root / n.name).mkdir(mode=0o755)
         self.conf.write_text(self.slurm_conf_text())
         (sd / "cgroup.conf").write_text(self.cgroup_conf_text())
