@@ -3,7 +3,7 @@
 # guest's copy of the checkout (the current directory), after scripts/setup.sh:
 #   demo   the README's first command, `bash scripts/demo.sh`, then `scripts/lab.sh down`
 #   lab    the README's lab tests, tests/lab, against the real Slurm lab (cgroup v2 here)
-#   units  tests/system: the packaging/systemd units installed as docs/INSTALL.md says,
+#   units  tests/vm/units_check.py: the packaging/systemd units installed as docs/INSTALL.md says,
 #          running under the guest's systemd (only meaningful in a VM guest)
 # Exit status: the step's.
 set -uo pipefail
@@ -22,7 +22,7 @@ case $step in
     exec "$py" -m pytest -ra -p no:cacheprovider tests/lab
     ;;
   units)
-    exec "$py" -m pytest -ra -p no:cacheprovider tests/system
+    exec "$py" -m pytest -ra -p no:cacheprovider tests/vm/units_check.py
     ;;
   *)
     echo "guest_steps.sh: unknown step $step" >&2
