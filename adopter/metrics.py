@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
-from callerid import __version__
+from callerid import __version__, logs
 from callerid.client import RPC_ERROR_REASONS
 
 from . import policy
@@ -54,3 +55,19 @@ class AdopterMetrics:
             self.hook_requests.labels(v)
         self.security.labels(SECURITY_KIND)
         ProcessCollector(registry=r)
+        r.register(_SuppressedLogCollector())
+
+
+class _SuppressedLogCollector:
+    """Warnings the log's rate limit dropped (callerid.logs.Guard), read when scraped."""
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        fam = CounterMetricFamily("callerid_log_suppressed_messages",
+                                  "Warnings not written to the log because more than 10 of one kind came within 10 s, by logger.",
+                                  labels=["logger"])
+        for name, n in sorted(logs.suppressed_counts().items()):
+            fam.add_metric([name], n)
+        yield fam

@@ -57,8 +57,11 @@ class TracerConfig:
     reconcile: bool = opt(True, "At start, attribute connections that already exist (sock_diag + /proc).")
     fallback: bool = opt(True, "Answer from sock_diag + /proc when the map has no entry or BPF is unavailable.")
     require_bpf: bool = opt(False, "Exit if no probe backend loads, instead of serving from the /proc fallback only.")
-    max_clients: int = opt(64, "Concurrent RPC clients; more get a BUSY error at once.")
-    read_timeout_seconds: float = opt(2.0, "Deadline for a client to deliver a whole request frame.")
+    max_clients: int = opt(64, "RPC requests answered at once (worker threads). More complete requests wait their turn in a queue, and get a BUSY error only if no worker is free within read_timeout_seconds.")
+    read_timeout_seconds: float = opt(2.0, "Deadline of a request: its whole frame must arrive, and its answer be ready, this long after the connection (or its previous answer).")
+    header_timeout_seconds: float = opt(1.0, "Deadline for a connection's 8-byte frame header (at most read_timeout_seconds); a connection that sends nothing is closed this soon.")
+    max_rpc_connections: int = opt(4096, "RPC connections held open at once. A connection waiting for its request costs a buffer, not a thread; when the table is full the one that has waited longest without a whole request is closed (BUSY). The tracer raises its open-file limit to fit.")
+    max_rpc_connections_per_peer: int = opt(512, "RPC connections from one address waiting for their request; one more closes that address's longest-waiting one, so one host cannot take the table.")
     max_frame_bytes: int = opt(8192, "Largest request payload accepted.")
 
 

@@ -85,6 +85,9 @@ require_bpf = true
 max_clients = 8
 read_timeout_seconds = 0.5
 max_frame_bytes = 4096
+header_timeout_seconds = 0.25
+max_rpc_connections = 100
+max_rpc_connections_per_peer = 10
 
 [adopter]
 socket = "/tmp/adopter.sock"
@@ -109,7 +112,8 @@ FULL_EXPECTED = {
                    pin_root="/sys/fs/bpf/other", replace_pinned=True, max_connections=1024, max_pending=128,
                    max_closed_connections=512,
                    close_grace_seconds=30.5, sweep_interval_seconds=1.5, reconcile=False, fallback=False,
-                   require_bpf=True, max_clients=8, read_timeout_seconds=0.5, max_frame_bytes=4096),
+                   require_bpf=True, max_clients=8, read_timeout_seconds=0.5, max_frame_bytes=4096,
+                   header_timeout_seconds=0.25, max_rpc_connections=100, max_rpc_connections_per_peer=10),
     "adopter": dict(socket="/tmp/adopter.sock", metrics="127.0.0.1:9999", action_no_jobs="ignore",
                     action_unknown="deny", action_adopt_failure="deny", action_generic_failure="deny",
                     ignore_root=False, single_job_skip_rpc=False, service=["sshd", "login"],

@@ -1,0 +1,160 @@
+"""The tracer daemon under abuse: held connections, bursts of callers, a hung munged (issue 12)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from callerid.client import RpcError, ask
+from callerid.protocol import Query
+from tests.infra.procs import wait_for
+from tests.infra.tracerproc import metric, scrape
+from tests.kernel.conftest import close_client, start_client
+from tests.kernel.test_tracer import listener  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.kernel
+SLOWLORIS = Path(__file__).resolve().parents[1] / "infra" / "slowloris_prog.py"
+
+
+@pytest.fixture(scope="module")
+def tracer(tracers):
+    return tracers.make().start()
+
+
+def run_as(user, argv) -> subprocess.Popen:
+    def drop():
+        os.setgroups([])
+        os.setgid(user.gid)
+        os.setuid(user.uid)
+    return subprocess.Popen(argv, preexec_fn=drop, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def rpc_counts(tracer) -> dict:
+    now = scrape(tracer.metrics_url)
+    return {k[1][0][1]: v for k, v in now.items() if k[0] == "callerid_rpc_requests_total" and v}
+
+
+def test_a_thousand_unauthenticated_connections_do_not_silence_the_tracer(tracer, munged, jobs, test_users,
+                                                                          listener):  # noqa: F811
+    owner, attacker = test_users
+    jobs.create(owner.uid, 4201)
+    p, (c,) = start_client(jobs, owner, 4201, "127.0.0.1", listener)
+    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+    evil = run_as(attacker, [sys.executable, str(SLOWLORIS), "127.0.0.1", str(tracer.port), "1000", "12"])
+    try:
+        # One address may hold max_rpc_connections_per_peer (512) waiting connections:
+        # past that, each new one of the attacker's closes its own oldest.
+        wait_for(lambda: metric(scrape(tracer.metrics_url), "callerid_rpc_clients") >= 450, 10,
+                 "the attacker's connections held by the tracer")
+        answered, wrong, failed, latencies = 0, 0, [], []
+        end = time.monotonic() + 8
+        asked = 0
+        while time.monotonic() < end and asked < 400:
+            asked += 1
+            t0 = time.monotonic()
+            try:
+                ans = ask(("127.0.0.1", tracer.port), q, 2.0, munged.socket)
+            except RpcError as exc:
+                failed.append(exc.reason)
+                continue
+            latencies.append(time.monotonic() - t0)
+            if ans.job_id == 4201 and ans.uid == owner.uid:
+                answered += 1
+            else:
+                wrong += 1
+            time.sleep(0.01)
+        held = metric(scrape(tracer.metrics_url), "callerid_rpc_clients")
+    finally:
+        out, err = evil.communicate(timeout=30)
+        close_client(p)
+    stats = json.loads(out)
+    latencies.sort()
+    print(f"slowloris: {stats}; root asked {asked}, answered {answered}, wrong {wrong}, failed {failed}, "
+          f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, "
+          f"tracer held {held:.0f} connections")
+    assert stats["peak_held"] >= 900, f"the attacker did not hold its connections: {stats} {err}"
+    assert held >= 400, "the attack was still on while root asked"
+    assert wrong == 0
+    assert asked >= 100 and answered >= 0.99 * asked, f"answered {answered} of {asked}: {failed}"
+    assert tracer.running
+
+
+def test_a_burst_of_256_simultaneous_queries_is_answered(tracer, munged, jobs, test_users, listener):  # noqa: F811
+    owner = test_users[0]
+    jobs.create(owner.uid, 4202)
+    p, conns = start_client(jobs, owner, 4202, "127.0.0.1", listener, count=8)
+    before = rpc_counts(tracer)
+    go = threading.Barrier(256)
+    results: list = [None] * 256
+
+    def one(i):
+        c = conns[i % len(conns)]
+        q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+        go.wait(30)
+        t0 = time.monotonic()
+        try:
+            ans = ask(("127.0.0.1", tracer.port), q, 2.0, munged.socket)
+            results[i] = ("ok" if ans.job_id == 4202 and ans.query == q else "wrong", time.monotonic() - t0)
+        except RpcError as exc:
+            results[i] = (exc.reason, time.monotonic() - t0)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(256)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    close_client(p)
+    after = rpc_counts(tracer)
+    outcome = {}
+    for r in results:
+        outcome[r[0] if r else "none"] = outcome.get(r[0] if r else "none", 0) + 1
+    slowest = max(r[1] for r in results if r)
+    busy = after.get("busy", 0) - before.get("busy", 0)
+    print(f"burst of 256: {outcome}, slowest {slowest * 1000:.0f} ms, tracer said busy {busy:.0f} times")
+    assert outcome == {"ok": 256}
+
+
+def test_a_hung_munged_is_abandoned_at_the_deadline_and_the_tracer_recovers(tracer, munged, jobs, test_users,
+                                                                           listener):  # noqa: F811
+    owner = test_users[0]
+    jobs.create(owner.uid, 4203)
+    p, (c,) = start_client(jobs, owner, 4203, "127.0.0.1", listener)
+    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+    # The client's credential is made first: then munged stops, so the tracer's decode hangs.
+    from callerid import munge
+    from callerid.protocol import FrameType, encode_frame, encode_request
+    cred = munge.encode(encode_request(q, os.urandom(32)), munged.socket, secret_for_uid=0)
+    before = rpc_counts(tracer)
+    os.kill(munged.pid, signal.SIGSTOP)
+    try:
+        import socket as socketmod
+        t0 = time.monotonic()
+        with socketmod.create_connection(("127.0.0.1", tracer.port), timeout=10) as s:
+            s.sendall(encode_frame(FrameType.REQUEST, cred))
+            reply = s.recv(4096)
+        elapsed = time.monotonic() - t0
+    finally:
+        os.kill(munged.pid, signal.SIGCONT)
+    from callerid.protocol import ErrorCode, decode_error, HEADER
+    assert reply[3] == FrameType.ERROR and decode_error(reply[HEADER.size:])[0] == ErrorCode.INTERNAL
+    assert elapsed < 2.0 + 0.5, f"answered after {elapsed:.2f}s, past the 2 s request deadline"
+    assert wait_for(lambda: rpc_counts(tracer).get("abandoned", 0) - before.get("abandoned", 0) == 1, 5,
+                    "abandoned counted")
+    # munged is back: the tracer answers again (its stuck worker returns in its own time)
+    assert wait_for(lambda: _answers(tracer, q, munged.socket) == 4203, 15, "answers after munged resumed")
+    close_client(p)
+
+
+def _answers(tracer, q, sock):
+    try:
+        return ask(("127.0.0.1", tracer.port), q, 2.0, sock).job_id
+    except RpcError:
+        return None
