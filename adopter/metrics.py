@@ -20,7 +20,10 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 # no_socket (the sshd held no TCP connection: nothing to ask about).
 RPC_OUTCOMES = ("found_job", "no_job", "not_found", "no_socket") + RPC_ERROR_REASONS
 HOOK_RESULTS = ("ok", "not_root", "bad_request", "bad_peer", "timeout", "internal_error", "reply_undelivered")
-SECURITY_KIND = "foreign_job"  # the only decision policy flags as a possible escape
+SECURITY_KIND = "foreign_job"
+# Why a decision was dropped instead of applied: the request's deadline passed, the hook
+# hung up (it gave up on its own deadline), or the process to adopt changed under us.
+ABANDON_REASONS = ("deadline", "hook_gone", "process_changed")  # the only decision policy flags as a possible escape
 
 
 class AdopterMetrics:
@@ -41,6 +44,11 @@ class AdopterMetrics:
         self.hook_requests = Counter("callerid_adopter_hook_requests",
                                      "Requests on the hook socket by result (rejected ones never reach a decision).",
                                      ["result"], registry=r)
+        self.abandoned = Counter("callerid_adopter_abandoned_decisions",
+                                 "Decisions dropped, never applied nor counted as decisions, because the login had gone, by reason.",
+                                 ["reason"], registry=r)
+        for v in ABANDON_REASONS:
+            self.abandoned.labels(v)
         self.security = Counter("callerid_adopter_security_events",
                                 "Logins from another user's job or other possible escape attempts.", ["kind"], registry=r)
         # Pre-declared label values: a series born at 1 is invisible to rate() and
