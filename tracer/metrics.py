@@ -8,6 +8,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from callerid import __version__, logs
 from .layout import STAT_NAMES
+from .lookup import SCAN_RESULTS
 
 # Sub-millisecond resolution for map answers, seconds for munged or /proc trouble.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
@@ -48,6 +49,11 @@ class TracerMetrics:
                                  ["reason"], registry=r)
         for s in ("map_miss", "no_bpf"):
             self.fallbacks.labels(s)
+        self.fallback_scans = Counter("callerid_fallback_scans",
+                                      "Walks of /proc/*/fd by the fallback (one at a time, within a time budget), by how they ended: found, not_found, budget_exceeded, busy (another scan held the turn past the budget). Questions about another uid's socket never scan.",
+                                      ["result"], registry=r)
+        for res in SCAN_RESULTS:
+            self.fallback_scans.labels(res)
         self.owner_exited = Counter("callerid_owner_exited_answers",
                                     "Map hits whose recorded process has exited or whose pid was reused.", registry=r)
         self.probe_info = Gauge("callerid_probe_backend", "1 for the probe backend in use (none: fallback only).",

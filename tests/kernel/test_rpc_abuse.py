@@ -158,3 +158,35 @@ def _answers(tracer, q, sock):
         return ask(("127.0.0.1", tracer.port), q, 2.0, sock).job_id
     except RpcError:
         return None
+
+
+def test_strangers_question_about_an_unmapped_socket_scans_nothing_and_looks_like_not_found(
+        tracer, jobs, test_users, listener):  # noqa: F811
+    from callerid.tracer.bpfmap import Connections
+    from callerid.tracer.layout import make_key
+    from callerid.tracer.probes import pin_dir
+    from tests.kernel.test_tracer import query_as
+
+    owner, other = test_users
+    jobs.create(owner.uid, 4204)
+    p, (c,) = start_client(jobs, owner, 4204, "127.0.0.1", listener)
+    conns = Connections.open_pinned(pin_dir(tracer.pin_root))
+    try:
+        assert conns.delete(make_key(c["src"], c["sport"], c["dst"], c["dport"]))   # only /proc knows it now
+    finally:
+        conns.close()
+
+    def scans():
+        now = scrape(tracer.metrics_url)
+        return sum(v for k, v in now.items() if k[0] == "callerid_fallback_scans_total")
+
+    before = scans()
+    rc, theirs = query_as(other, tracer, c)
+    assert scans() == before, "a stranger's question walked /proc"
+    rc2, missing = query_as(other, tracer, dict(c, dport=1))
+    assert rc == rc2 == 1
+    assert {k: v for k, v in theirs.items() if k != "query"} == {k: v for k, v in missing.items() if k != "query"}
+    rc, mine = query_as(owner, tracer, c)
+    assert rc == 0 and mine["job_id"] == 4204 and mine["source"] == "proc"
+    assert scans() == before + 1
+    close_client(p)
