@@ -221,6 +221,15 @@ class _BoundedCalls:
 _bounded = _BoundedCalls(MAX_ABANDONED_CALLS)
 
 
+def _after_fork_in_child() -> None:
+    # A forked child has none of the parent's threads: start from an empty pool.
+    global _bounded
+    _bounded = _BoundedCalls(MAX_ABANDONED_CALLS)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def encode(payload: bytes, socket_path: str | None = None, ttl: int | None = None,
            secret_for_uid: int | None = None, timeout: float | None = None) -> bytes:
     """Return a credential (ASCII bytes) for `payload`, made by munged for this process's uid/gid.
