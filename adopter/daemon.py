@@ -38,7 +38,8 @@ def parse_request(raw: bytes) -> dict:
     """The hook's JSON line; anything else (a pid to adopt, unknown fields) is refused."""
     req = json.loads(raw)
     if not isinstance(req, dict) or req.get("v") != 1 or set(req) - REQUEST_FIELDS:
-        raise ValueError(f"unexpected request fields or version: {sorted(req) if isinstance(req, dict) else type(req).__name__}")
+        what = sorted(req) if isinstance(req, dict) else type(req).__name__
+        raise ValueError(f"unexpected request fields or version: {what}")
     for f in ("user", "service", "type"):
         if not isinstance(req.get(f), str):
             raise ValueError(f"field {f!r} must be a string")

@@ -9,7 +9,7 @@ from prometheus_client.process_collector import ProcessCollector
 from callerid import __version__, logs
 from callerid.client import RPC_ERROR_REASONS
 
-from . import policy
+from .decision_table import verdict_reason_pairs
 
 # Sub-millisecond for single-job adoptions, seconds for RPC timeouts and deadlines.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -18,7 +18,10 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 # callerid RPC outcomes seen by the adopter: answers, the client's error reasons, and
 # no_socket (the sshd held no TCP connection: nothing to ask about).
-RPC_OUTCOMES = ("found_job", "no_job", "not_found", "no_socket") + RPC_ERROR_REASONS
+NO_SOCKET = "no_socket"
+RPC_OUTCOMES = ("found_job", "no_job", "not_found", NO_SOCKET) + RPC_ERROR_REASONS
+# The outcomes in which no answer came back (the dashboards' and alerts' "RPC failed").
+RPC_FAILED_OUTCOMES = RPC_ERROR_REASONS + (NO_SOCKET,)
 HOOK_RESULTS = ("ok", "not_root", "bad_request", "bad_peer", "timeout", "internal_error", "reply_undelivered")
 SECURITY_KIND = "foreign_job"
 # Why a decision was dropped instead of applied: the request's deadline passed, the hook
@@ -39,21 +42,24 @@ class AdopterMetrics:
                            ["outcome"], registry=r)
         self.rpc_seconds = Histogram("callerid_adopter_rpc_duration_seconds",
                                      "Duration of callerid RPCs to source nodes.", buckets=LATENCY_BUCKETS, registry=r)
-        self.adoptions = Counter("callerid_adopter_adoptions", "Attempts to move an sshd into a job's extern step, by result.",
-                                 ["result"], registry=r)
+        self.adoptions = Counter("callerid_adopter_adoptions",
+                                 "Attempts to move an sshd into a job's extern step, by result.", ["result"],
+                                 registry=r)
         self.hook_requests = Counter("callerid_adopter_hook_requests",
                                      "Requests on the hook socket by result (rejected ones never reach a decision).",
                                      ["result"], registry=r)
         self.abandoned = Counter("callerid_adopter_abandoned_decisions",
-                                 "Decisions dropped, never applied nor counted as decisions, because the login had gone, by reason.",
+                                 "Decisions dropped, never applied nor counted as decisions, because the login "
+                                 "had gone, by reason.",
                                  ["reason"], registry=r)
         for v in ABANDON_REASONS:
             self.abandoned.labels(v)
         self.security = Counter("callerid_adopter_security_events",
-                                "Logins from another user's job or other possible escape attempts.", ["kind"], registry=r)
+                                "Logins from another user's job or other possible escape attempts.", ["kind"],
+                                registry=r)
         # Pre-declared label values: a series born at 1 is invisible to rate() and
         # increase(), which would hide a node's first security event or failure.
-        for verdict, reason in policy.verdict_reason_pairs():
+        for verdict, reason in verdict_reason_pairs():
             self.decisions.labels(verdict, reason)
         for v in RPC_OUTCOMES:
             self.rpc.labels(v)
@@ -74,7 +80,8 @@ class _SuppressedLogCollector:
 
     def collect(self):
         fam = CounterMetricFamily("callerid_log_suppressed_messages",
-                                  "Warnings not written to the log because more than 10 of one kind came within 10 s, by logger.",
+                                  "Warnings not written to the log because more than 10 of one kind came "
+                                  "within 10 s, by logger.",
                                   labels=["logger"])
         for name, n in sorted(logs.suppressed_counts().items()):
             fam.add_metric([name], n)

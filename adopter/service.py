@@ -10,11 +10,12 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from callerid.client import RpcError, ask
+from callerid.inet import endpoint
 from callerid.linux import sockets
 from callerid.protocol import Query, Status
 
 from . import cgroupfs, jobs, policy
-from .metrics import SECURITY_KIND, AdopterMetrics
+from .metrics import NO_SOCKET, SECURITY_KIND, AdopterMetrics
 
 log = logging.getLogger("callerid.adopter")
 
@@ -27,7 +28,8 @@ class Reply:
 
     def encode(self) -> bytes:
         """The reply line the hook (adopter/hook.c) reads."""
-        return json.dumps({"v": 1, "verdict": self.verdict, "exit": self.exit, "message": self.message}).encode() + b"\n"
+        reply = {"v": 1, "verdict": self.verdict, "exit": self.exit, "message": self.message}
+        return json.dumps(reply).encode() + b"\n"
 
 
 @dataclass
@@ -132,10 +134,10 @@ class Adopter:
     def _ask_source(self, app_pid: int, user: str, deadline: float | None) -> tuple[policy.CallerAnswer, str]:
         conn = sockets.tcp_connection(app_pid)
         if conn is None:
-            self.m.rpc.labels("no_socket").inc()
-            return policy.CallerAnswer(None, "no_socket"), "-"
+            self.m.rpc.labels(NO_SOCKET).inc()
+            return policy.CallerAnswer(None, NO_SOCKET), "-"
         q = Query.make(conn.remote_ip, conn.remote_port, conn.local_ip, conn.local_port)
-        src = f"{q.src_ip}:{q.src_port}" if q.src_ip.version == 4 else f"[{q.src_ip}]:{q.src_port}"
+        src = endpoint(q.src_ip, q.src_port)
         timeout = self.s.rpc_timeout
         if deadline is not None:
             timeout = min(timeout, deadline - time.monotonic())

@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from callerid.linux import procfs, sockdiag
 from callerid.protocol import Answer, Query, Source, Status
 from callerid.slurm_cgroup import job_from_proc_cgroup
 
-from callerid.linux import procfs, sockdiag
 from .bpfmap import Connections
 from .layout import make_key
 

@@ -7,6 +7,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
 from callerid import __version__, logs
+
 from .layout import STAT_NAMES
 from .lookup import SCAN_RESULTS
 
@@ -26,16 +27,21 @@ class TracerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         Info("callerid_build", "callerid build information.", registry=r).info({"version": __version__})
-        self.requests = Counter("callerid_rpc_requests", "callerid RPC requests by result (denied answers look like not_found to the caller).",
+        self.requests = Counter("callerid_rpc_requests",
+                                "callerid RPC requests by result (denied answers look like not_found to the caller).",
                                 ["result"], registry=r)
         for res in RPC_RESULTS:
             self.requests.labels(res)
         self.request_seconds = Histogram("callerid_rpc_request_duration_seconds",
-                                         "Time from a complete request frame to its reply being ready (credential check, lookup, tagging); frames refused before that are counted, not timed.",
+                                         "Time from a complete request frame to its reply being ready (credential "
+                                         "check, lookup, tagging); frames refused before that are counted, not timed.",
                                          buckets=LATENCY_BUCKETS, registry=r)
-        self.clients = Gauge("callerid_rpc_clients", "RPC connections open now (waiting for a request, queued, being answered or closing).", registry=r)
+        self.clients = Gauge("callerid_rpc_clients",
+                             "RPC connections open now (waiting for a request, queued, being answered or closing).",
+                             registry=r)
         self.evicted = Counter("callerid_rpc_evicted_connections",
-                               "Connections closed without a whole request because too many were waiting, by limit: per_peer or full.",
+                               "Connections closed without a whole request because too many were waiting, by "
+                               "limit: per_peer or full.",
                                ["reason"], registry=r)
         for why in EVICT_REASONS:
             self.evicted.labels(why)
@@ -50,7 +56,10 @@ class TracerMetrics:
         for s in ("map_miss", "no_bpf"):
             self.fallbacks.labels(s)
         self.fallback_scans = Counter("callerid_fallback_scans",
-                                      "Walks of /proc/*/fd by the fallback (one at a time, within a time budget), by how they ended: found, not_found, budget_exceeded, busy (another scan held the turn past the budget). Questions about another uid's socket never scan.",
+                                      "Walks of /proc/*/fd by the fallback (one at a time, within a time budget), "
+                                      "by how they ended: found, not_found, budget_exceeded, busy (another scan "
+                                      "held the turn past the budget). Questions about another uid's socket never "
+                                      "scan.",
                                       ["result"], registry=r)
         for res in SCAN_RESULTS:
             self.fallback_scans.labels(res)
@@ -65,16 +74,19 @@ class TracerMetrics:
         self.sweep_deleted = Counter("callerid_sweeper_deleted_connections",
                                      "Closed connections deleted after their grace period.", registry=r)
         self.sweep_stale = Counter("callerid_sweeper_stale_closed_connections",
-                                   "Entries marked closed by the sweeper because their socket no longer exists.", registry=r)
+                                   "Entries marked closed by the sweeper because their socket no longer exists.",
+                                   registry=r)
         self.sweep_seconds = Gauge("callerid_sweeper_last_duration_seconds", "Duration of the last sweep.", registry=r)
         self.tracked = Gauge("callerid_tracked_connections",
-                             "Entries in the connection maps at the last sweep, by map: open, or closed (kept for the grace period).",
+                             "Entries in the connection maps at the last sweep, by map: open, or closed "
+                             "(kept for the grace period).",
                              ["state"], registry=r)
         self.reconcile_inserted = Counter("callerid_reconcile_inserted_connections",
                                           "Connections found at start-up and written to the map.", registry=r)
         self.reconcile_seconds = Gauge("callerid_reconcile_last_duration_seconds",
                                        "Duration of the start-up reconcile.", registry=r)
-        self.reconcile_success = Gauge("callerid_reconcile_last_success", "1 if the last reconcile completed.", registry=r)
+        self.reconcile_success = Gauge("callerid_reconcile_last_success", "1 if the last reconcile completed.",
+                                       registry=r)
         ProcessCollector(registry=r)
         r.register(_SuppressedLogCollector())
         self._probe = None
@@ -102,7 +114,8 @@ class _ProbeCollector:
     def collect(self):
         probe = self.m._probe
         cap = GaugeMetricFamily("callerid_map_capacity_connections",
-                                "Capacity of the connection maps, by map: open (max_connections) or closed (max_closed_connections); 0 without a probe.",
+                                "Capacity of the connection maps, by map: open (max_connections) or closed "
+                                "(max_closed_connections); 0 without a probe.",
                                 labels=["state"])
         events = CounterMetricFamily("callerid_bpf_events", "Events counted by the BPF program, by kind.",
                                      labels=["event"])
@@ -128,7 +141,8 @@ class _SuppressedLogCollector:
 
     def collect(self):
         fam = CounterMetricFamily("callerid_log_suppressed_messages",
-                                  "Warnings not written to the log because more than 10 of one kind came within 10 s, by logger.",
+                                  "Warnings not written to the log because more than 10 of one kind came "
+                                  "within 10 s, by logger.",
                                   labels=["logger"])
         for name, n in sorted(logs.suppressed_counts().items()):
             fam.add_metric([name], n)

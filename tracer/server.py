@@ -22,8 +22,16 @@ import socket
 import threading
 import time
 
-from callerid.protocol import (HEADER, ErrorCode, FrameType, ProtocolError, check_credential_shape, decode_header,
-                               encode_error)
+from callerid.inet import endpoint
+from callerid.protocol import (
+    HEADER,
+    ErrorCode,
+    FrameType,
+    ProtocolError,
+    check_credential_shape,
+    decode_header,
+    encode_error,
+)
 
 from .metrics import TracerMetrics
 
@@ -208,7 +216,7 @@ class RpcServer:
             with self._lock:
                 self._open += 1
             self.metrics.clients.inc()
-            conn = _Conn(sock, _fmt_peer(addr), addr[0])
+            conn = _Conn(sock, endpoint(addr[0], addr[1]), addr[0])
             if not self._make_room(conn.host, now):
                 self.metrics.evicted.labels("full").inc()
                 log.warning("rpc from %s: refused, %d connections are being answered", conn.peer, self._open)
@@ -488,9 +496,3 @@ class RpcServer:
         self._returned.append((conn, keep and not self._stop.is_set()))
         self._wake()
 
-
-def _fmt_peer(addr) -> str:
-    host, port = addr[0], addr[1]
-    if host.startswith("::ffff:"):
-        host = host[7:]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

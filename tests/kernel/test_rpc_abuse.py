@@ -78,7 +78,8 @@ def test_a_thousand_unauthenticated_connections_do_not_silence_the_tracer(tracer
     stats = json.loads(out)
     latencies.sort()
     print(f"slowloris: {stats}; root asked {asked}, answered {answered}, wrong {wrong}, failed {failed}, "
-          f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, "
+          f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+          f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, "
           f"tracer held {held:.0f} connections")
     assert stats["peak_held"] >= 900, f"the attacker did not hold its connections: {stats} {err}"
     assert held >= 400, "the attack was still on while root asked"
@@ -143,7 +144,7 @@ def test_a_hung_munged_is_abandoned_at_the_deadline_and_the_tracer_recovers(trac
         elapsed = time.monotonic() - t0
     finally:
         os.kill(munged.pid, signal.SIGCONT)
-    from callerid.protocol import ErrorCode, decode_error, HEADER
+    from callerid.protocol import HEADER, ErrorCode, decode_error
     assert reply[3] == FrameType.ERROR and decode_error(reply[HEADER.size:])[0] == ErrorCode.INTERNAL
     assert elapsed < 2.0 + 0.5, f"answered after {elapsed:.2f}s, past the 2 s request deadline"
     assert wait_for(lambda: rpc_counts(tracer).get("abandoned", 0) - before.get("abandoned", 0) == 1, 5,

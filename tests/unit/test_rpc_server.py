@@ -10,11 +10,19 @@ import time
 
 import pytest
 
-from callerid.protocol import (HEADER, ErrorCode, FrameType, check_credential_shape, decode_error, decode_header,
-                               encode_error, encode_frame)
+from callerid.protocol import (
+    HEADER,
+    ErrorCode,
+    FrameType,
+    check_credential_shape,
+    decode_error,
+    decode_header,
+    encode_error,
+    encode_frame,
+)
 from callerid.tracer.metrics import RPC_RESULTS, TracerMetrics
-from tests.helpers import require
 from callerid.tracer.server import RpcServer, bind_listener
+from tests.helpers import require
 
 READ_TIMEOUT = 0.3
 IO_TIMEOUT = 2.0   # upper bound for any single wait in these tests
@@ -89,7 +97,7 @@ def wait_for(pred, timeout=IO_TIMEOUT):
     return pred()
 
 
-def wait_idle(h: "Harness") -> bool:
+def wait_idle(h: Harness) -> bool:
     """No connection held any more (closing ones linger a moment)."""
     return wait_for(lambda: h.connected() == 0)
 
@@ -399,7 +407,7 @@ class GatedHandler(EchoHandler):
         return super().handle(payload, peer)
 
 
-def evicted(h: "Harness", why: str) -> float:
+def evicted(h: Harness, why: str) -> float:
     return h.metrics.registry.get_sample_value("callerid_rpc_evicted_connections_total", {"reason": why})
 
 
@@ -492,7 +500,7 @@ def test_waiter_whose_request_is_already_in_is_not_evicted(make):
 
 def test_errors_release_their_connection(make):
     h = make(max_connections=1, read_timeout=IO_TIMEOUT)
-    for i in range(3):
+    for _ in range(3):
         c = h.connect()
         c.sendall(b"\xff" * HEADER.size)
         assert recv_error(c)[0] == ErrorCode.BAD_FRAME
