@@ -191,3 +191,93 @@ def test_strangers_question_about_an_unmapped_socket_scans_nothing_and_looks_lik
     assert rc == 0 and mine["job_id"] == 4204 and mine["source"] == "proc"
     assert scans() == before + 1
     close_client(p)
+
+
+FUZZ_FRAMES = 20_000
+
+
+def _fuzz_frames(rng, creds: list[bytes], n: int):
+    """n byte strings, each sent on its own connection: the kinds of input a fuzzer (or an
+    attacker) tries, drawn with a fixed seed so a failure can be replayed."""
+    import base64
+    import struct as st
+
+    from callerid.protocol import FrameType, encode_frame
+    b64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    for _ in range(n):
+        kind = rng.randrange(9)
+        if kind == 0:                                    # noise
+            yield rng.randbytes(rng.randrange(1, 64))
+        elif kind == 1:                                  # any header, short payload
+            yield st.pack("!2sBBI", b"CI", rng.randrange(4), rng.randrange(5), rng.randrange(2**32)) + \
+                rng.randbytes(rng.randrange(32))
+        elif kind == 2:                                  # a request of random bytes
+            yield encode_frame(FrameType.REQUEST, rng.randbytes(rng.randrange(200)))
+        elif kind == 3:                                  # MUNGE-shaped garbage: munged says no
+            body = bytes(rng.choice(b64) for _ in range(rng.randrange(60, 300)))
+            yield encode_frame(FrameType.REQUEST, b"MUNGE:" + body + b":")
+        elif kind == 4:                                  # a real credential, one character changed
+            cred = bytearray(rng.choice(creds))
+            i = rng.randrange(6, len(cred) - 1)
+            cred[i] = rng.choice(b64.replace(bytes([cred[i]]), b""))
+            yield encode_frame(FrameType.REQUEST, bytes(cred))
+        elif kind == 5:                                  # a real frame cut short
+            frame = encode_frame(FrameType.REQUEST, rng.choice(creds))
+            yield frame[:rng.randrange(1, len(frame))]
+        elif kind == 6:                                  # a real credential, replayed
+            yield encode_frame(FrameType.REQUEST, rng.choice(creds))
+        elif kind == 7:                                  # a credential around a random payload
+            yield encode_frame(FrameType.REQUEST, base64.b64encode(rng.randbytes(40)))
+        else:                                            # two frames at once, the second garbage
+            yield encode_frame(FrameType.REQUEST, rng.choice(creds)) + rng.randbytes(rng.randrange(1, 40))
+
+
+def test_protocol_fuzz_crashes_nothing_and_good_clients_stay_answered(tracer, munged, jobs, test_users,
+                                                                      listener):  # noqa: F811
+    import random
+    import socket as socketmod
+    from concurrent.futures import ThreadPoolExecutor
+
+    from callerid import munge
+    from callerid.protocol import encode_request
+
+    owner = test_users[0]
+    jobs.create(owner.uid, 4205)
+    p, (c,) = start_client(jobs, owner, 4205, "127.0.0.1", listener)
+    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+    creds = [munge.encode(encode_request(q, os.urandom(32)), munged.socket, secret_for_uid=0) for _ in range(40)]
+    rng = random.Random(12)
+    frames = list(_fuzz_frames(rng, creds, FUZZ_FRAMES))
+    before = rpc_counts(tracer)
+    rss0 = metric(scrape(tracer.metrics_url), "process_resident_memory_bytes")
+
+    def send(data: bytes) -> str:
+        try:
+            with socketmod.create_connection(("127.0.0.1", tracer.port), timeout=5) as s:
+                s.sendall(data)
+                s.shutdown(socketmod.SHUT_WR)
+                reply = s.recv(8)
+                return "reply" if reply else "closed"
+        except OSError:
+            return "reset"
+
+    seen: dict = {}
+    good, t0 = 0, time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        for i in range(0, len(frames), 1000):
+            for r in pool.map(send, frames[i:i + 1000]):
+                seen[r] = seen.get(r, 0) + 1
+            assert ask(("127.0.0.1", tracer.port), q, 2.0, munged.socket).job_id == 4205
+            good += 1
+            assert time.monotonic() - t0 < 240, "bounded in time"
+    close_client(p)
+    after = rpc_counts(tracer)
+    rss1 = metric(scrape(tracer.metrics_url), "process_resident_memory_bytes")
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    print(f"fuzz: {len(frames)} frames in {time.monotonic() - t0:.1f}s, client saw {seen}, tracer counted {delta}, "
+          f"RSS {rss0 / 1e6:.1f} -> {rss1 / 1e6:.1f} MB")
+    assert tracer.running
+    assert good == len(frames) // 1000
+    assert delta.get("found", 0) >= good
+    assert sum(v for k, v in delta.items() if k not in ("found", "not_found")) >= 0.9 * len(frames)
+    assert rss1 - rss0 < 50e6
