@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import mirror, recipe, suites, wheels
+from . import cache, mirror, recipe, suites, wheels
 
 IMAGE_SIZE = "8G"
 # virtio disk and 9p share must be in the initramfs for direct kernel boot
@@ -112,9 +112,17 @@ def build(r: recipe.Recipe, force: bool = False) -> None:
     if r.built() and not force:
         log(f"{r.image} is current")
         return
+    with cache.build_lock(r.suite.name):
+        if r.built() and not force:
+            log(f"{r.image} was built meanwhile")
+            return
+        build_locked(r)
+        cache.prune(r)
+
+
+def build_locked(r: recipe.Recipe) -> None:
     t0 = time.monotonic()
-    work = recipe.CACHE / "build" / r.stem.name
-    shutil.rmtree(work, ignore_errors=True)
+    work = cache.work_dir(r)
     root = work / "rootfs"
     root.mkdir(parents=True)
     debs = recipe.CACHE / "debs" / r.suite.name
@@ -158,8 +166,6 @@ def build(r: recipe.Recipe, force: bool = False) -> None:
         shutil.copy(kernels[0], work / "vmlinuz")
         shutil.copy(initrds[0], work / "initrd")
         r.image.parent.mkdir(parents=True, exist_ok=True)
-        for old in r.image.parent.glob(f"{r.suite.name}-*"):
-            old.unlink()  # one image per suite: an older recipe's files go
         os.replace(work / "vmlinuz", r.kernel)
         os.replace(work / "initrd", r.initrd)
         os.replace(tmp_img, r.image)
@@ -167,14 +173,6 @@ def build(r: recipe.Recipe, force: bool = False) -> None:
         log(f"{r.image} built in {t1 - t0:.0f} s (debootstrap {t_boot - t0:.0f} s, packages+config "
             f"{t_pkgs - t_boot:.0f} s, mkfs {t1 - t_pkgs:.0f} s), kernel {kernels[0].name}")
     finally:
-        for target in mounts_under(root):
+        for target in cache.mounts_under(root):
             subprocess.run(["umount", "-l", target], check=False)
-        if mounts_under(root):  # never delete through a bind mount of the host's /dev
-            log(f"mounts left under {root}: not deleting {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def mounts_under(root: Path) -> list[str]:
-    targets = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    return sorted((t for t in targets if t == str(root) or t.startswith(f"{root}/")), reverse=True)
+        cache.remove_tree(work)

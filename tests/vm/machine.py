@@ -15,7 +15,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import image, recipe
+from . import cache, image, recipe
 from .lock import heavy_lock
 
 RUNS = recipe.CACHE / "runs"
@@ -58,6 +58,7 @@ class Machine:
 
     def __enter__(self):
         self._stack.enter_context(heavy_lock())
+        cache.mark_used(self.recipe)
         self._stack.callback(self._remove_overlay)
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.recipe.image),
                         str(self.overlay)], check=True)

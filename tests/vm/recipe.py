@@ -12,6 +12,11 @@ except ImportError:
 
 from . import suites
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11: tests/unit imports this module in every guest
+    import tomli as tomllib
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/callerid-vm")
 SSH_KEY = CACHE / "ssh" / "id_ed25519"

@@ -1,5 +1,7 @@
 """Per-suite results of `vm.sh test`: times and each guest step's status, as one summary table."""
 
+from __future__ import annotations  # tests/unit imports this on Python 3.9 too
+
 import re
 import sys
 import time
