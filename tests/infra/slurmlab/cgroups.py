@@ -122,13 +122,17 @@ def job_dirs(j: LocalJob) -> list[Path]:
 
 
 def job_pids(j: LocalJob | None) -> set[int]:
-    """Processes in the extern step of `j` (every hierarchy), empty if the job is gone."""
+    """Processes in the extern step of `j` (every hierarchy), empty if the job is gone. On v2 the
+    whole step_extern subtree: slurmstepd sits in step_extern/slurm, the user's side in
+    step_extern/user/task_special (the adopter's leaf), and `scontrol listpids` lists both."""
     out: set[int] = set()
     for d in (j.extern if j else ()):
-        try:
-            out |= set(parse_procs(Path(d, "cgroup.procs").read_text()))
-        except OSError:
-            pass
+        step = Path(d).parents[1] if j.layout == "v2" else Path(d)
+        for sub, _, _ in os.walk(step):
+            try:
+                out |= set(parse_procs(Path(sub, "cgroup.procs").read_text()))
+            except OSError:
+                pass
     return out
 
 
