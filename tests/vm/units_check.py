@@ -196,7 +196,8 @@ def login(key: Path) -> str:
 
 
 def pam_findings() -> list[dict]:
-    out = sh(CALLERID, "--config", str(CONFIG), "doctor", "--json", check=False).stdout
+    # doctor loads every probe backend: minutes of BCC compiles under emulation
+    out = sh(CALLERID, "--config", str(CONFIG), "doctor", "--json", check=False, timeout=900).stdout
     return [c for c in json.loads(out) if c.get("name", "").startswith("pam ")]
 
 
