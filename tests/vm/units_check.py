@@ -27,6 +27,10 @@ from tests.infra import users as users_mod
 from tests.infra.jobtree import JobTree
 from tests.infra.procs import wait_for
 
+# Every tracer start and each `callerid doctor` (it loads all three backends) compiles BCC
+# programs: 45-55 s each under emulation.
+pytestmark = pytest.mark.timeout(1200)
+
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = Path("/opt/callerid")
 CALLERID = str(PREFIX / "venv" / "bin" / "callerid")
