@@ -209,6 +209,8 @@ def test_real_login_pam_systemd_flagged_then_fixed(installed, job_user):
     u, key, tree = job_user
     extern = "/" + str(tree.step_dirs(u.uid, JOB, "extern")[0].relative_to(tree.v2_mount))
     # 1. Debian's default stack: pam_systemd (common-session) moves the session to logind's scope
+    require("pam_systemd.so" in Path("/etc/pam.d/common-session").read_text(),
+            "pam_systemd in /etc/pam.d/common-session, as on a stock Debian (package libpam-systemd)")
     flagged = [c for c in pam_findings() if "pam_systemd" in json.dumps(c) and c.get("status") != "ok"]
     assert flagged, f"doctor must flag pam_systemd in {PAM_SSHD}: {pam_findings()}"
     where = login(key)
