@@ -56,10 +56,11 @@ def _conns(args) -> int:
 
 
 def _doctor(args) -> int:
+    from callerid.adopter.checks import check_slurm_layout
     from callerid.tracer.checks import check_probes
 
     from .doctor import main
-    return main(args, check_probes)
+    return main(args, check_probes, check_slurm_layout)
 
 
 def _config(args) -> int:
