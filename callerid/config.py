@@ -46,11 +46,12 @@ class CommonConfig:
 class TracerConfig:
     listen: list = opt([], "RPC listen addresses as ADDR:PORT or [ADDR6]:PORT; empty means [::]:rpc_port, dual stack.")
     metrics: str = opt(DEFAULT_TRACER_METRICS, "Address of the /metrics endpoint; empty disables it.")
-    probe: str = opt("auto", "Probe backend: auto, tracepoint, kprobe or fentry. A forced backend that cannot load is fatal.")
+    probe: str = opt("auto", "Probe backend: auto, sockstore, fentry, kprobe or tracepoint. auto tries them in that order (cheapest first) and takes the first that passes its self-test. A forced backend that cannot load is fatal.")
     pin_root: str = opt("/sys/fs/bpf/callerid", "bpffs directory for pinned maps; the layout version is appended.")
     replace_pinned: bool = opt(False, "Replace pinned maps whose layout does not match instead of refusing to start.")
     max_connections: int = opt(131072, "Capacity of the map of open connections. It is an LRU map: from about 90% full the kernel evicts the least recently used entries; evicted connections are still answered, slowly, by the /proc fallback. Closed connections live in a map of their own (max_closed_connections), so churn does not fill this one.")
     max_closed_connections: int = opt(65536, "Capacity of the map of closed connections kept for close_grace_seconds. A map of its own so that closed entries can never evict open ones. Above max_closed_connections / close_grace_seconds closes per second (546/s at the defaults) the kernel evicts the oldest closed entries before their grace ends; that is harmless to open connections and only shortens the grace of those entries (a login racing their close is then not answered).")
+    closed_share_per_uid: int = opt(1024, "sockstore backend: closed connections one uid may add to the closed map per close_grace_seconds window. Past it, that uid's further closes in the window are not kept (counted as over_share); nobody's entry is ever evicted, so one user's churn cannot shorten another's grace.")
     max_pending: int = opt(16384, "Capacity of the map of connects not yet established.")
     close_grace_seconds: float = opt(120.0, "How long a closed connection stays answerable (covers TIME_WAIT, 60 s on Linux).")
     sweep_interval_seconds: float = opt(10.0, "How often closed entries past their grace are deleted.")
