@@ -294,7 +294,7 @@ def bench_backend(name: str, args, tmp: str, exe: str | None) -> dict:
     try:
         for _ in range(20):
             conn_chunk_ns(lsock)   # warm-up
-        pairs, max_s = (120, 25) if args.quick else (400, 80)
+        pairs, max_s = (100, 15) if args.quick else (400, 80)
         out["both_sides"] = abba(att, lsock, "all", pairs, max_s)
         log(f"{name}: added per connection (both sides) {out['both_sides']['added_ns']:.0f} ns")
         if "passive" in att.groups():
