@@ -3,7 +3,8 @@
  * One record per outgoing connection, on the socket (BPF_MAP_TYPE_SK_STORAGE:
  * freed with it), by programs attached to the cgroup v2 root (so every process):
  *   cgroup connect4/connect6, in the caller's own context: owners[sk].owner = owner
- *   sock_ops TCP_CONNECT_CB, once the source port is chosen: owners[sk].key = tuple
+ *   sock_ops ACTIVE_ESTABLISHED_CB (softirq; only the context's fields are used):
+ *       owners[sk].key = tuple, so a connect that never succeeds leaves no closed copy
  * The tracer reads it back with one exact sock_diag request for the tuple
  * (INET_DIAG_REQ_SK_BPF_STORAGES), in its own network namespace: no tuple key,
  * no capacity, no namespace collision, nothing to sweep for open connections.
@@ -108,12 +109,11 @@ static __always_inline int within_share(u32 uid, u64 now)
     return __sync_fetch_and_add(&s->used, 1) < CALLERID_CLOSED_SHARE;
 }
 
-/* The tuple, once tcp_connect() has picked the source port; runs in the caller's
- * context too. Every other sock_ops callback (and every socket without our
- * record, such as an accepted one) returns at once. */
+/* The tuple, once the connection is established. Every other sock_ops callback
+ * (and every socket without our record, such as an accepted one) returns at once. */
 int callerid_sockops(struct bpf_sock_ops *ctx)
 {
-    if (ctx->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+    if (ctx->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
         return 1;
     struct bpf_sock *sk = ctx->sk;
     if (!sk)
@@ -154,8 +154,12 @@ int callerid_release(struct bpf_sock *ctx)
     if (ctx->protocol != IPPROTO_TCP_)
         return 1;
     struct callerid_sk_record *r = owners.sk_storage_get(ctx, 0, 0);
-    if (!r || r->key.sport == 0)
-        return 1;   /* not ours (accepted, pre-tracer), or never got a tuple */
+    if (!r)
+        return 1;   /* not ours: accepted, or older than the probe */
+    if (r->key.sport == 0) {
+        count(CALLERID_STAT_CONNECT_FAILED);   /* never established: nothing to keep */
+        return 1;
+    }
     u64 now = bpf_ktime_get_boot_ns();
     if (!within_share(r->owner.uid, now)) {
         count(CALLERID_STAT_OVER_SHARE);
