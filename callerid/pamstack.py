@@ -76,7 +76,8 @@ def problems(rules: list[Rule]) -> list[str]:
             out.append(f"{r.source}: pam_systemd.so in the session stack moves sessions into a logind scope, "
                        "out of the job's cgroup; remove it")
     account = [r for r in rules if r.type == "account"]
-    hooks = [i for i, r in enumerate(account) if os.path.basename(r.module) == "pam_exec.so" and HOOK.search(r.module + " " + r.args)]
+    hooks = [i for i, r in enumerate(account)
+             if os.path.basename(r.module) == "pam_exec.so" and HOOK.search(r.module + " " + r.args)]
     if not hooks:
         out.append("the account stack has no callerid hook (pam_exec.so ... callerid-pam-hook)")
         return out

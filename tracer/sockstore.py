@@ -17,6 +17,7 @@ import socket
 from pathlib import Path
 
 from callerid.linux import procfs, sockdiag
+
 from .bpfmap import BPF_NOEXIST, ConnMap, _lib, open_pinned
 from .layout import ConnKey, Owner, SkRecord, key_tuple, make_key
 
@@ -54,7 +55,7 @@ class SockStore:
         self.netns = own_netns_cookie()
 
     @classmethod
-    def open_pinned(cls, pin_dir: str | Path) -> "SockStore | None":
+    def open_pinned(cls, pin_dir: str | Path) -> SockStore | None:
         owners = open_pinned(Path(pin_dir) / "owners")
         if owners is None:
             return None

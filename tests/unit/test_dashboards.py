@@ -13,7 +13,7 @@ import pytest
 
 from callerid.dashboards import build, expressions
 from callerid.dashboards.expressions import exported_metric_names, panels, referenced_metrics
-from callerid.dashboards.rules import _yaml
+from callerid.dashboards.rules import to_yaml
 from tests.helpers import require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,7 +134,7 @@ def test_panels_fit_the_grid_without_overlap(dash_file):
     cells: dict[tuple[int, int], int] = {}
     for p in panels(load(dash_file)):
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"{p['title']!r} overlaps panel {cells[(x, y)]}"
@@ -205,7 +205,7 @@ def test_every_expression_is_valid_promql(tmp_path):
     doc = {"groups": [{"name": "expressions", "rules": [{"record": f"check:expr_{i}", "expr": e}
                                                          for i, (_, e) in enumerate(exprs)]}]}
     f = tmp_path / "expressions.yml"
-    f.write_text("\n".join(_yaml(doc)) + "\n")
+    f.write_text(to_yaml(doc))
     r = subprocess.run([promtool, "check", "rules", str(f)], check=False, capture_output=True, text=True)
     if r.returncode != 0:
         where = {f"check:expr_{i}": w for i, (w, _) in enumerate(exprs)}

@@ -6,18 +6,15 @@ import json
 import sys
 
 from callerid import config as cfgmod
+from callerid.inet import endpoint
+from callerid.linux import procfs
 from callerid.slurm_cgroup import job_from_proc_cgroup
 from callerid.userdb import user_name
 
-from callerid.linux import procfs
 from .bpfmap import Connections
 from .layout import F_RECONCILED, key_tuple
 from .probes import pin_dir
 from .sockstore import SockStore
-
-
-def _fmt(ip, port) -> str:
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 def rows(conns: Connections | SockStore, include_closed: bool) -> list[dict]:
@@ -41,7 +38,7 @@ def rows(conns: Connections | SockStore, include_closed: bool) -> list[dict]:
             pass
         out.append({
             "state": "closed" if owner.closed_ns else "open",
-            "local": _fmt(src, sport), "peer": _fmt(dst, dport),
+            "local": endpoint(src, sport), "peer": endpoint(dst, dport),
             "pid": owner.tgid, "uid": owner.uid, "user": user_name(owner.uid),
             "comm": owner.comm.decode(errors="replace"), "job_id": job,
             "owner_alive": alive, "cgroup_id": owner.cgroup_id,
