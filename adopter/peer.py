@@ -10,11 +10,6 @@ from dataclasses import dataclass
 
 from callerid.linux import procfs
 
-# The executables whose pam_exec children the adopter serves by default (adopt_exe).
-# OpenSSH >= 9.8 runs each connection's privileged half, the one that calls PAM and holds
-# the TCP socket, as a separate program, /usr/lib/openssh/sshd-session (Debian 13,
-# RHEL 10); before that it is sshd itself.
-DEFAULT_PAM_APPLICATIONS = ("sshd", "sshd-session")
 
 class PeerError(Exception):
     """The hook socket's peer is not a pam_exec child of a PAM application we adopt."""

@@ -10,11 +10,12 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from callerid.client import RpcError, ask
+from callerid.config import DEFAULT_PAM_APPLICATIONS
 from callerid.inet import endpoint
 from callerid.linux import sockets
 from callerid.protocol import Query, Status
 
-from . import cgroupfs, jobs, peer, policy
+from . import cgroupfs, jobs, policy
 from .metrics import NO_SOCKET, SECURITY_KIND, AdopterMetrics
 
 log = logging.getLogger("callerid.adopter")
@@ -42,7 +43,7 @@ class Settings:
     munge_socket: str | None
     cgroup_root: str = "/sys/fs/cgroup"
     v2_mount: str | None = None
-    allowed_exe: tuple = peer.DEFAULT_PAM_APPLICATIONS
+    allowed_exe: tuple = DEFAULT_PAM_APPLICATIONS
 
 
 class Abandoned(Exception):

@@ -55,49 +55,14 @@ def check_kernel() -> list[Check]:
     return out
 
 
-def check_cgroups(cgroup_root: str, node: str) -> list[Check]:
+def check_cgroups(cgroup_root: str) -> list[Check]:
     v2_root = _mounted(cgroup_root, "cgroup2")
     v1 = [p for p in glob.glob(f"{cgroup_root}/*") if _mounted(p, "cgroup")]
     unified = _mounted(f"{cgroup_root}/unified", "cgroup2")
     kind = "v2" if v2_root else ("hybrid (v1 controllers + unified)" if unified else ("v1" if v1 else "none"))
     out = [Check("cgroups", "ok" if kind != "none" else "fail", kind,
                  "" if kind != "none" else "mount cgroup hierarchies")]
-    return out + check_slurm_layout(cgroup_root, node)
-
-
-def describe_root(layout: str, path: str) -> str:
-    """One Slurm cgroup root in words: its layout and how it names job directories."""
-    from callerid.slurm_cgroup import v2_job_identity
-
-    if layout == "v1":
-        return f"v1 {path}"
-    try:
-        names = {"SLUID" if job.startswith("s") else "job id"
-                 for job in map(v2_job_identity, os.listdir(path)) if job}
-    except OSError:
-        names = set()
-    how = f" (jobs named by {' and '.join(sorted(names))})" if names else ""
-    return f"v2 {path}{how}"
-
-
-def check_slurm_layout(cgroup_root: str, node: str) -> list[Check]:
-    """Which Slurm cgroup layouts are here (v1 slurm[_<node>], v2 [<node>_]slurmstepd.scope
-    with job_<id> or SLUID job directories), and whether one is this node's."""
-    from callerid.adopter.jobs import own_roots, slurm_roots
-
-    roots = slurm_roots(cgroup_root)
-    if not roots:
-        return [Check("slurm cgroup layout", "warn",
-                      "no slurm*/ (v1) or [<node>_]slurmstepd.scope (v2) found (no job has run here yet?)",
-                      "needs ProctrackType=proctrack/cgroup and PrologFlags=contain")]
-    mine = own_roots((n for _, _, n in roots), node)
-    found = [describe_root(layout, path) + ("" if n in mine else f" (node {n}, not {node})")
-             for layout, path, n in sorted(roots)]
-    if not any(n in mine for _, _, n in roots):
-        return [Check("slurm cgroup layout", "fail", "; ".join(found[:6]),
-                      f"none is this node's: set nodename in callerid.toml [common] to the Slurm NodeName "
-                      f"(now {node!r})")]
-    return [Check("slurm cgroup layout", "ok", "; ".join(found[:6]))]
+    return out
 
 
 def check_munge(socket_path: str) -> list[Check]:
@@ -123,16 +88,20 @@ def check_pam(services: list[str], pam_dir: str = "/etc/pam.d") -> list[Check]:
     return out
 
 
-def run_checks(cfg, check_probes: Callable[[], list[Check]]) -> list[Check]:
-    """check_probes is the tracer's (callerid.tracer.checks): the CLI passes it in, so
-    this core module does not depend on the tracer package."""
-    return (check_kernel() + check_probes() + check_cgroups(cfg.adopter.cgroup_root, cfg.common.node())
+def run_checks(cfg, check_probes: Callable[[], list[Check]],
+               check_slurm_layout: Callable[[str, str], list[Check]]) -> list[Check]:
+    """check_probes is the tracer's (callerid.tracer.checks), check_slurm_layout the
+    adopter's (callerid.adopter.checks): the CLI passes them in, so this core module
+    depends on neither daemon's package."""
+    return (check_kernel() + check_probes() + check_cgroups(cfg.adopter.cgroup_root)
+            + check_slurm_layout(cfg.adopter.cgroup_root, cfg.common.node())
             + check_munge(cfg.common.munge_socket) + check_pam(list(cfg.adopter.service)))
 
 
-def main(args, check_probes: Callable[[], list[Check]]) -> int:
+def main(args, check_probes: Callable[[], list[Check]],
+         check_slurm_layout: Callable[[str, str], list[Check]]) -> int:
     cfg = cfgmod.load(args.config)
-    checks = run_checks(cfg, check_probes)
+    checks = run_checks(cfg, check_probes, check_slurm_layout)
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=1))
     else:

@@ -42,10 +42,18 @@ if [ ! -x "$root/usr/bin/python$pyver" ] || [ ! -x "$root/usr/bin/gcc" ]; then
   mv "$root.partial" "$root"
 fi
 
-# The project's runtime and test dependencies, as wheels for that Python. pip resolves
-# environment markers for the running interpreter, so the < 3.11 back-ports are named.
+# The project's runtime and test dependencies (pyproject.toml), as wheels for that Python.
+# pip resolves dependencies' environment markers for the running interpreter, so the
+# back-ports older Pythons need are named here.
 wheels=$cache/wheels-py${pyver/./}
-want=(pip prometheus-client tomli pytest pytest-timeout hypothesis pyyaml ruff setuptools wheel)
+mapfile -t want < <(/usr/bin/python3 - "$repo/pyproject.toml" <<'PY'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+for req in project["dependencies"] + project["optional-dependencies"]["test"]:
+    print(req.split(";")[0].strip())
+PY
+)
+want+=(pip setuptools wheel)
 [ "$pyver" = 3.9 ] && want+=(exceptiongroup typing_extensions)
 stamp="$wheels/.want-$(printf '%s ' "${want[@]}" | sha256sum | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
@@ -80,13 +88,14 @@ mkdir -p "$root/src"
   | tar --null -T - -cf -) | tar -C "$root/src" -xf -
 
 log "Python $pyver ($suite): venv, install, pytest ${*:-tests/unit}"
-chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8 /bin/sh -euc '
+# pip inside (also the tests' own installs) takes the wheels, never an index.
+chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8 PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels /bin/sh -euc '
   python3 -m venv --system-site-packages /venv
   pip() { /venv/bin/pip install -q --disable-pip-version-check --no-index --find-links /wheels "$@"; }
   pip --upgrade pip setuptools wheel   # the distribution'"'"'s pip and setuptools may predate editable installs (PEP 660)
   # Editable, as scripts/setup.sh installs it: the tests run from /src, where a plain
   # install would be shadowed by the callerid/ folder without its subpackages.
-  pip --no-build-isolation -e /src pytest pytest-timeout hypothesis pyyaml ruff
+  pip --no-build-isolation -e "/src[test]"
   cd /src
   /venv/bin/python3 --version
   exec /venv/bin/python3 -m pytest -q -p no:cacheprovider -rfE "$@"

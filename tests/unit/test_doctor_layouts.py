@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from callerid.doctor import check_slurm_layout
+from callerid.adopter.checks import check_slurm_layout
 
 SLUID = "sBR1JB8J1YM400"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from callerid.adopter import peer
-from callerid.config import AdopterConfig
+from callerid.config import DEFAULT_PAM_APPLICATIONS, AdopterConfig
 
 
 def stat_line(pid, comm, ppid):
@@ -43,17 +43,17 @@ def test_default_adopt_exe_serves_sshd_and_openssh_9_8_sshd_session(tmp_path, ex
 
 def test_settings_default_is_the_config_default():
     from callerid.adopter.service import Settings
-    assert Settings.allowed_exe == tuple(AdopterConfig().adopt_exe) == peer.DEFAULT_PAM_APPLICATIONS
+    assert Settings.allowed_exe == tuple(AdopterConfig().adopt_exe) == DEFAULT_PAM_APPLICATIONS
 
 
 @pytest.mark.parametrize("exe", ["/usr/lib/openssh/sshd-auth", "/usr/bin/su", "/tmp/sshd-session-x"])
 def test_other_parents_are_refused(tmp_path, exe):
     who = hook_under(tmp_path, exe)
     with pytest.raises(peer.PeerError, match="not one of sshd, sshd-session"):
-        peer.pam_application(who, peer.DEFAULT_PAM_APPLICATIONS, proc=str(tmp_path))
+        peer.pam_application(who, DEFAULT_PAM_APPLICATIONS, proc=str(tmp_path))
 
 
 def test_non_root_parent_is_refused(tmp_path):
     who = hook_under(tmp_path, "/usr/lib/openssh/sshd-session", parent_uid=1000)
     with pytest.raises(peer.PeerError, match="not running as root"):
-        peer.pam_application(who, peer.DEFAULT_PAM_APPLICATIONS, proc=str(tmp_path))
+        peer.pam_application(who, DEFAULT_PAM_APPLICATIONS, proc=str(tmp_path))

@@ -12,6 +12,7 @@ import pytest
 
 from callerid.protocol import (
     HEADER,
+    VERSION,
     ErrorCode,
     FrameType,
     check_credential_shape,
@@ -416,7 +417,7 @@ def test_waiting_connections_take_no_worker(make):
     h = make(max_clients=2, read_timeout=IO_TIMEOUT)
     idle = [h.connect() for _ in range(50)]
     for s in idle[::2]:
-        s.sendall(b"CI\x02")          # half of them drip a partial header
+        s.sendall(b"CI" + bytes([VERSION]))   # half of them drip a partial header
     assert wait_for(lambda: h.connected() == 50)
     for i in range(5):
         c = h.connect()
@@ -556,7 +557,7 @@ def test_non_credential_is_refused_before_the_frame_is_complete(make):
     h = make(check_payload=check_credential_shape, read_timeout=IO_TIMEOUT)
     c = h.connect()
     start = time.monotonic()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 4000) + b"GET /")
+    c.sendall(struct.pack("!2sBBI", b"CI", VERSION, FrameType.REQUEST, 4000) + b"GET /")
     assert recv_error(c)[0] == ErrorCode.BAD_FRAME
     assert time.monotonic() - start < 1.0
 
