@@ -3,6 +3,7 @@
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from . import suites
@@ -46,8 +47,9 @@ class Recipe:
     requirements: tuple[str, ...]
     ssh_pubkey: str
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """Computed once: a run keeps the image it started with even if the builder is edited meanwhile."""
         h = hashlib.sha256()
         for name in BUILDER_FILES:
             h.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
@@ -77,5 +79,7 @@ class Recipe:
 
 def for_suite(name: str) -> Recipe:
     from . import sshkey
-    return Recipe(suites.get(name), tuple(suites.VM_PACKAGES) + tuple(setup_packages()),
-                  tuple(python_requirements()), sshkey.public_key())
+    r = Recipe(suites.get(name), tuple(suites.VM_PACKAGES) + tuple(setup_packages()),
+               tuple(python_requirements()), sshkey.public_key())
+    r.digest  # noqa: B018 - pin the digest to the sources as they are now
+    return r
