@@ -1,5 +1,7 @@
 """The Slurm jobs on this node that have an extern step, read from cgroupfs alone (no slurmctld)."""
 
+from __future__ import annotations
+
 # Layouts (REFERENCE.md "Adoption by slurmstepd", callerid/slurm_cgroup.py):
 #   v1  <root>/<ctrl>/slurm_<node>/uid_<uid>/job_<id>/step_extern   (Debian: multiple-slurmd build)
 #       <root>/<ctrl>/slurm/uid_<uid>/job_<id>/step_extern          (other builds)
@@ -27,13 +29,13 @@
 # (v2 user/ and slurm/, v1 task_<n> with jobacct_gather/cgroup), so its mtime is the
 # job's start on this node. `start` is the step_extern mtime of the first extern dir.
 # (Slurm 22.05's pam_slurm_adopt compares job directory mtimes on v1, highest job id on v2.)
-
 import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from callerid.slurm_cgroup import JobRef, job_from_cgroup_path
+from callerid.linux import procfs
+from callerid.slurm_cgroup import JobRef, job_from_cgroup_path, job_order
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
 
@@ -59,8 +61,7 @@ UNKNOWN_UID = -1
 class LocalJob:
     """A job with an extern step on this node, as cgroupfs shows it."""
 
-    job_id: int | None      # None only for an unresolved SLUID directory (Slurm 26.05, v2)
-    sluid: str | None
+    job_id: str             # identity as the cgroup names it: "4242", or a SLUID (Slurm 26.05, v2)
     uid: int                # v1: from uid_<uid>; v2: owner of the extern step's processes, or -1
     start: float            # mtime of the (first) step_extern dir, seconds; see module comment
     layout: str             # "v1" | "v2"
@@ -133,15 +134,6 @@ def choose_owner(uids: Iterable[int]) -> int:
     if not counts:
         return UNKNOWN_UID
     return min(counts, key=lambda u: (-counts[u], u))
-
-
-def parse_status_uid(text: str) -> int | None:
-    """Real uid from /proc/<pid>/status text."""
-    for line in text.splitlines():
-        if line.startswith("Uid:"):
-            fields = line.split()
-            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
-    return None
 
 
 def parse_procs(text: str) -> list[int]:
@@ -224,7 +216,7 @@ def _list_v1(nodename: str, root: str) -> list[LocalJob]:
             if ok:
                 roots_by_ctrl[c][name] = node
     mine = own_roots((n for r in roots_by_ctrl.values() for n in r.values()), nodename)
-    found: dict[tuple[int, int], dict[str, str]] = {}  # (uid, job) -> {ctrl: step_extern dir}
+    found: dict[tuple[int, str], dict[str, str]] = {}  # (uid, job) -> {ctrl: step_extern dir}
     for c in ctrls:
         mount = os.path.join(root, c)
         trusted = _owner(mount)
@@ -256,7 +248,7 @@ def _list_v1(nodename: str, root: str) -> list[LocalJob]:
         start = _mtime(extern[0])
         if start is None:
             continue  # ended while we looked
-        jobs.append(LocalJob(job_id, None, uid, start, "v1", extern))
+        jobs.append(LocalJob(job_id, uid, start, "v1", extern))
     return jobs
 
 
@@ -281,13 +273,32 @@ def _find_scopes(v2: str, trusted: int | None) -> list[tuple[str, str | None]]:
     return out
 
 
+def slurm_roots(root: str = DEFAULT_ROOT, v2_mount: str | None = None) -> list[tuple[str, str, str | None]]:
+    """(layout, path, node) of every Slurm cgroup root on this host, whatever node it is
+    for: v1 slurm[_<node>] under each controller, v2 [<node>_]slurmstepd.scope. For
+    `callerid doctor`; the same search as discovery, so both see the same layouts."""
+    out: list[tuple[str, str, str | None]] = []
+    for c in _v1_controllers(root):
+        for name in _subdirs(os.path.join(root, c)):
+            ok, node = root_node(name, "v1")
+            if ok:
+                out.append(("v1", os.path.join(root, c, name), node))
+    v2 = v2_mount if v2_mount is not None else default_v2_mount(root)
+    if is_cgroup2(v2):
+        out += [("v2", path, node) for path, node in _find_scopes(v2, _owner(v2))]
+    return out
+
+
 def _uids_of(pids: Iterable[int], proc: str) -> list[int]:
     uids = []
     for pid in pids:
         text = _read(f"{proc}/{pid}/status")
-        uid = parse_status_uid(text) if text is not None else None
-        if uid is not None:
-            uids.append(uid)
+        if text is None:
+            continue  # gone
+        try:
+            uids.append(procfs.parse_status_ids(text)[0])
+        except ValueError:
+            continue  # no Uid line: not a process we can count
     return uids
 
 
@@ -335,7 +346,7 @@ def _list_v2(nodename: str, v2: str, proc: str) -> list[LocalJob]:
             start = _mtime(os.path.join(jdir, "step_extern"))
             if start is None:
                 continue
-            jobs.append(LocalJob(ref.job_id, ref.sluid, v2_owner(jdir, proc), start, "v2", (leaf,)))
+            jobs.append(LocalJob(ref.job_id, v2_owner(jdir, proc), start, "v2", (leaf,)))
     return jobs
 
 
@@ -347,12 +358,4 @@ def list_jobs(nodename: str, root: str = DEFAULT_ROOT, v2_mount: str | None = No
     """
     v2 = v2_mount if v2_mount is not None else default_v2_mount(root)
     jobs = _list_v1(nodename, root) + _list_v2(nodename, v2, proc)
-    return sorted(jobs, key=lambda j: (j.start, j.job_id or 0, j.sluid or "", j.layout))
-
-
-def jobs_of(uid: int, nodename: str, root: str = DEFAULT_ROOT, v2_mount: str | None = None,
-            proc: str = "/proc") -> list[LocalJob]:
-    """The jobs of user `uid` with an extern step on node `nodename`, oldest first."""
-    if uid < 0:
-        return []
-    return [j for j in list_jobs(nodename, root, v2_mount, proc) if j.uid == uid]
+    return sorted(jobs, key=lambda j: (j.start, job_order(j.job_id), j.layout))

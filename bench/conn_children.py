@@ -13,6 +13,8 @@ for a line (or EOF) on stdin, SIGKILLs and reaps every child it made, prints
 {"stopped": n} and exits. SIGTERM does the same.
 """
 
+from __future__ import annotations
+
 import argparse
 import ctypes
 import json

@@ -1,5 +1,7 @@
 """The `callerid` command: tracer, adopter, query, conns, doctor, config."""
 
+from __future__ import annotations
+
 import argparse
 import json
 import sys
@@ -17,7 +19,8 @@ def _query(args) -> int:
     except ValueError as exc:
         print(f"callerid query: {exc}", file=sys.stderr)
         return 2
-    server = cfgmod.parse_addr(args.server, cfg.common.rpc_port) if args.server else (str(q.src_ip), cfg.common.rpc_port)
+    port = cfg.common.rpc_port
+    server = cfgmod.parse_addr(args.server, port) if args.server else (str(q.src_ip), port)
     try:
         ans = ask(server, q, args.timeout, cfg.common.munge_socket)
     except RpcError as exc:
@@ -38,28 +41,34 @@ def _query(args) -> int:
 
 
 def _tracer(args) -> int:
-    from tracer.daemon import run
+    from callerid.tracer.daemon import run
     return run(args)
 
 
 def _adopter(args) -> int:
-    from adopter.daemon import run
+    from callerid.adopter.daemon import run
     return run(args)
 
 
 def _conns(args) -> int:
-    from tracer.conns import main
+    from callerid.tracer.conns_table import main
     return main(args)
 
 
 def _doctor(args) -> int:
+    from callerid.adopter.checks import check_slurm_layout
+    from callerid.tracer.checks import check_probes
+
     from .doctor import main
-    return main(args)
+    return main(args, check_probes, check_slurm_layout)
 
 
 def _config(args) -> int:
     if args.doc:
         print(cfgmod.reference())
+        return 0
+    if args.sample:
+        sys.stdout.write(cfgmod.sample())
         return 0
     try:
         cfg = cfgmod.load(args.config)
@@ -79,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tracer", help="run the source-side daemon (probe, RPC server, metrics) in the foreground")
     t.add_argument("--listen", action="append", metavar="ADDR:PORT", help="RPC address (repeatable)")
     t.add_argument("--metrics", metavar="ADDR:PORT", help="metrics address ('' disables)")
-    t.add_argument("--probe", choices=("auto", "tracepoint", "kprobe", "fentry"))
+    t.add_argument("--probe", choices=("auto", "sockstore", "tracepoint", "kprobe", "fentry"))
     t.set_defaults(func=_tracer)
 
     a = sub.add_parser("adopter", help="run the destination-side daemon (PAM hook socket, adoption, metrics)")
@@ -104,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=_doctor)
 
-    g = sub.add_parser("config", help="print the effective configuration, or --doc for the reference")
+    g = sub.add_parser("config", help="print the effective configuration, --doc for the reference, "
+                                      "--sample for a default configuration file")
     g.add_argument("--doc", action="store_true")
+    g.add_argument("--sample", action="store_true")
     g.set_defaults(func=_config)
     return p
 

@@ -1,14 +1,30 @@
 """callerid RPC client: ask a node's tracer who opened a connection, and check the answer's tag."""
 
+from __future__ import annotations
+
 import os
+import random
 import socket
 import time
 
 from . import munge
-from .protocol import (ANSWER_KEY_SIZE, HEADER, Answer, ErrorCode, FrameType, ProtocolError, Query, decode_error,
-                       decode_header, encode_frame, encode_request, open_answer)
+from .protocol import (
+    ANSWER_KEY_SIZE,
+    HEADER,
+    Answer,
+    ErrorCode,
+    FrameType,
+    ProtocolError,
+    Query,
+    decode_error,
+    decode_header,
+    encode_frame,
+    encode_request,
+    open_answer,
+)
+from .sockio import ClosedMidFrame, recv_exact
 
-
+# RpcError.reason: stable snake_case, used as a metric label and in dashboards and alerts.
 RPC_ERROR_REASONS = ("connect", "timeout", "refused", "bad_reply", "auth", "munge")
 
 
@@ -17,46 +33,42 @@ class RpcError(Exception):
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
-        self.reason = reason  # stable snake_case: connect, timeout, refused, bad_reply, auth, munge
+        self.reason = reason  # one of RPC_ERROR_REASONS
 
 
 TRACER_UID = 0  # the tracer loads BPF programs: it runs as root
 
 
+BUSY_RETRY_PAUSE = (0.005, 0.05)   # seconds, random within: callers retrying together spread out
+
+
 def ask(server: tuple[str, int], query: Query, timeout: float = 2.0, munge_socket: str | None = None) -> Answer:
-    """One request, one answer, all within `timeout` seconds.
+    """One request, one answer, all within `timeout` seconds — munged, connect, reads and
+    any retries included.
 
     The request carries a fresh random key, encrypted in a credential only root can
-    decode; an answer counts only if it is tagged with that key.
+    decode; an answer counts only if it is tagged with that key. A BUSY refusal comes
+    before the tracer decodes anything, so the same credential is sent again after a
+    short random pause, as long as the deadline allows.
     """
     deadline = time.monotonic() + timeout
     key = os.urandom(ANSWER_KEY_SIZE)
     try:
-        cred = munge.encode(encode_request(query, key), munge_socket, secret_for_uid=TRACER_UID)
+        cred = munge.encode(encode_request(query, key), munge_socket, secret_for_uid=TRACER_UID,
+                            timeout=deadline - time.monotonic())
     except munge.MungeError as exc:
         raise RpcError("munge", f"cannot sign the request: {exc}") from exc
-    host, port = server
-    try:
-        sock = socket.create_connection((host, port), timeout=max(0.01, deadline - time.monotonic()))
-    except socket.timeout as exc:
-        raise RpcError("timeout", f"connect to {host}:{port} timed out") from exc
-    except OSError as exc:
-        raise RpcError("connect", f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
-    with sock:
-        try:
-            sock.sendall(encode_frame(FrameType.REQUEST, cred))
-            head = _recv(sock, HEADER.size, deadline)
-            ftype, length = decode_header(head)
-            payload = _recv(sock, length, deadline)
-        except socket.timeout as exc:
-            raise RpcError("timeout", f"no answer from {host}:{port} within {timeout:.1f}s") from exc
-        except ProtocolError as exc:
-            raise RpcError("bad_reply", f"bad reply from {host}:{port}: {exc}") from exc
-        except OSError as exc:
-            raise RpcError("connect", f"connection to {host}:{port} failed: {exc}") from exc
-    if ftype == FrameType.ERROR:
+    frame = encode_frame(FrameType.REQUEST, cred)
+    while True:
+        ftype, payload = _exchange(server, frame, deadline, timeout)
+        if ftype != FrameType.ERROR:
+            break
         code, msg = decode_error(payload)
-        raise RpcError("refused", f"{host}:{port} refused the request: {code.name.lower()}: {msg}")
+        pause = random.uniform(*BUSY_RETRY_PAUSE)
+        if code != ErrorCode.BUSY or time.monotonic() + pause >= deadline:
+            raise RpcError("refused", f"{server[0]}:{server[1]} refused the request: {code.name.lower()}: {msg}")
+        time.sleep(pause)
+    host, port = server
     if ftype != FrameType.ANSWER:
         raise RpcError("bad_reply", f"unexpected {ftype.name} frame from {host}:{port}")
     try:
@@ -69,15 +81,28 @@ def ask(server: tuple[str, int], query: Query, timeout: float = 2.0, munge_socke
     return answer
 
 
-def _recv(sock: socket.socket, n: int, deadline: float) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout()
-        sock.settimeout(left)
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ProtocolError(ErrorCode.BAD_FRAME, "connection closed before a whole reply arrived")
-        buf += chunk
-    return bytes(buf)
+def _exchange(server: tuple[str, int], frame: bytes, deadline: float, timeout: float) -> tuple[FrameType, bytes]:
+    """Connect, send one frame, read one frame, close; all before deadline."""
+    host, port = server
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise RpcError("timeout", f"no answer from {host}:{port} within {timeout:.1f}s")
+    try:
+        sock = socket.create_connection((host, port), timeout=left)
+    except socket.timeout as exc:
+        raise RpcError("timeout", f"connect to {host}:{port} timed out") from exc
+    except OSError as exc:
+        raise RpcError("connect", f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+    with sock:
+        try:
+            sock.sendall(frame)
+            head = recv_exact(sock, HEADER.size, deadline)
+            ftype, length = decode_header(head)
+            return ftype, recv_exact(sock, length, deadline)
+        except socket.timeout as exc:
+            raise RpcError("timeout", f"no answer from {host}:{port} within {timeout:.1f}s") from exc
+        except (ProtocolError, ClosedMidFrame) as exc:
+            raise RpcError("bad_reply", f"bad reply from {host}:{port}: {exc}") from exc
+        except OSError as exc:
+            raise RpcError("connect", f"connection to {host}:{port} failed: {exc}") from exc
+

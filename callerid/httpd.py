@@ -1,5 +1,7 @@
 """The daemons' HTTP endpoint: /metrics for Prometheus and a small landing page at /."""
 
+from __future__ import annotations
+
 import html
 import socket
 import threading

@@ -12,14 +12,22 @@ munged's replay cache rejects a request credential seen twice.
 docs/PROTOCOL.md describes it for people.
 """
 
+from __future__ import annotations
+
 import enum
 import hmac
 import ipaddress
+import re
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+
+from .inet import IPAddress, endpoint, mapped16, unmapped
+from .slurm_cgroup import is_job_identity
 
 MAGIC = b"CI"
-VERSION = 2   # 2: answers authenticated by the request's key, not a second credential
+# 2: answers authenticated by the request's key, not a second credential.
+# 3: the job is a string (decimal job id or Slurm 26.05 SLUID), not a u32.
+VERSION = 3
 HEADER = struct.Struct("!2sBBI")
 MAX_FRAME_PAYLOAD = 8192
 
@@ -53,7 +61,7 @@ class Source(enum.IntEnum):
 
 ANSWER_KEY_SIZE = 32
 ANSWER_TAG_SIZE = 32
-_TAG_CONTEXT = b"callerid answer v2\0"   # a tag made for anything else never verifies here
+_TAG_CONTEXT = b"callerid answer v3\0"   # a tag made for anything else never verifies here
 NO_ID = 0xFFFFFFFF  # uid/gid unknown: (uid_t)-1 is never a real id
 ANSWER_FLAG_OWNER_EXITED = 1
 ANSWER_FLAG_CLOSED = 2
@@ -65,13 +73,6 @@ class ProtocolError(ValueError):
     def __init__(self, code: ErrorCode, message: str):
         super().__init__(message)
         self.code = code
-
-
-def _ip16(addr) -> tuple[int, bytes]:
-    ip = ipaddress.ip_address(addr)
-    if ip.version == 4:
-        return 4, b"\x00" * 10 + b"\xff\xff" + ip.packed
-    return 6, ip.packed
 
 
 def _from16(family: int, raw: bytes):
@@ -87,19 +88,17 @@ def _from16(family: int, raw: bytes):
 class Query:
     """Who opened SRC_IP:SRC_PORT -> DST_IP:DST_PORT (as seen by the source node)?"""
 
-    src_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    src_ip: IPAddress
     src_port: int
-    dst_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst_ip: IPAddress
     dst_port: int
 
     _S = struct.Struct("!BBHHH16s16s")
 
     @classmethod
-    def make(cls, src_ip, src_port, dst_ip, dst_port) -> "Query":
-        s, d = ipaddress.ip_address(src_ip), ipaddress.ip_address(dst_ip)
+    def make(cls, src_ip, src_port, dst_ip, dst_port) -> Query:
         # v4-mapped IPv6 is the same connection as plain IPv4: normalise once here.
-        s = getattr(s, "ipv4_mapped", None) or s
-        d = getattr(d, "ipv4_mapped", None) or d
+        s, d = unmapped(src_ip), unmapped(dst_ip)
         if s.version != d.version:
             raise ValueError("source and destination must be the same address family")
         for p in (src_port, dst_port):
@@ -108,12 +107,11 @@ class Query:
         return cls(s, int(src_port), d, int(dst_port))
 
     def encode(self) -> bytes:
-        fam, s = _ip16(self.src_ip)
-        _, d = _ip16(self.dst_ip)
-        return self._S.pack(VERSION, fam, 0, self.src_port, self.dst_port, s, d)
+        return self._S.pack(VERSION, self.src_ip.version, 0, self.src_port, self.dst_port,
+                            mapped16(self.src_ip), mapped16(self.dst_ip))
 
     @classmethod
-    def decode(cls, data: bytes) -> "Query":
+    def decode(cls, data: bytes) -> Query:
         if len(data) != cls._S.size:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"query is {len(data)} bytes, expected {cls._S.size}")
         ver, fam, reserved, sport, dport, s, d = cls._S.unpack(data)
@@ -126,9 +124,7 @@ class Query:
         return cls(_from16(fam, s), sport, _from16(fam, d), dport)
 
     def __str__(self):
-        def fmt(ip, port):
-            return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-        return f"{fmt(self.src_ip, self.src_port)} -> {fmt(self.dst_ip, self.dst_port)}"
+        return f"{endpoint(self.src_ip, self.src_port)} -> {endpoint(self.dst_ip, self.dst_port)}"
 
 
 @dataclass(frozen=True)
@@ -140,7 +136,7 @@ class Answer:
     source: Source = Source.NONE
     owner_exited: bool = False
     closed: bool = False
-    job_id: int | None = None
+    job_id: str | None = None  # decimal job id or SLUID (callerid.slurm_cgroup.is_job_identity)
     pid: int = 0
     uid: int | None = None
     gid: int | None = None
@@ -150,39 +146,48 @@ class Answer:
     cgroup: str = ""
     node: str = ""
 
-    _S = struct.Struct("!BBBB40sIIIIQQ16sHH")
+    _S = struct.Struct("!BBBB40sIIIQQ16sHHB")
 
     def encode(self) -> bytes:
         flags = (ANSWER_FLAG_OWNER_EXITED if self.owner_exited else 0) | (ANSWER_FLAG_CLOSED if self.closed else 0)
         cgroup = _clip(self.cgroup, 4096)
         node = _clip(self.node, 255)
-        head = self._S.pack(
-            VERSION, self.status, self.source, flags, self.query.encode(),
-            self.job_id or 0, self.pid, NO_ID if self.uid is None else self.uid,
-            NO_ID if self.gid is None else self.gid, self.cgroup_id, self.birth_ns,
-            _clip(self.comm, 16), len(cgroup), len(node),
-        )
-        return head + cgroup + node
+        if self.job_id is not None and not is_job_identity(self.job_id):
+            raise ValueError(f"not a job id or SLUID: {self.job_id!r}")
+        job = (self.job_id or "").encode()
+        try:
+            head = self._S.pack(
+                VERSION, self.status, self.source, flags, self.query.encode(),
+                self.pid, NO_ID if self.uid is None else self.uid,
+                NO_ID if self.gid is None else self.gid, self.cgroup_id, self.birth_ns,
+                _clip(self.comm, 16), len(cgroup), len(node), len(job),
+            )
+        except struct.error as exc:  # not a ValueError: say what it is
+            raise ValueError(f"answer field out of range: {exc}") from exc
+        return head + cgroup + node + job
 
     @classmethod
-    def decode(cls, data: bytes) -> "Answer":
+    def decode(cls, data: bytes) -> Answer:
         n = cls._S.size
         if len(data) < n:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"answer is {len(data)} bytes, shorter than {n}")
-        (ver, status, source, flags, q, job_id, pid, uid, gid, cgid, birth, comm,
-         lcg, lnode) = cls._S.unpack_from(data)
+        (ver, status, source, flags, q, pid, uid, gid, cgid, birth, comm,
+         lcg, lnode, ljob) = cls._S.unpack_from(data)
         if ver != VERSION:
             raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"answer version {ver}")
-        if len(data) != n + lcg + lnode:
+        if len(data) != n + lcg + lnode + ljob:
             raise ProtocolError(ErrorCode.BAD_FRAME, "answer length does not match its string lengths")
+        job = data[n + lcg + lnode:].decode("ascii", errors="replace")
+        if job and not is_job_identity(job):
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"answer job is not a job id or SLUID: {job!r}")
         try:
             return cls(
                 query=Query.decode(q), status=Status(status), source=Source(source),
                 owner_exited=bool(flags & ANSWER_FLAG_OWNER_EXITED), closed=bool(flags & ANSWER_FLAG_CLOSED),
-                job_id=job_id or None, pid=pid, uid=None if uid == NO_ID else uid, gid=None if gid == NO_ID else gid,
+                job_id=job or None, pid=pid, uid=None if uid == NO_ID else uid, gid=None if gid == NO_ID else gid,
                 cgroup_id=cgid, birth_ns=birth, comm=comm.rstrip(b"\0").decode(errors="replace"),
                 cgroup=data[n:n + lcg].decode(errors="replace"),
-                node=data[n + lcg:].decode(errors="replace"),
+                node=data[n + lcg:n + lcg + lnode].decode(errors="replace"),
             )
         except ValueError as exc:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"answer field out of range: {exc}") from exc
@@ -224,8 +229,32 @@ def open_answer(payload: bytes, key: bytes) -> Answer:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"answer of {len(payload)} bytes has no tag")
     body, tag = payload[:-ANSWER_TAG_SIZE], payload[-ANSWER_TAG_SIZE:]
     if not hmac.compare_digest(tag, hmac.digest(key, _TAG_CONTEXT + body, "sha256")):
-        raise ProtocolError(ErrorCode.AUTH_FAILED, "answer tag does not verify: not from the tracer that read the request")
+        raise ProtocolError(ErrorCode.AUTH_FAILED,
+                            "answer tag does not verify: not from the tracer that read the request")
     return Answer.decode(body)
+
+
+# A MUNGE credential as munged writes it: "MUNGE:", base64 (with its padding), ":".
+# The smallest real one (no payload, no encryption) is over 100 characters.
+MUNGE_PREFIX = b"MUNGE:"
+MIN_CREDENTIAL = 64
+_CREDENTIAL = re.compile(rb"MUNGE:[A-Za-z0-9+/]+={0,2}:")
+_CREDENTIAL_START = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+
+
+def check_credential_shape(payload: bytes, partial: bool = False) -> None:
+    """ProtocolError BAD_FRAME unless payload looks like a MUNGE credential (cheap, before munged
+    is asked). partial: payload is the start of a frame still arriving; refuse it as soon as
+    it cannot become one."""
+    head = payload[:len(MUNGE_PREFIX)]
+    if head != MUNGE_PREFIX[:len(head)]:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "request is not a MUNGE credential")
+    if partial:
+        if not _CREDENTIAL_START.fullmatch(payload, len(MUNGE_PREFIX)):
+            raise ProtocolError(ErrorCode.BAD_FRAME, "request is not a MUNGE credential")
+        return
+    if len(payload) < MIN_CREDENTIAL or not _CREDENTIAL.fullmatch(payload):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "request is not a MUNGE credential")
 
 
 def _clip(text: str, limit: int) -> bytes:
@@ -270,25 +299,3 @@ def decode_error(payload: bytes) -> tuple[ErrorCode, str]:
         code = ErrorCode.INTERNAL
     return code, payload[1:].decode(errors="replace")
 
-
-@dataclass
-class FrameReader:
-    """Incremental frame parser (pure): feed bytes, get complete frames."""
-
-    max_payload: int = MAX_FRAME_PAYLOAD
-    _buf: bytearray = field(default_factory=bytearray)
-
-    def feed(self, data: bytes) -> list[tuple[FrameType, bytes]]:
-        self._buf += data
-        frames = []
-        while len(self._buf) >= HEADER.size:
-            ftype, length = decode_header(bytes(self._buf[:HEADER.size]), self.max_payload)
-            if len(self._buf) < HEADER.size + length:
-                break
-            frames.append((ftype, bytes(self._buf[HEADER.size:HEADER.size + length])))
-            del self._buf[:HEADER.size + length]
-        return frames
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)

@@ -1,5 +1,7 @@
 """User names and uids from the passwd database."""
 
+from __future__ import annotations
+
 import pwd
 
 

@@ -1,22 +1,41 @@
 """Generate the Grafana dashboards and Prometheus alert rules in dashboards/ (run after editing).
 
-    .venv/bin/python3 -m dashboards.build          # rewrite the generated files
-    .venv/bin/python3 -m dashboards.build --check  # exit 1 if a file is stale
+    .venv/bin/python3 -m callerid.dashboards.build          # rewrite the generated files
+    .venv/bin/python3 -m callerid.dashboards.build --check  # exit 1 if a file is stale
 
 The JSON and YAML are committed, because Grafana and Prometheus read them as they are;
 tests/unit/test_dashboards.py and test_alert_rules.py fail when they differ from what
 this generates. Metric names come from tracer/metrics.py and adopter/metrics.py only.
 """
 
+from __future__ import annotations
+
 import json
 import sys
 from pathlib import Path
 
-from adopter import policy
+from callerid.adopter import policy
+from callerid.adopter.metrics import RPC_FAILED_OUTCOMES
 
 from . import rules
-from .grafana import (Layout, by_node, dashboard, datasource_var, gauge, instance_var, job_var, m,
-                      override_color, quantiles, rate, row, stat, table, target, timeseries)
+from .grafana import (
+    Layout,
+    by_node,
+    dashboard,
+    datasource_var,
+    gauge,
+    instance_var,
+    job_var,
+    m,
+    override_color,
+    quantiles,
+    rate,
+    row,
+    stat,
+    table,
+    target,
+    timeseries,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,15 +43,15 @@ HERE = Path(__file__).resolve().parent
 # action_generic_failure applied. daemon_unreachable and deadline are decided by the hook
 # itself and never reach the daemon's counters (see docs/OPERATIONS.md, blind spots).
 GENERIC = "|".join(policy.GENERIC_FAILURE_REASONS)
-# Adopter-side RPC outcomes that are failures (callerid/client.py RpcError reasons, plus
-# no_socket from adopter/service.py); found_job, no_job and not_found are answers.
-RPC_FAILED = "connect|timeout|refused|bad_reply|auth|munge|no_socket"
+# Adopter-side RPC outcomes that are failures; found_job, no_job and not_found are answers.
+RPC_FAILED = "|".join(RPC_FAILED_OUTCOMES)
 # Tracer-side results worth a colour: someone asked what they may not see, or spoke garbage.
 # The map of open connections: its fill is what matters (closed ones have their own map).
 OPEN_T = m("callerid_tracked_connections", 'state="open"')
 OPEN_C = m("callerid_map_capacity_connections", 'state="open"')
 TRACER_ALARMING = {"denied": "orange", "bad_frame": "purple", "auth_failed": "red", "replayed": "dark-red",
-                   "internal_error": "red", "busy": "yellow", "timeout": "yellow"}
+                   "internal_error": "red", "busy": "yellow", "timeout": "yellow",
+                   "abandoned": "red"}
 
 NODE_LINK = [{"title": "Open the node dashboard for ${__data.fields.node}",
               "url": "/d/callerid-node/callerid-node?${datasource:queryparam}&${job:queryparam}"
@@ -149,8 +168,9 @@ def _tracer_rpc_results(by=""):
         "RPC requests by result (tracer)",
         "callerid RPC requests the tracers answered, per minute, by result. denied: the asker may not "
         "see this connection (answered like not_found); bad_frame and unsupported_version: garbage or a "
-        "wrong client; auth_failed and replayed: MUNGE rejected the credential; busy: max_clients "
-        "reached; timeout: the request frame did not arrive within read_timeout_seconds.",
+        "wrong client; auth_failed and replayed: MUNGE rejected the credential; busy: no worker free "
+        "within the request's deadline; timeout: the header or the frame did not arrive in time; "
+        "abandoned: no answer by the deadline (munged hung?).",
         "reqpm", [target(_per_min(rate("callerid_rpc_requests_total"), b),
                          f"{{{{{by}}}}} {{{{result}}}}" if by else "{{result}}")],
         stack=True, overrides=[override_color("found", "green"), override_color("not_found", "blue")]
@@ -305,7 +325,7 @@ def overview() -> dict:
     L.add(_map_fill_by_node())
     L.add(_tracked_connections())
     L.add(stat("Nodes per probe backend",
-               "How many tracers run each probe backend (fentry, kprobe, tracepoint). none means the "
+               "How many tracers run each probe backend (sockstore, fentry, kprobe, tracepoint). none means the "
                "tracer answers from sock_diag + /proc only: slower, and blind to short-lived processes.",
                "none", [target(f"count by (backend) ({m('callerid_probe_backend')} == 1)", "{{backend}}")],
                graph=False, decimals=0), 6, 8)
@@ -447,8 +467,8 @@ def node() -> dict:
         "cpm", [target(_per_min(rate("callerid_owner_exited_answers_total"), BY), "{{instance}}")]), 12, 8)
     L.add(timeseries(
         "RPC clients connected",
-        "RPC clients connected to the tracer right now. At max_clients (default 64) new clients get "
-        "busy.",
+        "RPC connections open on the tracer right now. Waiting ones cost a buffer, not a worker; past "
+        "max_rpc_connections_per_peer from one address the longest-waiting is closed.",
         "short", [target(f"sum by (instance) ({m('callerid_rpc_clients')})", "{{instance}}")]), 12, 8)
 
     L.add(row("Adopter"))
@@ -515,7 +535,7 @@ def main(argv: list[str]) -> int:
             path.write_text(text)
             print(f"wrote {path.relative_to(HERE.parent)}")
     if stale:
-        print("stale: " + ", ".join(map(str, stale)) + " (run .venv/bin/python3 -m dashboards.build)")
+        print("stale: " + ", ".join(map(str, stale)) + " (run .venv/bin/python3 -m callerid.dashboards.build)")
         return 1
     return 0
 

@@ -1,6 +1,6 @@
 """Every PromQL expression the dashboards and alert rules use, ready to send to a Prometheus.
 
-    from dashboards.expressions import all_expressions
+    from callerid.dashboards.expressions import all_expressions
     for where, expr in all_expressions():
         ...  # e.g. GET /api/v1/query?query=expr against a Prometheus scraping the daemons
 
@@ -13,6 +13,8 @@ keeps the two equal).
 Also here, for the tests: the metric names the daemons export (from fresh TracerMetrics()
 and AdopterMetrics() registries) and the metric names an expression references.
 """
+
+from __future__ import annotations
 
 import json
 import re
@@ -81,8 +83,8 @@ _SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count
 
 def registries():
     """Fresh registries of both daemons, as `callerid tracer` / `callerid adopter` build them."""
-    from adopter.metrics import AdopterMetrics
-    from tracer.metrics import TracerMetrics
+    from callerid.adopter.metrics import AdopterMetrics
+    from callerid.tracer.metrics import TracerMetrics
     return {"tracer": TracerMetrics().registry, "adopter": AdopterMetrics().registry}
 
 

@@ -4,6 +4,8 @@ whose process connects to node2, and node2 asking node1's tracer who that was.
 Run through scripts/demo.sh (as root). Everything it creates is removed at the end.
 """
 
+from __future__ import annotations
+
 import json
 import subprocess
 import sys

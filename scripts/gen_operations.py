@@ -8,6 +8,8 @@ replaces the text between the BEGIN/END markers; the rest of OPERATIONS.md is wr
 hand. tests/unit/test_metrics_reference.py fails when the two disagree.
 """
 
+from __future__ import annotations
+
 import sys
 from pathlib import Path
 
@@ -82,8 +84,8 @@ def _table(rows: list[dict]) -> list[str]:
 
 
 def _daemon_metrics():
-    from adopter.metrics import AdopterMetrics
-    from tracer.metrics import TracerMetrics
+    from callerid.adopter.metrics import AdopterMetrics
+    from callerid.tracer.metrics import TracerMetrics
 
     tracer = TracerMetrics()
     # The tracer declares every backend value at start (Tracer.__init__ -> set_probe), before

@@ -1,5 +1,7 @@
 """Shared test helpers: preconditions that skip locally but fail loudly in CI."""
 
+from __future__ import annotations
+
 import os
 import socket
 

@@ -1,12 +1,16 @@
 """ctypes mirror of bpf/callerid.h: the only Python copy of the BPF record layout."""
 
+from __future__ import annotations
+
 import ctypes
-import ipaddress
 from pathlib import Path
 
-# Must equal CALLERID_LAYOUT_VERSION in bpf/callerid.h (checked by
-# tests/kernel/test_layout.py against BCC's compiled view of the header).
-LAYOUT_VERSION = 2
+from callerid.inet import mapped16, unmapped
+
+# Must equal CALLERID_LAYOUT_VERSION in bpf/callerid.h (checked, with the structs below, against
+# BCC's compiled view of the header by tests/kernel/test_tracer_lifecycle.py,
+# test_layout_mirror_matches_bcc_view_of_the_header).
+LAYOUT_VERSION = 3
 
 F_RECONCILED = 1
 
@@ -17,6 +21,7 @@ STAT_NAMES = (
     "connect_failed",   # SYN_SENT -> CLOSE, pending entry dropped
     "closed",           # tuple entry moved to the closed map
     "update_failed",    # a BPF map update returned an error
+    "over_share",       # sockstore: a closed entry not kept, its uid had used its share
 )
 
 
@@ -27,6 +32,7 @@ class ConnKey(ctypes.Structure):
         ("sport", ctypes.c_uint16),
         ("dport", ctypes.c_uint16),
         ("_pad", ctypes.c_uint32),
+        ("netns", ctypes.c_uint64),   # netns cookie; 0 from the tuple-keyed backends
     ]
 
 
@@ -45,22 +51,14 @@ class Owner(ctypes.Structure):
     ]
 
 
-def mapped16(addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
-    """16-byte form used in keys: IPv6 as is, IPv4 as ::ffff:a.b.c.d."""
-    ip = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
-    if ip.version == 4:
-        return b"\x00" * 10 + b"\xff\xff" + ip.packed
-    return ip.packed
+class SkRecord(ctypes.Structure):
+    """struct callerid_sk_record: the sockstore backend's value on a socket."""
+    _fields_ = [("owner", Owner), ("key", ConnKey)]
 
 
-def unmapped(raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """Inverse of mapped16: v4-mapped addresses come back as IPv4."""
-    ip6 = ipaddress.IPv6Address(bytes(raw))
-    return ip6.ipv4_mapped or ip6
-
-
-def make_key(src_ip, src_port: int, dst_ip, dst_port: int) -> ConnKey:
+def make_key(src_ip, src_port: int, dst_ip, dst_port: int, netns: int = 0) -> ConnKey:
     key = ConnKey()
+    key.netns = netns
     ctypes.memmove(key.saddr, mapped16(src_ip), 16)
     ctypes.memmove(key.daddr, mapped16(dst_ip), 16)
     key.sport = src_port
@@ -77,10 +75,11 @@ def header_path() -> Path:
 
 
 def bpf_dir() -> Path:
-    """Where the BPF sources live: the checkout, else the installed data dir."""
-    import sys
+    """Where the BPF sources live: the callerid.bpf package's data.
 
-    here = Path(__file__).resolve().parent.parent / "bpf"
-    if (here / "callerid.bpf.c").exists():
-        return here
-    return Path(sys.prefix) / "share" / "callerid" / "bpf"
+    BCC needs a real directory (it compiles a file that #includes its sibling), so
+    this takes the resource root as a path: callerid is never installed zipped.
+    """
+    from importlib.resources import files
+
+    return Path(str(files("callerid.bpf")))

@@ -1,13 +1,24 @@
 """Turn one REQUEST payload into one reply frame: authenticate, look up, authorise, tag."""
 
+from __future__ import annotations
+
 import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from callerid import munge
-from callerid.protocol import (Answer, ErrorCode, FrameType, ProtocolError, Status, decode_request, encode_error,
-                               encode_frame, seal_answer)
+from callerid.protocol import (
+    Answer,
+    ErrorCode,
+    FrameType,
+    ProtocolError,
+    Status,
+    decode_request,
+    encode_error,
+    encode_frame,
+    seal_answer,
+)
 
 from .lookup import Outcome, Resolver
 from .metrics import TracerMetrics
@@ -58,10 +69,11 @@ class RequestHandler:
             log.warning("rpc from %s uid=%d: bad query: %s", peer, cred.uid, exc)
             return result, encode_error(exc.code, str(exc))
 
-        outcome = self.resolver.lookup(query)
+        outcome = self.resolver.lookup(query, lambda owner: may_see(cred.uid, owner, self.slurm_uid))
         self._count_lookup(outcome)
         answer, result = outcome.answer, "found" if outcome.answer.status == Status.FOUND else "not_found"
-        if answer.status == Status.FOUND and not may_see(cred.uid, outcome.owner_uid, self.slurm_uid):
+        hidden = answer.status == Status.FOUND and not may_see(cred.uid, outcome.owner_uid, self.slurm_uid)
+        if outcome.denied or hidden:
             # Indistinguishable from "not found" for the caller; loud in the log, like Slurm.
             log.warning("rpc from %s: uid %d asked about %s owned by uid %s: denied (security)",
                         peer, cred.uid, query, outcome.owner_uid)
@@ -72,7 +84,7 @@ class RequestHandler:
                      f" ({outcome.detail})" if outcome.detail else "")
         try:
             sealed = seal_answer(answer, key)
-        except (ValueError, OverflowError) as exc:  # struct.error is a ValueError
+        except ValueError as exc:  # a field out of its wire range (Answer.encode)
             log.error("cannot encode answer for %s: %s", query, exc)
             return "internal_error", encode_error(ErrorCode.INTERNAL, "tracer cannot encode this answer")
         return result, encode_frame(FrameType.ANSWER, sealed)
@@ -81,6 +93,8 @@ class RequestHandler:
         m = self.metrics
         if outcome.fallback_reason:
             m.fallbacks.labels(outcome.fallback_reason).inc()
+        if outcome.scan:
+            m.fallback_scans.labels(outcome.scan).inc()
         ans = outcome.answer
         m.lookups.labels(ans.source.name.lower() if ans.status == Status.FOUND else "none").inc()
         if ans.owner_exited:

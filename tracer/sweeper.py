@@ -1,12 +1,17 @@
 """Delete closed connections once their grace period is over; close open entries whose socket vanished."""
 
+from __future__ import annotations
+
 import logging
 import time
 
-from . import procfs, sockdiag
+from callerid.inet import unmapped
+from callerid.linux import procfs, sockdiag
+
 from .bpfmap import Connections
 from .layout import ConnKey, key_tuple
 from .metrics import TracerMetrics
+from .sockstore import SockStore
 
 log = logging.getLogger("callerid.tracer.sweeper")
 
@@ -26,13 +31,8 @@ def verdict(closed_ns: int, birth_ns: int, now_ns: int, grace_ns: int) -> str:
 ALIVE_STATES = sockdiag.ALL_STATES - {sockdiag.TCP_TIME_WAIT, sockdiag.TCP_CLOSE, sockdiag.TCP_LISTEN}
 
 
-def _tuple_key(t) -> tuple:
-    s, sp, d, dp = t
-    return (getattr(s, "ipv4_mapped", None) or s, sp, getattr(d, "ipv4_mapped", None) or d, dp)
-
-
 class Sweeper:
-    def __init__(self, conns: Connections, metrics: TracerMetrics, grace_seconds: float):
+    def __init__(self, conns: Connections | SockStore, metrics: TracerMetrics, grace_seconds: float):
         self.conns = conns
         self.metrics = metrics
         self.grace_ns = int(grace_seconds * 1e9)
@@ -51,7 +51,10 @@ class Sweeper:
                 closed += 1
         deleted += self.conns.closed.delete_many(expired)
         stamped, to_verify = [], []
-        for key, birth_ns, closed_ns in self.conns.open.entry_times():
+        # The sockstore keeps open connections on their sockets (conns.open is None):
+        # they leave with the socket, nothing to verify.
+        open_times = self.conns.open.entry_times() if self.conns.open is not None else ()
+        for key, birth_ns, closed_ns in open_times:
             v = verdict(closed_ns, birth_ns, now, self.grace_ns)
             if v == "delete":  # stamped in place because the BPF move failed
                 stamped.append(key)
@@ -59,12 +62,15 @@ class Sweeper:
             if v == "verify":
                 to_verify.append(ConnKey.from_buffer_copy(key))
             open_ += 1
-        deleted += self.conns.open.delete_many(stamped)
+        if stamped:
+            deleted += self.conns.open.delete_many(stamped)
         if to_verify:
             # One sock_diag dump answers for all candidates (no dump when nothing is old).
-            live = {_tuple_key((s.src, s.sport, s.dst, s.dport)) for s in sockdiag.list_tcp(states=ALIVE_STATES)}
+            # key_tuple gives the unmapped form already; a dual-stack socket reports v4-mapped.
+            live = {(unmapped(s.src), s.sport, unmapped(s.dst), s.dport)
+                    for s in sockdiag.list_tcp(states=ALIVE_STATES)}
             for key in to_verify:
-                if _tuple_key(key_tuple(key)) in live:
+                if key_tuple(key) in live:
                     continue
                 owner = self.conns.open.lookup(key)
                 if owner is None or owner.closed_ns:

@@ -1,5 +1,7 @@
 """A callerid daemon run as a real process for tests: config file, log file, ready marker, stop by pid."""
 
+from __future__ import annotations
+
 import os
 import subprocess
 import sys
@@ -37,18 +39,22 @@ class DaemonProc:
         self.log = log
         self.netns = netns
         self.proc: subprocess.Popen | None = None
+        self.env: dict[str, str] | None = None   # the daemon's environment; None: the test's
         self._logf = None
         self._log_start = 0
 
-    def start(self, *extra, wait: bool = True, timeout: float = 30.0):
+    def argv(self, *extra) -> list[str]:
+        """The command line start() runs (a subclass may wrap it)."""
         argv = [CALLERID, "--config", str(self.config), self.subcommand, *extra]
-        if self.netns:
-            argv = self.netns.argv(argv)
+        return self.netns.argv(argv) if self.netns else argv
+
+    def start(self, *extra, wait: bool = True, timeout: float = 30.0):
+        argv = self.argv(*extra)
         if self._logf:
             self._logf.close()
-        self._logf = open(self.log, "ab")
+        self._logf = open(self.log, "ab")  # noqa: SIM115 - the daemon's stdout until it is restarted or stopped
         self._log_start = self.log.stat().st_size
-        self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT, env=self.env)
         if wait:
             self.wait_ready(timeout)
         return self

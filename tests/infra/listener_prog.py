@@ -1,5 +1,7 @@
 """A test server: listen on HOST PORT (IPv4, IPv6 or '::' dual stack), accept and hold connections."""
 
+from __future__ import annotations
+
 import socket
 import sys
 import threading

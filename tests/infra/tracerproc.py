@@ -1,5 +1,7 @@
 """Run `callerid tracer` as a real daemon process for tests, and make many of them (TracerFactory)."""
 
+from __future__ import annotations
+
 import os
 import shutil
 import tempfile
@@ -21,9 +23,9 @@ def toml_value(v) -> str:
 
 
 def write_config(path: Path, munge_socket: str, pin_root: str, listen: list[str], metrics: str,
-                 nodename: str = "testnode", rpc_port: int = 6828, **tracer) -> None:
+                 nodename: str = "testnode", rpc_port: int = 6828, log_level: str = "debug", **tracer) -> None:
     lines = ["[common]", f'munge_socket = "{munge_socket}"', f'nodename = "{nodename}"',
-             'slurm_user = "root"', 'log_level = "debug"', f"rpc_port = {rpc_port}", "", "[tracer]",
+             'slurm_user = "root"', f'log_level = "{log_level}"', f"rpc_port = {rpc_port}", "", "[tracer]",
              "listen = [" + ", ".join(f'"{a}"' for a in listen) + "]", f'metrics = "{metrics}"',
              f'pin_root = "{pin_root}"']
     lines += [f"{k} = {toml_value(v)}" for k, v in tracer.items()]
@@ -72,7 +74,8 @@ class TracerFactory:
         self.dirs.append(pin_root)
         port = free_port()
         mport = free_port()
-        opts.setdefault("probe", "tracepoint")
+        # CALLERID_TEST_PROBE runs the suite against another backend (e.g. sockstore)
+        opts.setdefault("probe", os.environ.get("CALLERID_TEST_PROBE", "tracepoint"))
         listen = [f"127.0.0.1:{port}", f"[::1]:{port}"] if listen is None else listen
         cfg = Path(d, "callerid.toml")
         write_config(cfg, self.munge_socket, pin_root, listen, f"127.0.0.1:{mport}", rpc_port=port, **opts)

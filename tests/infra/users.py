@@ -1,5 +1,7 @@
 """Non-root test users, created for a run and removed after it."""
 
+from __future__ import annotations
+
 import pwd
 import subprocess
 from dataclasses import dataclass

@@ -7,6 +7,8 @@ the maps' capacity through them, and require every held connection to stay in th
 and be answered from BPF.
 """
 
+from __future__ import annotations
+
 import os
 import socket
 import struct
@@ -31,8 +33,8 @@ LINGER0 = struct.pack("ii", 1, 0)  # RST on close: no TIME_WAIT, no ephemeral po
 @pytest.fixture
 def pinned():
     """Open the pinned maps of a started tracer; closed at teardown."""
-    from tracer.bpfmap import Connections
-    from tracer.probes import pin_dir
+    from callerid.tracer.bpfmap import Connections
+    from callerid.tracer.probes import pin_dir
     opened = []
 
     def open_for(t):
@@ -63,7 +65,7 @@ def connect(lsock: socket.socket, rst: bool = False) -> tuple[socket.socket, soc
 
 
 def key_of(c: socket.socket):
-    from tracer.layout import make_key
+    from callerid.tracer.layout import make_key
     return make_key("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1])
 
 
@@ -164,7 +166,7 @@ def test_reconciled_live_connection_wins_over_a_closed_entry_for_the_same_tuple(
     """Ports come round within the grace under churn: a closed entry for a tuple that a
     new, live connection uses again (opened while no tracer ran) names the wrong owner.
     Reconcile's insert must go to the open map anyway, and the lookup must find it."""
-    from tracer.layout import Owner
+    from callerid.tracer.layout import Owner
     t = tracers.make(max_connections=MAX_OPEN, max_closed_connections=MAX_CLOSED, close_grace_seconds=600.0,
                      reconcile=False).start()
     conns = pinned(t)

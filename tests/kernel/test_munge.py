@@ -1,5 +1,7 @@
 """callerid.munge against a real, private munged (tests/conftest.py)."""
 
+from __future__ import annotations
+
 import base64
 import os
 import threading
@@ -54,6 +56,14 @@ def test_tampered_credential_is_invalid(munged):
     bad = cred[:i] + (b"A" if cred[i:i + 1] != b"A" else b"B") + cred[i + 1:]
     with pytest.raises(munge.MungeError) as ei:
         munge.decode(bad, munged)
+    assert ei.value.reason == "cred_invalid"
+
+
+def test_credential_from_a_munged_with_another_key_is_invalid(munged, munged_other_key):
+    cred = munge.encode(b"payload", munged_other_key.socket)
+    assert munge.decode(cred, munged_other_key.socket).payload == b"payload"  # it is a good credential there
+    with pytest.raises(munge.MungeError) as ei:
+        munge.decode(cred, munged)
     assert ei.value.reason == "cred_invalid"
 
 

@@ -1,15 +1,16 @@
-"""adopter.peer.tcp_connection on real sockets: the pidfd path (sshd's own socket) and
+"""callerid.linux.sockets.tcp_connection on real sockets: the pidfd path (sshd's own socket) and
 the sock_diag fallback must name the same connection, for IPv4, dual-stack and IPv6."""
 
-import ipaddress
+from __future__ import annotations
+
 import os
 import socket
 import subprocess
 
 import pytest
 
-from adopter import peer
-from tracer import procfs
+from callerid.inet import unmapped
+from callerid.linux import procfs, sockets
 from tests.helpers import has_ipv6_loopback, require
 
 pytestmark = pytest.mark.kernel
@@ -51,22 +52,21 @@ def holder(request):
 
 
 def _norm(addr):
-    ip = ipaddress.ip_address(addr[0])
-    return (getattr(ip, "ipv4_mapped", None) or ip, addr[1])
+    return (unmapped(addr[0]), addr[1])
 
 
 def test_pidfd_and_sock_diag_name_the_same_connection(holder, monkeypatch):
     pid, (client_end, server_end) = holder
-    direct = peer._connection_via_pidfd(pid, "/proc")
+    direct = sockets._connection_via_pidfd(pid, "/proc")
     assert direct is not None
     assert (_norm((str(direct.remote_ip), direct.remote_port)), _norm((str(direct.local_ip), direct.local_port))) \
         == (_norm(client_end), _norm(server_end))
-    assert peer.tcp_connection(pid) == direct
+    assert sockets.tcp_connection(pid) == direct
 
     def refused(*_):
         raise OSError(1, "pidfd_getfd refused (as under a seccomp filter)")
-    monkeypatch.setattr(peer, "_connection_via_pidfd", refused)
-    dumped = peer.tcp_connection(pid)
+    monkeypatch.setattr(sockets, "_connection_via_pidfd", refused)
+    dumped = sockets.tcp_connection(pid)
     assert dumped is not None
     assert (_norm((str(dumped.remote_ip), dumped.remote_port)), _norm((str(dumped.local_ip), dumped.local_port))) \
         == (_norm(client_end), _norm(server_end))
@@ -78,8 +78,8 @@ def test_process_without_tcp_sockets_has_no_connection():
     child = subprocess.Popen(["sleep", "60"], pass_fds=(a.fileno(), b.fileno()))
     try:
         assert procfs.socket_fds(child.pid), "the holder should have its unix sockets"
-        assert peer._connection_via_pidfd(child.pid, "/proc") is None
-        assert peer.tcp_connection(child.pid) is None
+        assert sockets._connection_via_pidfd(child.pid, "/proc") is None
+        assert sockets.tcp_connection(child.pid) is None
     finally:
         child.kill()
         child.wait(10)

@@ -2,6 +2,8 @@
 ssh from; 'dst' runs a real sshd whose PAM account stack ends with the callerid hook, and the
 adopter daemon. Jobs are Slurm-layout cgroup trees (tests/infra/jobtree.py) on each node."""
 
+from __future__ import annotations
+
 import os
 import shutil
 import subprocess
@@ -15,10 +17,11 @@ import pytest
 from tests.helpers import require, require_bpf
 from tests.infra.adopterproc import AdopterProc, scrape_in
 from tests.infra.adopterproc import write_config as write_adopter_config
-from tests.infra.jobtree import JobTree, setns_net
+from tests.infra.jobtree import JobTree
 from tests.infra.netns import Topology
+from tests.infra.procs import as_user, in_netns
+from tests.infra.slurmlab import PSA_CANDIDATES, LabBusy, SlurmLab, cgroups, lab_lock
 from tests.infra.sshd import Sshd, keygen, pam_stack, ssh_argv
-from tests.infra.slurmlab import PSA_CANDIDATES, LabBusy, SlurmLab, lab_lock
 from tests.infra.tracerproc import TracerFactory, free_port
 
 SRC4, DST4 = "198.18.30.1", "198.18.30.2"
@@ -77,17 +80,12 @@ class Cluster:
         key = self.keys[(user.name, (key_of or user).name)]
         argv = ssh_argv(key, (key_of or user).name, host, command)
         t0 = time.monotonic()
+        out = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True,
+               "env": {"HOME": "/nonexistent", "PATH": "/usr/bin:/bin"}}
         if job is None:
-            def enter():
-                setns_net(self.src.path)
-                os.setgroups([])
-                os.setgid(user.gid)
-                os.setuid(user.uid)
-            p = subprocess.Popen(argv, preexec_fn=enter, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env={"HOME": "/nonexistent", "PATH": "/usr/bin:/bin"})
+            p = subprocess.Popen(in_netns(as_user(argv, user.uid, user.gid), self.src.path), **out)
         else:
-            p = self.src_jobs.popen(argv, user.uid, user.gid, job, "0", netns=self.src.path, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env={"HOME": "/nonexistent", "PATH": "/usr/bin:/bin"})
+            p = self.src_jobs.popen(argv, user.uid, user.gid, job, "0", netns=self.src.path, **out)
         out, err = p.communicate(timeout=timeout)
         return Login(p.returncode, out, err, time.monotonic() - t0)
 
@@ -189,7 +187,7 @@ def cl(cluster):
     cluster.dst_jobs.cleanup()
 
 
-# --- the real Slurm lab (tests/infra/slurmlab.py), one per test module ---
+# --- the real Slurm lab (tests/infra/slurmlab/), one per test module ---
 
 @pytest.fixture(scope="module")
 def lab():
@@ -198,7 +196,10 @@ def lab():
         require(os.access(exe, os.X_OK), f"{exe} (scripts/setup.sh installs slurmctld slurmd slurm-client "
                                          "openssh-server munge)")
     require(any(os.path.exists(p) for p in PSA_CANDIDATES), "pam_slurm_adopt.so (Debian libpam-slurm-adopt)")
-    require(os.path.ismount("/sys/fs/cgroup/freezer"), "cgroup v1 freezer at /sys/fs/cgroup/freezer")
+    host = cgroups.host_cgroups()
+    controllers = (cgroups.CGROUP_ROOT / "cgroup.controllers").read_text() if host.version == "v2" else None
+    problems = cgroups.preflight_problems(host, controllers)
+    require(not problems, "; ".join(problems))
     try:
         lock = lab_lock(timeout=120)  # held for the module: `scripts/lab.sh up/down` wait for us
     except LabBusy as exc:

@@ -1,6 +1,8 @@
 """The adopter end to end: real sshd, real PAM (pam_exec), real kernel BPF on the source,
 real munged, Slurm-layout job cgroups on both test hosts."""
 
+from __future__ import annotations
+
 import json
 import os
 import signal
@@ -153,16 +155,12 @@ def _hook_socket_request(cl, payload: bytes, as_uid: int | None = None) -> bytes
             "  if not c: break\n  d+=c\nsys.stdout.buffer.write(d)")
     import sys as _sys
 
-    from tests.infra.jobtree import setns_net
+    from tests.infra.procs import as_user, in_netns
 
-    def enter():
-        setns_net(cl.dst.path)  # while still root
-        if as_uid is not None:
-            os.setgroups([])
-            os.setgid(as_uid)
-            os.setuid(as_uid)
-    r = subprocess.run([_sys.executable, "-c", code, cl.adopter_socket], input=payload,
-                       capture_output=True, preexec_fn=enter, timeout=20)
+    argv = [_sys.executable, "-c", code, cl.adopter_socket]
+    if as_uid is not None:
+        argv = as_user(argv, as_uid, as_uid)
+    r = subprocess.run(in_netns(argv, cl.dst.path), input=payload, capture_output=True, timeout=20)
     if r.returncode != 0:
         raise PermissionError(r.stderr.decode()[-300:])
     return r.stdout
@@ -244,6 +242,34 @@ def test_adopter_hung_login_bounded_by_deadline(cl):
     assert not_in_any_job(login), login.err  # action_generic_failure=ignore
 
 
+def test_hung_munged_decision_after_the_hook_gave_up_is_abandoned_not_applied(cl, munged):
+    # Issue 12: with munged stopped, the adopter used to block in the MUNGE encode past the
+    # hook's deadline, then move the sshd into the newest job and count an adoption.
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5095)
+    time.sleep(0.05)
+    cl.dst_jobs.create(a.uid, 5096)
+    cl.src_jobs.create(a.uid, 5095)
+    cl.set_hook("deadline=0.5")       # the hook gives up long before rpc_timeout_seconds (1 s)
+    before = cl.adopter_metrics()
+    os.kill(munged.pid, signal.SIGSTOP)
+    try:
+        login = cl.ssh(a, job=5095, command="sleep 2.5; " + SHOW)   # alive when the late decision comes
+    finally:
+        os.kill(munged.pid, signal.SIGCONT)
+    after = cl.adopter_metrics()
+    assert login.rc == 0, login.err    # action_generic_failure=ignore, applied by the hook
+    assert not_in_any_job(login), login.out
+    assert not any(line.startswith("PRIV=") and "/job_" in line for line in login.out.splitlines()), login.out
+    assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5095) + sshd_pids_in_extern(cl.dst_jobs, a.uid, 5096)
+    delta = {k[1]: after.get(k, 0) - before.get(k, 0) for k in after
+             if k[0] == "callerid_adopter_abandoned_decisions_total"}
+    assert delta[(("reason", "hook_gone"),)] == 1, delta
+    adopted = {k[1]: after.get(k, 0) - before.get(k, 0) for k in after if k[0] == "callerid_adopter_adoptions_total"}
+    assert all(v == 0 for v in adopted.values()), adopted
+    assert "decision abandoned (hook_gone)" in cl.adopter.log_text()
+
+
 def test_source_tracer_down_falls_back_within_rpc_timeout(cl):
     a = cl.users[0]
     cl.dst_jobs.create(a.uid, 5101)
@@ -281,9 +307,11 @@ def test_adoption_failure_follows_action_adopt_failure(cl, action, allowed):
 def test_adopter_scrape_passes_promtool_check_metrics(cl):
     import shutil
     import sys
+
     from tests.helpers import require
     require(shutil.which("promtool") is not None, "promtool (Debian package prometheus)")
-    code = f"import urllib.request,sys;sys.stdout.buffer.write(urllib.request.urlopen({cl.adopter_metrics_url!r}).read())"
+    code = ("import urllib.request,sys;"
+            f"sys.stdout.buffer.write(urllib.request.urlopen({cl.adopter_metrics_url!r}).read())")
     text = subprocess.run(cl.dst.argv([sys.executable, "-c", code]), capture_output=True, check=True).stdout
     assert b"callerid_adopter_decisions_total" in text
     r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)

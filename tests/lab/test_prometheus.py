@@ -1,6 +1,8 @@
 """A real Prometheus scrapes every callerid daemon of the Slurm lab while real logins happen; then
 every expression of every dashboard panel and alert rule is evaluated through its query API."""
 
+from __future__ import annotations
+
 import json
 import shutil
 import subprocess
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.expressions import all_expressions
+from callerid.dashboards.expressions import all_expressions
 from tests.helpers import require
 from tests.infra.procs import stop_pid
 from tests.infra.slurmlab import ADOPTER_METRICS_PORT, TRACER_METRICS_PORT
@@ -58,9 +60,10 @@ scrape_configs:
     static_configs: [{{targets: [{", ".join(adopters)}]}}]
 """)
     ip = lab.node("node1").ip
-    p = lab.popen("node1", ["prometheus", f"--config.file={d}/prometheus.yml", f"--storage.tsdb.path={d}/data",
-                            f"--web.listen-address={ip}:{PROM_PORT}", "--log.level=warn"],
-                  stdout=subprocess.DEVNULL, stderr=open(d / "prometheus.log", "w"))
+    with open(d / "prometheus.log", "w") as log:  # prometheus keeps its own copy of the descriptor
+        p = lab.popen("node1", ["prometheus", f"--config.file={d}/prometheus.yml", f"--storage.tsdb.path={d}/data",
+                                f"--web.listen-address={ip}:{PROM_PORT}", "--log.level=warn"],
+                      stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://{ip}:{PROM_PORT}"
 
     def query(exprs: list[str]) -> list[dict]:
@@ -71,7 +74,8 @@ scrape_configs:
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            r = lab.run("node1", [sys.executable, "-c", f"import urllib.request;urllib.request.urlopen('{base}/-/ready')"])
+            ready = f"import urllib.request;urllib.request.urlopen('{base}/-/ready')"
+            r = lab.run("node1", [sys.executable, "-c", ready])
             if r.returncode == 0:
                 break
             time.sleep(0.5)

@@ -2,6 +2,8 @@
 has a firing and a quiet test case, every expectation matters, and every alert is
 documented with a runbook section in docs/OPERATIONS.md."""
 
+from __future__ import annotations
+
 import copy
 import re
 import shutil
@@ -10,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dashboards import rules
-from dashboards.expressions import PROMETHEUS_SERIES, exported_metric_names, referenced_metrics
+from callerid.dashboards import rules
+from callerid.dashboards.expressions import PROMETHEUS_SERIES, exported_metric_names, referenced_metrics
 from tests.helpers import require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +41,8 @@ def run(*args) -> subprocess.CompletedProcess:
 
 
 def test_generated_rule_files_are_current():
-    assert RULES.read_text() == rules.render_rules(), "run .venv/bin/python3 -m dashboards.build"
-    assert TESTS.read_text() == rules.render_tests(), "run .venv/bin/python3 -m dashboards.build"
+    assert RULES.read_text() == rules.render_rules(), "run .venv/bin/python3 -m callerid.dashboards.build"
+    assert TESTS.read_text() == rules.render_tests(), "run .venv/bin/python3 -m callerid.dashboards.build"
 
 
 def test_promtool_check_rules_on_every_rule_file():
@@ -75,7 +77,7 @@ def test_every_expectation_matters(tmp_path):
             flipped = one["tests"][0]["alert_rule_test"][ci]
             flipped["exp_alerts"] = [] if check["exp_alerts"] else [{"exp_labels": {"severity": "warn"}}]
             f = tmp_path / "tests" / "flipped.yml"
-            f.write_text("\n".join(rules._yaml(one)) + "\n")
+            f.write_text(rules.to_yaml(one))
             if run("test", "rules", str(f)).returncode == 0:
                 insensitive.append(f"{test['name']} at {check['eval_time']}")
     assert not insensitive, f"expectations that pass either way: {insensitive}"
@@ -83,7 +85,7 @@ def test_every_expectation_matters(tmp_path):
 
 def test_every_alert_has_a_firing_and_a_quiet_case():
     names = {a.name for a in rules.ALERTS}
-    assert REQUIRED <= names, f"missing alerts: {REQUIRED - names}"
+    assert names >= REQUIRED, f"missing alerts: {REQUIRED - names}"
     firing = {c.alert for c in rules.CASES for _, alerts in c.evals if alerts}
     quiet = {c.alert for c in rules.CASES for _, alerts in c.evals if not alerts}
     assert names - firing == set(), f"alerts never shown firing: {names - firing}"
@@ -109,7 +111,8 @@ def test_alerts_are_complete_and_documented():
         section = doc.split(f"\n### {a.name}\n", 1)[1].split("\n### ", 1)[0]
         for part in ("**Meaning.**", "**Likely causes.**", "**What to do.**"):
             assert part in section, f"docs/OPERATIONS.md {a.name}: no {part}"
-        assert f"Severity {a.severity}" in " ".join(section.split()), f"docs/OPERATIONS.md {a.name}: severity differs from the rule"
+        assert f"Severity {a.severity}" in " ".join(section.split()), \
+            f"docs/OPERATIONS.md {a.name}: severity differs from the rule"
 
 
 def test_alert_expressions_use_exported_metrics():

@@ -1,6 +1,8 @@
 """Grafana dashboards: generated files are current, every dashboard follows the provisioning
 rules, and every panel queries only metrics the daemons export, in valid PromQL."""
 
+from __future__ import annotations
+
 import json
 import re
 import shutil
@@ -9,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dashboards import build, expressions
-from dashboards.expressions import exported_metric_names, panels, referenced_metrics
-from dashboards.rules import _yaml
+from callerid.dashboards import build, expressions
+from callerid.dashboards.expressions import exported_metric_names, panels, referenced_metrics
+from callerid.dashboards.rules import to_yaml
 from tests.helpers import require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +45,7 @@ def dash_file(request) -> Path:
 def test_generated_files_are_current():
     stale = [str(p.relative_to(ROOT)) for p, text in build.outputs().items()
              if not p.exists() or p.read_text() != text]
-    assert not stale, f"stale generated files {stale}: run .venv/bin/python3 -m dashboards.build"
+    assert not stale, f"stale generated files {stale}: run .venv/bin/python3 -m callerid.dashboards.build"
 
 
 def test_the_two_dashboards_exist():
@@ -132,7 +134,7 @@ def test_panels_fit_the_grid_without_overlap(dash_file):
     cells: dict[tuple[int, int], int] = {}
     for p in panels(load(dash_file)):
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"{p['title']!r} overlaps panel {cells[(x, y)]}"
@@ -186,7 +188,7 @@ def test_referenced_metrics_parser():
 
 
 def test_all_expressions_cover_every_target_and_alert():
-    from dashboards.rules import ALERTS
+    from callerid.dashboards.rules import ALERTS
     targets = sum(len(p["targets"]) for f in DASHBOARDS for p in real_panels(load(f)))
     exprs = expressions.all_expressions()
     assert len(exprs) == targets + len(ALERTS)
@@ -203,7 +205,7 @@ def test_every_expression_is_valid_promql(tmp_path):
     doc = {"groups": [{"name": "expressions", "rules": [{"record": f"check:expr_{i}", "expr": e}
                                                          for i, (_, e) in enumerate(exprs)]}]}
     f = tmp_path / "expressions.yml"
-    f.write_text("\n".join(_yaml(doc)) + "\n")
+    f.write_text(to_yaml(doc))
     r = subprocess.run([promtool, "check", "rules", str(f)], check=False, capture_output=True, text=True)
     if r.returncode != 0:
         where = {f"check:expr_{i}": w for i, (w, _) in enumerate(exprs)}

@@ -1,6 +1,8 @@
 """Install artefacts: systemd units verify and stay hardened, shell scripts pass shellcheck,
 the Vagrantfile validates (all offline)."""
 
+from __future__ import annotations
+
 import re
 import shutil
 import subprocess

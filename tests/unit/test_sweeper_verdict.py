@@ -1,8 +1,10 @@
 """Table test for tracer.sweeper.verdict: what the sweeper does with one map entry."""
 
+from __future__ import annotations
+
 import pytest
 
-from tracer.sweeper import verdict
+from callerid.tracer.sweeper import verdict
 
 S = 1_000_000_000          # one second in ns
 GRACE = 120 * S

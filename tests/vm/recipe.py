@@ -6,6 +6,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+try:  # the VM tier runs on the host, but the tree keeps the 3.9 floor
+    import tomllib
+except ImportError:
+    import tomli as tomllib
+
 from . import suites
 
 try:

@@ -1,5 +1,7 @@
 """Narrow /proc reader: process identity, socket fds, network namespace."""
 
+from __future__ import annotations
+
 import functools
 import os
 import re
@@ -56,12 +58,15 @@ def parse_stat(text: str) -> tuple[int, str, int, int]:
 
 
 def parse_status_ids(text: str) -> tuple[int, int, int]:
-    """(real uid, effective uid, real gid) from /proc/<pid>/status."""
+    """(real uid, effective uid, real gid) from /proc/<pid>/status; ValueError if the
+    text has no complete Uid and Gid lines."""
     ids = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key in ("Uid", "Gid"):
             ids[key] = [int(v) for v in value.split()]
+    if len(ids.get("Uid", ())) < 2 or not ids.get("Gid"):
+        raise ValueError("no Uid and Gid lines in /proc/<pid>/status text")
     return ids["Uid"][0], ids["Uid"][1], ids["Gid"][0]
 
 
@@ -145,16 +150,24 @@ def _pids(proc: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(proc) if n.isdigit())
 
 
-def pids_by_socket_inode(inodes: set[int] | None = None, proc: str = "/proc") -> dict[int, list[int]]:
+class ScanTimeout(Exception):
+    """A /proc scan ran out of its time budget before it was complete."""
+
+
+def pids_by_socket_inode(inodes: set[int] | None = None, proc: str = "/proc",
+                         deadline: float | None = None) -> dict[int, list[int]]:
     """inode -> sorted tgids holding it, from one scan of every /proc/<pid>/fd.
 
     With inodes given, only those are reported and the scan stops once each
     has been seen, so a list then holds the lowest holder (and any holders
     met before the scan stopped), not necessarily all of them.
+    deadline (time.monotonic()): ScanTimeout if the scan is not done by then.
     """
     wanted = None if inodes is None else set(inodes)
     found: dict[int, list[int]] = {}
     for pid in _pids(proc):
+        if deadline is not None and time.monotonic() > deadline:
+            raise ScanTimeout(f"/proc scan not done within its budget (at pid {pid})")
         try:
             held = socket_inodes(pid, proc)
         except ProcessGone:
@@ -168,9 +181,9 @@ def pids_by_socket_inode(inodes: set[int] | None = None, proc: str = "/proc") ->
     return found
 
 
-def find_pid_for_inode(inode: int, proc: str = "/proc") -> int | None:
+def find_pid_for_inode(inode: int, proc: str = "/proc", deadline: float | None = None) -> int | None:
     """Lowest tgid holding the socket inode, or None."""
-    return pids_by_socket_inode({inode}, proc).get(inode, [None])[0]
+    return pids_by_socket_inode({inode}, proc, deadline).get(inode, [None])[0]
 
 
 def own_netns_inode(proc: str = "/proc") -> int:

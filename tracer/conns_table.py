@@ -1,23 +1,23 @@
 """`callerid conns`: the connection table of this node, like `ss -tnp`, with owners and jobs."""
 
+from __future__ import annotations
+
 import json
 import sys
 
 from callerid import config as cfgmod
+from callerid.inet import endpoint
+from callerid.linux import procfs
 from callerid.slurm_cgroup import job_from_proc_cgroup
 from callerid.userdb import user_name
 
-from . import procfs
 from .bpfmap import Connections
 from .layout import F_RECONCILED, key_tuple
 from .probes import pin_dir
+from .sockstore import SockStore
 
 
-def _fmt(ip, port) -> str:
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-
-
-def rows(conns: Connections, include_closed: bool) -> list[dict]:
+def rows(conns: Connections | SockStore, include_closed: bool) -> list[dict]:
     out = []
     own_netns = procfs.own_netns_inode()
     for key, owner in conns.items():
@@ -38,7 +38,7 @@ def rows(conns: Connections, include_closed: bool) -> list[dict]:
             pass
         out.append({
             "state": "closed" if owner.closed_ns else "open",
-            "local": _fmt(src, sport), "peer": _fmt(dst, dport),
+            "local": endpoint(src, sport), "peer": endpoint(dst, dport),
             "pid": owner.tgid, "uid": owner.uid, "user": user_name(owner.uid),
             "comm": owner.comm.decode(errors="replace"), "job_id": job,
             "owner_alive": alive, "cgroup_id": owner.cgroup_id,
@@ -51,7 +51,7 @@ def rows(conns: Connections, include_closed: bool) -> list[dict]:
 def main(args) -> int:
     cfg = cfgmod.load(args.config)
     path = pin_dir(cfg.tracer.pin_root)
-    conns = Connections.open_pinned(path)
+    conns = Connections.open_pinned(path) or SockStore.open_pinned(path)
     if conns is None:
         print(f"callerid conns: no connection maps pinned in {path} (is the tracer running?)", file=sys.stderr)
         return 1
@@ -62,10 +62,10 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(table, indent=1))
         return 0
-    hdr = f"{'State':<7}{'Local Address:Port':<42}{'Peer Address:Port':<42}{'Job':>8} {'User':<12}{'Process'}"
+    hdr = f"{'State':<7}{'Local Address:Port':<42}{'Peer Address:Port':<42}{'Job':>14} {'User':<12}{'Process'}"
     print(hdr)
     for r in table:
         job = str(r["job_id"]) if r["job_id"] else "-"
         proc = f'("{r["comm"]}",pid={r["pid"]})' + ("" if r["owner_alive"] else " exited")
-        print(f"{r['state']:<7}{r['local']:<42}{r['peer']:<42}{job:>8} {r['user']:<12}{proc}")
+        print(f"{r['state']:<7}{r['local']:<42}{r['peer']:<42}{job:>14} {r['user']:<12}{proc}")
     return 0
