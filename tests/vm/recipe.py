@@ -13,11 +13,6 @@ except ImportError:
 
 from . import suites
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python < 3.11: tests/unit imports this module in every guest
-    import tomli as tomllib
-
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/callerid-vm")
 SSH_KEY = CACHE / "ssh" / "id_ed25519"
@@ -58,7 +53,9 @@ class Recipe:
         h = hashlib.sha256()
         for name in BUILDER_FILES:
             h.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
-        for part in (self.suite.name, self.suite.python, *self.suite.pockets, *self.packages, "--", *self.requirements, self.ssh_pubkey):
+        parts = (self.suite.name, self.suite.python, *self.suite.pockets, *self.packages, "--",
+                 *self.requirements, self.ssh_pubkey)
+        for part in parts:
             h.update(part.encode() + b"\0")
         return h.hexdigest()[:12]
 
