@@ -37,7 +37,9 @@ def python_requirements() -> list[str]:
         reqs += extra
     # wheel: older setuptools need it for editable installs; tomli: tomllib's backport (Python < 3.11);
     # pip: Debian 11's pip 20.3 cannot do editable installs of a pyproject.toml-only project
-    return sorted(set(reqs + ["wheel", "tomli; python_version < '3.11'", "pip>=21.3"]))
+    # Markers dropped: pip download evaluates them for the host's Python, not --python-version's,
+    # so "tomli; python_version < '3.11'" would never reach a 3.9 guest. Extra wheels are harmless.
+    return sorted({r.split(";")[0].strip() for r in reqs + ["wheel", "tomli", "pip>=21.3"]})
 
 
 @dataclass(frozen=True)
