@@ -58,6 +58,11 @@ class Chroot:
             subprocess.run(["umount", "-l", str(target)], check=False)
         self.mounted.clear()
 
+    def try_sh(self, script: str) -> tuple[int, str]:
+        p = subprocess.run(["chroot", str(self.root), "/bin/sh", "-c", script], env=CHROOT_ENV,
+                           capture_output=True, text=True)
+        return p.returncode, p.stdout + p.stderr
+
     def sh(self, script: str, **kw):
         return subprocess.run(["chroot", str(self.root), "/bin/sh", "-ec", script], env=CHROOT_ENV,
                               check=True, **kw)
@@ -148,13 +153,20 @@ def build_locked(r: recipe.Recipe) -> None:
             log(f"installing {len(chosen)} packages")
             ch.sh("apt-get install -y -q --no-install-recommends " + " ".join(chosen) + " >/dev/null")
             configure(root, r)
+            guest_wheels = root / GUEST_WHEELS.lstrip("/")
+            shutil.copytree(wheel_dir, guest_wheels)
+
+            def check(reqs):
+                return ch.try_sh(wheels.guest_check_script(GUEST_WHEELS, reqs))
+            added = wheels.complete(check, r.suite.python, list(r.requirements), guest_wheels)
+            if added:
+                log(f"wheels the guest's pip needed besides: {' '.join(added)}")
             ch.sh("systemctl enable systemd-networkd ssh >/dev/null 2>&1")
             for unit in suites.NOT_AT_BOOT:
                 ch.sh(f"systemctl disable {unit} >/dev/null 2>&1 || true")
             ch.sh("passwd -d root >/dev/null; update-initramfs -u -k all >/dev/null 2>&1")
             ch.sh("dpkg-query -W -f='${Package} ${Version}\\n' > /etc/callerid-vm.packages")
         os.remove(root / "usr/sbin/policy-rc.d")
-        shutil.copytree(wheel_dir, root / GUEST_WHEELS.lstrip("/"))
         t_pkgs = time.monotonic()
         kernels = sorted((root / "boot").glob("vmlinuz-*"))
         initrds = sorted((root / "boot").glob("initrd.img-*"))

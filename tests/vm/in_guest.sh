@@ -40,9 +40,9 @@ echo "guest: $(. /etc/os-release; echo "$PRETTY_NAME"), kernel $(uname -r), $(/u
   "cgroup $(stat -fc %T /sys/fs/cgroup), PID 1 $(cat /proc/1/comm)"
 step copy copy_checkout
 cd "$work" || exit 1
-# Does the package import on the distribution's interpreter (the one BCC binds to)?
-step import env PYTHONPATH="$work" /usr/bin/python3 -c 'import callerid.cli'  # stdlib-only entry point
 step setup bash scripts/setup.sh
+# Does the installed package import on the venv of the distribution's interpreter (the one BCC binds to)?
+step import "$work/.venv/bin/python3" -c 'import bcc, callerid.cli'
 if [ ! -x "$work/.venv/bin/callerid" ]; then
   # no installed callerid: the test steps cannot run; say so rather than fail obscurely
   for s in "${steps[@]}"; do summary+=("vm-step $s rc=125 secs=0"); done
