@@ -64,8 +64,9 @@ class TracerConfig:
         address=True)
     metrics: str = opt(DEFAULT_TRACER_METRICS, "Address of the /metrics endpoint; empty disables it.", address=True)
     probe: str = opt("auto",
-        "Probe backend: auto, tracepoint, kprobe or fentry. A forced backend that cannot load is fatal.",
-        choices=("auto", "tracepoint", "kprobe", "fentry"))
+        "Probe backend: auto, sockstore, fentry, kprobe or tracepoint. auto tries them in that order (cheapest "
+        "first) and takes the first that passes its self-test. A forced backend that cannot load is fatal.",
+        choices=("auto", "sockstore", "tracepoint", "kprobe", "fentry"))
     pin_root: str = opt("/sys/fs/bpf/callerid", "bpffs directory for pinned maps; the layout version is appended.")
     replace_pinned: bool = opt(False, "Replace pinned maps whose layout does not match instead of refusing to start.")
     max_connections: int = opt(131072,
@@ -74,11 +75,19 @@ class TracerConfig:
         "connections live in a map of their own (max_closed_connections), so churn does not fill this one.",
         lo=1, hi=MAP_MAX)
     max_closed_connections: int = opt(65536,
-        "Capacity of the map of closed connections kept for close_grace_seconds. A map of its own so that closed "
-        "entries can never evict open ones. Above max_closed_connections / close_grace_seconds closes per second "
-        "(546/s at the defaults) the kernel evicts the oldest closed entries before their grace ends; that is harmless"
-        " to open connections and only shortens the grace of those entries (a login racing their close is then not "
-        "answered).", lo=1, hi=MAP_MAX)
+        "Capacity of the map of closed connections kept for close_grace_seconds; a map of its own so that closed "
+        "entries can never evict open ones. tracepoint, kprobe, fentry: an LRU map; above max_closed_connections / "
+        "close_grace_seconds closes per second, by all users together (546/s at the defaults), the kernel evicts the "
+        "oldest closed entries, anyone's, before their grace ends (a login racing such a close is then not "
+        "answered). sockstore: a plain hash that never evicts; each uid adds at most closed_share_per_uid entries "
+        "per grace window and so holds at most 3 x closed_share_per_uid at once (while sweep_interval_seconds < "
+        "close_grace_seconds); a close by a user within their share goes unrecorded only when "
+        "max_closed_connections / (3 x closed_share_per_uid) uids (21 at the defaults) are at their share at once.",
+        lo=1, hi=MAP_MAX)
+    closed_share_per_uid: int = opt(1024,
+        "sockstore backend: closed connections one uid may add to the closed map per close_grace_seconds window. "
+        "Past it, that uid's further closes in the window are not kept (counted as over_share); nobody's entry is "
+        "ever evicted, so one user's churn cannot shorten another's grace.", lo=1, hi=MAP_MAX)
     max_pending: int = opt(16384, "Capacity of the map of connects not yet established.", lo=1,
         hi=MAP_MAX)
     close_grace_seconds: float = opt(120.0,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bcc import libbcc
 
-from .layout import ConnKey, Owner
+from .layout import ConnKey, Owner, make_key
 
 _lib = libbcc.lib
 _lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
@@ -290,6 +290,14 @@ class Connections:
     def close(self):
         self.open.close()
         self.closed.close()
+
+    def find(self, src_ip, src_port: int, dst_ip, dst_port: int) -> Owner | None:
+        """The owner of the connection src -> dst (the key carries no netns: 0)."""
+        return self.lookup(make_key(src_ip, src_port, dst_ip, dst_port))
+
+    def record_existing(self, sock, pid: int, owner: Owner) -> bool:
+        """Start-up reconcile: add a connection the probe never saw (pid unused here)."""
+        return self.insert_if_absent(make_key(sock.src, sock.sport, sock.dst, sock.dport), owner)
 
     def lookup(self, key: ConnKey) -> Owner | None:
         # Open first: a tuple reused within the grace names its new owner.

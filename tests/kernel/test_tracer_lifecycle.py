@@ -116,7 +116,7 @@ def test_forced_unavailable_backend_fails_clearly(tracers):
 
 def test_auto_falls_over_to_a_working_backend(tracers):
     t = tracers.make(probe="auto")
-    t.env = failing("fentry", "kprobe")
+    t.env = failing("sockstore", "fentry", "kprobe")
     t.start(timeout=60)
     try:
         s = scrape(t.metrics_url)
@@ -124,7 +124,7 @@ def test_auto_falls_over_to_a_working_backend(tracers):
         assert loaded == ["tracepoint"], s
         log = t.log_text()
         assert "probe backend tracepoint loaded" in log
-        for b in ("fentry", "kprobe"):   # the failures are logged, not fatal
+        for b in ("sockstore", "fentry", "kprobe"):   # the failures are logged, not fatal
             assert f"probe backend {b} unavailable" in log, log[-3000:]
     finally:
         t.stop()
