@@ -150,7 +150,7 @@ def test_a_hung_munged_is_abandoned_at_the_deadline_and_the_tracer_recovers(trac
     assert wait_for(lambda: rpc_counts(tracer).get("abandoned", 0) - before.get("abandoned", 0) == 1, 5,
                     "abandoned counted")
     # munged is back: the tracer answers again (its stuck worker returns in its own time)
-    assert wait_for(lambda: _answers(tracer, q, munged.socket) == 4203, 15, "answers after munged resumed")
+    assert wait_for(lambda: _answers(tracer, q, munged.socket) == "4203", 15, "answers after munged resumed")
     close_client(p)
 
 
@@ -188,7 +188,7 @@ def test_strangers_question_about_an_unmapped_socket_scans_nothing_and_looks_lik
     assert rc == rc2 == 1
     assert {k: v for k, v in theirs.items() if k != "query"} == {k: v for k, v in missing.items() if k != "query"}
     rc, mine = query_as(owner, tracer, c)
-    assert rc == 0 and mine["job_id"] == 4204 and mine["source"] == "proc"
+    assert rc == 0 and mine["job_id"] == "4204" and mine["source"] == "proc"
     assert scans() == before + 1
     close_client(p)
 
