@@ -19,6 +19,7 @@ from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
 from tests.kernel.conftest import close_client, start_client
 from tests.kernel.test_tracer import listener  # noqa: F401 - the fixture
+from tests.reliability import record
 
 pytestmark = pytest.mark.kernel
 SLOWLORIS = Path(__file__).resolve().parents[1] / "infra" / "slowloris_prog.py"
@@ -86,6 +87,11 @@ def test_a_thousand_unauthenticated_connections_do_not_silence_the_tracer(tracer
     assert wrong == 0
     assert asked >= 100 and answered >= 0.99 * asked, f"answered {answered} of {asked}: {failed}"
     assert tracer.running
+    record("kernel/test_rpc_abuse.py::thousand_unauthenticated_connections", "load",
+           f"1,000 connections held idle or drip-fed by a non-root user for 12 s ({stats['opened']:,} opened as "
+           f"the tracer closed them), root asking every 10 ms",
+           f"{answered} of {asked} root queries answered right (p50 {latencies[len(latencies) // 2] * 1000:.0f} ms,"
+           f" p99 {latencies[int(len(latencies) * 0.99)] * 1000:.0f} ms on a shared 2-core machine)")
 
 
 def test_a_burst_of_256_simultaneous_queries_is_answered(tracer, munged, jobs, test_users, listener):  # noqa: F811
@@ -121,6 +127,8 @@ def test_a_burst_of_256_simultaneous_queries_is_answered(tracer, munged, jobs, t
     busy = after.get("busy", 0) - before.get("busy", 0)
     print(f"burst of 256: {outcome}, slowest {slowest * 1000:.0f} ms, tracer said busy {busy:.0f} times")
     assert outcome == {"ok": 256}
+    record("kernel/test_rpc_abuse.py::burst_of_256", "load", "256 queries released at once from one host",
+           f"256 of 256 answered right, the slowest in {slowest * 1000:.0f} ms; tracer said BUSY {busy:.0f} times")
 
 
 def test_a_hung_munged_is_abandoned_at_the_deadline_and_the_tracer_recovers(tracer, munged, jobs, test_users,
@@ -152,6 +160,9 @@ def test_a_hung_munged_is_abandoned_at_the_deadline_and_the_tracer_recovers(trac
     # munged is back: the tracer answers again (its stuck worker returns in its own time)
     assert wait_for(lambda: _answers(tracer, q, munged.socket) == 4203, 15, "answers after munged resumed")
     close_client(p)
+    record("kernel/test_rpc_abuse.py::hung_munged_tracer_side", "fault", "the tracer's munged stopped (SIGSTOP) "
+           "while it decodes a request", f"the client got INTERNAL after {elapsed:.2f} s (deadline 2 s), counted "
+           "abandoned; answers again once munged resumed", "that one answer")
 
 
 def _answers(tracer, q, sock):
@@ -191,6 +202,9 @@ def test_strangers_question_about_an_unmapped_socket_scans_nothing_and_looks_lik
     assert rc == 0 and mine["job_id"] == 4204 and mine["source"] == "proc"
     assert scans() == before + 1
     close_client(p)
+    record("kernel/test_rpc_abuse.py::strangers_question_scans_nothing", "input",
+           "a non-owner asks about an existing socket the map does not have",
+           "answered exactly like a missing socket, no /proc walk; the owner's question walks once")
 
 
 FUZZ_FRAMES = 20_000
@@ -281,3 +295,7 @@ def test_protocol_fuzz_crashes_nothing_and_good_clients_stay_answered(tracer, mu
     assert delta.get("found", 0) >= good
     assert sum(v for k, v in delta.items() if k not in ("found", "not_found")) >= 0.9 * len(frames)
     assert rss1 - rss0 < 50e6
+    record("kernel/test_rpc_abuse.py::protocol_fuzz", "input",
+           f"{len(frames):,} fuzzed frames of nine kinds (noise, bad headers, random and MUNGE-shaped payloads, "
+           "mutated, truncated, replayed and pipelined real credentials), seed 12",
+           f"no crash; a good client answered after every 1,000; RSS {rss0 / 1e6:.0f} -> {rss1 / 1e6:.0f} MB")

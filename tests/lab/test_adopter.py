@@ -13,6 +13,7 @@ import pytest
 
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric
+from tests.reliability import record
 
 pytestmark = pytest.mark.lab
 DEADLINE = 4.0
@@ -268,6 +269,10 @@ def test_hung_munged_decision_after_the_hook_gave_up_is_abandoned_not_applied(cl
     adopted = {k[1]: after.get(k, 0) - before.get(k, 0) for k in after if k[0] == "callerid_adopter_adoptions_total"}
     assert all(v == 0 for v in adopted.values()), adopted
     assert "decision abandoned (hook_gone)" in cl.adopter.log_text()
+    record("lab/test_adopter.py::hung_munged_adopter_side", "fault",
+           "munged stopped during a login that needs the RPC; the hook gives up at 0.5 s",
+           "the login got action_generic_failure from the hook; the adopter's later decision was abandoned "
+           "(hook_gone), not applied, no adoption counted", "nothing (the login was never adopted, as the hook said)")
 
 
 def test_source_tracer_down_falls_back_within_rpc_timeout(cl):

@@ -14,6 +14,7 @@ import pytest
 from callerid import logs
 from callerid.tracer.metrics import TracerMetrics
 from callerid.tracer.server import RpcServer, bind_listener
+from tests.reliability import record
 
 
 @pytest.mark.parametrize("raw,shown", [
@@ -69,6 +70,9 @@ def test_forged_newline_in_pam_user_cannot_make_a_second_log_line():
     assert forged in records[0]
     assert "\u202e" not in r.stderr
     assert "x\\r\\ny" in records[1]
+    record("unit/test_logs.py::forged_newline_in_pam_user", "input",
+           "a PAM_USER with a newline, a forged decision line and a right-to-left override; an exception text "
+           "with CR LF", "each stayed on its own record's line, escaped (\\n, \\u202e)")
 
 
 def test_repeated_warnings_are_limited_per_kind_and_summarised():
@@ -136,3 +140,6 @@ def test_ten_thousand_refused_connections_make_a_bounded_number_of_lines():
     assert len(lines) <= 10 * 3 + 3, lines[:40]
     assert sum(guard.suppressed_total.values()) >= 10_000 - len(lines)
     assert any("more like" in line and "suppressed" in line for line in lines)
+    record("unit/test_logs.py::ten_thousand_refused_connections", "input",
+           "10,000 connections refused as bad frames (HTTP requests, non-credential payloads)",
+           f"{len(lines)} log lines, with the suppressed count; every refusal counted in the metrics")
