@@ -299,3 +299,75 @@ def test_protocol_fuzz_crashes_nothing_and_good_clients_stay_answered(tracer, mu
            f"{len(frames):,} fuzzed frames of nine kinds (noise, bad headers, random and MUNGE-shaped payloads, "
            "mutated, truncated, replayed and pipelined real credentials), seed 12",
            f"no crash; a good client answered after every 1,000; RSS {rss0 / 1e6:.0f} -> {rss1 / 1e6:.0f} MB")
+
+
+def _busy_then_answer_server(busy_times: int, munge_socket: str):
+    """Says BUSY to the first busy_times connections, then answers; records the credentials."""
+    import socket as socketmod
+
+    from callerid import munge
+    from callerid.protocol import (
+        HEADER,
+        Answer,
+        ErrorCode,
+        FrameType,
+        Status,
+        decode_header,
+        decode_request,
+        encode_error,
+        encode_frame,
+        seal_answer,
+    )
+    srv = socketmod.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(5)
+    seen: list[bytes] = []
+
+    def read_frame(conn) -> bytes:
+        head = b""
+        while len(head) < HEADER.size:
+            head += conn.recv(HEADER.size - len(head))
+        _, n = decode_header(head)
+        body = b""
+        while len(body) < n:
+            body += conn.recv(n - len(body))
+        return body
+
+    def serve():
+        with srv:
+            for i in range(busy_times + 1):
+                conn, _ = srv.accept()
+                with conn:
+                    cred = read_frame(conn)
+                    seen.append(cred)
+                    if i < busy_times:
+                        conn.sendall(encode_error(ErrorCode.BUSY, "too many clients"))
+                        continue
+                    q, key = decode_request(munge.decode(cred, munge_socket).payload)
+                    conn.sendall(encode_frame(FrameType.ANSWER, seal_answer(Answer(q, Status.FOUND, job_id=7), key)))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv.getsockname()[1], t, seen
+
+
+def test_client_retries_busy_within_its_deadline_with_the_same_credential(munged):
+    port, t, seen = _busy_then_answer_server(3, munged.socket)
+    q = Query.make("127.0.0.1", 40000, "127.0.0.1", 22)
+    t0 = time.monotonic()
+    assert ask(("127.0.0.1", port), q, 2.0, munged.socket).job_id == 7
+    assert time.monotonic() - t0 < 2.0
+    t.join(5)
+    assert len(seen) == 4 and len(set(seen)) == 1, "BUSY comes before decoding: the credential is reused"
+
+
+def test_client_gives_up_on_busy_at_its_deadline(munged):
+    port, t, seen = _busy_then_answer_server(1000, munged.socket)
+    q = Query.make("127.0.0.1", 40000, "127.0.0.1", 22)
+    t0 = time.monotonic()
+    with pytest.raises(RpcError) as exc:
+        ask(("127.0.0.1", port), q, 0.5, munged.socket)
+    assert exc.value.reason == "refused" and "busy" in str(exc.value)
+    assert time.monotonic() - t0 < 0.5 + 0.2
+    assert len(seen) >= 3
