@@ -275,6 +275,29 @@ def test_hung_munged_decision_after_the_hook_gave_up_is_abandoned_not_applied(cl
            "(hook_gone), not applied, no adoption counted", "nothing (the login was never adopted, as the hook said)")
 
 
+def test_64_concurrent_logins_from_two_jobs_each_land_in_their_own_job(cl):
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = cl.users[0]
+    for job in (5201, 5202):
+        cl.dst_jobs.create(a.uid, job)
+        cl.src_jobs.create(a.uid, job)
+    jobs_of = [5201 + i % 2 for i in range(64)]
+    before = cl.adopter_metrics()
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(64) as pool:
+        logins = list(pool.map(lambda job: cl.ssh(a, job=job, timeout=90), jobs_of))
+    elapsed = time.monotonic() - t0
+    wrong = [(job, lg.rc, lg.err[-200:]) for job, lg in zip(jobs_of, logins) if not in_job(lg, cl.dst_jobs, a.uid, job)]
+    assert not wrong, wrong[:5]
+    after = cl.adopter_metrics()
+    key = ("callerid_adopter_decisions_total", (("reason", "callerid"), ("verdict", "adopt")))
+    assert after.get(key, 0) - before.get(key, 0) == 64
+    record("lab/test_adopter.py::64_concurrent_logins_two_jobs", "load",
+           "64 ssh logins at once, half from each of two jobs of one user on the source node",
+           f"all 64 adopted into the job they came from (by the RPC), in {elapsed:.1f} s")
+
+
 def test_source_tracer_down_falls_back_within_rpc_timeout(cl):
     a = cl.users[0]
     cl.dst_jobs.create(a.uid, 5101)
