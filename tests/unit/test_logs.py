@@ -69,6 +69,10 @@ def test_forged_newline_in_pam_user_cannot_make_a_second_log_line():
     forged = "user=cidlab1\\nuser=cidlab1 decision=adopt reason=single_job\\u202e service=sshd decision=deny"
     assert forged in records[0]
     assert "\u202e" not in r.stderr
+    for line in lines:   # every line is a record's, or a marked line of a traceback
+        assert " callerid-adopter[" in line or line.startswith(logs.TRACEBACK_MARK), line
+    # the exception's own newline stays a traceback line, marked as one
+    assert lines[lines.index(f"{logs.TRACEBACK_MARK}RuntimeError: boom") + 1] == f"{logs.TRACEBACK_MARK}forged"
     assert "x\\r\\ny" in records[1]
     record("unit/test_logs.py::forged_newline_in_pam_user", "input",
            "a PAM_USER with a newline, a forged decision line and a right-to-left override; an exception text "
