@@ -173,35 +173,31 @@ def _answers(tracer, q, sock):
 
 
 def test_strangers_question_about_an_unmapped_socket_scans_nothing_and_looks_like_not_found(
-        tracer, jobs, test_users, listener):  # noqa: F811
-    from callerid.tracer.bpfmap import Connections
-    from callerid.tracer.layout import make_key
-    from callerid.tracer.probes import pin_dir
+        tracers, jobs, test_users, listener):  # noqa: F811
     from tests.kernel.test_tracer import query_as
 
     owner, other = test_users
     jobs.create(owner.uid, 4204)
+    # The connection exists before this tracer starts, and it does not reconcile: only
+    # sock_diag and /proc know it, whatever the probe backend.
     p, (c,) = start_client(jobs, owner, 4204, "127.0.0.1", listener)
-    conns = Connections.open_pinned(pin_dir(tracer.pin_root))
-    try:
-        assert conns.delete(make_key(c["src"], c["sport"], c["dst"], c["dport"]))   # only /proc knows it now
-    finally:
-        conns.close()
+    late = tracers.make(reconcile=False).start()
 
     def scans():
-        now = scrape(tracer.metrics_url)
+        now = scrape(late.metrics_url)
         return sum(v for k, v in now.items() if k[0] == "callerid_fallback_scans_total")
 
     before = scans()
-    rc, theirs = query_as(other, tracer, c)
+    rc, theirs = query_as(other, late, c)
     assert scans() == before, "a stranger's question walked /proc"
-    rc2, missing = query_as(other, tracer, dict(c, dport=1))
+    rc2, missing = query_as(other, late, dict(c, dport=1))
     assert rc == rc2 == 1
     assert {k: v for k, v in theirs.items() if k != "query"} == {k: v for k, v in missing.items() if k != "query"}
-    rc, mine = query_as(owner, tracer, c)
+    rc, mine = query_as(owner, late, c)
     assert rc == 0 and mine["job_id"] == 4204 and mine["source"] == "proc"
     assert scans() == before + 1
     close_client(p)
+    late.stop()
     record("kernel/test_rpc_abuse.py::strangers_question_scans_nothing", "input",
            "a non-owner asks about an existing socket the map does not have",
            "answered exactly like a missing socket, no /proc walk; the owner's question walks once")
