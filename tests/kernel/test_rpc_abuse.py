@@ -158,7 +158,7 @@ def test_a_hung_munged_is_abandoned_at_the_deadline_and_the_tracer_recovers(trac
     assert wait_for(lambda: rpc_counts(tracer).get("abandoned", 0) - before.get("abandoned", 0) == 1, 5,
                     "abandoned counted")
     # munged is back: the tracer answers again (its stuck worker returns in its own time)
-    assert wait_for(lambda: _answers(tracer, q, munged.socket) == 4203, 15, "answers after munged resumed")
+    assert wait_for(lambda: _answers(tracer, q, munged.socket) == "4203", 15, "answers after munged resumed")
     close_client(p)
     record("kernel/test_rpc_abuse.py::hung_munged_tracer_side", "fault", "the tracer's munged stopped (SIGSTOP) "
            "while it decodes a request", f"the client got INTERNAL after {elapsed:.2f} s (deadline 2 s), counted "
@@ -194,7 +194,7 @@ def test_strangers_question_about_an_unmapped_socket_scans_nothing_and_looks_lik
     assert rc == rc2 == 1
     assert {k: v for k, v in theirs.items() if k != "query"} == {k: v for k, v in missing.items() if k != "query"}
     rc, mine = query_as(owner, late, c)
-    assert rc == 0 and mine["job_id"] == 4204 and mine["source"] == "proc"
+    assert rc == 0 and mine["job_id"] == "4204" and mine["source"] == "proc"
     assert scans() == before + 1
     close_client(p)
     late.stop()
@@ -344,7 +344,7 @@ def _busy_then_answer_server(busy_times: int, munge_socket: str):
                         conn.sendall(encode_error(ErrorCode.BUSY, "too many clients"))
                         continue
                     q, key = decode_request(munge.decode(cred, munge_socket).payload)
-                    conn.sendall(encode_frame(FrameType.ANSWER, seal_answer(Answer(q, Status.FOUND, job_id=7), key)))
+                    conn.sendall(encode_frame(FrameType.ANSWER, seal_answer(Answer(q, Status.FOUND, job_id="7"), key)))
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
@@ -355,7 +355,7 @@ def test_client_retries_busy_within_its_deadline_with_the_same_credential(munged
     port, t, seen = _busy_then_answer_server(3, munged.socket)
     q = Query.make("127.0.0.1", 40000, "127.0.0.1", 22)
     t0 = time.monotonic()
-    assert ask(("127.0.0.1", port), q, 2.0, munged.socket).job_id == 7
+    assert ask(("127.0.0.1", port), q, 2.0, munged.socket).job_id == "7"
     assert time.monotonic() - t0 < 2.0
     t.join(5)
     assert len(seen) == 4 and len(set(seen)) == 1, "BUSY comes before decoding: the credential is reused"
