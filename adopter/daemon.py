@@ -18,6 +18,7 @@ from .service import Adopter, Reply, Settings
 
 log = logging.getLogger("callerid.adopter.daemon")
 MAX_REQUEST = 16384
+HOOK_DEADLINE_MARGIN = 0.25   # seconds: a decision must reach the hook before the hook gives up
 REQUEST_FIELDS = {"v", "user", "service", "type", "options"}
 
 
@@ -135,6 +136,8 @@ class AdopterDaemon:
             self.metrics.hook_requests.labels("not_root").inc()
             log.warning("hook socket: refused uid %d (pid %d): only root may ask", who.uid, who.pid)
             return None
+        # The hook's own deadline started just before it connected: end a little before it.
+        deadline = time.monotonic() + max(0.0, self.cfg.adopter.deadline_seconds - HOOK_DEADLINE_MARGIN)
         conn.settimeout(self.cfg.adopter.deadline_seconds)
         raw = b""
         try:
@@ -164,7 +167,16 @@ class AdopterDaemon:
             d = policy.generic_failure(opts, "bad_peer")
             return Reply(d.verdict.value, policy.pam_exit_code(d.verdict), d.message)
         self.metrics.hook_requests.labels("ok").inc()
-        return self.adopter.handle(app.pid, req["user"], req["service"], req.get("options", {}))
+
+        def still_wanted() -> str | None:
+            if not peer.still_waiting(conn):
+                return "hook_gone"
+            if not peer.same_application(who, app):
+                return "process_changed"
+            return None
+
+        return self.adopter.handle(app.pid, req["user"], req["service"], req.get("options", {}), deadline,
+                                   still_wanted)
 
 
 def run(args) -> int:

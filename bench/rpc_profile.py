@@ -67,7 +67,7 @@ SERVER_BUCKETS = (  # the first frame from the leaf outwards that matches names 
     ("Resolver.lookup (map + /proc + job parse)", lambda f: f[0] == "Resolver.lookup"),
     ("logging the answer (log.info per RPC)", lambda f: f[1].startswith("logging/")),
     ("prometheus metrics", lambda f: f[1].startswith("prometheus_client/")),
-    ("reading the request frame", lambda f: f[0] == "_recv_exact"),
+    ("reading the request frame", lambda f: f[0] == "recv_exact"),
     ("sending the answer", lambda f: f[0] == "RpcServer._serve_frames" and "sendall" in _src_line(f[1], f[2])),
     ("wire encoding/decoding (protocol.py)", lambda f: f[1].endswith("callerid/protocol.py")),
 )

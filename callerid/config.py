@@ -9,12 +9,19 @@ import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .protocol import MAX_FRAME_PAYLOAD
+
 try:  # Python 3.11+; RHEL/Rocky 9's system Python (3.9), which its BCC binds to, needs tomli
     import tomllib
 except ImportError:  # pragma: no cover - exercised on the Python 3.9 platform
     import tomli as tomllib
 
 DEFAULT_CONFIG = Path("/etc/callerid/callerid.toml")
+# The executables whose pam_exec children the adopter serves by default (adopt_exe).
+# OpenSSH >= 9.8 runs each connection's privileged half, the one that calls PAM and holds
+# the TCP socket, as a separate program, /usr/lib/openssh/sshd-session (Debian 13,
+# RHEL 10); before that it is sshd itself.
+DEFAULT_PAM_APPLICATIONS = ("sshd", "sshd-session")
 DEFAULT_RPC_PORT = 6828
 DEFAULT_TRACER_METRICS = "[::]:9828"
 DEFAULT_ADOPTER_METRICS = "[::]:9829"
@@ -24,10 +31,18 @@ class ConfigError(ValueError):
     """The configuration file is unreadable or has a bad key or value."""
 
 
-def opt(default, help: str):
+def opt(default, help: str, lo=None, hi=None, choices: tuple = (), address: bool = False):
+    """An option: its default, its help text (docs/CONFIG.md), and the values it accepts —
+    numbers from lo to hi inclusive, strings among choices, addresses parse_addr() reads
+    (address=True; an empty string switches an endpoint off). The adopter's action_*
+    values are checked by adopter.policy, their one definition."""
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "address": address}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+MAP_MAX = 1 << 24   # BPF hash maps this large take GiBs of kernel memory: surely a typo
 
 
 @dataclass
@@ -35,8 +50,9 @@ class CommonConfig:
     munge_socket: str = opt("/run/munge/munge.socket.2", "munged's socket, for making and checking RPC credentials.")
     slurm_user: str = opt("slurm", "SlurmUser of the cluster: besides root, the only user any answer is given to.")
     nodename: str = opt("", "This node's Slurm NodeName; empty means the short host name.")
-    log_level: str = opt("info", "debug, info, warning or error.")
-    rpc_port: int = opt(DEFAULT_RPC_PORT, "TCP port of the callerid RPC (the tracer listens, the adopter asks).")
+    log_level: str = opt("info", "debug, info, warning or error.", choices=("debug", "info", "warning", "error"))
+    rpc_port: int = opt(DEFAULT_RPC_PORT,
+        "TCP port of the callerid RPC (the tracer listens, the adopter asks).", lo=1, hi=65535)
 
     def node(self) -> str:
         return self.nodename or socket.gethostname().split(".")[0]
@@ -44,38 +60,67 @@ class CommonConfig:
 
 @dataclass
 class TracerConfig:
-    listen: list = opt([], "RPC listen addresses as ADDR:PORT or [ADDR6]:PORT; empty means [::]:rpc_port, dual stack.")
-    metrics: str = opt(DEFAULT_TRACER_METRICS, "Address of the /metrics endpoint; empty disables it.")
+    listen: list = opt([], "RPC listen addresses as ADDR:PORT or [ADDR6]:PORT; empty means [::]:rpc_port, dual stack.",
+        address=True)
+    metrics: str = opt(DEFAULT_TRACER_METRICS, "Address of the /metrics endpoint; empty disables it.", address=True)
     probe: str = opt("auto",
-        "Probe backend: auto, tracepoint, kprobe or fentry. A forced backend that cannot load is fatal.")
+        "Probe backend: auto, sockstore, fentry, kprobe or tracepoint. auto tries them in that order (cheapest "
+        "first) and takes the first that passes its self-test. A forced backend that cannot load is fatal.",
+        choices=("auto", "sockstore", "tracepoint", "kprobe", "fentry"))
     pin_root: str = opt("/sys/fs/bpf/callerid", "bpffs directory for pinned maps; the layout version is appended.")
     replace_pinned: bool = opt(False, "Replace pinned maps whose layout does not match instead of refusing to start.")
     max_connections: int = opt(131072,
         "Capacity of the map of open connections. It is an LRU map: from about 90% full the kernel evicts the least "
         "recently used entries; evicted connections are still answered, slowly, by the /proc fallback. Closed "
-        "connections live in a map of their own (max_closed_connections), so churn does not fill this one.")
+        "connections live in a map of their own (max_closed_connections), so churn does not fill this one.",
+        lo=1, hi=MAP_MAX)
     max_closed_connections: int = opt(65536,
-        "Capacity of the map of closed connections kept for close_grace_seconds. A map of its own so that closed "
-        "entries can never evict open ones. Above max_closed_connections / close_grace_seconds closes per second "
-        "(546/s at the defaults) the kernel evicts the oldest closed entries before their grace ends; that is harmless"
-        " to open connections and only shortens the grace of those entries (a login racing their close is then not "
-        "answered).")
-    max_pending: int = opt(16384, "Capacity of the map of connects not yet established.")
+        "Capacity of the map of closed connections kept for close_grace_seconds; a map of its own so that closed "
+        "entries can never evict open ones. tracepoint, kprobe, fentry: an LRU map; above max_closed_connections / "
+        "close_grace_seconds closes per second, by all users together (546/s at the defaults), the kernel evicts the "
+        "oldest closed entries, anyone's, before their grace ends (a login racing such a close is then not "
+        "answered). sockstore: a plain hash that never evicts; each uid adds at most closed_share_per_uid entries "
+        "per grace window and so holds at most 3 x closed_share_per_uid at once (while sweep_interval_seconds < "
+        "close_grace_seconds); a close by a user within their share goes unrecorded only when "
+        "max_closed_connections / (3 x closed_share_per_uid) uids (21 at the defaults) are at their share at once.",
+        lo=1, hi=MAP_MAX)
+    closed_share_per_uid: int = opt(1024,
+        "sockstore backend: closed connections one uid may add to the closed map per close_grace_seconds window. "
+        "Past it, that uid's further closes in the window are not kept (counted as over_share); nobody's entry is "
+        "ever evicted, so one user's churn cannot shorten another's grace.", lo=1, hi=MAP_MAX)
+    max_pending: int = opt(16384, "Capacity of the map of connects not yet established.", lo=1,
+        hi=MAP_MAX)
     close_grace_seconds: float = opt(120.0,
-        "How long a closed connection stays answerable (covers TIME_WAIT, 60 s on Linux).")
-    sweep_interval_seconds: float = opt(10.0, "How often closed entries past their grace are deleted.")
+        "How long a closed connection stays answerable (covers TIME_WAIT, 60 s on Linux).", lo=0.0, hi=86400.0)
+    sweep_interval_seconds: float = opt(10.0, "How often closed entries past their grace are deleted.", lo=0.1,
+        hi=3600.0)
     reconcile: bool = opt(True, "At start, attribute connections that already exist (sock_diag + /proc).")
     fallback: bool = opt(True, "Answer from sock_diag + /proc when the map has no entry or BPF is unavailable.")
     require_bpf: bool = opt(False, "Exit if no probe backend loads, instead of serving from the /proc fallback only.")
-    max_clients: int = opt(64, "Concurrent RPC clients; more get a BUSY error at once.")
-    read_timeout_seconds: float = opt(2.0, "Deadline for a client to deliver a whole request frame.")
-    max_frame_bytes: int = opt(8192, "Largest request payload accepted.")
+    max_clients: int = opt(64,
+        "RPC requests answered at once (worker threads). More complete requests wait their turn in a queue, and "
+        "get a BUSY error only if no worker is free within read_timeout_seconds.", lo=1, hi=1024)
+    read_timeout_seconds: float = opt(2.0,
+        "Deadline of a request: its whole frame must arrive, and its answer be ready, this long after the "
+        "connection (or its previous answer).", lo=0.05, hi=60.0)
+    header_timeout_seconds: float = opt(1.0,
+        "Deadline for a connection's 8-byte frame header (at most read_timeout_seconds); a connection that sends "
+        "nothing is closed this soon.", lo=0.05, hi=60.0)
+    max_rpc_connections: int = opt(4096,
+        "RPC connections held open at once. A connection waiting for its request costs a buffer, not a thread; "
+        "when the table is full the one that has waited longest without a whole request is closed (BUSY). The "
+        "tracer raises its open-file limit to fit.", lo=1, hi=1_000_000)
+    max_rpc_connections_per_peer: int = opt(512,
+        "RPC connections from one address waiting for their request; one more closes that address's longest-"
+        "waiting one, so one host cannot take the table.", lo=1, hi=1_000_000)
+    max_frame_bytes: int = opt(8192, "Largest request payload accepted.", lo=256, hi=MAX_FRAME_PAYLOAD)
 
 
 @dataclass
 class AdopterConfig:
     socket: str = opt("/run/callerid/adopter.sock", "Unix socket the PAM hook talks to (root only).")
-    metrics: str = opt(DEFAULT_ADOPTER_METRICS, "Address of the adopter's /metrics endpoint; empty disables it.")
+    metrics: str = opt(DEFAULT_ADOPTER_METRICS,
+        "Address of the adopter's /metrics endpoint; empty disables it.", address=True)
     action_no_jobs: str = opt("deny", "deny or ignore, when the user has no job on this node.")
     action_unknown: str = opt("newest",
         "newest, allow or deny, when the user has several jobs and the source could not say which.")
@@ -86,12 +131,13 @@ class AdopterConfig:
     ignore_root: bool = opt(True, "Never adopt root; root logins get PAM_IGNORE before any work.")
     single_job_skip_rpc: bool = opt(True, "With exactly one job, adopt into it without asking the source node.")
     service: list = opt(["sshd"], "PAM services handled ('*' for all); others get PAM_IGNORE.")
-    rpc_timeout_seconds: float = opt(2.0, "Deadline for the callerid RPC to the source node.")
-    deadline_seconds: float = opt(5.0, "Total deadline of the hook; past it the hook applies action_generic_failure.")
+    rpc_timeout_seconds: float = opt(2.0, "Deadline for the callerid RPC to the source node.", lo=0.05, hi=60.0)
+    deadline_seconds: float = opt(5.0,
+        "Total deadline of the hook; past it the hook applies action_generic_failure.", lo=0.1, hi=3600.0)
     cgroup_root: str = opt("/sys/fs/cgroup", "Where cgroup hierarchies are mounted.")
-    adopt_exe: list = opt(["sshd"],
+    adopt_exe: list = opt(list(DEFAULT_PAM_APPLICATIONS),
         "Executables (basename) of PAM applications whose hook requests are served; the hook's parent must run one of "
-        "them.")
+        "them (OpenSSH 9.8 and later: sshd-session).")
 
 
 @dataclass
@@ -114,11 +160,22 @@ def _apply(section, values: dict, where: str):
             raise ConfigError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
         if want is list and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}.{key}: expected a list of strings, got {value!r}")
-        if want in (int, float) and value < 0:
-            raise ConfigError(f"{where}.{key}: must not be negative, got {value!r}")
-        if want is int and key.startswith("max_") and value == 0:
-            raise ConfigError(f"{where}.{key}: must be at least 1")
+        _check_range(f"{where}.{key}", value, f.metadata)
         setattr(section, key, value)
+
+
+def _check_range(name: str, value, meta) -> None:
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"{name}: must be between {lo} and {hi}, got {value!r}")
+    if choices and value not in choices:
+        raise ConfigError(f"{name}: must be one of {', '.join(choices)}, got {value!r}")
+    if meta.get("address"):
+        for text in value if isinstance(value, list) else [value] if value else []:
+            try:
+                parse_addr(text, 1)
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
 
 
 def load(path: str | Path | None = None) -> Config:
@@ -163,6 +220,30 @@ def parse_addr(text: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def sample() -> str:
+    """The default configuration file (packaging/callerid.toml): every option, commented
+    out at its default, so a package upgrade never hides a changed default."""
+    out = [f"# {DEFAULT_CONFIG}: callerid's configuration (docs/CONFIG.md). Every option is shown",
+           "# commented out at its default; uncomment and change what this node needs.",
+           "# Generated by `callerid config --sample`."]
+    for sect in fields(Config):
+        out += ["", f"[{sect.name}]"]
+        for f in fields(sect.default_factory()):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            out += [f"# {f.metadata['help']}", f"#{f.name} = {_toml_value(default)}"]
+    return "\n".join(out) + "\n"
+
+
 def reference() -> str:
     """Markdown reference of every option (docs/CONFIG.md)."""
     out = ["# callerid configuration", "",
@@ -172,6 +253,11 @@ def reference() -> str:
         out += [f"## [{sect.name}]", "", "| option | default | meaning |", "| --- | --- | --- |"]
         for f in fields(sect.default_factory()):
             default = f.default_factory() if callable(f.default_factory) else f.default
-            out.append(f"| `{f.name}` | `{default!r}` | {f.metadata['help']} |")
+            accepts = ""
+            if f.metadata.get("lo") is not None:
+                accepts = f" Accepted: {f.metadata['lo']} to {f.metadata['hi']}."
+            elif f.metadata.get("choices"):
+                accepts = f" Accepted: {', '.join(f.metadata['choices'])}."
+            out.append(f"| `{f.name}` | `{default!r}` | {f.metadata['help']}{accepts} |")
         out.append("")
     return "\n".join(out)

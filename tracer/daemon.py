@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import threading
 import time
 
@@ -11,7 +12,7 @@ from callerid import httpd, logs
 from callerid.config import Config, parse_addr
 from callerid.userdb import uid_of
 
-from . import probes
+from . import bpfmap, probes
 from .lookup import Resolver
 from .metrics import TracerMetrics
 from .reconcile import reconcile
@@ -35,8 +36,11 @@ class Tracer:
         self.resolver = Resolver(conns, cfg.common.node(), fallback=t.fallback)
         handler = RequestHandler(self.resolver, self.metrics, uid_of(cfg.common.slurm_user), cfg.common.munge_socket)
         listen = t.listen or [f"[::]:{cfg.common.rpc_port}"]
+        raise_open_files(t.max_rpc_connections + t.max_clients + 256)
         self.server = RpcServer([bind_listener(*parse_addr(a, cfg.common.rpc_port)) for a in listen], handler,
-                                self.metrics, t.max_clients, t.read_timeout_seconds, t.max_frame_bytes)
+                                self.metrics, t.max_clients, t.read_timeout_seconds, t.max_frame_bytes,
+                                header_timeout=t.header_timeout_seconds, max_connections=t.max_rpc_connections,
+                                max_connections_per_peer=t.max_rpc_connections_per_peer)
         self.sweeper = Sweeper(conns, self.metrics, t.close_grace_seconds) if conns is not None else None
         self._stop = threading.Event()
         self._http = None
@@ -45,7 +49,7 @@ class Tracer:
         t = self.cfg.tracer
         try:
             return probes.load(t.probe, t.pin_root, t.max_connections, t.max_pending, t.replace_pinned,
-                               t.max_closed_connections)
+                               t.max_closed_connections, t.close_grace_seconds, t.closed_share_per_uid)
         except probes.ProbeLoadError as exc:
             if t.probe != "auto" or t.require_bpf:
                 raise
@@ -78,6 +82,9 @@ class Tracer:
         log.info("tracer serving on %s (probe %s, node %s)",
                  ", ".join(f"{h}:{p}" for h, p in self.server.addresses),
                  self.probe.backend if self.probe else "none", self.resolver.node)
+        if self._conns is not None and not bpfmap.LIBBCC_HAS_BATCH:
+            log.warning("this libbcc has no batch map operations (BCC 0.18, Debian 11): the sweeper and "
+                        "`callerid conns` read the maps one entry per syscall, slower on large maps")
 
     def _landing(self) -> list[str]:
         probe = self.probe.backend if self.probe else "none (answering from /proc only)"
@@ -100,6 +107,22 @@ class Tracer:
             self._http.shutdown()
         if self.probe is not None:
             self.probe.close()  # maps stay pinned: the next tracer keeps every entry
+
+
+def raise_open_files(wanted: int) -> None:
+    """Lift RLIMIT_NOFILE's soft limit (1024 by default) so every RPC connection the
+    server may hold fits, plus maps, /proc files and sockets of its own."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+        return
+    if target < wanted:
+        log.warning("open-file limit %d (hard) is below the %d that max_rpc_connections needs", target, wanted)
 
 
 def run(args) -> int:

@@ -90,13 +90,14 @@ class FakeResolver:
         self.make_outcome = make_outcome
         self.queries = []
 
-    def lookup(self, query):
+    def lookup(self, query, allowed=None):
         self.queries.append(query)
+        self.allowed = allowed
         return self.make_outcome(query)
 
 
 def found(query, **kw) -> Outcome:
-    fields = dict(source=Source.BPF, job_id=42, pid=4321, uid=OWNER, gid=100, cgroup_id=99,
+    fields = dict(source=Source.BPF, job_id="42", pid=4321, uid=OWNER, gid=100, cgroup_id=99,
                   birth_ns=123456, comm="sleep", cgroup="/slurm/uid_1000/job_42/step_extern", node=NODE)
     reason = kw.pop("fallback_reason", "")
     owner = kw.pop("owner_uid", OWNER)
@@ -191,6 +192,20 @@ def test_found_for_another_uid_is_denied_and_looks_like_not_found():
     assert struct.pack("!I", 4321) not in frame
 
 
+def test_socket_of_another_uid_denied_before_any_scan_looks_like_not_found():
+    denied = Setup(uid=OTHER, make_outcome=lambda q: Outcome(Answer(q, Status.NOT_FOUND, node=NODE), OWNER, "map_miss",
+                                                                "socket of another uid: no scan", denied=True))
+    frame = denied.ask()
+    assert denied.results() == {"denied": 1.0}
+    assert frame == Setup(uid=OTHER, make_outcome=lambda q: not_found(q, "map_miss")).ask()
+    # the resolver was told who may see what: the requester, root and SlurmUser, not others
+    allowed = denied.resolver.allowed
+    assert allowed(OTHER) and not allowed(OWNER) and not allowed(None)
+    owner = Setup(uid=OWNER)
+    owner.ask()
+    assert owner.resolver.allowed(OWNER) and owner.resolver.allowed(12345) is False
+
+
 def test_found_with_unknown_owner_is_denied_to_non_root():
     s = Setup(uid=OWNER, make_outcome=lambda q: found(q, owner_uid=None))
     assert answer_of(s.ask()).status == Status.NOT_FOUND
@@ -241,7 +256,7 @@ def test_munged_unreachable_is_internal():
 
 # --- bad queries inside a valid credential -------------------------------------------------------
 
-def hand_query(ver=2, fam=4, reserved=0, sport=40000, dport=22, src=None, dst=None) -> bytes:
+def hand_query(ver=3, fam=4, reserved=0, sport=40000, dport=22, src=None, dst=None) -> bytes:
     m = b"\x00" * 10 + b"\xff\xff"
     return struct.pack("!BBHHH16s16s", ver, fam, reserved, sport, dport,
                        src or m + bytes([10, 0, 0, 1]), dst or m + bytes([10, 0, 0, 2]))
@@ -249,7 +264,7 @@ def hand_query(ver=2, fam=4, reserved=0, sport=40000, dport=22, src=None, dst=No
 
 @pytest.mark.parametrize("embedded", [
     b"",
-    b"\x02junk",
+    b"\x03junk",
     hand_query(),
     hand_query() + KEY[:-1],
     hand_query() + KEY + b"\0",
@@ -267,8 +282,8 @@ def test_bad_query_in_valid_credential(embedded):
     assert s.resolver.queries == []
 
 
-@pytest.mark.parametrize("ver", [0, 1, 3, 255])
-@pytest.mark.parametrize("key", [b"", KEY], ids=["v1-shaped", "v2-shaped"])
+@pytest.mark.parametrize("ver", [0, 1, 2, 255])
+@pytest.mark.parametrize("key", [b"", KEY], ids=["v1-shaped", "v2-and-v3-shaped"])
 def test_query_of_another_version(ver, key):
     s = Setup()
     code, msg = error_of(s.ask(hand_query(ver=ver) + key))
