@@ -143,7 +143,8 @@ def clear_closed(probe):
     """Empty the closed map between timed chunks (the bench runs no sweeper), so every
     close in a chunk pays a real insert: not a full map's failure, not an LRU eviction."""
     closed = probe.conns.closed
-    closed.delete_many([bytes(k) for k in closed.keys()])
+    keys = closed.keys()   # a ConnMap method (a snapshot), not a dict's
+    closed.delete_many([bytes(k) for k in keys])
 
 
 def abba(att: Attachment, lsock, on: str, pairs: int, max_s: float) -> dict:
