@@ -190,7 +190,7 @@ def test_batched_map_walk_sees_every_entry(tracers):
     from callerid.tracer.bpfmap import Connections
     from callerid.tracer.layout import Owner, make_key
     from callerid.tracer.probes import pin_dir
-    t = tracers.make(max_connections=16384).start()
+    t = tracers.make(probe="tracepoint", max_connections=16384).start()   # the tuple-keyed maps' walk
     try:
         conns = Connections.open_pinned(pin_dir(t.pin_root))
         try:
