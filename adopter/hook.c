@@ -20,7 +20,8 @@
  * Wire contract with adopter/daemon.py parse_request and adopter/service.py Reply.encode, one line of
  * JSON each way:
  *   request  {"v":1,"user":U,"service":S,"type":T,"options":{name:value,...}}\n
- *   reply    {"v":1,"verdict":...,"exit":N,"message":M or null}\n
+ *   reply    {"v":1,"verdict":...,"exit":N,"message":M or null,"job":J or null}\n
+ *            (J: the job adopted into, decimal id or SLUID; unused here)
  */
 #define _GNU_SOURCE
 #include <errno.h>

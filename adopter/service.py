@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from callerid.client import RpcError, ask
+from callerid.config import DEFAULT_PAM_APPLICATIONS
 from callerid.inet import endpoint
 from callerid.linux import sockets
 from callerid.protocol import Query, Status
@@ -25,11 +26,12 @@ class Reply:
     verdict: str
     exit: int
     message: str = ""
+    job: str | None = None  # the job adopted into (decimal id or SLUID), else None
 
     def encode(self) -> bytes:
         """The reply line the hook (adopter/hook.c) reads."""
-        reply = {"v": 1, "verdict": self.verdict, "exit": self.exit, "message": self.message}
-        return json.dumps(reply).encode() + b"\n"
+        return json.dumps({"v": 1, "verdict": self.verdict, "exit": self.exit, "message": self.message,
+                           "job": self.job}).encode() + b"\n"
 
 
 @dataclass
@@ -41,7 +43,7 @@ class Settings:
     munge_socket: str | None
     cgroup_root: str = "/sys/fs/cgroup"
     v2_mount: str | None = None
-    allowed_exe: tuple = ("sshd",)
+    allowed_exe: tuple = DEFAULT_PAM_APPLICATIONS
 
 
 class Abandoned(Exception):
@@ -90,13 +92,14 @@ class Adopter:
         self.m.decision_seconds.observe(elapsed)
         if decision.security:
             self.m.security.labels(SECURITY_KIND).inc()
-        line = (f"user={user} service={service} from={src} job={decision.job_id if decision.job_id else '-'} "
+        line = (f"user={user} service={service} from={src} job={decision.job_id or '-'} "
                 f"decision={decision.verdict.value} reason={decision.reason} latency_ms={elapsed * 1000:.1f}")
         if decision.security:
             log.warning("SECURITY possible escape attempt: %s", line)
         else:
             log.info(line)
-        return Reply(decision.verdict.value, policy.pam_exit_code(decision.verdict), decision.message)
+        adopted = decision.job_id if decision.verdict is policy.Verdict.ADOPT else None
+        return Reply(decision.verdict.value, policy.pam_exit_code(decision.verdict), decision.message, adopted)
 
     def _decide(self, app_pid, user, service, opts, deadline, still_wanted) -> tuple[policy.Decision, str]:
         try:
@@ -105,11 +108,11 @@ class Adopter:
         except KeyError:
             uid = None
         all_jobs = jobs.list_jobs(self.s.nodename, self.s.cgroup_root, self.s.v2_mount) if uid is not None else []
-        mine = [j for j in all_jobs if j.uid == uid and j.job_id is not None]
+        mine = [j for j in all_jobs if j.uid == uid]
         facts = policy.Facts(
             service=service, user_known=uid is not None, uid=uid,
             jobs=tuple(policy.Job(j.job_id, j.uid, j.start) for j in mine),
-            local_job_ids_all_users=frozenset(j.job_id for j in all_jobs if j.job_id is not None),
+            local_job_ids_all_users=frozenset(j.job_id for j in all_jobs),
         )
         d = policy.decide(facts, opts)
         src = "-"
@@ -124,10 +127,10 @@ class Adopter:
             try:
                 cgroupfs.adopt(app_pid, job)
                 self.m.adoptions.labels("success").inc()
-                log.info("Process %d adopted into job %d", app_pid, job.job_id)
+                log.info("Process %d adopted into job %s", app_pid, job.job_id)
             except cgroupfs.AdoptError as exc:
                 self.m.adoptions.labels(exc.reason).inc()
-                log.error("adopting process %d into job %d failed (%s): %s", app_pid, job.job_id, exc.reason, exc)
+                log.error("adopting process %d into job %s failed (%s): %s", app_pid, job.job_id, exc.reason, exc)
                 d = policy.after_adopt_failure(d)
         return d, src
 

@@ -56,15 +56,19 @@ def _conns(args) -> int:
 
 
 def _doctor(args) -> int:
+    from callerid.adopter.checks import check_slurm_layout
     from callerid.tracer.checks import check_probes
 
     from .doctor import main
-    return main(args, check_probes)
+    return main(args, check_probes, check_slurm_layout)
 
 
 def _config(args) -> int:
     if args.doc:
         print(cfgmod.reference())
+        return 0
+    if args.sample:
+        sys.stdout.write(cfgmod.sample())
         return 0
     try:
         cfg = cfgmod.load(args.config)
@@ -109,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=_doctor)
 
-    g = sub.add_parser("config", help="print the effective configuration, or --doc for the reference")
+    g = sub.add_parser("config", help="print the effective configuration, --doc for the reference, "
+                                      "--sample for a default configuration file")
     g.add_argument("--doc", action="store_true")
+    g.add_argument("--sample", action="store_true")
     g.set_defaults(func=_config)
     return p
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from callerid.adopter import policy
 from callerid.adopter.metrics import RPC_FAILED_OUTCOMES
 
-from . import rules
+from . import alert_cases, rules
 from .grafana import (
     Layout,
     by_node,
@@ -518,7 +518,7 @@ def outputs() -> dict[Path, str]:
     """Every generated file and its content."""
     out = {HERE / name: dump_json(build()) for name, build in DASHBOARDS.items()}
     out[HERE / "alerts" / "callerid.yml"] = rules.render_rules()
-    out[HERE / "alerts" / "tests" / "callerid_test.yml"] = rules.render_tests()
+    out[HERE / "alerts" / "tests" / "callerid_test.yml"] = alert_cases.render_tests()
     return out
 
 

@@ -20,11 +20,25 @@ from .layout import ConnKey, Owner, make_key
 _lib = libbcc.lib
 _lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
 _lib.bpf_obj_get.restype = ctypes.c_int
-_lib.bpf_lookup_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                  ctypes.c_void_p, ctypes.c_void_p]
-_lib.bpf_lookup_batch.restype = ctypes.c_int
-_lib.bpf_delete_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-_lib.bpf_delete_batch.restype = ctypes.c_int
+
+
+def bind_batch(lib) -> bool:
+    """Declare libbcc's batch map wrappers on `lib`; False if this libbcc has none
+    (BCC 0.18, Debian 11's, lacks bpf_lookup_batch): maps are then walked one key per
+    syscall, as on a kernel without batch operations."""
+    try:
+        lookup, delete = lib.bpf_lookup_batch, lib.bpf_delete_batch
+    except AttributeError:
+        return False
+    lookup.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                       ctypes.c_void_p, ctypes.c_void_p]
+    lookup.restype = ctypes.c_int
+    delete.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    delete.restype = ctypes.c_int
+    return True
+
+
+LIBBCC_HAS_BATCH = bind_batch(_lib)
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH = 1, 9
 
@@ -188,6 +202,8 @@ class ConnMap:
 
     def _raw_batches(self):
         """(keys bytes, values bytes, count) per BPF_MAP_LOOKUP_BATCH call."""
+        if not LIBBCC_HAS_BATCH:
+            raise _NoBatch()
         keys = (ConnKey * self.BATCH)()
         values = (Owner * self.BATCH)()
         token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
@@ -210,6 +226,8 @@ class ConnMap:
         """Delete these keys (as from entry_times), BATCH per syscall; returns how many
         were deleted. A key already gone (evicted, deleted meanwhile) is skipped."""
         ksize, done = ctypes.sizeof(ConnKey), 0
+        if not LIBBCC_HAS_BATCH:
+            return sum(self.delete(ConnKey.from_buffer_copy(k)) for k in keys)
         for start in range(0, len(keys), self.BATCH):
             chunk = keys[start:start + self.BATCH]
             while chunk:

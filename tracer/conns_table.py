@@ -62,10 +62,10 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(table, indent=1))
         return 0
-    hdr = f"{'State':<7}{'Local Address:Port':<42}{'Peer Address:Port':<42}{'Job':>8} {'User':<12}{'Process'}"
+    hdr = f"{'State':<7}{'Local Address:Port':<42}{'Peer Address:Port':<42}{'Job':>14} {'User':<12}{'Process'}"
     print(hdr)
     for r in table:
         job = str(r["job_id"]) if r["job_id"] else "-"
         proc = f'("{r["comm"]}",pid={r["pid"]})' + ("" if r["owner_alive"] else " exited")
-        print(f"{r['state']:<7}{r['local']:<42}{r['peer']:<42}{job:>8} {r['user']:<12}{proc}")
+        print(f"{r['state']:<7}{r['local']:<42}{r['peer']:<42}{job:>14} {r['user']:<12}{proc}")
     return 0

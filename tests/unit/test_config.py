@@ -263,6 +263,20 @@ def test_parse_addr_rejects_malformed_addresses(text):
         parse_addr(text, 1)
 
 
+def test_sample_is_the_defaults_commented_out(tmp_path):
+    """The packaged /etc/callerid/callerid.toml: as shipped it changes nothing; with every
+    option line uncommented it states every default, and loads."""
+    import re
+    from dataclasses import asdict
+    text = config.sample()
+    shipped = tmp_path / "shipped.toml"
+    shipped.write_text(text)
+    assert asdict(load(shipped)) == asdict(Config())
+    uncommented = tmp_path / "all.toml"
+    uncommented.write_text(re.sub(r"(?m)^#(\w+ = )", r"\1", text))
+    assert asdict(load(uncommented)) == asdict(Config())
+    options = sum(len(fields(s.default_factory())) for s in fields(Config))
+    assert len(re.findall(r"(?m)^\w+ = ", uncommented.read_text())) == options
 # --- every option range-checked (issue 12, item 9) -----------------------------------------------
 
 def _bounded_options():
