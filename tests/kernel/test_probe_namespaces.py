@@ -66,7 +66,8 @@ def test_same_tuple_in_two_namespaces_is_answered_for_each(tracers, twins, jobs,
     ua, ub = test_users[0], test_users[1]
     jobs.create(ua.uid, 5101)
     jobs.create(ub.uid, 5102)
-    sport = 40000 + os.getpid() % 20000
+    # one port per backend case: the other case's connection may still sit in TIME_WAIT
+    sport = 40000 + (2 * os.getpid() + BACKENDS.index(backend)) % 20000
     pa, (ca,) = start_client(jobs, ua, 5101, "127.0.0.1", PORT, netns=a, sport=sport)
     pb = None
     try:
