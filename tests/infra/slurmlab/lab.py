@@ -53,7 +53,7 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
                  syslog: bool = True):
         """nodes: 1..16; log: a callable taking progress lines (default: silent); log_level: of the
         callerid daemons; probe: the tracers' backend
-        ("auto" tries fentry, kprobe, tracepoint: about 3 s more per tracer here than "tracepoint");
+        ("auto" tries sockstore, fentry, kprobe, tracepoint in that order and settles on sockstore here);
         syslog: run a /dev/log listener (log/syslog.log) if the machine has none, for pam_slurm_adopt."""
         self.root = Path(root)
         self.state_file = self.root / "state.json"
