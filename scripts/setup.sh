@@ -96,6 +96,10 @@ if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
   # CALLERID_WHEELS=DIR: install from wheels downloaded beforehand (a VM guest has no index)
   pip_source=()
   [ -z "${CALLERID_WHEELS:-}" ] || pip_source=(--no-index --find-links "$CALLERID_WHEELS")
+  # pip < 21.3 (Debian 11's) cannot install a pyproject.toml-only project in editable mode (PEP 660)
+  if ! "$venv/bin/python3" -c 'import pip, sys; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (21, 3))'; then
+    "$venv/bin/python3" -m pip install -q --disable-pip-version-check "${pip_source[@]}" --upgrade "pip>=21.3"
+  fi
   "$venv/bin/python3" -m pip install -q --disable-pip-version-check "${pip_source[@]}" -e "${repo}[test,bench]"
   touch "$stamp"
 fi

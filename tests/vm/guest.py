@@ -29,8 +29,11 @@ class Guest:
         while time.monotonic() < deadline:
             if not self.machine.alive():
                 raise RuntimeError(f"qemu exited during boot:\n{self.machine.serial_tail()}")
-            r = subprocess.run(self.ssh_argv() + [f"mountpoint -q {image.SHARE_MOUNT}"],
-                               stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+            try:
+                r = subprocess.run(self.ssh_argv() + [f"mountpoint -q {image.SHARE_MOUNT}"],
+                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+            except subprocess.TimeoutExpired:
+                continue  # sshd accepted but the guest is still too busy booting to answer
             if r.returncode == 0:
                 return time.monotonic() - self.machine.started
             time.sleep(2)
@@ -43,7 +46,7 @@ class Guest:
         remote = env + ("exec " + shlex.join(argv) if argv else "exec bash -l")
         if tee is None:
             return subprocess.run(self.ssh_argv(tty) + [remote], stdin=None if tty else subprocess.DEVNULL).returncode
-        with open(tee, "a") as out:
+        with open(tee, "a", buffering=1) as out:  # line-buffered: the log follows the run
             p = subprocess.Popen(self.ssh_argv() + [remote], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, errors="replace")
             for line in p.stdout:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import mirror, recipe, suites, wheels
+from . import cache, mirror, recipe, suites, wheels
 
 IMAGE_SIZE = "8G"
 # virtio disk and 9p share must be in the initramfs for direct kernel boot
@@ -57,6 +57,11 @@ class Chroot:
         for target in reversed(self.mounted):
             subprocess.run(["umount", "-l", str(target)], check=False)
         self.mounted.clear()
+
+    def try_sh(self, script: str) -> tuple[int, str]:
+        p = subprocess.run(["chroot", str(self.root), "/bin/sh", "-c", script], env=CHROOT_ENV,
+                           capture_output=True, text=True)
+        return p.returncode, p.stdout + p.stderr
 
     def sh(self, script: str, **kw):
         return subprocess.run(["chroot", str(self.root), "/bin/sh", "-ec", script], env=CHROOT_ENV,
@@ -112,9 +117,17 @@ def build(r: recipe.Recipe, force: bool = False) -> None:
     if r.built() and not force:
         log(f"{r.image} is current")
         return
+    with cache.build_lock(r.suite.name):
+        if r.built() and not force:
+            log(f"{r.image} was built meanwhile")
+            return
+        build_locked(r)
+        cache.prune(r)
+
+
+def build_locked(r: recipe.Recipe) -> None:
     t0 = time.monotonic()
-    work = recipe.CACHE / "build" / r.stem.name
-    shutil.rmtree(work, ignore_errors=True)
+    work = cache.work_dir(r)
     root = work / "rootfs"
     root.mkdir(parents=True)
     debs = recipe.CACHE / "debs" / r.suite.name
@@ -128,7 +141,7 @@ def build(r: recipe.Recipe, force: bool = False) -> None:
         run("debootstrap", "--variant=minbase", "--include=" + ",".join(suites.DEBOOTSTRAP_INCLUDE),
             f"--cache-dir={debs}", r.suite.name, root, archive, stdout=subprocess.DEVNULL)
         t_boot = time.monotonic()
-        (root / "etc/apt/sources.list").write_text(mirror.sources_list(r.suite.name))
+        (root / "etc/apt/sources.list").write_text(mirror.sources_list(r.suite.name, r.suite.pockets))
         (root / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")  # no daemon starts in the chroot
         os.chmod(root / "usr/sbin/policy-rc.d", 0o755)
         (root / "etc/initramfs-tools/modules").write_text("\n".join(INITRAMFS_MODULES) + "\n")
@@ -140,13 +153,20 @@ def build(r: recipe.Recipe, force: bool = False) -> None:
             log(f"installing {len(chosen)} packages")
             ch.sh("apt-get install -y -q --no-install-recommends " + " ".join(chosen) + " >/dev/null")
             configure(root, r)
+            guest_wheels = root / GUEST_WHEELS.lstrip("/")
+            shutil.copytree(wheel_dir, guest_wheels)
+
+            def check(reqs):
+                return ch.try_sh(wheels.guest_check_script(GUEST_WHEELS, reqs))
+            added = wheels.complete(check, r.suite.python, list(r.requirements), guest_wheels)
+            if added:
+                log(f"wheels the guest's pip needed besides: {' '.join(added)}")
             ch.sh("systemctl enable systemd-networkd ssh >/dev/null 2>&1")
             for unit in suites.NOT_AT_BOOT:
                 ch.sh(f"systemctl disable {unit} >/dev/null 2>&1 || true")
             ch.sh("passwd -d root >/dev/null; update-initramfs -u -k all >/dev/null 2>&1")
             ch.sh("dpkg-query -W -f='${Package} ${Version}\\n' > /etc/callerid-vm.packages")
         os.remove(root / "usr/sbin/policy-rc.d")
-        shutil.copytree(wheel_dir, root / GUEST_WHEELS.lstrip("/"))
         t_pkgs = time.monotonic()
         kernels = sorted((root / "boot").glob("vmlinuz-*"))
         initrds = sorted((root / "boot").glob("initrd.img-*"))
@@ -158,8 +178,6 @@ def build(r: recipe.Recipe, force: bool = False) -> None:
         shutil.copy(kernels[0], work / "vmlinuz")
         shutil.copy(initrds[0], work / "initrd")
         r.image.parent.mkdir(parents=True, exist_ok=True)
-        for old in r.image.parent.glob(f"{r.suite.name}-*"):
-            old.unlink()  # one image per suite: an older recipe's files go
         os.replace(work / "vmlinuz", r.kernel)
         os.replace(work / "initrd", r.initrd)
         os.replace(tmp_img, r.image)
@@ -167,14 +185,6 @@ def build(r: recipe.Recipe, force: bool = False) -> None:
         log(f"{r.image} built in {t1 - t0:.0f} s (debootstrap {t_boot - t0:.0f} s, packages+config "
             f"{t_pkgs - t_boot:.0f} s, mkfs {t1 - t_pkgs:.0f} s), kernel {kernels[0].name}")
     finally:
-        for target in mounts_under(root):
+        for target in cache.mounts_under(root):
             subprocess.run(["umount", "-l", target], check=False)
-        if mounts_under(root):  # never delete through a bind mount of the host's /dev
-            log(f"mounts left under {root}: not deleting {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def mounts_under(root: Path) -> list[str]:
-    targets = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    return sorted((t for t in targets if t == str(root) or t.startswith(f"{root}/")), reverse=True)
+        cache.remove_tree(work)

@@ -15,7 +15,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import image, recipe
+from . import cache, image, recipe
 from .lock import heavy_lock
 
 RUNS = recipe.CACHE / "runs"
@@ -58,6 +58,7 @@ class Machine:
 
     def __enter__(self):
         self._stack.enter_context(heavy_lock())
+        cache.mark_used(self.recipe)
         self._stack.callback(self._remove_overlay)
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.recipe.image),
                         str(self.overlay)], check=True)
@@ -90,6 +91,8 @@ class Machine:
             self.overlay.unlink()
         except FileNotFoundError:
             pass
+        if self.serial.exists():  # keep the latest boot's console per suite, not one per run
+            self.serial = self.serial.replace(RUNS / f"{self.recipe.suite.name}.serial.log")
 
     def serial_tail(self, n: int = 30) -> str:
         try:

@@ -23,8 +23,11 @@ def mirrors() -> tuple[str, str]:
     return archive, security
 
 
-def sources_list(suite: str) -> str:
+def sources_list(suite: str, pockets: tuple[str, ...]) -> str:
     archive, security = mirrors()
-    return (f"deb {archive} {suite} main\n"
-            f"deb {archive} {suite}-updates main\n"
-            f"deb {security} {suite}-security main\n")
+    lines = [f"deb {archive} {suite} main"]
+    if "updates" in pockets:
+        lines.append(f"deb {archive} {suite}-updates main")
+    if "security" in pockets:
+        lines.append(f"deb {security} {suite}-security main")
+    return "\n".join(lines) + "\n"

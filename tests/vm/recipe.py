@@ -3,6 +3,7 @@
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 try:  # the VM tier runs on the host, but the tree keeps the 3.9 floor
@@ -34,8 +35,11 @@ def python_requirements() -> list[str]:
     reqs = list(pp["build-system"]["requires"]) + list(pp["project"].get("dependencies", []))
     for extra in pp["project"].get("optional-dependencies", {}).values():
         reqs += extra
-    # wheel: older setuptools need it for editable installs; tomli: tomllib's backport (Python < 3.11)
-    return sorted(set(reqs + ["wheel", "tomli; python_version < '3.11'"]))
+    # wheel: older setuptools need it for editable installs; tomli: tomllib's backport (Python < 3.11);
+    # pip: Debian 11's pip 20.3 cannot do editable installs of a pyproject.toml-only project
+    # Markers dropped: pip download evaluates them for the host's Python, not --python-version's,
+    # so "tomli; python_version < '3.11'" would never reach a 3.9 guest. Extra wheels are harmless.
+    return sorted({r.split(";")[0].strip() for r in reqs + ["wheel", "tomli", "pip>=21.3"]})
 
 
 @dataclass(frozen=True)
@@ -45,12 +49,15 @@ class Recipe:
     requirements: tuple[str, ...]
     ssh_pubkey: str
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """Computed once: a run keeps the image it started with even if the builder is edited meanwhile."""
         h = hashlib.sha256()
         for name in BUILDER_FILES:
             h.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
-        for part in (self.suite.name, self.suite.python, *self.packages, "--", *self.requirements, self.ssh_pubkey):
+        parts = (self.suite.name, self.suite.python, *self.suite.pockets, *self.packages, "--",
+                 *self.requirements, self.ssh_pubkey)
+        for part in parts:
             h.update(part.encode() + b"\0")
         return h.hexdigest()[:12]
 
@@ -76,5 +83,7 @@ class Recipe:
 
 def for_suite(name: str) -> Recipe:
     from . import sshkey
-    return Recipe(suites.get(name), tuple(suites.VM_PACKAGES) + tuple(setup_packages()),
-                  tuple(python_requirements()), sshkey.public_key())
+    r = Recipe(suites.get(name), tuple(suites.VM_PACKAGES) + tuple(setup_packages()),
+               tuple(python_requirements()), sshkey.public_key())
+    r.digest  # noqa: B018 - pin the digest to the sources as they are now
+    return r

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 class Suite:
     name: str       # Debian codename, also the debootstrap script name
     python: str     # the guest's /usr/bin/python3 version: host-side wheel downloads target it
+    # -updates and -security on top of main; bullseye's are not fully served by the
+    # mirror here (pool files 404 as of 2026-12-01: its LTS ended), so it is main only
+    pockets: tuple[str, ...] = ("updates", "security")
 
 
 SUITES = {
     "bookworm": Suite("bookworm", "3.11"),   # Debian 12: kernel 6.1, Slurm 22.05, OpenSSH 9.2
     "trixie": Suite("trixie", "3.13"),       # Debian 13: kernel 6.12, Slurm 24.11, OpenSSH 10
-    "bullseye": Suite("bullseye", "3.9"),    # Debian 11: kernel 5.10, Slurm 20.11, OpenSSH 8.4
+    "bullseye": Suite("bullseye", "3.9", pockets=()),    # Debian 11: kernel 5.10, Slurm 20.11, OpenSSH 8.4
 }
 
 # debootstrap's own resolver is simple: give it only the base, apt installs the rest.
