@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -12,13 +11,11 @@ import time
 from callerid import config as cfgmod
 from callerid import httpd, logs
 
-from . import peer, policy
+from . import pamwire, peer, policy
 from .metrics import AdopterMetrics
-from .service import Adopter, Reply, Settings
+from .service import Adopter, Settings
 
 log = logging.getLogger("callerid.adopter.daemon")
-MAX_REQUEST = 16384
-REQUEST_FIELDS = {"v", "user", "service", "type", "options"}
 
 
 def base_options(a: cfgmod.AdopterConfig) -> policy.Options:
@@ -26,25 +23,11 @@ def base_options(a: cfgmod.AdopterConfig) -> policy.Options:
         "action_no_jobs": a.action_no_jobs, "action_unknown": a.action_unknown,
         "action_adopt_failure": a.action_adopt_failure, "action_generic_failure": a.action_generic_failure,
         "ignore_root": str(a.ignore_root), "single_job_skip_rpc": str(a.single_job_skip_rpc),
-        "service": ",".join(a.service),
+        "service": ",".join(a.service), "mode": a.mode, "join_container": str(a.join_container),
     }, policy.Options())
     if warnings:
         raise cfgmod.ConfigError("[adopter]: " + "; ".join(warnings))
     return opts
-
-
-def parse_request(raw: bytes) -> dict:
-    """The hook's JSON line; anything else (a pid to adopt, unknown fields) is refused."""
-    req = json.loads(raw)
-    if not isinstance(req, dict) or req.get("v") != 1 or set(req) - REQUEST_FIELDS:
-        raise ValueError(f"unexpected request fields or version: {sorted(req) if isinstance(req, dict) else type(req).__name__}")
-    for f in ("user", "service", "type"):
-        if not isinstance(req.get(f), str):
-            raise ValueError(f"field {f!r} must be a string")
-    opts = req.get("options", {})
-    if not isinstance(opts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in opts.items()):
-        raise ValueError("options must map strings to strings")
-    return req
 
 
 class AdopterDaemon:
@@ -55,7 +38,8 @@ class AdopterDaemon:
         self.settings = Settings(
             nodename=cfg.common.node(), base_options=base_options(a), rpc_port=cfg.common.rpc_port,
             rpc_timeout=a.rpc_timeout_seconds, munge_socket=cfg.common.munge_socket,
-            cgroup_root=a.cgroup_root, allowed_exe=tuple(a.adopt_exe))
+            cgroup_root=a.cgroup_root, allowed_exe=tuple(a.adopt_exe), job_env=tuple(a.job_env),
+            job_container_conf=a.job_container_conf)
         self.adopter = Adopter(self.settings, self.metrics)
         self.sock = self._bind(a.socket)
         self._stop = threading.Event()
@@ -84,7 +68,7 @@ class AdopterDaemon:
         if m:
             host, port = cfgmod.parse_addr(m, 9829)
             self._http = httpd.serve(host, port, self.metrics.registry, f"callerid adopter on {self.settings.nodename}",
-                                     lambda: [f"hook socket: {self.cfg.adopter.socket}",
+                                     lambda: [f"PAM module socket: {self.cfg.adopter.socket}",
                                               f"options: {vars(self.settings.base_options)}"])
         threading.Thread(target=self._accept_loop, name="hook-accept", daemon=True).start()
         log.info("adopter serving %s for node %s (%s)", self.cfg.adopter.socket, self.settings.nodename,
@@ -115,7 +99,7 @@ class AdopterDaemon:
         with conn:
             try:
                 reply = self._handle(conn)
-            except Exception:  # noqa: BLE001 - never leave the hook without an answer
+            except Exception:  # noqa: BLE001 - never leave the module without an answer
                 log.exception("hook request failed")
                 self.metrics.hook_requests.labels("internal_error").inc()
                 reply = None
@@ -124,11 +108,11 @@ class AdopterDaemon:
                     conn.settimeout(1.0)
                     conn.sendall(reply.encode())
                 except OSError as exc:
-                    # The hook gave up (its deadline) and applied action_generic_failure itself.
+                    # The module gave up (its deadline) and applied action_generic_failure itself.
                     self.metrics.hook_requests.labels("reply_undelivered").inc()
-                    log.warning("hook went away before its reply (%s): the login got action_generic_failure", exc)
+                    log.warning("PAM module went away before its reply (%s): the login got action_generic_failure", exc)
 
-    def _handle(self, conn: socket.socket) -> Reply | None:
+    def _handle(self, conn: socket.socket) -> pamwire.Reply | None:
         who = peer.peer_credentials(conn)
         if who.uid != 0:
             self.metrics.hook_requests.labels("not_root").inc()
@@ -137,7 +121,7 @@ class AdopterDaemon:
         conn.settimeout(self.cfg.adopter.deadline_seconds)
         raw = b""
         try:
-            while not raw.endswith(b"\n") and len(raw) <= MAX_REQUEST:
+            while not raw.endswith(b"\n") and len(raw) <= pamwire.MAX_LINE:
                 chunk = conn.recv(4096)
                 if not chunk:
                     break
@@ -147,23 +131,21 @@ class AdopterDaemon:
             log.warning("hook socket: pid %d sent no complete request in time", who.pid)
             return None
         try:
-            if len(raw) > MAX_REQUEST:
-                raise ValueError("request too large")
-            req = parse_request(raw)
-        except ValueError as exc:
+            req = pamwire.parse_request(raw)
+        except pamwire.WireError as exc:
             self.metrics.hook_requests.labels("bad_request").inc()
             log.warning("hook socket: bad request from pid %d: %s", who.pid, exc)
             return None
-        opts, _ = policy.parse_options(req.get("options", {}), self.settings.base_options)
+        opts, _ = policy.parse_options(req.options, self.settings.base_options)
         try:
             app = peer.pam_application(who, self.settings.allowed_exe)
         except peer.PeerError as exc:
             self.metrics.hook_requests.labels("bad_peer").inc()
             log.warning("hook socket: %s", exc)
             d = policy.generic_failure(opts, "bad_peer")
-            return Reply(d.verdict.value, policy.pam_exit_code(d.verdict), d.message)
+            return pamwire.Reply(d.verdict.value, d.reason, d.message)
         self.metrics.hook_requests.labels("ok").inc()
-        return self.adopter.handle(app.pid, req["user"], req["service"], req.get("options", {}))
+        return self.adopter.handle(app.pid, req.user, req.service, req.options)
 
 
 def run(args) -> int:

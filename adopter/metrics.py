@@ -19,6 +19,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 # no_socket (the sshd held no TCP connection: nothing to ask about).
 RPC_OUTCOMES = ("found_job", "no_job", "not_found", "no_socket") + RPC_ERROR_REASONS
 HOOK_RESULTS = ("ok", "not_root", "bad_request", "bad_peer", "timeout", "internal_error", "reply_undelivered")
+ADOPT_RESULTS = ("success", "job_gone", "permission", "io", "namespace")  # namespace: join_container check failed
 SECURITY_KIND = "foreign_job"  # the only decision policy flags as a possible escape
 
 
@@ -26,10 +27,12 @@ class AdopterMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = r = registry or CollectorRegistry()
         Info("callerid_build", "callerid build information.", registry=r).info({"version": __version__})
-        self.decisions = Counter("callerid_adopter_decisions", "Login decisions by verdict and reason.",
-                                 ["verdict", "reason"], registry=r)
+        self.decisions = Counter("callerid_adopter_decisions",
+                                 "Login decisions by verdict and reason; mode=audit: decided and counted, "
+                                 "but the login was allowed and not adopted.",
+                                 ["verdict", "reason", "mode"], registry=r)
         self.decision_seconds = Histogram("callerid_adopter_decision_duration_seconds",
-                                          "Time from the hook's request to the daemon's reply.",
+                                          "Time from the PAM module's request to the daemon's reply.",
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.rpc = Counter("callerid_adopter_rpc_requests", "callerid RPCs to source nodes by outcome.",
                            ["outcome"], registry=r)
@@ -45,10 +48,11 @@ class AdopterMetrics:
         # Pre-declared label values: a series born at 1 is invisible to rate() and
         # increase(), which would hide a node's first security event or failure.
         for verdict, reason in policy.verdict_reason_pairs():
-            self.decisions.labels(verdict, reason)
+            for mode in policy.MODES:
+                self.decisions.labels(verdict, reason, mode)
         for v in RPC_OUTCOMES:
             self.rpc.labels(v)
-        for v in ("success", "job_gone", "permission", "io"):
+        for v in ADOPT_RESULTS:
             self.adoptions.labels(v)
         for v in HOOK_RESULTS:
             self.hook_requests.labels(v)

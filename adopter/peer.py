@@ -11,7 +11,7 @@ from callerid.linux import procfs
 
 
 class PeerError(Exception):
-    """The hook socket's peer is not a pam_exec child of a PAM application we adopt."""
+    """The socket's peer is not a PAM application we adopt (pam_callerid.so runs inside it)."""
 
 
 @dataclass(frozen=True)
@@ -29,18 +29,17 @@ def peer_credentials(conn: socket.socket) -> Peer:
 
 
 def pam_application(peer: Peer, allowed_exe: tuple[str, ...], proc: str = "/proc") -> procfs.ProcInfo:
-    """The process to adopt: the hook's parent (pam_exec forks the hook from sshd's
-    `[priv]` process), checked to be a root process running one of `allowed_exe`."""
+    """The process to adopt: the peer itself (pam_callerid.so runs inside sshd's `[priv]`
+    process and connects from it), checked to be a root process running one of `allowed_exe`."""
     try:
-        hook = procfs.proc_info(peer.pid, proc)
-        parent = procfs.proc_info(hook.ppid, proc)
-        exe = os.path.basename(os.readlink(f"{proc}/{parent.pid}/exe"))
+        app = procfs.proc_info(peer.pid, proc)
+        exe = os.path.basename(os.readlink(f"{proc}/{peer.pid}/exe"))
     except (procfs.ProcessGone, OSError) as exc:
-        raise PeerError(f"peer pid {peer.pid} or its parent vanished: {exc}") from exc
+        raise PeerError(f"peer pid {peer.pid} vanished: {exc}") from exc
     if exe.endswith(" (deleted)"):
         exe = exe[: -len(" (deleted)")]
     if exe not in allowed_exe:
-        raise PeerError(f"peer pid {peer.pid}'s parent {parent.pid} runs {exe!r}, not one of {', '.join(allowed_exe)}")
-    if parent.euid != 0:
-        raise PeerError(f"parent {parent.pid} is not running as root")
-    return parent
+        raise PeerError(f"peer pid {peer.pid} runs {exe!r}, not one of {', '.join(allowed_exe)}")
+    if app.euid != 0:
+        raise PeerError(f"peer pid {peer.pid} is not running as root")
+    return app

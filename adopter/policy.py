@@ -26,6 +26,7 @@ class Verdict(str, Enum):
 
 NO_JOBS_ACTIONS = ("deny", "ignore")
 UNKNOWN_ACTIONS = ("newest", "allow", "deny")
+MODES = ("enforce", "audit")
 ADOPT_FAILURE_ACTIONS = ("allow", "deny")
 GENERIC_FAILURE_ACTIONS = ("ignore", "allow", "deny")
 
@@ -34,12 +35,18 @@ _CHOICES = {
     "action_unknown": UNKNOWN_ACTIONS,
     "action_adopt_failure": ADOPT_FAILURE_ACTIONS,
     "action_generic_failure": GENERIC_FAILURE_ACTIONS,
+    "mode": MODES,
 }
+_BOOLS = ("ignore_root", "single_job_skip_rpc", "join_container")
 
 
 @dataclass(frozen=True)
 class Options:
-    """pam_slurm_adopt's policy options, same names and defaults."""
+    """pam_slurm_adopt's options, same names and defaults, plus callerid's `mode`.
+
+    `mode=audit` decides, logs and counts as `enforce` would, but allows every login and
+    adopts nothing. `join_container` and `nodename` are not used by decide(): the daemon
+    reads them (nodename "" means callerid.toml's)."""
 
     action_no_jobs: str = "deny"
     action_unknown: str = "newest"
@@ -48,6 +55,9 @@ class Options:
     ignore_root: bool = True
     single_job_skip_rpc: bool = True
     service: tuple[str, ...] = ("sshd",)  # '*' matches every service
+    mode: str = "enforce"
+    join_container: bool = True
+    nodename: str = ""
 
     def __post_init__(self):
         # Options built by hand (e.g. from callerid.toml, where service is a list) get the
@@ -57,7 +67,7 @@ class Options:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
-        for name in ("ignore_root", "single_job_skip_rpc"):
+        for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected a boolean")
         if not self.service or not all(isinstance(s, str) and s for s in self.service):
@@ -70,14 +80,10 @@ class Options:
 _TRUE = ("1", "yes", "true")
 _FALSE = ("0", "no", "false")
 
-# pam_slurm_adopt options that are not policy: accepted on a pam_slurm_adopt line, but
-# set elsewhere in callerid (or not supported), so they get a clearer warning.
-_NOT_POLICY = {
-    "nodename": "set nodename in callerid.toml [common]",
-    "log_level": "set log_level in callerid.toml [common]",
-    "disable_x11": "X11 forwarding into the job is not supported by callerid",
-    "join_container": "joining job containers is not supported by callerid",
-}
+# Options of the PAM line that pam_callerid.so itself reads (log_level: its syslog
+# level) or that callerid accepts with no effect (disable_x11: callerid sets up no X11
+# forwarding, as if disable_x11=1); the daemon takes them without a warning.
+MODULE_ONLY = ("log_level", "disable_x11")
 
 
 def _parse_value(name: str, text: str):
@@ -88,7 +94,7 @@ def _parse_value(name: str, text: str):
         if v not in _CHOICES[name]:
             raise ValueError(f"expected one of {', '.join(_CHOICES[name])}")
         return v
-    if name in ("ignore_root", "single_job_skip_rpc"):
+    if name in _BOOLS:
         v = value.lower()
         if v in _TRUE:
             return True
@@ -100,6 +106,10 @@ def _parse_value(name: str, text: str):
         if not services:
             raise ValueError("expected a comma-separated list of PAM service names or '*'")
         return services
+    if name == "nodename":
+        if not value or "/" in value or value in (".", ".."):
+            raise ValueError("expected a Slurm node name")
+        return value
     raise KeyError(name)
 
 
@@ -115,9 +125,10 @@ def parse_options(pairs: dict[str, str], base: Options) -> tuple[Options, list[s
     warnings: list[str] = []
     for raw_name, text in pairs.items():
         name = raw_name.strip().lower()
+        if name in MODULE_ONLY:
+            continue
         if name not in known:
-            why = _NOT_POLICY.get(name, "unknown option")
-            warnings.append(f"{raw_name}={text}: {why}; ignored")
+            warnings.append(f"{raw_name}={text}: unknown option; ignored")
             continue
         try:
             changes[name] = _parse_value(name, text)
@@ -193,7 +204,7 @@ MSG_GENERIC = "Access denied by callerid: access to this node could not be check
 UNKNOWN_WHYS = ("no_answer", "rpc_failed", "foreign_job", "job_not_here")
 
 # Reasons callers pass to generic_failure(): the daemon when the PAM user has no passwd
-# entry; the hook when it gets no usable answer from the daemon in time.
+# entry; the PAM module when it gets no usable answer from the daemon in time.
 REASON_UNKNOWN_USER = "unknown_user"
 REASON_DAEMON_UNREACHABLE = "daemon_unreachable"
 REASON_DEADLINE = "deadline"
@@ -295,21 +306,25 @@ def generic_failure(opts: Options, reason: str) -> Decision:
     return Decision(Verdict.IGNORE, reason)
 
 
-def pam_exit_code(verdict: Verdict) -> int:
-    """The hook's exit status for pam_exec: 0 except for DENY (1).
+PAM_RETURN = {Verdict.ADOPT: "PAM_SUCCESS", Verdict.ALLOW: "PAM_SUCCESS", Verdict.IGNORE: "PAM_IGNORE",
+              Verdict.DENY: "PAM_PERM_DENIED"}
 
-    pam_exec turns exit 0 into PAM_SUCCESS and every other status into PAM_SYSTEM_ERR
-    (linux-pam modules/pam_exec/pam_exec.c, call_exec); it cannot return PAM_IGNORE.
-    A non-zero status for IGNORE would fail the login, the opposite of "let the rest of
-    the stack decide", so IGNORE exits 0 like ALLOW. With the hook last in the account
-    stack, as required, the modules before it have already given their verdict, so
-    PAM_SUCCESS from the hook only means "no objection". ALLOW and IGNORE still differ
-    in the logs and metrics.
-    """
+
+def pam_return(verdict: Verdict) -> str:
+    """What pam_callerid.so returns for a verdict, as pam_slurm_adopt does
+    (adopter/pam/pam_callerid.c pam_code; a unit test runs the module to check)."""
     verdict = Verdict(verdict)
     if verdict is Verdict.NEED_RPC:
         raise ValueError("need_rpc is not a final verdict")
-    return 1 if verdict is Verdict.DENY else 0
+    return PAM_RETURN[verdict]
+
+
+def enforced(decision: Decision, opts: Options) -> Verdict:
+    """The verdict the PAM module acts on: the decision's, except in mode=audit, where
+    a login that would be adopted or denied is allowed (and nothing is adopted)."""
+    if opts.mode == "audit" and decision.verdict in (Verdict.ADOPT, Verdict.DENY):
+        return Verdict.ALLOW
+    return decision.verdict
 
 
 # ---------------------------------------------------------------------------
@@ -369,7 +384,7 @@ def decision_table() -> list[dict]:
         rows.append({"situation": situation, "options": _opt_text(**opts_kw),
                      "verdict": decision.verdict.value, "reason": decision.reason,
                      "security": decision.security, "outcome": _outcome(decision),
-                     "exit": "" if decision.verdict is Verdict.NEED_RPC else str(pam_exit_code(decision.verdict))})
+                     "pam": "" if decision.verdict is Verdict.NEED_RPC else pam_return(decision.verdict)})
 
     row("PAM service not listed in `service`", decide(_facts(service="login"), Options()))
     for a in GENERIC_FAILURE_ACTIONS:
@@ -399,8 +414,8 @@ def decision_table() -> list[dict]:
         row("moving the sshd into the chosen job failed", after_adopt_failure(decide(_facts(jobs=(_OLD,)), opts)),
             action_adopt_failure=a)
     for reason, situation in (
-        (REASON_DAEMON_UNREACHABLE, "the PAM hook cannot reach the adopter daemon"),
-        (REASON_DEADLINE, "the PAM hook's total deadline (`deadline_seconds`) passed"),
+        (REASON_DAEMON_UNREACHABLE, "pam_callerid.so cannot reach the adopter daemon, or its reply is unusable"),
+        (REASON_DEADLINE, "pam_callerid.so's total deadline (`deadline=`, default 5 s) passed"),
         (REASON_INTERNAL_ERROR, "the adopter daemon failed while deciding"),
     ):
         for a in GENERIC_FAILURE_ACTIONS:
@@ -419,15 +434,15 @@ _INTRO = """\
 Generated by `python3 -m callerid.adopter.policy > docs/DECISIONS.md` from the policy code
 (`adopter/policy.py`); a unit test fails if this file and the code disagree.
 
-An ssh login reaches the PAM account stack; the callerid hook (`pam_exec`, last in the
-stack) asks the adopter daemon, which applies these rules **in order** and stops at the
-first that matches. The options have pam_slurm_adopt's names and defaults; they are set
-in `callerid.toml` `[adopter]` and can be overridden as `name=value` arguments of the
-hook. An unknown option or a bad value is logged and the default kept.
+An ssh login reaches the PAM account stack; `pam_callerid.so` (last in the stack) asks
+the adopter daemon, which applies these rules **in order** and stops at the first that
+matches. The options have pam_slurm_adopt's names and defaults; they are set in
+`callerid.toml` `[adopter]` and can be overridden as `name=value` arguments on the
+module's PAM line. An unknown option or a bad value is logged and the default kept.
 
 "reason" is the `reason` label of the adopter's metrics and the `reason=` field of its
-log lines. "Job here" means a job with an extern step on this node. "hook exit" is the
-PAM hook's exit status (see the end of this page).
+log lines. "Job here" means a job with an extern step on this node. "PAM return" is what
+the module returns to PAM, as pam_slurm_adopt would.
 """
 
 _NOTES = """\
@@ -446,23 +461,33 @@ _NOTES = """\
   or nowhere.
 - **Newest job** is the one with the latest start; the larger job id wins a tie.
 
-## Exit status seen by PAM
+## What the session gets, and what the user is told
 
-`pam_exec` maps exit status 0 to PAM_SUCCESS and any other status to PAM_SYSTEM_ERR; it
-cannot return PAM_IGNORE. The hook therefore exits 0 for adopt, allow and ignore, and 1
-only for deny. Since the hook is last in the account stack, the modules before it have
-already decided, and exit 0 only means "no objection". pam_exec passes the hook's
-standard output (the deny message) on to sshd only with its `stdout` option.
+- **Denied**: the text in the table, through the PAM conversation (`pam_error`); sshd
+  shows it to the user. Nothing else reaches the user: why the daemon could not be asked
+  goes to syslog (facility authpriv) and the adopter's log.
+- **Adopted**: `SLURM_JOB_ID` in the PAM environment (as pam_slurm_adopt), plus the
+  job's own values of the variables listed in `[adopter] job_env` (GPU visibility:
+  `CUDA_VISIBLE_DEVICES`, ...), read from a process of the job. With
+  `join_container=1` (default) and a `job_container/tmpfs` job, the session joins the
+  job's mount namespace (its `/tmp`, `/dev/shm`).
+
+## Audit mode
+
+With `mode=audit` every row above is decided, logged (`decision=deny audit=1`) and
+counted (`mode="audit"` label) exactly as in the default `mode=enforce`, but the login is
+allowed whenever the decision would adopt or deny (PAM_SUCCESS, no message), and
+nothing is adopted. Rows whose verdict is ignore or allow behave as in enforce mode.
 """
 
 
 def render_markdown() -> str:
     """docs/DECISIONS.md."""
-    out = [_INTRO, "| situation | option values | what happens | verdict | reason | hook exit |",
+    out = [_INTRO, "| situation | option values | what happens | verdict | reason | PAM return |",
            "| --- | --- | --- | --- | --- | --- |"]
     for r in decision_table():
         out.append(f"| {r['situation']} | {r['options']} | {r['outcome']} | {r['verdict']} | `{r['reason']}` "
-                   f"| {r['exit'] or '-'} |")
+                   f"| {r['pam'] or '-'} |")
     out += ["", _NOTES]
     return "\n".join(out)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import pwd
 import time
@@ -12,21 +11,12 @@ from callerid.client import RpcError, ask
 from callerid.linux import sockets
 from callerid.protocol import Query, Status
 
-from . import cgroupfs, jobs, policy
+from . import cgroupfs, jobenv, jobns, jobs, policy
 from .metrics import SECURITY_KIND, AdopterMetrics
+from .pamwire import Reply
+from .pamwire import escape as escape_field  # percent-encoding: a log line stays one line
 
 log = logging.getLogger("callerid.adopter")
-
-
-@dataclass(frozen=True)
-class Reply:
-    verdict: str
-    exit: int
-    message: str = ""
-
-    def encode(self) -> bytes:
-        """The reply line the hook (adopter/hook.c) reads."""
-        return json.dumps({"v": 1, "verdict": self.verdict, "exit": self.exit, "message": self.message}).encode() + b"\n"
 
 
 @dataclass
@@ -39,6 +29,16 @@ class Settings:
     cgroup_root: str = "/sys/fs/cgroup"
     v2_mount: str | None = None
     allowed_exe: tuple = ("sshd",)
+    job_env: tuple = ()
+    job_container_conf: str = "/etc/slurm/job_container.conf"
+
+
+@dataclass
+class Session:
+    """What an adopted session gets besides its cgroups."""
+
+    env: dict
+    namespace: str = ""
 
 
 class Adopter:
@@ -51,34 +51,42 @@ class Adopter:
         start = time.perf_counter()
         opts, warnings = policy.parse_options(raw_options, self.s.base_options)
         for w in warnings:
-            log.warning("option ignored: %s", w)
+            log.warning("option ignored: %s", escape_field(w))
         src = "-"
+        session = Session({})
         try:
-            decision, src = self._decide(app_pid, user, service, opts)
+            decision, src, session = self._decide(app_pid, user, service, opts)
         except Exception as exc:  # noqa: BLE001 - any surprise is a generic failure, never a hung login
-            log.exception("internal error deciding for %s", user)
+            log.exception("internal error deciding for %s", escape_field(user))
             decision = policy.generic_failure(opts, "internal_error")
             src = f"- ({type(exc).__name__})"
         elapsed = time.perf_counter() - start
-        self.m.decisions.labels(decision.verdict.value, decision.reason).inc()
+        self.m.decisions.labels(decision.verdict.value, decision.reason, opts.mode).inc()
         self.m.decision_seconds.observe(elapsed)
         if decision.security:
             self.m.security.labels(SECURITY_KIND).inc()
-        line = (f"user={user} service={service} from={src} job={decision.job_id if decision.job_id else '-'} "
-                f"decision={decision.verdict.value} reason={decision.reason} latency_ms={elapsed * 1000:.1f}")
+        audit = " audit=1" if opts.mode == "audit" else ""
+        line = (f"user={escape_field(user)} service={escape_field(service)} from={src} "
+                f"job={decision.job_id if decision.job_id else '-'} "
+                f"decision={decision.verdict.value} reason={decision.reason}{audit} latency_ms={elapsed * 1000:.1f}")
         if decision.security:
             log.warning("SECURITY possible escape attempt: %s", line)
         else:
             log.info(line)
-        return Reply(decision.verdict.value, policy.pam_exit_code(decision.verdict), decision.message)
+        verdict = policy.enforced(decision, opts)
+        if verdict is not decision.verdict:  # audit: allowed, adopted nowhere, nothing to tell
+            return Reply(verdict.value, decision.reason)
+        job = decision.job_id if verdict is policy.Verdict.ADOPT else None
+        return Reply(verdict.value, decision.reason, decision.message, job, session.namespace, session.env)
 
-    def _decide(self, app_pid, user, service, opts) -> tuple[policy.Decision, str]:
+    def _decide(self, app_pid, user, service, opts) -> tuple[policy.Decision, str, Session]:
         try:
             pw = pwd.getpwnam(user)
             uid = pw.pw_uid
         except KeyError:
             uid = None
-        all_jobs = jobs.list_jobs(self.s.nodename, self.s.cgroup_root, self.s.v2_mount) if uid is not None else []
+        nodename = opts.nodename or self.s.nodename
+        all_jobs = jobs.list_jobs(nodename, self.s.cgroup_root, self.s.v2_mount) if uid is not None else []
         mine = [j for j in all_jobs if j.uid == uid and j.job_id is not None]
         facts = policy.Facts(
             service=service, user_known=uid is not None, uid=uid,
@@ -87,20 +95,40 @@ class Adopter:
         )
         d = policy.decide(facts, opts)
         src = "-"
+        session = Session({})
         if d.verdict == policy.Verdict.NEED_RPC:
             answer, src = self._ask_source(app_pid, user)
             d = policy.decide(replace(facts, callerid=answer), opts)
-        if d.verdict == policy.Verdict.ADOPT:
+        if d.verdict == policy.Verdict.ADOPT and opts.mode != "audit":
             job = next(j for j in mine if j.job_id == d.job_id)
             try:
+                session.namespace = self._namespace(job, nodename, opts)
                 cgroupfs.adopt(app_pid, job)
                 self.m.adoptions.labels("success").inc()
                 log.info("Process %d adopted into job %d", app_pid, job.job_id)
-            except cgroupfs.AdoptError as exc:
-                self.m.adoptions.labels(exc.reason).inc()
-                log.error("adopting process %d into job %d failed (%s): %s", app_pid, job.job_id, exc.reason, exc)
+                session.env = jobenv.job_environment(job, self.s.job_env)
+            except (cgroupfs.AdoptError, jobns.NamespaceError) as exc:
+                reason = getattr(exc, "reason", "namespace")
+                self.m.adoptions.labels(reason).inc()
+                log.error("adopting process %d into job %d failed (%s): %s", app_pid, job.job_id, reason, exc)
                 d = policy.after_adopt_failure(d)
-        return d, src
+                session = Session({})
+        return d, src, session
+
+    def _namespace(self, job: jobs.LocalJob, nodename: str, opts: policy.Options) -> str:
+        """The job's job_container/tmpfs namespace file to join, checked; "" if none."""
+        if not opts.join_container or job.job_id is None:
+            return ""
+        try:
+            with open(self.s.job_container_conf) as f:
+                base = jobns.base_path(f.read(), nodename)
+        except FileNotFoundError:
+            return ""  # no job_container plugin on this node
+        except OSError as exc:
+            raise jobns.NamespaceError(f"cannot read {self.s.job_container_conf}: {exc}") from exc
+        if base is None:
+            return ""
+        return jobns.namespace_of(base, nodename, job.job_id) or ""
 
     def _ask_source(self, app_pid: int, user: str) -> tuple[policy.CallerAnswer, str]:
         conn = sockets.tcp_connection(app_pid)

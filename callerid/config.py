@@ -64,19 +64,23 @@ class TracerConfig:
 
 @dataclass
 class AdopterConfig:
-    socket: str = opt("/run/callerid/adopter.sock", "Unix socket the PAM hook talks to (root only).")
+    socket: str = opt("/run/callerid/adopter.sock", "Unix socket pam_callerid.so talks to (root only).")
     metrics: str = opt(DEFAULT_ADOPTER_METRICS, "Address of the adopter's /metrics endpoint; empty disables it.")
     action_no_jobs: str = opt("deny", "deny or ignore, when the user has no job on this node.")
     action_unknown: str = opt("newest", "newest, allow or deny, when the user has several jobs and the source could not say which.")
     action_adopt_failure: str = opt("allow", "allow or deny, when moving the sshd into the chosen job failed.")
-    action_generic_failure: str = opt("ignore", "ignore, allow or deny, when nothing could be determined (also applied by the hook when the daemon is unreachable).")
+    action_generic_failure: str = opt("ignore", "ignore, allow or deny, when nothing could be determined (also applied by pam_callerid.so when the daemon is unreachable).")
     ignore_root: bool = opt(True, "Never adopt root; root logins get PAM_IGNORE before any work.")
     single_job_skip_rpc: bool = opt(True, "With exactly one job, adopt into it without asking the source node.")
     service: list = opt(["sshd"], "PAM services handled ('*' for all); others get PAM_IGNORE.")
     rpc_timeout_seconds: float = opt(2.0, "Deadline for the callerid RPC to the source node.")
-    deadline_seconds: float = opt(5.0, "Total deadline of the hook; past it the hook applies action_generic_failure.")
+    deadline_seconds: float = opt(5.0, "How long the daemon waits for a request line. The PAM module's own total deadline is its deadline= option (default 5 s); past it the module applies action_generic_failure.")
+    mode: str = opt("enforce", "enforce, or audit: decide, log and count as enforce would, but allow every login and adopt nothing.")
+    join_container: bool = opt(True, "Join the job's mount namespace (job_container/tmpfs) when adopting, as pam_slurm_adopt.")
+    job_container_conf: str = opt("/etc/slurm/job_container.conf", "Slurm's job_container.conf: its BasePath is where job namespaces may be joined from.")
+    job_env: list = opt(["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ZE_AFFINITY_MASK", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"], "Variables copied from a process of the job into an adopted session (device visibility).")
     cgroup_root: str = opt("/sys/fs/cgroup", "Where cgroup hierarchies are mounted.")
-    adopt_exe: list = opt(["sshd"], "Executables (basename) of PAM applications whose hook requests are served; the hook's parent must run one of them.")
+    adopt_exe: list = opt(["sshd"], "Executables (basename) of PAM applications served: the process on the socket (pam_callerid.so runs inside it) must run one of them as root.")
 
 
 @dataclass

@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 
-HOOK = re.compile(r"pam_exec\.so\b.*\bcallerid-pam-hook\b")
+MODULE = "pam_callerid.so"
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,9 @@ def problems(rules: list[Rule]) -> list[str]:
             out.append(f"{r.source}: pam_systemd.so in the session stack moves sessions into a logind scope, "
                        "out of the job's cgroup; remove it")
     account = [r for r in rules if r.type == "account"]
-    hooks = [i for i, r in enumerate(account) if os.path.basename(r.module) == "pam_exec.so" and HOOK.search(r.module + " " + r.args)]
+    hooks = [i for i, r in enumerate(account) if os.path.basename(r.module) == MODULE]
     if not hooks:
-        out.append("the account stack has no callerid hook (pam_exec.so ... callerid-pam-hook)")
+        out.append(f"the account stack has no callerid module ({MODULE})")
         return out
     first = hooks[0]
     for i, r in enumerate(account[:first]):
@@ -90,5 +90,5 @@ def problems(rules: list[Rule]) -> list[str]:
                    "a session that is already adopted")
     hook = account[first]
     if hook.control != "required" and not hook.control.startswith("["):
-        out.append(f"{hook.source}: use 'required' for the callerid hook, not '{hook.control}'")
+        out.append(f"{hook.source}: use 'required' for {MODULE}, not '{hook.control}'")
     return out

@@ -1,5 +1,5 @@
 """A two-node cluster of test hosts for the adopter: 'src' runs the tracer and the jobs users
-ssh from; 'dst' runs a real sshd whose PAM account stack ends with the callerid hook, and the
+ssh from; 'dst' runs a real sshd whose PAM account stack ends with pam_callerid.so, and the
 adopter daemon. Jobs are Slurm-layout cgroup trees (tests/infra/jobtree.py) on each node."""
 
 from __future__ import annotations
@@ -119,8 +119,7 @@ class Cluster:
 def cluster(munged, test_users):
     require_bpf()
     require(shutil.which("sshd") or os.path.exists("/usr/sbin/sshd"), "OpenSSH sshd (openssh-server)")
-    require(os.path.exists("/lib/x86_64-linux-gnu/security/pam_exec.so") or
-            os.path.exists("/usr/lib/x86_64-linux-gnu/security/pam_exec.so"), "Linux-PAM pam_exec.so")
+    require(os.path.exists("/usr/include/security/pam_modules.h"), "Linux-PAM headers (libpam0g-dev) to build pam_callerid.so")
     require(os.path.ismount("/sys/fs/cgroup/freezer"), "cgroup v1 freezer")
     tag = f"{os.getpid() % 100000}"
     d = Path(tempfile.mkdtemp(prefix="callerid-lab-"))

@@ -11,7 +11,7 @@ import pytest
 from callerid.adopter import policy
 from callerid.adopter.policy import (
     CallerAnswer, Decision, Facts, Job, Options, Verdict, after_adopt_failure, decide, decision_table,
-    generic_failure, pam_exit_code, parse_args, parse_options, render_markdown,
+    generic_failure, pam_return, enforced, parse_args, parse_options, render_markdown,
 )
 
 DECISIONS_MD = Path(__file__).resolve().parents[2] / "docs" / "DECISIONS.md"
@@ -329,14 +329,22 @@ def test_generic_failure(action, verdict):
     assert bool(d.message) == (verdict is Verdict.DENY)
 
 
-def test_pam_exit_code():
-    assert pam_exit_code(Verdict.ADOPT) == 0
-    assert pam_exit_code(Verdict.ALLOW) == 0
-    assert pam_exit_code(Verdict.IGNORE) == 0
-    assert pam_exit_code(Verdict.DENY) == 1
-    assert pam_exit_code("deny") == 1
+def test_pam_return_is_pam_slurm_adopts():
+    assert pam_return(Verdict.ADOPT) == "PAM_SUCCESS"
+    assert pam_return(Verdict.ALLOW) == "PAM_SUCCESS"
+    assert pam_return(Verdict.IGNORE) == "PAM_IGNORE"
+    assert pam_return(Verdict.DENY) == "PAM_PERM_DENIED"
+    assert pam_return("deny") == "PAM_PERM_DENIED"
     with pytest.raises(ValueError):
-        pam_exit_code(Verdict.NEED_RPC)
+        pam_return(Verdict.NEED_RPC)
+
+
+@pytest.mark.parametrize("verdict, audited", [(Verdict.ADOPT, Verdict.ALLOW), (Verdict.DENY, Verdict.ALLOW),
+                                              (Verdict.ALLOW, Verdict.ALLOW), (Verdict.IGNORE, Verdict.IGNORE)])
+def test_audit_mode_allows_what_enforce_would_adopt_or_deny(verdict, audited):
+    d = Decision(verdict, "x", job_id=1 if verdict is Verdict.ADOPT else None)
+    assert enforced(d, Options()) is verdict
+    assert enforced(d, Options(mode="audit")) is audited
 
 
 # ---------------------------------------------------------------------------
@@ -385,11 +393,19 @@ def test_parse_unknown_name_warns_and_keeps_base():
     assert len(warnings) == 1 and "action_unkown" in warnings[0] and "unknown option" in warnings[0]
 
 
-@pytest.mark.parametrize("name", ["nodename", "log_level", "disable_x11", "join_container"])
-def test_parse_pam_slurm_adopt_non_policy_names_warn(name):
+@pytest.mark.parametrize("name", ["log_level", "disable_x11"])
+def test_parse_module_only_names_are_taken_silently(name):
     opts, warnings = parse_options({name: "1"}, Options())
-    assert opts == Options()
-    assert len(warnings) == 1 and name in warnings[0] and "unknown option" not in warnings[0]
+    assert (opts, warnings) == (Options(), [])
+
+
+def test_parse_join_container_nodename_and_mode():
+    opts, warnings = parse_options({"join_container": "false", "nodename": "cn7", "mode": "Audit"}, Options())
+    assert warnings == []
+    assert (opts.join_container, opts.nodename, opts.mode) == (False, "cn7", "audit")
+    for name, bad in (("nodename", "../x"), ("mode", "dry"), ("join_container", "maybe")):
+        opts, warnings = parse_options({name: bad}, Options())
+        assert opts == Options() and len(warnings) == 1 and "keeping" in warnings[0]
 
 
 @pytest.mark.parametrize("name, value", [
