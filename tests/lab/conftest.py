@@ -19,14 +19,12 @@ from tests.infra.adopterproc import AdopterProc, scrape_in
 from tests.infra.adopterproc import write_config as write_adopter_config
 from tests.infra.jobtree import JobTree, setns_net
 from tests.infra.netns import Topology
-from tests.infra.sshd import Sshd, keygen, pam_stack, ssh_argv
+from tests.infra.sshd import Sshd, keygen, pam_module, pam_stack, ssh_argv
 from tests.infra.slurmlab import PSA_CANDIDATES, LabBusy, SlurmLab, lab_lock
 from tests.infra.tracerproc import TracerFactory, free_port
 
 SRC4, DST4 = "198.18.30.1", "198.18.30.2"
 SRC6, DST6 = "fd00:30::1", "fd00:30::2"
-PROFILE = Path(__file__).resolve().parents[2] / "adopter" / "callerid-profile.sh"
-PROFILE_DEST = Path("/etc/profile.d/callerid-test.sh")
 JOB_WAIT = 60      # a job must start within this (it takes well under a second here)
 
 
@@ -66,12 +64,19 @@ class Cluster:
         return self.topo.hosts["dst"]
 
     def set_hook(self, *args: str):
-        """Rewrite the PAM line's hook arguments (PAM re-reads the file at every login).
-        The lab's sshd runs as PAM service sshd-cid<N>: it is the handled service unless
-        a test says otherwise."""
+        """Rewrite pam_callerid.so's arguments on the PAM line (PAM re-reads the file at every
+        login). The lab's sshd runs as PAM service sshd-cid<N>: it is the handled service
+        unless a test says otherwise."""
         if not any(a.startswith("service=") for a in args):
             args = (f"service={self.sshd.name}", *args)
         self.sshd.pam_file.write_text(pam_stack(list(args), self.adopter_socket))
+
+    def set_account_stack(self, *lines: str):
+        """Replace the whole account stack (pam_callerid.so's line: "{callerid} ARGS")."""
+        line = f"{pam_module()} socket={self.adopter_socket} service={self.sshd.name}"
+        self.sshd.pam_file.write_text("\n".join(
+            ["auth     required pam_unix.so", *(x.format(callerid=line) for x in lines),
+             "session  required pam_unix.so", ""]))
 
     def ssh(self, user, key_of=None, job: int | None = None, command: str = "cat /proc/self/cgroup",
             host: str = DST4, timeout: float = 30) -> Login:
@@ -161,13 +166,11 @@ def cluster(munged, test_users):
         adopter = AdopterProc(acfg, d / "adopter.log", topo.hosts["dst"]).start()
         sshd = Sshd(f"sshd-cid{tag}", d / "sshd", topo.hosts["dst"], pam_text=pam_stack(["deadline=4"], sock))
         sshd.start(pubs)
-        shutil.copy(PROFILE, PROFILE_DEST)
         c = Cluster(d, topo, src_jobs, dst_jobs, tracer, adopter, sshd, keys, test_users, munged.socket,
                     adopter_socket=sock, dst_node=f"dst{tag}")
         c.adopter_metrics_url = f"http://127.0.0.1:{mport}/metrics"
         yield c
     finally:
-        PROFILE_DEST.unlink(missing_ok=True)
         if sshd:
             sshd.cleanup()
         if adopter:
