@@ -6,11 +6,10 @@ from __future__ import annotations
 # (no mkdir, no O_CREAT), so a job that ended cannot be resurrected as an empty cgroup.
 # Writing a pid to cgroup.procs moves the whole thread group; children forked later
 # start in the same cgroups (cgroup v1 and v2 alike).
-
 import errno
 import os
 
-from .jobs import LocalJob, parse_procs
+from .jobs import LocalJob
 
 
 class AdoptError(Exception):
@@ -85,18 +84,3 @@ def adopt(pid: int, job: LocalJob) -> list[str]:
             raise _error(exc, pid, path, tuple(written)) from exc
         written.append(path)
     return written
-
-
-def pid_in_extern(pid: int, job: LocalJob) -> bool:
-    """True if `pid` is listed in cgroup.procs of every extern dir of `job` (read back)."""
-    if not job.extern:
-        return False
-    for path in job.extern:
-        try:
-            with open(os.path.join(path, "cgroup.procs"), "rb") as f:
-                pids = parse_procs(f.read().decode(errors="replace"))
-        except OSError:
-            return False
-        if pid not in pids:
-            return False
-    return True

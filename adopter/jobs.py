@@ -29,12 +29,12 @@ from __future__ import annotations
 # (v2 user/ and slurm/, v1 task_<n> with jobacct_gather/cgroup), so its mtime is the
 # job's start on this node. `start` is the step_extern mtime of the first extern dir.
 # (Slurm 22.05's pam_slurm_adopt compares job directory mtimes on v1, highest job id on v2.)
-
 import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from callerid.linux import procfs
 from callerid.slurm_cgroup import JobRef, job_from_cgroup_path
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
@@ -135,15 +135,6 @@ def choose_owner(uids: Iterable[int]) -> int:
     if not counts:
         return UNKNOWN_UID
     return min(counts, key=lambda u: (-counts[u], u))
-
-
-def parse_status_uid(text: str) -> int | None:
-    """Real uid from /proc/<pid>/status text."""
-    for line in text.splitlines():
-        if line.startswith("Uid:"):
-            fields = line.split()
-            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
-    return None
 
 
 def parse_procs(text: str) -> list[int]:
@@ -287,9 +278,12 @@ def _uids_of(pids: Iterable[int], proc: str) -> list[int]:
     uids = []
     for pid in pids:
         text = _read(f"{proc}/{pid}/status")
-        uid = parse_status_uid(text) if text is not None else None
-        if uid is not None:
-            uids.append(uid)
+        if text is None:
+            continue  # gone
+        try:
+            uids.append(procfs.parse_status_ids(text)[0])
+        except ValueError:
+            continue  # no Uid line: not a process we can count
     return uids
 
 
@@ -350,11 +344,3 @@ def list_jobs(nodename: str, root: str = DEFAULT_ROOT, v2_mount: str | None = No
     v2 = v2_mount if v2_mount is not None else default_v2_mount(root)
     jobs = _list_v1(nodename, root) + _list_v2(nodename, v2, proc)
     return sorted(jobs, key=lambda j: (j.start, j.job_id or 0, j.sluid or "", j.layout))
-
-
-def jobs_of(uid: int, nodename: str, root: str = DEFAULT_ROOT, v2_mount: str | None = None,
-            proc: str = "/proc") -> list[LocalJob]:
-    """The jobs of user `uid` with an extern step on node `nodename`, oldest first."""
-    if uid < 0:
-        return []
-    return [j for j in list_jobs(nodename, root, v2_mount, proc) if j.uid == uid]

@@ -8,7 +8,8 @@ from prometheus_client.process_collector import ProcessCollector
 from callerid import __version__
 from callerid.client import RPC_ERROR_REASONS
 
-from . import policy
+from .decision_table import verdict_reason_pairs
+from .policy import MODES
 
 # Sub-millisecond for single-job adoptions, seconds for RPC timeouts and deadlines.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -17,7 +18,10 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 # callerid RPC outcomes seen by the adopter: answers, the client's error reasons, and
 # no_socket (the sshd held no TCP connection: nothing to ask about).
-RPC_OUTCOMES = ("found_job", "no_job", "not_found", "no_socket") + RPC_ERROR_REASONS
+NO_SOCKET = "no_socket"
+RPC_OUTCOMES = ("found_job", "no_job", "not_found", NO_SOCKET) + RPC_ERROR_REASONS
+# The outcomes in which no answer came back (the dashboards' and alerts' "RPC failed").
+RPC_FAILED_OUTCOMES = RPC_ERROR_REASONS + (NO_SOCKET,)
 HOOK_RESULTS = ("ok", "not_root", "bad_request", "bad_peer", "timeout", "internal_error", "reply_undelivered")
 ADOPT_RESULTS = ("success", "job_gone", "permission", "io", "namespace")  # namespace: join_container check failed
 SECURITY_KIND = "foreign_job"  # the only decision policy flags as a possible escape
@@ -38,17 +42,19 @@ class AdopterMetrics:
                            ["outcome"], registry=r)
         self.rpc_seconds = Histogram("callerid_adopter_rpc_duration_seconds",
                                      "Duration of callerid RPCs to source nodes.", buckets=LATENCY_BUCKETS, registry=r)
-        self.adoptions = Counter("callerid_adopter_adoptions", "Attempts to move an sshd into a job's extern step, by result.",
-                                 ["result"], registry=r)
+        self.adoptions = Counter("callerid_adopter_adoptions",
+                                 "Attempts to move an sshd into a job's extern step, by result.", ["result"],
+                                 registry=r)
         self.hook_requests = Counter("callerid_adopter_hook_requests",
                                      "Requests on the hook socket by result (rejected ones never reach a decision).",
                                      ["result"], registry=r)
         self.security = Counter("callerid_adopter_security_events",
-                                "Logins from another user's job or other possible escape attempts.", ["kind"], registry=r)
+                                "Logins from another user's job or other possible escape attempts.", ["kind"],
+                                registry=r)
         # Pre-declared label values: a series born at 1 is invisible to rate() and
         # increase(), which would hide a node's first security event or failure.
-        for verdict, reason in policy.verdict_reason_pairs():
-            for mode in policy.MODES:
+        for verdict, reason in verdict_reason_pairs():
+            for mode in MODES:
                 self.decisions.labels(verdict, reason, mode)
         for v in RPC_OUTCOMES:
             self.rpc.labels(v)

@@ -8,11 +8,12 @@ import time
 from dataclasses import dataclass, replace
 
 from callerid.client import RpcError, ask
+from callerid.inet import endpoint
 from callerid.linux import sockets
 from callerid.protocol import Query, Status
 
 from . import cgroupfs, jobenv, jobns, jobs, policy
-from .metrics import SECURITY_KIND, AdopterMetrics
+from .metrics import NO_SOCKET, SECURITY_KIND, AdopterMetrics
 from .pamwire import Reply
 from .pamwire import escape as escape_field  # percent-encoding: a log line stays one line
 
@@ -133,10 +134,10 @@ class Adopter:
     def _ask_source(self, app_pid: int, user: str) -> tuple[policy.CallerAnswer, str]:
         conn = sockets.tcp_connection(app_pid)
         if conn is None:
-            self.m.rpc.labels("no_socket").inc()
-            return policy.CallerAnswer(None, "no_socket"), "-"
+            self.m.rpc.labels(NO_SOCKET).inc()
+            return policy.CallerAnswer(None, NO_SOCKET), "-"
         q = Query.make(conn.remote_ip, conn.remote_port, conn.local_ip, conn.local_port)
-        src = f"{q.src_ip}:{q.src_port}" if q.src_ip.version == 4 else f"[{q.src_ip}]:{q.src_port}"
+        src = endpoint(q.src_ip, q.src_port)
         start = time.perf_counter()
         try:
             ans = ask((str(q.src_ip), self.s.rpc_port), q, self.s.rpc_timeout, self.s.munge_socket)

@@ -19,7 +19,8 @@ def _query(args) -> int:
     except ValueError as exc:
         print(f"callerid query: {exc}", file=sys.stderr)
         return 2
-    server = cfgmod.parse_addr(args.server, cfg.common.rpc_port) if args.server else (str(q.src_ip), cfg.common.rpc_port)
+    port = cfg.common.rpc_port
+    server = cfgmod.parse_addr(args.server, port) if args.server else (str(q.src_ip), port)
     try:
         ans = ask(server, q, args.timeout, cfg.common.munge_socket)
     except RpcError as exc:
@@ -50,13 +51,15 @@ def _adopter(args) -> int:
 
 
 def _conns(args) -> int:
-    from callerid.tracer.conns import main
+    from callerid.tracer.conns_table import main
     return main(args)
 
 
 def _doctor(args) -> int:
+    from callerid.tracer.checks import check_probes
+
     from .doctor import main
-    return main(args)
+    return main(args, check_probes)
 
 
 def _config(args) -> int:

@@ -7,10 +7,23 @@ import socket
 import time
 
 from . import munge
-from .protocol import (ANSWER_KEY_SIZE, HEADER, Answer, ErrorCode, FrameType, ProtocolError, Query, decode_error,
-                       decode_header, encode_frame, encode_request, open_answer)
+from .protocol import (
+    ANSWER_KEY_SIZE,
+    HEADER,
+    Answer,
+    ErrorCode,
+    FrameType,
+    ProtocolError,
+    Query,
+    decode_error,
+    decode_header,
+    encode_frame,
+    encode_request,
+    open_answer,
+)
+from .sockio import ClosedMidFrame, recv_exact
 
-
+# RpcError.reason: stable snake_case, used as a metric label and in dashboards and alerts.
 RPC_ERROR_REASONS = ("connect", "timeout", "refused", "bad_reply", "auth", "munge")
 
 
@@ -19,7 +32,7 @@ class RpcError(Exception):
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
-        self.reason = reason  # stable snake_case: connect, timeout, refused, bad_reply, auth, munge
+        self.reason = reason  # one of RPC_ERROR_REASONS
 
 
 TRACER_UID = 0  # the tracer loads BPF programs: it runs as root
@@ -47,12 +60,12 @@ def ask(server: tuple[str, int], query: Query, timeout: float = 2.0, munge_socke
     with sock:
         try:
             sock.sendall(encode_frame(FrameType.REQUEST, cred))
-            head = _recv(sock, HEADER.size, deadline)
+            head = recv_exact(sock, HEADER.size, deadline)
             ftype, length = decode_header(head)
-            payload = _recv(sock, length, deadline)
+            payload = recv_exact(sock, length, deadline)
         except socket.timeout as exc:
             raise RpcError("timeout", f"no answer from {host}:{port} within {timeout:.1f}s") from exc
-        except ProtocolError as exc:
+        except (ProtocolError, ClosedMidFrame) as exc:
             raise RpcError("bad_reply", f"bad reply from {host}:{port}: {exc}") from exc
         except OSError as exc:
             raise RpcError("connect", f"connection to {host}:{port} failed: {exc}") from exc
@@ -70,16 +83,3 @@ def ask(server: tuple[str, int], query: Query, timeout: float = 2.0, munge_socke
         raise RpcError("bad_reply", f"answer from {host}:{port} is for another connection ({answer.query})")
     return answer
 
-
-def _recv(sock: socket.socket, n: int, deadline: float) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout()
-        sock.settimeout(left)
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ProtocolError(ErrorCode.BAD_FRAME, "connection closed before a whole reply arrived")
-        buf += chunk
-    return bytes(buf)

@@ -46,13 +46,23 @@ class CommonConfig:
 class TracerConfig:
     listen: list = opt([], "RPC listen addresses as ADDR:PORT or [ADDR6]:PORT; empty means [::]:rpc_port, dual stack.")
     metrics: str = opt(DEFAULT_TRACER_METRICS, "Address of the /metrics endpoint; empty disables it.")
-    probe: str = opt("auto", "Probe backend: auto, tracepoint, kprobe or fentry. A forced backend that cannot load is fatal.")
+    probe: str = opt("auto",
+        "Probe backend: auto, tracepoint, kprobe or fentry. A forced backend that cannot load is fatal.")
     pin_root: str = opt("/sys/fs/bpf/callerid", "bpffs directory for pinned maps; the layout version is appended.")
     replace_pinned: bool = opt(False, "Replace pinned maps whose layout does not match instead of refusing to start.")
-    max_connections: int = opt(131072, "Capacity of the map of open connections. It is an LRU map: from about 90% full the kernel evicts the least recently used entries; evicted connections are still answered, slowly, by the /proc fallback. Closed connections live in a map of their own (max_closed_connections), so churn does not fill this one.")
-    max_closed_connections: int = opt(65536, "Capacity of the map of closed connections kept for close_grace_seconds. A map of its own so that closed entries can never evict open ones. Above max_closed_connections / close_grace_seconds closes per second (546/s at the defaults) the kernel evicts the oldest closed entries before their grace ends; that is harmless to open connections and only shortens the grace of those entries (a login racing their close is then not answered).")
+    max_connections: int = opt(131072,
+        "Capacity of the map of open connections. It is an LRU map: from about 90% full the kernel evicts the least "
+        "recently used entries; evicted connections are still answered, slowly, by the /proc fallback. Closed "
+        "connections live in a map of their own (max_closed_connections), so churn does not fill this one.")
+    max_closed_connections: int = opt(65536,
+        "Capacity of the map of closed connections kept for close_grace_seconds. A map of its own so that closed "
+        "entries can never evict open ones. Above max_closed_connections / close_grace_seconds closes per second "
+        "(546/s at the defaults) the kernel evicts the oldest closed entries before their grace ends; that is harmless"
+        " to open connections and only shortens the grace of those entries (a login racing their close is then not "
+        "answered).")
     max_pending: int = opt(16384, "Capacity of the map of connects not yet established.")
-    close_grace_seconds: float = opt(120.0, "How long a closed connection stays answerable (covers TIME_WAIT, 60 s on Linux).")
+    close_grace_seconds: float = opt(120.0,
+        "How long a closed connection stays answerable (covers TIME_WAIT, 60 s on Linux).")
     sweep_interval_seconds: float = opt(10.0, "How often closed entries past their grace are deleted.")
     reconcile: bool = opt(True, "At start, attribute connections that already exist (sock_diag + /proc).")
     fallback: bool = opt(True, "Answer from sock_diag + /proc when the map has no entry or BPF is unavailable.")
@@ -67,20 +77,32 @@ class AdopterConfig:
     socket: str = opt("/run/callerid/adopter.sock", "Unix socket pam_callerid.so talks to (root only).")
     metrics: str = opt(DEFAULT_ADOPTER_METRICS, "Address of the adopter's /metrics endpoint; empty disables it.")
     action_no_jobs: str = opt("deny", "deny or ignore, when the user has no job on this node.")
-    action_unknown: str = opt("newest", "newest, allow or deny, when the user has several jobs and the source could not say which.")
+    action_unknown: str = opt("newest",
+        "newest, allow or deny, when the user has several jobs and the source could not say which.")
     action_adopt_failure: str = opt("allow", "allow or deny, when moving the sshd into the chosen job failed.")
-    action_generic_failure: str = opt("ignore", "ignore, allow or deny, when nothing could be determined (also applied by pam_callerid.so when the daemon is unreachable).")
+    action_generic_failure: str = opt("ignore",
+        "ignore, allow or deny, when nothing could be determined (also applied by pam_callerid.so when the daemon "
+        "is unreachable).")
     ignore_root: bool = opt(True, "Never adopt root; root logins get PAM_IGNORE before any work.")
     single_job_skip_rpc: bool = opt(True, "With exactly one job, adopt into it without asking the source node.")
     service: list = opt(["sshd"], "PAM services handled ('*' for all); others get PAM_IGNORE.")
     rpc_timeout_seconds: float = opt(2.0, "Deadline for the callerid RPC to the source node.")
-    deadline_seconds: float = opt(5.0, "How long the daemon waits for a request line. The PAM module's own total deadline is its deadline= option (default 5 s); past it the module applies action_generic_failure.")
-    mode: str = opt("enforce", "enforce, or audit: decide, log and count as enforce would, but allow every login and adopt nothing.")
-    join_container: bool = opt(True, "Join the job's mount namespace (job_container/tmpfs) when adopting, as pam_slurm_adopt.")
-    job_container_conf: str = opt("/etc/slurm/job_container.conf", "Slurm's job_container.conf: its BasePath is where job namespaces may be joined from.")
-    job_env: list = opt(["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ZE_AFFINITY_MASK", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"], "Variables copied from a process of the job into an adopted session (device visibility).")
+    deadline_seconds: float = opt(5.0,
+        "How long the daemon waits for a request line. The PAM module's own total deadline is its deadline= "
+        "option (default 5 s); past it the module applies action_generic_failure.")
+    mode: str = opt("enforce",
+        "enforce, or audit: decide, log and count as enforce would, but allow every login and adopt nothing.")
+    join_container: bool = opt(True,
+        "Join the job's mount namespace (job_container/tmpfs) when adopting, as pam_slurm_adopt.")
+    job_container_conf: str = opt("/etc/slurm/job_container.conf",
+        "Slurm's job_container.conf: its BasePath is where job namespaces may be joined from.")
+    job_env: list = opt(["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
+                         "ZE_AFFINITY_MASK", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"],
+        "Variables copied from a process of the job into an adopted session (device visibility).")
     cgroup_root: str = opt("/sys/fs/cgroup", "Where cgroup hierarchies are mounted.")
-    adopt_exe: list = opt(["sshd"], "Executables (basename) of PAM applications served: the process on the socket (pam_callerid.so runs inside it) must run one of them as root.")
+    adopt_exe: list = opt(["sshd"],
+        "Executables (basename) of PAM applications served: the process on the socket (pam_callerid.so runs "
+        "inside it) must run one of them as root.")
 
 
 @dataclass

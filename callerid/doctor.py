@@ -6,9 +6,7 @@ import glob
 import json
 import os
 import platform
-import shutil
-import sys
-import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,39 +42,16 @@ def check_kernel() -> list[Check]:
     bpffs = _mounted("/sys/fs/bpf", "bpf")
     out.append(Check("bpffs", "ok" if bpffs else "fail", "mounted" if bpffs else "not mounted",
                      "" if bpffs else "mount -t bpf bpf /sys/fs/bpf (pinned maps keep attribution across restarts)"))
-    kp = os.path.exists("/sys/kernel/tracing/kprobe_events") or os.path.exists("/sys/kernel/debug/tracing/kprobe_events")
-    out.append(Check("kprobes", "ok" if kp else "warn", "kprobe_events " + ("present" if kp else "absent (CONFIG_KPROBES not set?)"),
+    kp = any(os.path.exists(f"{d}/kprobe_events") for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
+    out.append(Check("kprobes", "ok" if kp else "warn",
+                     "kprobe_events " + ("present" if kp else "absent (CONFIG_KPROBES not set?)"),
                      "" if kp else "the kprobe backend cannot load; tracepoint is used instead"))
     build = Path(f"/lib/modules/{platform.release()}/build")
     ok = build.exists()
-    out.append(Check("kernel headers", "ok" if ok else "fail", f"{build} " + ("-> " + os.path.realpath(build) if ok else "missing"),
-                     "" if ok else "install kernel headers (Debian: linux-headers-amd64, then link /lib/modules/$(uname -r)/{build,source}; scripts/setup.sh does it)"))
-    return out
-
-
-def check_probes() -> list[Check]:
-    try:
-        from callerid.tracer import probes
-    except ImportError as exc:
-        return [Check("bcc", "fail", f"cannot import BCC: {exc}",
-                      "install python3-bpfcc (Debian/Ubuntu) or python3-bcc (RHEL) and use a venv with --system-site-packages")]
-    out = []
-    root = tempfile.mkdtemp(prefix="callerid-doctor-", dir="/sys/fs/bpf") if os.path.isdir("/sys/fs/bpf") else None
-    try:
-        for backend in probes.BACKENDS:
-            if root is None:
-                out.append(Check(f"probe {backend}", "fail", "no bpffs", "mount bpffs"))
-                continue
-            try:
-                p = probes.load(backend, root, max_conns=1024, max_pending=1024, max_closed=1024)
-                p.close()
-                out.append(Check(f"probe {backend}", "ok", f"loads and passes its self-test in {p.load_seconds:.2f}s"))
-            except Exception as exc:  # noqa: BLE001 - report every failure as a finding
-                out.append(Check(f"probe {backend}", "warn" if backend != "tracepoint" else "fail", str(exc)[:300],
-                                 "" if backend != "tracepoint" else "callerid will answer from /proc only"))
-    finally:
-        if root:
-            shutil.rmtree(root, ignore_errors=True)
+    out.append(Check("kernel headers", "ok" if ok else "fail",
+                     f"{build} " + ("-> " + os.path.realpath(build) if ok else "missing"),
+                     "" if ok else "install kernel headers (Debian: linux-headers-amd64, then link "
+                                   "/lib/modules/$(uname -r)/{build,source}; scripts/setup.sh does it)"))
     return out
 
 
@@ -85,10 +60,13 @@ def check_cgroups(cgroup_root: str = "/sys/fs/cgroup") -> list[Check]:
     v1 = [p for p in glob.glob(f"{cgroup_root}/*") if _mounted(p, "cgroup")]
     unified = _mounted(f"{cgroup_root}/unified", "cgroup2")
     kind = "v2" if v2_root else ("hybrid (v1 controllers + unified)" if unified else ("v1" if v1 else "none"))
-    out = [Check("cgroups", "ok" if kind != "none" else "fail", kind, "" if kind != "none" else "mount cgroup hierarchies")]
-    layouts = glob.glob(f"{cgroup_root}/freezer/slurm*") + glob.glob(f"{cgroup_root}/**/slurmstepd.scope", recursive=True)
+    out = [Check("cgroups", "ok" if kind != "none" else "fail", kind,
+                 "" if kind != "none" else "mount cgroup hierarchies")]
+    layouts = (glob.glob(f"{cgroup_root}/freezer/slurm*")
+               + glob.glob(f"{cgroup_root}/**/slurmstepd.scope", recursive=True))
     out.append(Check("slurm cgroup layout", "ok" if layouts else "warn",
-                     ", ".join(sorted(layouts)[:4]) if layouts else "no slurm*/ or slurmstepd.scope found (no job has run here yet?)",
+                     ", ".join(sorted(layouts)[:4]) if layouts
+                     else "no slurm*/ or slurmstepd.scope found (no job has run here yet?)",
                      "" if layouts else "needs ProctrackType=proctrack/cgroup and PrologFlags=contain"))
     return out
 
@@ -96,7 +74,8 @@ def check_cgroups(cgroup_root: str = "/sys/fs/cgroup") -> list[Check]:
 def check_munge(socket_path: str) -> list[Check]:
     from . import munge
     problem = munge.available(socket_path)
-    return [Check("munge", "ok" if problem is None else "fail", f"{socket_path}: " + (problem or "encode/decode round trip works"),
+    return [Check("munge", "ok" if problem is None else "fail",
+                  f"{socket_path}: " + (problem or "encode/decode round trip works"),
                   "" if problem is None else "start munged with the cluster's key (every node must share it)")]
 
 
@@ -115,14 +94,16 @@ def check_pam(services: list[str], pam_dir: str = "/etc/pam.d") -> list[Check]:
     return out
 
 
-def run_checks(cfg) -> list[Check]:
+def run_checks(cfg, check_probes: Callable[[], list[Check]]) -> list[Check]:
+    """check_probes is the tracer's (callerid.tracer.checks): the CLI passes it in, so
+    this core module does not depend on the tracer package."""
     return (check_kernel() + check_probes() + check_cgroups(cfg.adopter.cgroup_root)
             + check_munge(cfg.common.munge_socket) + check_pam(list(cfg.adopter.service)))
 
 
-def main(args) -> int:
+def main(args, check_probes: Callable[[], list[Check]]) -> int:
     cfg = cfgmod.load(args.config)
-    checks = run_checks(cfg)
+    checks = run_checks(cfg, check_probes)
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=1))
     else:
@@ -131,7 +112,3 @@ def main(args) -> int:
             if c.fix:
                 print(f"       fix: {c.fix}")
     return 1 if any(c.status == "fail" for c in checks) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(None))

@@ -18,7 +18,9 @@ import enum
 import hmac
 import ipaddress
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+
+from .inet import IPAddress, endpoint, mapped16, unmapped
 
 MAGIC = b"CI"
 VERSION = 2   # 2: answers authenticated by the request's key, not a second credential
@@ -69,13 +71,6 @@ class ProtocolError(ValueError):
         self.code = code
 
 
-def _ip16(addr) -> tuple[int, bytes]:
-    ip = ipaddress.ip_address(addr)
-    if ip.version == 4:
-        return 4, b"\x00" * 10 + b"\xff\xff" + ip.packed
-    return 6, ip.packed
-
-
 def _from16(family: int, raw: bytes):
     ip6 = ipaddress.IPv6Address(raw)
     if family == 4:
@@ -89,19 +84,17 @@ def _from16(family: int, raw: bytes):
 class Query:
     """Who opened SRC_IP:SRC_PORT -> DST_IP:DST_PORT (as seen by the source node)?"""
 
-    src_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    src_ip: IPAddress
     src_port: int
-    dst_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst_ip: IPAddress
     dst_port: int
 
     _S = struct.Struct("!BBHHH16s16s")
 
     @classmethod
-    def make(cls, src_ip, src_port, dst_ip, dst_port) -> "Query":
-        s, d = ipaddress.ip_address(src_ip), ipaddress.ip_address(dst_ip)
+    def make(cls, src_ip, src_port, dst_ip, dst_port) -> Query:
         # v4-mapped IPv6 is the same connection as plain IPv4: normalise once here.
-        s = getattr(s, "ipv4_mapped", None) or s
-        d = getattr(d, "ipv4_mapped", None) or d
+        s, d = unmapped(src_ip), unmapped(dst_ip)
         if s.version != d.version:
             raise ValueError("source and destination must be the same address family")
         for p in (src_port, dst_port):
@@ -110,12 +103,11 @@ class Query:
         return cls(s, int(src_port), d, int(dst_port))
 
     def encode(self) -> bytes:
-        fam, s = _ip16(self.src_ip)
-        _, d = _ip16(self.dst_ip)
-        return self._S.pack(VERSION, fam, 0, self.src_port, self.dst_port, s, d)
+        return self._S.pack(VERSION, self.src_ip.version, 0, self.src_port, self.dst_port,
+                            mapped16(self.src_ip), mapped16(self.dst_ip))
 
     @classmethod
-    def decode(cls, data: bytes) -> "Query":
+    def decode(cls, data: bytes) -> Query:
         if len(data) != cls._S.size:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"query is {len(data)} bytes, expected {cls._S.size}")
         ver, fam, reserved, sport, dport, s, d = cls._S.unpack(data)
@@ -128,9 +120,7 @@ class Query:
         return cls(_from16(fam, s), sport, _from16(fam, d), dport)
 
     def __str__(self):
-        def fmt(ip, port):
-            return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-        return f"{fmt(self.src_ip, self.src_port)} -> {fmt(self.dst_ip, self.dst_port)}"
+        return f"{endpoint(self.src_ip, self.src_port)} -> {endpoint(self.dst_ip, self.dst_port)}"
 
 
 @dataclass(frozen=True)
@@ -158,16 +148,19 @@ class Answer:
         flags = (ANSWER_FLAG_OWNER_EXITED if self.owner_exited else 0) | (ANSWER_FLAG_CLOSED if self.closed else 0)
         cgroup = _clip(self.cgroup, 4096)
         node = _clip(self.node, 255)
-        head = self._S.pack(
-            VERSION, self.status, self.source, flags, self.query.encode(),
-            self.job_id or 0, self.pid, NO_ID if self.uid is None else self.uid,
-            NO_ID if self.gid is None else self.gid, self.cgroup_id, self.birth_ns,
-            _clip(self.comm, 16), len(cgroup), len(node),
-        )
+        try:
+            head = self._S.pack(
+                VERSION, self.status, self.source, flags, self.query.encode(),
+                self.job_id or 0, self.pid, NO_ID if self.uid is None else self.uid,
+                NO_ID if self.gid is None else self.gid, self.cgroup_id, self.birth_ns,
+                _clip(self.comm, 16), len(cgroup), len(node),
+            )
+        except struct.error as exc:  # not a ValueError: say what it is
+            raise ValueError(f"answer field out of range: {exc}") from exc
         return head + cgroup + node
 
     @classmethod
-    def decode(cls, data: bytes) -> "Answer":
+    def decode(cls, data: bytes) -> Answer:
         n = cls._S.size
         if len(data) < n:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"answer is {len(data)} bytes, shorter than {n}")
@@ -226,7 +219,8 @@ def open_answer(payload: bytes, key: bytes) -> Answer:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"answer of {len(payload)} bytes has no tag")
     body, tag = payload[:-ANSWER_TAG_SIZE], payload[-ANSWER_TAG_SIZE:]
     if not hmac.compare_digest(tag, hmac.digest(key, _TAG_CONTEXT + body, "sha256")):
-        raise ProtocolError(ErrorCode.AUTH_FAILED, "answer tag does not verify: not from the tracer that read the request")
+        raise ProtocolError(ErrorCode.AUTH_FAILED,
+                            "answer tag does not verify: not from the tracer that read the request")
     return Answer.decode(body)
 
 
@@ -272,25 +266,3 @@ def decode_error(payload: bytes) -> tuple[ErrorCode, str]:
         code = ErrorCode.INTERNAL
     return code, payload[1:].decode(errors="replace")
 
-
-@dataclass
-class FrameReader:
-    """Incremental frame parser (pure): feed bytes, get complete frames."""
-
-    max_payload: int = MAX_FRAME_PAYLOAD
-    _buf: bytearray = field(default_factory=bytearray)
-
-    def feed(self, data: bytes) -> list[tuple[FrameType, bytes]]:
-        self._buf += data
-        frames = []
-        while len(self._buf) >= HEADER.size:
-            ftype, length = decode_header(bytes(self._buf[:HEADER.size]), self.max_payload)
-            if len(self._buf) < HEADER.size + length:
-                break
-            frames.append((ftype, bytes(self._buf[HEADER.size:HEADER.size + length])))
-            del self._buf[:HEADER.size + length]
-        return frames
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from callerid.adopter import policy
+from callerid.adopter.metrics import RPC_FAILED_OUTCOMES
 
 from . import rules
 from .grafana import (Layout, by_node, dashboard, datasource_var, gauge, instance_var, job_var, m,
@@ -26,9 +27,8 @@ HERE = Path(__file__).resolve().parent
 # action_generic_failure applied. daemon_unreachable and deadline are decided by the hook
 # itself and never reach the daemon's counters (see docs/OPERATIONS.md, blind spots).
 GENERIC = "|".join(policy.GENERIC_FAILURE_REASONS)
-# Adopter-side RPC outcomes that are failures (callerid/client.py RpcError reasons, plus
-# no_socket from adopter/service.py); found_job, no_job and not_found are answers.
-RPC_FAILED = "connect|timeout|refused|bad_reply|auth|munge|no_socket"
+# Adopter-side RPC outcomes that are failures; found_job, no_job and not_found are answers.
+RPC_FAILED = "|".join(RPC_FAILED_OUTCOMES)
 # Tracer-side results worth a colour: someone asked what they may not see, or spoke garbage.
 # The map of open connections: its fill is what matters (closed ones have their own map).
 OPEN_T = m("callerid_tracked_connections", 'state="open"')

@@ -18,12 +18,13 @@ import re
 from dataclasses import dataclass, field
 
 from callerid.adopter import policy
+from callerid.adopter.metrics import RPC_FAILED_OUTCOMES
 
 TRACER_JOB_RE = ".*callerid.*tracer.*"
 ADOPTER_JOB_RE = ".*callerid.*adopter.*"
 GENERIC = "|".join(policy.GENERIC_FAILURE_REASONS)
 HOOK_FAILED = "timeout|internal_error|bad_request|bad_peer"
-RPC_FAILED = "connect|timeout|refused|bad_reply|auth|munge|no_socket"
+RPC_FAILED = "|".join(RPC_FAILED_OUTCOMES)
 RUNBOOK = "docs/OPERATIONS.md#{anchor}"
 
 

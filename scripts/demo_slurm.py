@@ -33,7 +33,7 @@ from pathlib import Path
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from tests.infra.slurmlab import (
+from tests.infra.slurmlab import (  # noqa: E402 - tests/ is not installed: the checkout goes on sys.path first
     SSH_PORT,
     STATE_FILE,
     LabBusy,
@@ -223,7 +223,8 @@ def run_demo(lab: SlurmLab, reused: bool) -> int:
     table([line.split() for line in r.stdout.splitlines()])
     batch_host = lab.job_info(a).get("BatchHost")
 
-    head(f"From inside job A on {batch_host}: ssh node2 (session stays {SESSION_SECONDS // 60} min) and srun ... ssh node2")
+    head(f"From inside job A on {batch_host}: ssh node2 (session stays {SESSION_SECONDS // 60} min) "
+         "and srun ... ssh node2")
     fd = os.open(go, os.O_CREAT | os.O_WRONLY, 0o644)
     os.close(fd)
     os.chown(go, u.uid, u.gid)
@@ -269,7 +270,8 @@ def run_demo(lab: SlurmLab, reused: bool) -> int:
         ok = path == want
         good &= ok
         rows.append([ctrl, path, f"job A step_extern {OK}" if ok else BAD])
-    rows.append(["freezer", sfreezer, "(srun-launched ssh) " + (f"job A step_extern {OK}" if sfreezer == want else BAD)])
+    verdict = f"job A step_extern {OK}" if sfreezer == want else BAD
+    rows.append(["freezer", sfreezer, "(srun-launched ssh) " + verdict])
     table(rows)
     b_procs = lab.cgroup("node2", u.uid, b) / "cgroup.procs"
     b_pids = b_procs.read_text().split() if b_procs.exists() else []

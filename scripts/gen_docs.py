@@ -1,4 +1,5 @@
-"""Regenerate the generated docs (docs/CONFIG.md, the metrics reference in docs/OPERATIONS.md) from the code."""
+"""Regenerate the generated docs (docs/CONFIG.md, docs/DECISIONS.md, the metrics reference in docs/OPERATIONS.md)
+from the code."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 import gen_operations  # scripts/gen_operations.py: this script's directory is on sys.path
 
 from callerid import config
+from callerid.adopter import decision_table
 
 root = Path(__file__).resolve().parent.parent
 (root / "docs" / "CONFIG.md").write_text(config.reference() + "\n")
+(root / "docs" / "DECISIONS.md").write_text(decision_table.render_markdown())
 gen_operations.main()

@@ -1,4 +1,4 @@
-"""Session fixtures shared by kernel and lab tests: a private munged and non-root test users."""
+"""Session fixtures shared by kernel and lab tests: private munged daemons and non-root test users."""
 
 from __future__ import annotations
 
@@ -20,6 +20,17 @@ def munged():
     require(os.access(munged_mod.MUNGED, os.X_OK), f"{munged_mod.MUNGED} (Debian package munge)")
     require(os.path.exists(munged_mod.KEY), f"{munged_mod.KEY} (scripts/setup.sh creates it)")
     d = munged_mod.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        shutil.rmtree(d.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def munged_other_key(munged):
+    """A second private munged with a key of its own: another cluster's credentials."""
+    d = munged_mod.start(new_key=True)
     try:
         yield d
     finally:

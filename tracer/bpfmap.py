@@ -111,7 +111,7 @@ class ConnMap:
         self.capacity = info.max_entries
 
     @classmethod
-    def open_pinned(cls, path: str | Path) -> "ConnMap | None":
+    def open_pinned(cls, path: str | Path) -> ConnMap | None:
         fd = open_pinned(path)
         return None if fd is None else cls(fd, owns_fd=True)
 
@@ -249,7 +249,7 @@ class Connections:
         self.closed = closed
 
     @classmethod
-    def open_pinned(cls, pin_dir: str | Path) -> "Connections | None":
+    def open_pinned(cls, pin_dir: str | Path) -> Connections | None:
         """Both maps pinned in pin_dir, or None unless both are pinned there."""
         open_ = ConnMap.open_pinned(Path(pin_dir) / "conns")
         if open_ is None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from callerid.linux import procfs, sockdiag
 from callerid.protocol import Answer, Query, Source, Status
 from callerid.slurm_cgroup import job_from_proc_cgroup
 
-from callerid.linux import procfs, sockdiag
 from .bpfmap import Connections
 from .layout import make_key
 

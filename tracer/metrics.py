@@ -7,6 +7,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
 from callerid import __version__
+
 from .layout import STAT_NAMES
 
 # Sub-millisecond resolution for map answers, seconds for munged or /proc trouble.
@@ -22,12 +23,14 @@ class TracerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         Info("callerid_build", "callerid build information.", registry=r).info({"version": __version__})
-        self.requests = Counter("callerid_rpc_requests", "callerid RPC requests by result (denied answers look like not_found to the caller).",
+        self.requests = Counter("callerid_rpc_requests",
+                                "callerid RPC requests by result (denied answers look like not_found to the caller).",
                                 ["result"], registry=r)
         for res in RPC_RESULTS:
             self.requests.labels(res)
         self.request_seconds = Histogram("callerid_rpc_request_duration_seconds",
-                                         "Time from a complete request frame to its reply being ready (credential check, lookup, tagging); frames refused before that are counted, not timed.",
+                                         "Time from a complete request frame to its reply being ready (credential "
+                                         "check, lookup, tagging); frames refused before that are counted, not timed.",
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.clients = Gauge("callerid_rpc_clients", "RPC clients connected now.", registry=r)
         self.lookups = Counter("callerid_lookups", "Lookups by the source that answered (none: nothing found).",
@@ -49,16 +52,19 @@ class TracerMetrics:
         self.sweep_deleted = Counter("callerid_sweeper_deleted_connections",
                                      "Closed connections deleted after their grace period.", registry=r)
         self.sweep_stale = Counter("callerid_sweeper_stale_closed_connections",
-                                   "Entries marked closed by the sweeper because their socket no longer exists.", registry=r)
+                                   "Entries marked closed by the sweeper because their socket no longer exists.",
+                                   registry=r)
         self.sweep_seconds = Gauge("callerid_sweeper_last_duration_seconds", "Duration of the last sweep.", registry=r)
         self.tracked = Gauge("callerid_tracked_connections",
-                             "Entries in the connection maps at the last sweep, by map: open, or closed (kept for the grace period).",
+                             "Entries in the connection maps at the last sweep, by map: open, or closed "
+                             "(kept for the grace period).",
                              ["state"], registry=r)
         self.reconcile_inserted = Counter("callerid_reconcile_inserted_connections",
                                           "Connections found at start-up and written to the map.", registry=r)
         self.reconcile_seconds = Gauge("callerid_reconcile_last_duration_seconds",
                                        "Duration of the start-up reconcile.", registry=r)
-        self.reconcile_success = Gauge("callerid_reconcile_last_success", "1 if the last reconcile completed.", registry=r)
+        self.reconcile_success = Gauge("callerid_reconcile_last_success", "1 if the last reconcile completed.",
+                                       registry=r)
         ProcessCollector(registry=r)
         self._probe = None
         r.register(_ProbeCollector(self))
@@ -85,7 +91,8 @@ class _ProbeCollector:
     def collect(self):
         probe = self.m._probe
         cap = GaugeMetricFamily("callerid_map_capacity_connections",
-                                "Capacity of the connection maps, by map: open (max_connections) or closed (max_closed_connections); 0 without a probe.",
+                                "Capacity of the connection maps, by map: open (max_connections) or closed "
+                                "(max_closed_connections); 0 without a probe.",
                                 labels=["state"])
         events = CounterMetricFamily("callerid_bpf_events", "Events counted by the BPF program, by kind.",
                                      labels=["event"])

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bpfmap import BPF_MAP_TYPE_LRU_HASH, ConnMap, Connections, MapInfo, PinnedMapMismatch, check_pinned
+from .bpfmap import BPF_MAP_TYPE_LRU_HASH, Connections, ConnMap, MapInfo, PinnedMapMismatch, check_pinned
 from .layout import LAYOUT_VERSION, STAT_NAMES, ConnKey, Owner, bpf_dir, make_key
 
 log = logging.getLogger("callerid.tracer.probes")

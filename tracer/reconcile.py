@@ -7,6 +7,7 @@ import os
 import time
 
 from callerid.linux import procfs, sockdiag
+
 from .bpfmap import Connections
 from .layout import F_RECONCILED, Owner, make_key
 

@@ -7,15 +7,13 @@ import socket
 import threading
 import time
 
+from callerid.inet import endpoint
 from callerid.protocol import HEADER, ErrorCode, FrameType, ProtocolError, decode_header, encode_error
+from callerid.sockio import Deadline, recv_exact
 
 from .metrics import TracerMetrics
 
 log = logging.getLogger("callerid.tracer.server")
-
-
-class _Deadline(Exception):
-    pass
 
 
 def bind_listener(host: str, port: int, backlog: int = socket.SOMAXCONN) -> socket.socket:
@@ -84,7 +82,7 @@ class RpcServer:
                     return
                 time.sleep(0.01)  # e.g. EMFILE: do not spin
                 continue
-            peer = _fmt_peer(addr)
+            peer = endpoint(addr[0], addr[1])
             if not self._slots.acquire(blocking=False):
                 self.metrics.requests.labels("busy").inc()
                 log.warning("rpc from %s: refused, %s: too many clients", peer, "busy")
@@ -111,15 +109,15 @@ class RpcServer:
         while not self._stop.is_set():
             deadline = time.monotonic() + self.read_timeout
             try:
-                head = _recv_exact(conn, HEADER.size, deadline, allow_eof=True)
+                head = recv_exact(conn, HEADER.size, deadline, allow_eof=True)
                 if head is None:
                     return  # clean close between frames
                 ftype, length = decode_header(head, self.max_frame)
                 if ftype != FrameType.REQUEST:
                     raise ProtocolError(ErrorCode.BAD_FRAME, f"expected a request, got {ftype.name}")
-                payload = _recv_exact(conn, length, deadline, allow_eof=False)
-            except _Deadline as exc:
-                if str(exc) == "idle" and served:
+                payload = recv_exact(conn, length, deadline)
+            except Deadline as exc:
+                if exc.idle and served:
                     return  # keep-alive client went quiet after its answers: just hang up
                 self.metrics.requests.labels("timeout").inc()
                 log.warning("rpc from %s: request not complete within %.1fs", peer, self.read_timeout)
@@ -144,25 +142,6 @@ class RpcServer:
                 return
 
 
-def _recv_exact(conn: socket.socket, n: int, deadline: float, allow_eof: bool) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _Deadline("idle" if allow_eof and not buf else "partial")
-        conn.settimeout(left)
-        try:
-            chunk = conn.recv(n - len(buf))
-        except socket.timeout:
-            continue
-        if not chunk:
-            if allow_eof and not buf:
-                return None
-            raise ConnectionError("eof mid-frame")
-        buf += chunk
-    return bytes(buf)
-
-
 def _send_quietly(conn: socket.socket, data: bytes, drain: bool = True):
     """Send a last frame and half-close. Unread input would make close() send a
     RST that can destroy the frame in flight, so drain a little first (bounded)."""
@@ -179,9 +158,3 @@ def _send_quietly(conn: socket.socket, data: bytes, drain: bool = True):
     except OSError:
         pass
 
-
-def _fmt_peer(addr) -> str:
-    host, port = addr[0], addr[1]
-    if host.startswith("::ffff:"):
-        host = host[7:]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -8,8 +8,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 from callerid import munge
-from callerid.protocol import (Answer, ErrorCode, FrameType, ProtocolError, Status, decode_request, encode_error,
-                               encode_frame, seal_answer)
+from callerid.protocol import (
+    Answer,
+    ErrorCode,
+    FrameType,
+    ProtocolError,
+    Status,
+    decode_request,
+    encode_error,
+    encode_frame,
+    seal_answer,
+)
 
 from .lookup import Outcome, Resolver
 from .metrics import TracerMetrics
@@ -74,7 +83,7 @@ class RequestHandler:
                      f" ({outcome.detail})" if outcome.detail else "")
         try:
             sealed = seal_answer(answer, key)
-        except (ValueError, OverflowError) as exc:  # struct.error is a ValueError
+        except ValueError as exc:  # a field out of its wire range (Answer.encode)
             log.error("cannot encode answer for %s: %s", query, exc)
             return "internal_error", encode_error(ErrorCode.INTERNAL, "tracer cannot encode this answer")
         return result, encode_frame(FrameType.ANSWER, sealed)

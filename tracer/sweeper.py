@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
+from callerid.inet import unmapped
 from callerid.linux import procfs, sockdiag
+
 from .bpfmap import Connections
 from .layout import ConnKey, key_tuple
 from .metrics import TracerMetrics
@@ -26,11 +28,6 @@ def verdict(closed_ns: int, birth_ns: int, now_ns: int, grace_ns: int) -> str:
 
 # States in which a socket still holds its tuple for its owner (TIME_WAIT belongs to nobody).
 ALIVE_STATES = sockdiag.ALL_STATES - {sockdiag.TCP_TIME_WAIT, sockdiag.TCP_CLOSE, sockdiag.TCP_LISTEN}
-
-
-def _tuple_key(t) -> tuple:
-    s, sp, d, dp = t
-    return (getattr(s, "ipv4_mapped", None) or s, sp, getattr(d, "ipv4_mapped", None) or d, dp)
 
 
 class Sweeper:
@@ -64,9 +61,11 @@ class Sweeper:
         deleted += self.conns.open.delete_many(stamped)
         if to_verify:
             # One sock_diag dump answers for all candidates (no dump when nothing is old).
-            live = {_tuple_key((s.src, s.sport, s.dst, s.dport)) for s in sockdiag.list_tcp(states=ALIVE_STATES)}
+            # key_tuple gives the unmapped form already; a dual-stack socket reports v4-mapped.
+            live = {(unmapped(s.src), s.sport, unmapped(s.dst), s.dport)
+                    for s in sockdiag.list_tcp(states=ALIVE_STATES)}
             for key in to_verify:
-                if _tuple_key(key_tuple(key)) in live:
+                if key_tuple(key) in live:
                     continue
                 owner = self.conns.open.lookup(key)
                 if owner is None or owner.closed_ns:

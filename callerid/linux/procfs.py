@@ -58,12 +58,15 @@ def parse_stat(text: str) -> tuple[int, str, int, int]:
 
 
 def parse_status_ids(text: str) -> tuple[int, int, int]:
-    """(real uid, effective uid, real gid) from /proc/<pid>/status."""
+    """(real uid, effective uid, real gid) from /proc/<pid>/status; ValueError if the
+    text has no complete Uid and Gid lines."""
     ids = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key in ("Uid", "Gid"):
             ids[key] = [int(v) for v in value.split()]
+    if len(ids.get("Uid", ())) < 2 or not ids.get("Gid"):
+        raise ValueError("no Uid and Gid lines in /proc/<pid>/status text")
     return ids["Uid"][0], ids["Uid"][1], ids["Gid"][0]
 
 

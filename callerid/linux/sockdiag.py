@@ -15,7 +15,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from callerid.inet import mapped16
+from callerid.inet import IPAddress, mapped16, unmapped
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
@@ -51,9 +51,9 @@ class SockDiagError(OSError):
 class TcpSocket:
     family: int
     state: int
-    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    src: IPAddress
     sport: int
-    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: IPAddress
     dport: int
     uid: int
     inode: int
@@ -123,7 +123,7 @@ def _request(nl: socket.socket, family: int, mask: int, sockid=None) -> list[Tcp
                 off += (length + 3) & ~3
                 if mseq != seq:
                     continue
-                if mtype == NLMSG_ERROR or mtype == NLMSG_DONE:
+                if mtype in (NLMSG_ERROR, NLMSG_DONE):
                     # both carry -errno first; a dump that failed after it started ends
                     # with a NLMSG_DONE carrying one, which must not pass for "no sockets"
                     code = -struct.unpack_from("=i", data, payload)[0] if length >= _NLMSG.size + 4 else 0
@@ -170,19 +170,13 @@ def listening_ports() -> set[int]:
     return {s.sport for s in list_tcp(states={TCP_LISTEN})}
 
 
-def _plain(ip):
-    """IPv4 for IPv4 and v4-mapped IPv6, else the IPv6 address."""
-    ip = ipaddress.ip_address(ip)
-    return (ip.ipv4_mapped or ip) if ip.version == 6 else ip
-
-
 def find_tcp(src_ip, sport: int, dst_ip, dport: int) -> list[TcpSocket]:
     """Sockets whose local end is src_ip:sport and remote end dst_ip:dport.
 
     IPv4 and v4-mapped forms are equivalent: either finds an AF_INET socket
     and a dual-stack AF_INET6 one. Cost: one exact kernel lookup, not a dump.
     """
-    src, dst = _plain(src_ip), _plain(dst_ip)
+    src, dst = unmapped(src_ip), unmapped(dst_ip)
     if src.version != dst.version:
         return []
     family = AF_INET if src.version == 4 else AF_INET6

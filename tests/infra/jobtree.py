@@ -13,6 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from callerid.adopter.jobs import DEFAULT_ROOT, LocalJob, list_jobs, parse_procs
+
+from .procs import as_user, in_cgroups, in_netns, wait_started
+
 CLONE_NEWNET = 0x40000000
 
 
@@ -86,19 +90,12 @@ class JobTree:
         """Start argv as uid:gid inside the job step (joins before exec, like slurmstepd),
         optionally in the network namespace at path `netns` (joined while still root)."""
         files = [str(f) for f in self.procs_file(uid, job, step)]
-
-        def enter():
-            if netns:
-                setns_net(netns)
-            for f in files:
-                with open(f, "w") as fh:
-                    fh.write("0")
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-
-        p = subprocess.Popen(argv, preexec_fn=enter, **kw)
+        wrapped = as_user(argv, uid, gid)
+        if netns:
+            wrapped = in_netns(wrapped, netns)
+        p = subprocess.Popen(in_cgroups(wrapped, files), **kw)
         self.procs.append(p)
+        wait_started(p, argv[0], uid)
         return p
 
     def cleanup(self) -> None:
@@ -123,3 +120,26 @@ class JobTree:
                 except OSError:
                     time.sleep(0.02)
         self.created.clear()
+
+
+def jobs_of(uid: int, nodename: str, root: str = DEFAULT_ROOT, v2_mount: str | None = None,
+            proc: str = "/proc") -> list[LocalJob]:
+    """The jobs of user `uid` with an extern step on node `nodename`, oldest first."""
+    if uid < 0:
+        return []
+    return [j for j in list_jobs(nodename, root, v2_mount, proc) if j.uid == uid]
+
+
+def pid_in_extern(pid: int, job: LocalJob) -> bool:
+    """True if `pid` is listed in cgroup.procs of every extern dir of `job` (read back)."""
+    if not job.extern:
+        return False
+    for path in job.extern:
+        try:
+            with open(os.path.join(path, "cgroup.procs"), "rb") as f:
+                pids = parse_procs(f.read().decode(errors="replace"))
+        except OSError:
+            return False
+        if pid not in pids:
+            return False
+    return True

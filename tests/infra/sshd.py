@@ -103,7 +103,7 @@ class Sshd:
         if self.netns:
             argv = self.netns.argv(argv)
         self.log = self.dir / "sshd.log"
-        self._logf = open(self.log, "ab")
+        self._logf = open(self.log, "ab")  # noqa: SIM115 - sshd's stdout until it is stopped
         self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT)
         wait_for(lambda: "Server listening" in self.log.read_text(errors="replace") or self.proc.poll() is not None,
                  15, f"sshd {self.name} to listen")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from callerid.adopter import cgroupfs, jobs
-from callerid.adopter.cgroupfs import AdoptError, adopt, pid_in_extern
+from callerid.adopter.cgroupfs import AdoptError, adopt
 from callerid.slurm_cgroup import job_from_cgroup_path, job_from_proc_cgroup
 from tests.helpers import require
-from tests.infra.jobtree import JobTree
+from tests.infra.jobtree import JobTree, jobs_of, pid_in_extern
 
 ROOT = "/sys/fs/cgroup"
 V2 = "/sys/fs/cgroup/unified"
@@ -105,8 +105,8 @@ def test_v1_discovery(trees):
         assert j.extern == tuple(f"{ROOT}/{c}/slurm_{node}/uid_{j.uid}/job_{j.job_id}/step_extern"
                                  for c in v1_ctrls())
         assert j.sluid is None and j.start > 0
-    assert [j.job_id for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
-    assert [j.job_id for j in jobs.jobs_of(UID_B, node) if j.layout == "v1"] == [BASE + 2]
+    assert [j.job_id for j in jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
+    assert [j.job_id for j in jobs_of(UID_B, node) if j.layout == "v1"] == [BASE + 2]
     assert [j.job_id for j in jobs.list_jobs(other) if j.layout == "v1"] == [BASE + 4]
 
 
@@ -118,7 +118,7 @@ def test_v1_forged_job_dir_is_ignored(trees):
     t.create(UID_A, BASE + 5)
     # Slurm makes job_<id> root-owned; a user-owned one was made by a user (who owned its parent).
     os.chown(f"{ROOT}/freezer/slurm_{node}/uid_{UID_A}/job_{BASE + 5}", UID_A, UID_A)
-    assert [j.job_id for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
+    assert [j.job_id for j in jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
 
 
 def test_v1_adopt_moves_process_and_its_future_children(trees, children):
@@ -127,7 +127,7 @@ def test_v1_adopt_moves_process_and_its_future_children(trees, children):
     t = trees(node=node)
     t.create(UID_A, BASE + 1)
     t.create(UID_B, BASE + 2)
-    (job,) = [j for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"]
+    (job,) = [j for j in jobs_of(UID_A, node) if j.layout == "v1"]
     # A shell that forks a sleep on request: the fork happens after adoption.
     sh = children(["sh", "-c", 'read x; sleep 60 & echo $!; wait'], stdin=subprocess.PIPE,
                   stdout=subprocess.PIPE, text=True)
@@ -143,7 +143,7 @@ def test_v1_adopt_moves_process_and_its_future_children(trees, children):
     ref = job_from_proc_cgroup(Path(f"/proc/{sh.pid}/cgroup").read_text())
     assert (ref.job_id, ref.uid, ref.step, ref.node, ref.controller) == (BASE + 1, UID_A, "extern", node, "freezer")
     # The other user's job is untouched.
-    (other,) = [j for j in jobs.jobs_of(UID_B, node) if j.layout == "v1"]
+    (other,) = [j for j in jobs_of(UID_B, node) if j.layout == "v1"]
     assert not pid_in_extern(sh.pid, other)
 
     sh.stdin.write("go\n")
@@ -161,7 +161,7 @@ def test_v1_job_gone_before_first_write(trees, children):
     node = f"cg{os.getpid()}"
     t = trees(node=node)
     t.create(UID_A, BASE + 1)
-    (job,) = [j for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"]
+    (job,) = [j for j in jobs_of(UID_A, node) if j.layout == "v1"]
     before = cgroup_lines(os.getpid())
     os.rmdir(job.extern[0])  # the job ends between discovery and adoption
     p = children(["sleep", "60"])
@@ -179,7 +179,7 @@ def test_v1_partial_adoption_is_reported(trees, children):
     node = f"cg{os.getpid()}"
     t = trees(node=node)
     t.create(UID_A, BASE + 1)
-    (job,) = [j for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"]
+    (job,) = [j for j in jobs_of(UID_A, node) if j.layout == "v1"]
     os.rmdir(job.extern[2])
     p = children(["sleep", "60"])
     with pytest.raises(AdoptError) as e:
@@ -196,7 +196,7 @@ def test_v1_empty_cpuset_is_io_error(trees, children):
     node = f"cg{os.getpid()}"
     t = trees(node=node)
     t.create(UID_A, BASE + 1)
-    (job,) = [j for j in jobs.jobs_of(UID_A, node) if j.layout == "v1"]
+    (job,) = [j for j in jobs_of(UID_A, node) if j.layout == "v1"]
     cpuset = next(d for d in job.extern if "/cpuset/" in d)
     Path(cpuset, "cpuset.cpus").write_text("\n")  # allowed while the cgroup holds no task
     p = children(["sleep", "60"])
@@ -223,8 +223,8 @@ def test_v2_discovery_and_adopt(trees, children):
         (BASE + 6, UID_A, "v2"), (BASE + 7, UID_B, "v2"), (BASE + 8, -1, "v2")]
     for j in found:
         assert j.extern == (f"{V2}/system.slice/slurmstepd.scope/job_{j.job_id}/step_extern/user/task_special",)
-    assert [j.job_id for j in only(jobs.jobs_of(UID_A, node), ids)] == [BASE + 6]
-    assert only(jobs.jobs_of(-1, node), ids) == []
+    assert [j.job_id for j in only(jobs_of(UID_A, node), ids)] == [BASE + 6]
+    assert only(jobs_of(-1, node), ids) == []
 
     job = found[0]
     sh = children(["sh", "-c", 'read x; sleep 60 & echo $!; wait'], stdin=subprocess.PIPE,

@@ -59,6 +59,14 @@ def test_tampered_credential_is_invalid(munged):
     assert ei.value.reason == "cred_invalid"
 
 
+def test_credential_from_a_munged_with_another_key_is_invalid(munged, munged_other_key):
+    cred = munge.encode(b"payload", munged_other_key.socket)
+    assert munge.decode(cred, munged_other_key.socket).payload == b"payload"  # it is a good credential there
+    with pytest.raises(munge.MungeError) as ei:
+        munge.decode(cred, munged)
+    assert ei.value.reason == "cred_invalid"
+
+
 def test_garbage_is_a_bad_credential(munged):
     with pytest.raises(munge.MungeError) as ei:
         munge.decode(b"not a credential", munged)

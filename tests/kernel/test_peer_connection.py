@@ -3,15 +3,14 @@ the sock_diag fallback must name the same connection, for IPv4, dual-stack and I
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import subprocess
 
 import pytest
 
-from callerid.linux import sockets
-from callerid.linux import procfs
+from callerid.inet import unmapped
+from callerid.linux import procfs, sockets
 from tests.helpers import has_ipv6_loopback, require
 
 pytestmark = pytest.mark.kernel
@@ -53,8 +52,7 @@ def holder(request):
 
 
 def _norm(addr):
-    ip = ipaddress.ip_address(addr[0])
-    return (getattr(ip, "ipv4_mapped", None) or ip, addr[1])
+    return (unmapped(addr[0]), addr[1])
 
 
 def test_pidfd_and_sock_diag_name_the_same_connection(holder, monkeypatch):

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import has_ipv6_loopback, require
-
 from callerid.linux import procfs, sockdiag
+from tests.helpers import has_ipv6_loopback, require
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "slurm_proc_scan.py"
 V4 = "127.0.0.1"

@@ -15,9 +15,22 @@ import pytest
 
 from callerid import munge
 from callerid.client import RpcError, ask
-from callerid.protocol import (HEADER, Answer, ErrorCode, FrameType, Query, Source, Status, decode_error,
-                               decode_header, decode_request, encode_frame, encode_request, open_answer,
-                               seal_answer)
+from callerid.protocol import (
+    HEADER,
+    Answer,
+    ErrorCode,
+    FrameType,
+    Query,
+    Source,
+    Status,
+    decode_error,
+    decode_header,
+    decode_request,
+    encode_frame,
+    encode_request,
+    open_answer,
+    seal_answer,
+)
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
 from tests.kernel.conftest import close_client, start_client
@@ -67,13 +80,9 @@ def query(tracer, c, timeout=3.0):
 
 def query_as(user, tracer, c) -> tuple[int, dict | str]:
     """Run `callerid query --json` as another user; returns (exit code, parsed answer or stderr)."""
-    def drop():
-        os.setgroups([])
-        os.setgid(user.gid)
-        os.setuid(user.uid)
     r = subprocess.run([CALLERID, "--config", str(tracer.config), "query", "--json", "--server",
                         f"127.0.0.1:{tracer.port}", c["src"], str(c["sport"]), c["dst"], str(c["dport"])],
-                       preexec_fn=drop, capture_output=True, text=True, timeout=20)
+                       user=user.uid, group=user.gid, extra_groups=[], capture_output=True, text=True, timeout=20)
     assert r.returncode in (0, 1), r.stderr
     return r.returncode, json.loads(r.stdout)
 
@@ -154,9 +163,8 @@ def test_failed_connect_leaves_nothing(tracer):
         dead_port = probe.getsockname()[1]  # bound, never listening: connects are refused
         before = scrape(tracer.metrics_url)
         for _ in range(3):
-            with socket.socket() as s:
-                with pytest.raises(ConnectionRefusedError):
-                    s.connect(("127.0.0.1", dead_port))
+            with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+                s.connect(("127.0.0.1", dead_port))
         after = scrape(tracer.metrics_url)
     failed = metric(after, "callerid_bpf_events_total", event="connect_failed") - \
         metric(before, "callerid_bpf_events_total", event="connect_failed")
@@ -187,18 +195,21 @@ def test_pid_reuse_reports_owner_exited(tracer, listener):
 def _raw(port, data: bytes, read=True, timeout=5.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
-        if not read:
-            return b""
-        out = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                break
-            if not chunk:
-                break
-            out += chunk
-        return out
+        return _read_all(s) if read else b""
+
+
+def _read_all(s: socket.socket) -> bytes:
+    """Everything until EOF or the socket's timeout."""
+    out = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
 
 
 def _error_code(reply: bytes) -> ErrorCode:
@@ -207,7 +218,8 @@ def _error_code(reply: bytes) -> ErrorCode:
     return decode_error(reply[HEADER.size:HEADER.size + length])[0]
 
 
-def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, jobs, test_users, listener):
+def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, jobs, test_users, listener,
+                                                                   munged_other_key):
     user = test_users[0]
     jobs.create(user.uid, 4104)
     p, (c,) = start_client(jobs, user, 4104, "127.0.0.1", listener)
@@ -226,9 +238,13 @@ def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, job
         assert _error_code(_raw(port, struct.pack("!2sBBI", b"CI", 9, 1, 4))) == ErrorCode.UNSUPPORTED_VERSION
         assert _error_code(_raw(port, encode_frame(FrameType.REQUEST, b"MUNGE:not-a-credential:"))) in \
             (ErrorCode.AUTH_FAILED,)
-        # a credential from a munged with another key
+        # a well-formed request from a munged with another key (another cluster)
         q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
         key = os.urandom(32)
+        foreign = encode_frame(FrameType.REQUEST, munge.encode(encode_request(q, key), munged_other_key.socket,
+                                                               secret_for_uid=0))
+        assert _error_code(_raw(port, foreign)) == ErrorCode.AUTH_FAILED
+        # the same request from our munged is answered, once
         good = encode_frame(FrameType.REQUEST, munge.encode(encode_request(q, key), tracer.munge_socket,
                                                             secret_for_uid=0))
         reply = _raw(port, good)
@@ -251,18 +267,25 @@ def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, job
             t0 = time.monotonic()
             assert query(tracer, c).job_id == 4104
             assert time.monotonic() - t0 < 1.0
+        # the slow clients, kept open until now, time out on the server (2 s read deadline)
+        for s in slow:
+            s.settimeout(5.0)
+            assert _error_code(_read_all(s)) == ErrorCode.TIMEOUT
     finally:
         for s in slow:
             s.close()
-    # the slow clients time out on the server (2 s read deadline) and are counted
+
     def counted():
         now = scrape(tracer.metrics_url)
-        delta = {r: metric(now, "callerid_rpc_requests_total", result=r) - metric(before, "callerid_rpc_requests_total", result=r)
+        name = "callerid_rpc_requests_total"
+        delta = {r: metric(now, name, result=r) - metric(before, name, result=r)
                  for r in ("bad_frame", "unsupported_version", "auth_failed", "replayed", "timeout", "found")}
-        return delta if delta["timeout"] >= 0 and delta["bad_frame"] >= 4 else None
-    delta = wait_for(counted, 10, "bad-frame counters")
+        return delta if delta["timeout"] >= 4 and delta["bad_frame"] >= 4 else None
+    delta = wait_for(counted, 10, "bad-frame and timeout counters")
+    # bad_frame: the HTTP request, the oversized header, the malformed query, the truncated frame
+    assert (delta["timeout"], delta["bad_frame"]) == (4, 4)
     assert delta["unsupported_version"] == 2
-    assert delta["auth_failed"] == 2
+    assert delta["auth_failed"] == 3
     assert delta["replayed"] == 1
     assert delta["found"] >= 21
     assert tracer.running
@@ -292,6 +315,7 @@ def test_metrics_endpoint_has_a_landing_page_and_only_serves_metrics_at_metrics(
 def test_scrape_passes_promtool_check_metrics(tracer):
     import shutil
     import urllib.request
+
     from tests.helpers import require
     require(shutil.which("promtool") is not None, "promtool (Debian package prometheus)")
     text = urllib.request.urlopen(tracer.metrics_url, timeout=5).read()

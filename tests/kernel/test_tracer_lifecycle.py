@@ -111,6 +111,7 @@ def test_auto_falls_over_to_a_working_backend(tracers):
 
 def test_pinned_map_with_other_layout_is_refused_then_replaced(tracers):
     from bcc import BPF
+
     from callerid.tracer.probes import pin_dir
     t = tracers.make()
     pins = pin_dir(t.pin_root)
@@ -133,6 +134,7 @@ def test_pinned_map_with_other_layout_is_refused_then_replaced(tracers):
 def test_layout_mirror_matches_bcc_view_of_the_header():
     """tracer/layout.py must agree with what BCC compiles from bpf/callerid.h."""
     from bcc import BPF
+
     from callerid.tracer import layout
     src = f'#include "{layout.header_path()}"\nBPF_HASH(m, struct callerid_key, struct callerid_owner, 1);'
     b = BPF(text=src.encode())
@@ -171,7 +173,8 @@ def test_conns_agrees_with_ss(tracers, munged, jobs, test_users, listener):  # n
 def test_doctor_reports_backends_and_munge(munged, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[common]\nmunge_socket = "{munged.socket}"\n')
-    r = subprocess.run([CALLERID, "--config", str(cfg), "doctor", "--json"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([CALLERID, "--config", str(cfg), "doctor", "--json"], capture_output=True, text=True,
+                       timeout=120)
     checks = {c["name"]: c for c in json.loads(r.stdout)}
     assert checks["probe tracepoint"]["status"] == "ok"
     assert checks["munge"]["status"] == "ok"
@@ -198,7 +201,7 @@ def test_batched_map_walk_sees_every_entry(tracers):
             assert got == want
             # and the batched path itself, not its per-key fallback, produced them
             assert {bytes(k): v.tgid for k, v in conns.open._items_batched() if bytes(k) in want} == want
-            assert sorted(bytes(k) for k in conns.keys() if bytes(k) in want) == sorted(want)
+            assert sorted(bytes(k) for k in conns.keys() if bytes(k) in want) == sorted(want)  # noqa: SIM118 - not a dict
             # the sweeper's walk: the same keys, with each entry's own two timestamps
             times = {k: (b, c) for k, b, c in conns.open.entry_times() if k in want}
             assert times == {k: (tgid - 1, 0) for k, tgid in want.items()}

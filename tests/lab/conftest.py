@@ -17,10 +17,11 @@ import pytest
 from tests.helpers import require, require_bpf
 from tests.infra.adopterproc import AdopterProc, scrape_in
 from tests.infra.adopterproc import write_config as write_adopter_config
-from tests.infra.jobtree import JobTree, setns_net
+from tests.infra.jobtree import JobTree
 from tests.infra.netns import Topology
-from tests.infra.sshd import Sshd, keygen, pam_module, pam_stack, ssh_argv
+from tests.infra.procs import as_user, in_netns
 from tests.infra.slurmlab import PSA_CANDIDATES, LabBusy, SlurmLab, lab_lock
+from tests.infra.sshd import Sshd, keygen, pam_module, pam_stack, ssh_argv
 from tests.infra.tracerproc import TracerFactory, free_port
 
 SRC4, DST4 = "198.18.30.1", "198.18.30.2"
@@ -84,17 +85,12 @@ class Cluster:
         key = self.keys[(user.name, (key_of or user).name)]
         argv = ssh_argv(key, (key_of or user).name, host, command)
         t0 = time.monotonic()
+        out = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True,
+               "env": {"HOME": "/nonexistent", "PATH": "/usr/bin:/bin"}}
         if job is None:
-            def enter():
-                setns_net(self.src.path)
-                os.setgroups([])
-                os.setgid(user.gid)
-                os.setuid(user.uid)
-            p = subprocess.Popen(argv, preexec_fn=enter, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env={"HOME": "/nonexistent", "PATH": "/usr/bin:/bin"})
+            p = subprocess.Popen(in_netns(as_user(argv, user.uid, user.gid), self.src.path), **out)
         else:
-            p = self.src_jobs.popen(argv, user.uid, user.gid, job, "0", netns=self.src.path, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env={"HOME": "/nonexistent", "PATH": "/usr/bin:/bin"})
+            p = self.src_jobs.popen(argv, user.uid, user.gid, job, "0", netns=self.src.path, **out)
         out, err = p.communicate(timeout=timeout)
         return Login(p.returncode, out, err, time.monotonic() - t0)
 
@@ -124,7 +120,8 @@ class Cluster:
 def cluster(munged, test_users):
     require_bpf()
     require(shutil.which("sshd") or os.path.exists("/usr/sbin/sshd"), "OpenSSH sshd (openssh-server)")
-    require(os.path.exists("/usr/include/security/pam_modules.h"), "Linux-PAM headers (libpam0g-dev) to build pam_callerid.so")
+    require(os.path.exists("/usr/include/security/pam_modules.h"),
+            "Linux-PAM headers (libpam0g-dev) to build pam_callerid.so")
     require(os.path.ismount("/sys/fs/cgroup/freezer"), "cgroup v1 freezer")
     tag = f"{os.getpid() % 100000}"
     d = Path(tempfile.mkdtemp(prefix="callerid-lab-"))

@@ -155,16 +155,12 @@ def _hook_socket_request(cl, payload: bytes, as_uid: int | None = None) -> bytes
             "  if not c: break\n  d+=c\nsys.stdout.buffer.write(d)")
     import sys as _sys
 
-    from tests.infra.jobtree import setns_net
+    from tests.infra.procs import as_user, in_netns
 
-    def enter():
-        setns_net(cl.dst.path)  # while still root
-        if as_uid is not None:
-            os.setgroups([])
-            os.setgid(as_uid)
-            os.setuid(as_uid)
-    r = subprocess.run([_sys.executable, "-c", code, cl.adopter_socket], input=payload,
-                       capture_output=True, preexec_fn=enter, timeout=20)
+    argv = [_sys.executable, "-c", code, cl.adopter_socket]
+    if as_uid is not None:
+        argv = as_user(argv, as_uid, as_uid)
+    r = subprocess.run(in_netns(argv, cl.dst.path), input=payload, capture_output=True, timeout=20)
     if r.returncode != 0:
         raise PermissionError(r.stderr.decode()[-300:])
     return r.stdout
@@ -283,9 +279,11 @@ def test_adoption_failure_follows_action_adopt_failure(cl, action, allowed):
 def test_adopter_scrape_passes_promtool_check_metrics(cl):
     import shutil
     import sys
+
     from tests.helpers import require
     require(shutil.which("promtool") is not None, "promtool (Debian package prometheus)")
-    code = f"import urllib.request,sys;sys.stdout.buffer.write(urllib.request.urlopen({cl.adopter_metrics_url!r}).read())"
+    code = ("import urllib.request,sys;"
+            f"sys.stdout.buffer.write(urllib.request.urlopen({cl.adopter_metrics_url!r}).read())")
     text = subprocess.run(cl.dst.argv([sys.executable, "-c", code]), capture_output=True, check=True).stdout
     assert b"callerid_adopter_decisions_total" in text
     r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)

@@ -60,9 +60,10 @@ scrape_configs:
     static_configs: [{{targets: [{", ".join(adopters)}]}}]
 """)
     ip = lab.node("node1").ip
-    p = lab.popen("node1", ["prometheus", f"--config.file={d}/prometheus.yml", f"--storage.tsdb.path={d}/data",
-                            f"--web.listen-address={ip}:{PROM_PORT}", "--log.level=warn"],
-                  stdout=subprocess.DEVNULL, stderr=open(d / "prometheus.log", "w"))
+    with open(d / "prometheus.log", "w") as log:  # prometheus keeps its own copy of the descriptor
+        p = lab.popen("node1", ["prometheus", f"--config.file={d}/prometheus.yml", f"--storage.tsdb.path={d}/data",
+                                f"--web.listen-address={ip}:{PROM_PORT}", "--log.level=warn"],
+                      stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://{ip}:{PROM_PORT}"
 
     def query(exprs: list[str]) -> list[dict]:
@@ -73,7 +74,8 @@ scrape_configs:
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            r = lab.run("node1", [sys.executable, "-c", f"import urllib.request;urllib.request.urlopen('{base}/-/ready')"])
+            ready = f"import urllib.request;urllib.request.urlopen('{base}/-/ready')"
+            r = lab.run("node1", [sys.executable, "-c", ready])
             if r.returncode == 0:
                 break
             time.sleep(0.5)

@@ -119,7 +119,8 @@ def callerid_answer(lab, t) -> dict:
 
 
 def adopter_log(lab, node="node2") -> str:
-    return Path(next(r["log"] for r in lab.state["procs"] if r["name"] == f"adopter-{node}")).read_text(errors="replace")
+    log = next(r["log"] for r in lab.state["procs"] if r["name"] == f"adopter-{node}")
+    return Path(log).read_text(errors="replace")
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])

@@ -85,7 +85,7 @@ def test_every_expectation_matters(tmp_path):
 
 def test_every_alert_has_a_firing_and_a_quiet_case():
     names = {a.name for a in rules.ALERTS}
-    assert REQUIRED <= names, f"missing alerts: {REQUIRED - names}"
+    assert names >= REQUIRED, f"missing alerts: {REQUIRED - names}"
     firing = {c.alert for c in rules.CASES for _, alerts in c.evals if alerts}
     quiet = {c.alert for c in rules.CASES for _, alerts in c.evals if not alerts}
     assert names - firing == set(), f"alerts never shown firing: {names - firing}"
@@ -111,7 +111,8 @@ def test_alerts_are_complete_and_documented():
         section = doc.split(f"\n### {a.name}\n", 1)[1].split("\n### ", 1)[0]
         for part in ("**Meaning.**", "**Likely causes.**", "**What to do.**"):
             assert part in section, f"docs/OPERATIONS.md {a.name}: no {part}"
-        assert f"Severity {a.severity}" in " ".join(section.split()), f"docs/OPERATIONS.md {a.name}: severity differs from the rule"
+        assert f"Severity {a.severity}" in " ".join(section.split()), \
+            f"docs/OPERATIONS.md {a.name}: severity differs from the rule"
 
 
 def test_alert_expressions_use_exported_metrics():

@@ -134,7 +134,7 @@ def test_panels_fit_the_grid_without_overlap(dash_file):
     cells: dict[tuple[int, int], int] = {}
     for p in panels(load(dash_file)):
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"{p['title']!r} overlaps panel {cells[(x, y)]}"

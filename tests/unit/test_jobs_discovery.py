@@ -7,8 +7,9 @@ import os
 import pytest
 
 from callerid.adopter import jobs
-from callerid.adopter.jobs import LocalJob, choose_owner, classify_extern, list_jobs, jobs_of, own_roots, root_node
+from callerid.adopter.jobs import LocalJob, choose_owner, classify_extern, list_jobs, own_roots, root_node
 from tests.helpers import require_root
+from tests.infra.jobtree import jobs_of
 
 V1_CTRLS = ("freezer", "cpuset", "memory", "devices", "cpuacct")
 SLUID = "sBR1JB8J1YM400"  # Slurm's own sluid unit test value
@@ -144,8 +145,6 @@ def test_choose_owner(uids, want):
 
 
 def test_parse_helpers():
-    assert jobs.parse_status_uid("Name:\tx\nUid:\t1000\t0\t0\t0\n") == 1000
-    assert jobs.parse_status_uid("Name:\tx\n") is None
     assert jobs.parse_procs("12\n7\n12\n") == [12, 7, 12]
     assert jobs.parse_procs("") == []
 

@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from callerid.adopter import policy
 from callerid.adopter.metrics import AdopterMetrics
+from callerid.tracer.metrics import TracerMetrics
 from scripts import gen_operations
 from tests.helpers import require
-from callerid.tracer.metrics import TracerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN_LABELS = {"job", "instance", "user", "uid", "job_id", "jobid", "username", "gid", "pid"}
@@ -121,10 +121,10 @@ def test_naming_check_catches_breaches():
             self.c = Histogram("callerid_rpc_latency", "Time of an RPC.", ["instance"], registry=r)
             self.d = Gauge("callerid_open_total", "Open things.", ["job_id"], registry=r)
     problems = "\n".join(naming_problems(Bad()))
-    for expected in ("logins: prefix callerid_", "logins: label(s) ['user']", "callerid_decision_duration_ms: durations",
-                     "callerid_decision_duration_ms: base units", "callerid_rpc_latency: durations",
-                     "callerid_rpc_latency: label(s) ['instance']", "callerid_open_total: only counters",
-                     "callerid_open_total: label(s) ['job_id']"):
+    for expected in ("logins: prefix callerid_", "logins: label(s) ['user']",
+                     "callerid_decision_duration_ms: durations", "callerid_decision_duration_ms: base units",
+                     "callerid_rpc_latency: durations", "callerid_rpc_latency: label(s) ['instance']",
+                     "callerid_open_total: only counters", "callerid_open_total: label(s) ['job_id']"):
         assert expected in problems, expected
 
 

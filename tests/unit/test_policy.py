@@ -9,9 +9,20 @@ from pathlib import Path
 import pytest
 
 from callerid.adopter import policy
+from callerid.adopter.decision_table import decision_table, render_markdown
 from callerid.adopter.policy import (
-    CallerAnswer, Decision, Facts, Job, Options, Verdict, after_adopt_failure, decide, decision_table,
-    generic_failure, pam_return, enforced, parse_args, parse_options, render_markdown,
+    CallerAnswer,
+    Decision,
+    Facts,
+    Job,
+    Options,
+    Verdict,
+    after_adopt_failure,
+    decide,
+    enforced,
+    generic_failure,
+    pam_return,
+    parse_options,
 )
 
 DECISIONS_MD = Path(__file__).resolve().parents[2] / "docs" / "DECISIONS.md"
@@ -108,10 +119,7 @@ def reference(c: Case) -> tuple:
             return ("deny", "no_jobs", None, None, False)
         return ("ignore", "no_jobs_ignored", None, None, False)
 
-    if c.action_adopt_failure == "allow":
-        fallback = "allow"
-    else:
-        fallback = "deny"
+    fallback = "allow" if c.action_adopt_failure == "allow" else "deny"
 
     if c.njobs == 1 and c.single_job_skip_rpc:
         return ("adopt", "single_job", OLD_ID, fallback, False)
@@ -294,7 +302,7 @@ def test_root_with_ignore_root_off_is_handled_like_anyone():
 
 
 # ---------------------------------------------------------------------------
-# after_adopt_failure, generic_failure, pam_exit_code
+# after_adopt_failure, generic_failure, pam_return, enforced
 
 @pytest.mark.parametrize("action, verdict", [("allow", Verdict.ALLOW), ("deny", Verdict.DENY)])
 def test_after_adopt_failure(action, verdict):
@@ -448,12 +456,6 @@ def test_parsed_star_matches_every_service():
         assert decide(Facts(service, True, USER, ()), opts).reason == "no_jobs"
 
 
-def test_parse_args_from_argv():
-    opts, warnings = parse_args(["action_no_jobs=ignore", "debug", "=x", "service=sshd,login"], Options())
-    assert opts.action_no_jobs == "ignore" and opts.service == ("sshd", "login")
-    assert len(warnings) == 2 and "debug" in warnings[0]
-
-
 # ---------------------------------------------------------------------------
 # The administrators' table and docs/DECISIONS.md
 
@@ -469,4 +471,4 @@ def test_decision_table_rows_and_reasons():
 
 def test_decisions_md_matches_code():
     assert DECISIONS_MD.read_text() == render_markdown(), (
-        "docs/DECISIONS.md is stale: python3 -m callerid.adopter.policy > docs/DECISIONS.md")
+        "docs/DECISIONS.md is stale: python3 -m callerid.adopter.decision_table > docs/DECISIONS.md")

@@ -58,6 +58,8 @@ def test_parse_stat_real_self():
 
 def test_parse_status_ids():
     assert procfs.parse_status_ids(STATUS.format(pid=1)) == (1000, 1001, 2000)
+    with pytest.raises(ValueError):
+        procfs.parse_status_ids("Name:\tx\n")
 
 
 def test_proc_info_fake_tree(tmp_path):

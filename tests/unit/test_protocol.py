@@ -14,7 +14,6 @@ from callerid.protocol import (
     MAX_FRAME_PAYLOAD,
     Answer,
     ErrorCode,
-    FrameReader,
     FrameType,
     ProtocolError,
     Query,
@@ -369,40 +368,6 @@ def test_encode_frame_refuses_oversized_payload():
     assert len(encode_frame(FrameType.REQUEST, b"x" * MAX_FRAME_PAYLOAD)) == 8 + MAX_FRAME_PAYLOAD
     with pytest.raises(ValueError, match="exceeds"):
         encode_frame(FrameType.REQUEST, b"x" * (MAX_FRAME_PAYLOAD + 1))
-
-
-# --- FrameReader ------------------------------------------------------------------------------
-
-def test_frame_reader_byte_by_byte():
-    data = raw_header(ftype=2, length=5) + b"hello"
-    r = FrameReader()
-    got = []
-    for i in range(len(data)):
-        got += r.feed(data[i:i + 1])
-        if i < len(data) - 1:
-            assert got == []
-            assert r.pending == i + 1
-    assert got == [(FrameType.ANSWER, b"hello")]
-    assert r.pending == 0
-
-
-def test_frame_reader_two_frames_in_one_chunk_and_a_partial_third():
-    data = raw_header(ftype=1, length=3) + b"abc" + raw_header(ftype=3, length=0) + raw_header(ftype=2, length=4) + b"xy"
-    r = FrameReader()
-    assert r.feed(data) == [(FrameType.REQUEST, b"abc"), (FrameType.ERROR, b"")]
-    assert r.pending == 10
-    assert r.feed(b"z") == []
-    assert r.feed(b"w") == [(FrameType.ANSWER, b"xyzw")]
-    assert r.pending == 0
-
-
-def test_frame_reader_rejects_oversized_before_body():
-    r = FrameReader(max_payload=16)
-    assert_protocol_error(ErrorCode.BAD_FRAME, r.feed, raw_header(length=17))
-
-
-def test_frame_reader_rejects_bad_magic():
-    assert_protocol_error(ErrorCode.BAD_FRAME, FrameReader().feed, b"GET / HTTP/1.0\r\n")
 
 
 # --- error frames -----------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import pytest
 
 from callerid.protocol import HEADER, ErrorCode, FrameType, decode_error, decode_header, encode_frame
 from callerid.tracer.metrics import RPC_RESULTS, TracerMetrics
-from tests.helpers import require
 from callerid.tracer.server import RpcServer, bind_listener
+from tests.helpers import require
 
 READ_TIMEOUT = 0.3
 IO_TIMEOUT = 2.0   # upper bound for any single wait in these tests
@@ -87,7 +87,7 @@ def wait_for(pred, timeout=IO_TIMEOUT):
     return pred()
 
 
-def wait_idle(h: "Harness") -> bool:
+def wait_idle(h: Harness) -> bool:
     """No client connected and every slot back. The gauge drops just before the slot is
     released, so also look at the semaphore (CPython's BoundedSemaphore._value) when it exists."""
     slots = h.server._slots
@@ -411,7 +411,7 @@ def test_busy_when_all_slots_are_held(make):
 
 def test_slots_are_released_after_errors(make):
     h = make(max_clients=1, read_timeout=IO_TIMEOUT)
-    for i in range(3):
+    for _ in range(3):
         c = h.connect()
         c.sendall(b"\xff" * HEADER.size)
         assert recv_error(c)[0] == ErrorCode.BAD_FRAME

@@ -6,17 +6,14 @@ import json
 import sys
 
 from callerid import config as cfgmod
+from callerid.inet import endpoint
+from callerid.linux import procfs
 from callerid.slurm_cgroup import job_from_proc_cgroup
 from callerid.userdb import user_name
 
-from callerid.linux import procfs
 from .bpfmap import Connections
 from .layout import F_RECONCILED, key_tuple
 from .probes import pin_dir
-
-
-def _fmt(ip, port) -> str:
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 def rows(conns: Connections, include_closed: bool) -> list[dict]:
@@ -40,7 +37,7 @@ def rows(conns: Connections, include_closed: bool) -> list[dict]:
             pass
         out.append({
             "state": "closed" if owner.closed_ns else "open",
-            "local": _fmt(src, sport), "peer": _fmt(dst, dport),
+            "local": endpoint(src, sport), "peer": endpoint(dst, dport),
             "pid": owner.tgid, "uid": owner.uid, "user": user_name(owner.uid),
             "comm": owner.comm.decode(errors="replace"), "job_id": job,
             "owner_alive": alive, "cgroup_id": owner.cgroup_id,

@@ -1,0 +1,1 @@
+"""VM test tier: build Debian images, boot them under qemu (TCG), run callerid's tests inside."""

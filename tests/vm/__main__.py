@@ -1,0 +1,92 @@
+"""scripts/vm.sh's implementation: build SUITE | run SUITE -- CMD | shell SUITE | test [SUITE...]."""
+
+import argparse
+import sys
+import time
+
+from . import image, recipe, suites
+from .guest import Guest, announce_boot
+from .machine import Machine, note, sigterm_as_interrupt
+from .report import TestRun, write_summary
+
+GUEST_TIER = f"{image.SHARE_MOUNT}/tests/vm/in_guest.sh"
+
+
+def cmd_build(a) -> int:
+    for name in a.suites:
+        image.build(recipe.for_suite(name), force=a.force)
+    return 0
+
+
+def ensure_image(name: str) -> recipe.Recipe:
+    r = recipe.for_suite(name)
+    if not r.built():
+        image.build(r)
+    return r
+
+
+def cmd_run(a) -> int:
+    r = ensure_image(a.suite)
+    with Machine(r) as m:
+        g = Guest(m)
+        announce_boot(g)
+        return g.run(a.command, tty=a.shell)
+
+
+def cmd_test(a) -> int:
+    runs = []
+    for name in [suites.get(n).name for n in a.suites] or list(suites.SUITES):
+        run = TestRun(name)
+        t0 = time.monotonic()
+        r = recipe.for_suite(name)
+        if not r.built():
+            image.build(r)
+            run.build_secs = time.monotonic() - t0
+        run.log.parent.mkdir(parents=True, exist_ok=True)
+        note(f"{name}: guest output also in {run.log}")
+        try:
+            with Machine(r) as m:
+                g = Guest(m)
+                run.boot_secs = announce_boot(g)
+                t1 = time.monotonic()
+                run.rc = g.run(["bash", GUEST_TIER, *a.steps.split(",")], tee=run.log)
+                run.test_secs = time.monotonic() - t1
+        except (RuntimeError, TimeoutError) as exc:
+            note(f"{name}: {exc}")
+            run.rc = 255
+        runs.append(run)
+    write_summary(runs)
+    return 0 if all(r.rc == 0 for r in runs) else 1
+
+
+def main(argv=None) -> int:
+    sigterm_as_interrupt()
+    p = argparse.ArgumentParser(prog="scripts/vm.sh", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build (or confirm current) the image of each SUITE")
+    b.add_argument("suites", nargs="+", choices=list(suites.SUITES), metavar="SUITE")
+    b.add_argument("--force", action="store_true", help="rebuild even if the recipe is unchanged")
+    b.set_defaults(func=cmd_build)
+    r = sub.add_parser("run", help="boot SUITE, run CMD as root in the guest, stop; exit with CMD's status")
+    r.add_argument("suite", choices=list(suites.SUITES), metavar="SUITE")
+    r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD")
+    r.set_defaults(func=cmd_run, shell=False)
+    s = sub.add_parser("shell", help="boot SUITE and open a root shell in the guest")
+    s.add_argument("suite", choices=list(suites.SUITES), metavar="SUITE")
+    s.set_defaults(func=cmd_run, shell=True, command=[])
+    t = sub.add_parser("test", help="run the tier's steps in each SUITE (default: all)")
+    t.add_argument("suites", nargs="*", metavar="SUITE")
+    t.add_argument("--steps", default="unit,smoke", help="comma-separated: unit, smoke, kernel, or a test path")
+    t.set_defaults(func=cmd_test)
+    a = p.parse_args(argv)
+    if getattr(a, "command", None) and a.command[0] == "--":
+        a.command = a.command[1:]
+    try:
+        return a.func(a)
+    except KeyboardInterrupt:
+        note("interrupted; VM stopped and overlay removed")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
