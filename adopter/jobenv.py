@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import re
 
-from .jobs import LocalJob, parse_procs, parse_status_uid
+from callerid.linux.procfs import parse_status_ids
+
+from .jobs import LocalJob, parse_procs
 
 MAX_VALUE = 4096          # a longer value is skipped, never truncated
 MAX_PROCESSES = 64        # processes looked at per login, at most
@@ -92,7 +94,11 @@ def job_environment(job: LocalJob, names, proc: str = "/proc") -> dict[str, str]
             if seen > MAX_PROCESSES:
                 return {}
             status = _read(f"{proc}/{pid}/status")
-            if status is None or parse_status_uid(status.decode(errors="replace")) != job.uid:
+            try:
+                uid = parse_status_ids(status.decode(errors="replace"))[0] if status else None
+            except ValueError:
+                uid = None
+            if uid != job.uid:
                 continue  # slurmstepd and other root processes: not the job's environment
             env = parse_environ(_read(f"{proc}/{pid}/environ") or b"", names)
             if env:
