@@ -271,11 +271,12 @@ class SlurmLab:
     """A Slurm cluster of `nodes` nodes (network namespaces) with callerid, sshd and pam_slurm_adopt on each."""
 
     def __init__(self, nodes: int = 2, root: Path = ROOT, log=None, log_level: str = "info", probe: str = "auto",
-                 syslog: bool = True):
+                 syslog: bool = True, job_container: bool = False):
         """nodes: 1..16; log: a callable taking progress lines (default: silent); log_level: of the
         callerid daemons; probe: the tracers' backend
         ("auto" tries fentry, kprobe, tracepoint: about 3 s more per tracer here than "tracepoint");
-        syslog: run a /dev/log listener (log/syslog.log) if the machine has none, for pam_slurm_adopt."""
+        syslog: run a /dev/log listener (log/syslog.log) if the machine has none, for pam_slurm_adopt;
+        job_container: JobContainerType=job_container/tmpfs (BasePath <root>/jc), for join_container."""
         if not 1 <= nodes <= MAX_NODES:
             raise ValueError(f"nodes must be 1..{MAX_NODES}")
         self.root = Path(root)
@@ -287,6 +288,7 @@ class SlurmLab:
         self.log_level = log_level
         self.probe = probe
         self.syslog = syslog
+        self.job_container = job_container
         self._popens: dict[int, subprocess.Popen] = {}
         self._children: list[subprocess.Popen] = []  # started by popen(): ours to stop in down()
         self._log = log or (lambda msg: None)
@@ -580,6 +582,7 @@ class SlurmLab:
             "ProctrackType=proctrack/cgroup",
             "TaskPlugin=task/cgroup,task/affinity",
             "PrologFlags=contain",
+            *(["JobContainerType=job_container/tmpfs"] if self.job_container else []),
             "JobAcctGatherType=jobacct_gather/none",
             "AccountingStorageType=accounting_storage/none",
             "JobCompType=jobcomp/none",
@@ -631,6 +634,8 @@ class SlurmLab:
             (self.root / n.name).mkdir(mode=0o755)
         self.conf.write_text(self.slurm_conf_text())
         (sd / "cgroup.conf").write_text(self.cgroup_conf_text())
+        if self.job_container:
+            (sd / "job_container.conf").write_text(f"AutoBasePath=true\nBasePath={self.root / 'jc'}\n")
         self.state["slurm_conf"] = str(self.conf)
         self.state["cgroup_nodes"] = [n.name for n in self.nodes]
         PIN_ROOT.mkdir(parents=True, exist_ok=True)
@@ -640,7 +645,7 @@ class SlurmLab:
             write_tracer_config(nd / "tracer.toml", self.munge_socket, str(PIN_ROOT / n.name), [],
                                 f"{n.ip}:{TRACER_METRICS_PORT}", nodename=n.name, rpc_port=RPC_PORT, probe=self.probe)
             write_adopter_config(nd / "adopter.toml", self.munge_socket, n.name, RPC_PORT, self.adopter_socket(n),
-                                 f"{n.ip}:{ADOPTER_METRICS_PORT}")
+                                 f"{n.ip}:{ADOPTER_METRICS_PORT}", job_container_conf=str(sd / "job_container.conf"))
             for f in (nd / "tracer.toml", nd / "adopter.toml"):
                 f.write_text(f.read_text().replace('log_level = "debug"', f'log_level = "{self.log_level}"'))
         self._save()
@@ -1108,7 +1113,10 @@ class SlurmLab:
             if r.returncode not in (0, 6):
                 notes.append(f"userdel {name}: {r.stderr.strip()}")
 
-        # 8. directories: pinned maps, the lab directory (state file last)
+        # 8. directories: pinned maps, the lab directory (state file last); job_container/tmpfs
+        #    mounts a job's /tmp and pins its namespace under <root>/jc: a killed slurmd leaves them
+        for mp in sorted(_mounts_under(self.root), reverse=True):
+            subprocess.run(["umount", "-l", mp], capture_output=True, timeout=10)
         for d in reversed(st.get("dirs", [])):
             if d != str(self.root):
                 shutil.rmtree(d, ignore_errors=True)
@@ -1233,6 +1241,18 @@ class SlurmLab:
 # ---------------------------------------------------------------- CLI
 
 LOCK_FILE = "/run/lock/callerid-lab.lock"
+
+
+def _mounts_under(root: Path) -> list[str]:
+    """Mount points strictly below root (from /proc/self/mountinfo; octal escapes decoded)."""
+    prefix = str(root).rstrip("/") + "/"
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].encode().decode("unicode_escape")
+            if mp.startswith(prefix):
+                out.append(mp)
+    return out
 
 
 def lab_lock(timeout: float = 120.0):

@@ -193,7 +193,8 @@ def cl(cluster):
 # --- the real Slurm lab (tests/infra/slurmlab.py), one per test module ---
 
 @pytest.fixture(scope="module")
-def lab():
+def lab(request):
+    """The lab, with the test module's LAB_OPTIONS (SlurmLab keyword arguments) if it has any."""
     require_bpf()
     for exe in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch", "/usr/sbin/sshd", "/usr/sbin/munged"):
         require(os.access(exe, os.X_OK), f"{exe} (scripts/setup.sh installs slurmctld slurmd slurm-client "
@@ -204,7 +205,7 @@ def lab():
         lock = lab_lock(timeout=120)  # held for the module: `scripts/lab.sh up/down` wait for us
     except LabBusy as exc:
         require(False, f"the lab lock ({exc})")
-    lab = SlurmLab(nodes=2)
+    lab = SlurmLab(nodes=2, **getattr(request.module, "LAB_OPTIONS", {}))
     try:
         try:
             lab.up(timeout=90)
