@@ -24,6 +24,7 @@ def base_options(a: cfgmod.AdopterConfig) -> policy.Options:
         "action_adopt_failure": a.action_adopt_failure, "action_generic_failure": a.action_generic_failure,
         "ignore_root": str(a.ignore_root), "single_job_skip_rpc": str(a.single_job_skip_rpc),
         "service": ",".join(a.service), "mode": a.mode, "join_container": str(a.join_container),
+        "job_group": str(a.job_group),
     }, policy.Options())
     if warnings:
         raise cfgmod.ConfigError("[adopter]: " + "; ".join(warnings))

@@ -1,5 +1,6 @@
 """What an adopted session takes from its job: device-visibility variables from the
-environment of one of the job's own processes (HTCondor's ssh_to_job does the same).
+environment of one of the job's own processes (HTCondor's ssh_to_job does the same), and
+the group the job runs under.
 
 Slurm sets CUDA_VISIBLE_DEVICES and friends per step (gres/gpu), so they live only in
 the environments of the job's processes; /proc/<pid>/environ is readable by root. The
@@ -76,31 +77,47 @@ def _step_pids(step: str) -> list[int]:
     return pids
 
 
-def job_environment(job: LocalJob, names, proc: str = "/proc") -> dict[str, str]:
-    """`names` as the job sees them, from its first process (owned by the job's user, in
-    a non-extern step) whose environ holds any of them; {} if there is none."""
-    if not names:
-        return {}
+def job_processes(job: LocalJob, proc: str = "/proc"):
+    """(pid, real gid) of the job user's processes in the job's non-extern steps, batch
+    first; at most MAX_PROCESSES looked at. slurmstepd and other root processes are not
+    the job's."""
     jdir = job_dir(job)
     try:
         steps = sorted((e.name for e in os.scandir(jdir) if e.is_dir(follow_symlinks=False) and _STEP.match(e.name)),
                        key=step_order)
     except OSError:
-        return {}
+        return
     seen = 0
     for step in steps:
         for pid in _step_pids(os.path.join(jdir, step)):
             seen += 1
             if seen > MAX_PROCESSES:
-                return {}
+                return
             status = _read(f"{proc}/{pid}/status")
             try:
-                uid = parse_status_ids(status.decode(errors="replace"))[0] if status else None
+                uid, _, gid = parse_status_ids(status.decode(errors="replace")) if status else (None, None, None)
             except ValueError:
-                uid = None
-            if uid != job.uid:
-                continue  # slurmstepd and other root processes: not the job's environment
-            env = parse_environ(_read(f"{proc}/{pid}/environ") or b"", names)
-            if env:
-                return env
+                continue
+            if uid == job.uid:
+                yield pid, gid
+
+
+def job_environment(job: LocalJob, names, proc: str = "/proc") -> dict[str, str]:
+    """`names` as the job sees them, from its first process whose environ holds any of
+    them; {} if there is none."""
+    if not names:
+        return {}
+    for pid, _ in job_processes(job, proc):
+        env = parse_environ(_read(f"{proc}/{pid}/environ") or b"", names)
+        if env:
+            return env
     return {}
+
+
+def job_group(job: LocalJob, proc: str = "/proc") -> int | None:
+    """The group the job runs under (sbatch --gid may differ from the user's primary
+    group): the real gid of its first process. Only a privileged process can change a
+    real gid, so the user cannot choose it. None if the job has no such process."""
+    for _, gid in job_processes(job, proc):
+        return gid
+    return None

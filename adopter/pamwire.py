@@ -4,7 +4,7 @@ One line each way, so the C side needs no JSON parser (adopter/pam/wireline.c is
 twin, tested against this module and fuzzed):
 
     request  v=1 user=U service=S opt.NAME=VALUE ...\\n
-    reply    v=1 verdict=V reason=R [job=J] [msg=M] [ns=PATH] [env.NAME=VALUE ...]\\n
+    reply    v=1 verdict=V reason=R [job=J] [msg=M] [ns=PATH] [gid=G] [env.NAME=VALUE ...]\\n
 
 Tokens are separated by one space; a token is KEY=VALUE split at its first '='. Keys and
 values are percent-encoded: every byte <= 0x20 (space, controls), >= 0x7f, '%' and '='
@@ -132,7 +132,8 @@ def parse_request(line: bytes) -> Request:
 class Reply:
     """What the module acts on: verdict (adopt/allow -> PAM_SUCCESS, ignore -> PAM_IGNORE,
     deny -> PAM_PERM_DENIED), the message to show, the job for SLURM_JOB_ID, the mount
-    namespace to join and the job's environment variables to put into the session."""
+    namespace to join, the job's environment variables to put into the session and the
+    job's group to add to the session's supplementary groups."""
 
     verdict: str
     reason: str
@@ -140,6 +141,7 @@ class Reply:
     job_id: int | None = None
     namespace: str = ""
     env: dict = field(default_factory=dict)
+    group: int | None = None
 
     def encode(self) -> bytes:
         if self.verdict not in VERDICTS:
@@ -151,6 +153,8 @@ class Reply:
             pairs.append(("msg", self.message))
         if self.namespace:
             pairs.append(("ns", self.namespace))
+        if self.group is not None:
+            pairs.append(("gid", str(self.group)))
         bad = [k for k in self.env if not ENV_NAME.fullmatch(k)]
         if bad or len(self.env) > MAX_ENV:
             raise WireError(f"bad environment: names {bad}, {len(self.env)} variables (at most {MAX_ENV})")
@@ -164,12 +168,15 @@ def parse_reply(line: bytes) -> Reply:
     f = decode(line)
     if f.get("verdict") not in VERDICTS:
         raise WireError(f"verdict {f.get('verdict')!r} is not one of {VERDICTS}")
-    job = f.get("job")
-    if job is not None and not (job.isdigit() and job.isascii()):
-        raise WireError("job must be a decimal number")
+    job, gid = f.get("job"), f.get("gid")
+    for name, v in (("job", job), ("gid", gid)):
+        if v is not None and not (v.isdigit() and v.isascii() and len(v) <= 10):
+            raise WireError(f"{name} must be a decimal number of at most 10 digits")
+    if gid is not None and not 0 < int(gid) < 2**32 - 1:
+        raise WireError("gid must be 1 .. 2**32-2")
     env = {k[len(ENV_PREFIX):]: v for k, v in f.items() if k.startswith(ENV_PREFIX)}
     bad = [k for k in env if not ENV_NAME.fullmatch(k)]
     if bad or len(env) > MAX_ENV:
         raise WireError(f"bad environment: names {bad}, {len(env)} variables (at most {MAX_ENV})")
     return Reply(f["verdict"], f.get("reason", ""), f.get("msg", ""), int(job) if job is not None else None,
-                 f.get("ns", ""), env)
+                 f.get("ns", ""), env, int(gid) if gid is not None else None)

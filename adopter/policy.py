@@ -37,7 +37,7 @@ _CHOICES = {
     "action_generic_failure": GENERIC_FAILURE_ACTIONS,
     "mode": MODES,
 }
-_BOOLS = ("ignore_root", "single_job_skip_rpc", "join_container")
+_BOOLS = ("ignore_root", "single_job_skip_rpc", "join_container", "job_group")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ class Options:
     """pam_slurm_adopt's options, same names and defaults, plus callerid's `mode`.
 
     `mode=audit` decides, logs and counts as `enforce` would, but allows every login and
-    adopts nothing. `join_container` and `nodename` are not used by decide(): the daemon
+    adopts nothing. `join_container`, `job_group` (add the job's group to an adopted
+    session's supplementary groups) and `nodename` are not used by decide(): the daemon
     reads them (nodename "" means callerid.toml's)."""
 
     action_no_jobs: str = "deny"
@@ -57,6 +58,7 @@ class Options:
     service: tuple[str, ...] = ("sshd",)  # '*' matches every service
     mode: str = "enforce"
     join_container: bool = True
+    job_group: bool = True
     nodename: str = ""
 
     def __post_init__(self):

@@ -40,6 +40,7 @@ class Session:
 
     env: dict
     namespace: str = ""
+    group: int | None = None
 
 
 class Adopter:
@@ -78,14 +79,15 @@ class Adopter:
         if verdict is not decision.verdict:  # audit: allowed, adopted nowhere, nothing to tell
             return Reply(verdict.value, decision.reason)
         job = decision.job_id if verdict is policy.Verdict.ADOPT else None
-        return Reply(verdict.value, decision.reason, decision.message, job, session.namespace, session.env)
+        return Reply(verdict.value, decision.reason, decision.message, job, session.namespace, session.env,
+                     session.group)
 
     def _decide(self, app_pid, user, service, opts) -> tuple[policy.Decision, str, Session]:
         try:
             pw = pwd.getpwnam(user)
-            uid = pw.pw_uid
+            uid, primary_gid = pw.pw_uid, pw.pw_gid
         except KeyError:
-            uid = None
+            uid = primary_gid = None
         nodename = opts.nodename or self.s.nodename
         all_jobs = jobs.list_jobs(nodename, self.s.cgroup_root, self.s.v2_mount) if uid is not None else []
         mine = [j for j in all_jobs if j.uid == uid and j.job_id is not None]
@@ -108,6 +110,9 @@ class Adopter:
                 self.m.adoptions.labels("success").inc()
                 log.info("Process %d adopted into job %d", app_pid, job.job_id)
                 session.env = jobenv.job_environment(job, self.s.job_env)
+                gid = jobenv.job_group(job) if opts.job_group else None
+                if gid not in (None, 0, primary_gid):   # never root's group; the primary needs nothing
+                    session.group = gid
             except (cgroupfs.AdoptError, jobns.NamespaceError) as exc:
                 reason = getattr(exc, "reason", "namespace")
                 self.m.adoptions.labels(reason).inc()

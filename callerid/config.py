@@ -94,6 +94,9 @@ class AdopterConfig:
         "enforce, or audit: decide, log and count as enforce would, but allow every login and adopt nothing.")
     join_container: bool = opt(True,
         "Join the job's mount namespace (job_container/tmpfs) when adopting, as pam_slurm_adopt.")
+    job_group: bool = opt(True,
+        "Add the job's group (sbatch --gid) to an adopted session's supplementary groups; needs "
+        "`auth optional pam_callerid.so` in the auth stack (pam_setcred).")
     job_container_conf: str = opt("/etc/slurm/job_container.conf",
         "Slurm's job_container.conf: its BasePath is where job namespaces may be joined from.")
     job_env: list = opt(["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -316,6 +317,29 @@ static int join_namespace(pam_handle_t *pamh, const struct cfg *c, const char *p
     return 0;
 }
 
+#define GID_DATA "pam_callerid_job_gid"
+
+static void free_data(pam_handle_t *pamh, void *data, int status)
+{
+    (void)pamh;
+    (void)status;
+    free(data);
+}
+
+/* Remember the job's group for pam_sm_setcred: sshd resets the groups (initgroups)
+ * after the account step, then calls pam_setcred to add what modules grant. */
+static void keep_group(pam_handle_t *pamh, const struct cfg *c, const char *gid)
+{
+    gid_t *g = malloc(sizeof *g);
+    if (!g)
+        return;
+    *g = (gid_t)strtoul(gid, NULL, 10);
+    if (pam_set_data(pamh, GID_DATA, g, free_data) != PAM_SUCCESS) {
+        free(g);
+        say(pamh, c, LOG_ERR, "cannot keep the job's group %s for setcred", gid);
+    }
+}
+
 /* The session's environment: SLURM_JOB_ID (as pam_slurm_adopt) and the job's variables. */
 static void put_env(pam_handle_t *pamh, const struct cfg *c, const struct wl_reply *r)
 {
@@ -380,6 +404,8 @@ PAM_EXTERN int pam_sm_acct_mgmt(pam_handle_t *pamh, int flags, int argc, const c
             rc = PAM_PERM_DENIED;
         } else {
             put_env(pamh, &c, &r);
+            if (r.gid)
+                keep_group(pamh, &c, r.gid);
         }
     }
     if (rc == PAM_PERM_DENIED)
@@ -392,5 +418,53 @@ PAM_EXTERN int pam_sm_acct_mgmt(pam_handle_t *pamh, int flags, int argc, const c
 out:
     free(req);
     free(reply);
+    return rc;
+}
+
+/* auth: nothing to authenticate; the module is in the auth stack only for setcred. */
+__attribute__((visibility("default")))
+PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    (void)pamh;
+    (void)flags;
+    (void)argc;
+    (void)argv;
+    return PAM_IGNORE;
+}
+
+/* setcred (auth stack, `auth optional pam_callerid.so`): add the adopted job's group to the
+ * session's supplementary groups, after sshd's initgroups(). The real gid stays the
+ * user's: `newgrp` is still needed where the real gid counts (ptrace, new files). */
+__attribute__((visibility("default")))
+PAM_EXTERN int pam_sm_setcred(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    const void *data = NULL;
+    struct cfg c;
+    if (!(flags & (PAM_ESTABLISH_CRED | PAM_REINITIALIZE_CRED)) ||
+        pam_get_data(pamh, GID_DATA, &data) != PAM_SUCCESS || !data)
+        return PAM_IGNORE;
+    parse_cfg(pamh, &c, argc, argv);
+    gid_t want = *(const gid_t *)data;
+    int n = getgroups(0, NULL);
+    if (n < 0)
+        return PAM_IGNORE;
+    gid_t *groups = calloc((size_t)n + 1, sizeof *groups);
+    if (!groups)
+        return PAM_IGNORE;
+    n = getgroups(n, groups);
+    int have = 0;
+    for (int i = 0; i < n; i++)
+        have |= groups[i] == want;
+    int rc = PAM_SUCCESS;
+    if (n >= 0 && !have) {
+        groups[n] = want;
+        if (setgroups((size_t)n + 1, groups) != 0) {
+            say(pamh, &c, LOG_ERR, "cannot add the job's group %u: %s", (unsigned)want, strerror(errno));
+            rc = PAM_IGNORE;
+        } else {
+            say(pamh, &c, LOG_INFO, "added the job's group %u to the session's groups", (unsigned)want);
+        }
+    }
+    free(groups);
     return rc;
 }

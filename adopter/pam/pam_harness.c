@@ -7,8 +7,14 @@
  *   pam_harness CONFDIR SERVICE USER MODULE [ARG...]
  *   -> "error HEX" / "info HEX" per conversation message, "rc NAME", "env HEX" per
  *      PAM environment entry
+ *   pam_harness CONFDIR SERVICE USER -
+ *   -> the same through SERVICE's own stacks, plus (after pam_setcred, as sshd calls it
+ *      after initgroups()) "setcred NAME" and "groups G,G,..." (the harness's own groups)
  */
+#define _GNU_SOURCE
 #include <dlfcn.h>
+#include <grp.h>
+#include <unistd.h>
 #include <security/pam_appl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,12 +59,56 @@ static const char *name(int rc)
     }
 }
 
+static void print_groups(void)
+{
+    gid_t groups[256];
+    int n = getgroups(256, groups);
+    printf("groups ");
+    for (int i = 0; i < n; i++)
+        printf("%s%u", i ? "," : "", (unsigned)groups[i]);
+    printf("\n");
+}
+
+static void print_env(pam_handle_t *h)
+{
+    char **env = pam_getenvlist(h);
+    for (char **e = env; e && *e; e++) {
+        hexline("env", *e);
+        free(*e);
+    }
+    free(env);
+}
+
+/* MODULE "-": run SERVICE's own stacks (pam_acct_mgmt, then pam_setcred as sshd does after
+ * initgroups()); module data (pam_set_data) only works when libpam dispatches the call. */
+static int run_stacks(pam_handle_t *h)
+{
+    int rc = pam_acct_mgmt(h, 0);
+    printf("rc %s\n", name(rc));
+    if (setgroups(0, NULL) == 0) {
+        printf("setcred %s\n", name(pam_setcred(h, PAM_REINITIALIZE_CRED)));
+        print_groups();
+    }
+    print_env(h);
+    pam_end(h, rc);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(stderr, "usage: pam_harness CONFDIR SERVICE USER MODULE [ARG...]\n");
+        fprintf(stderr, "usage: pam_harness CONFDIR SERVICE USER MODULE|- [ARG...]\n");
         return 2;
     }
+    struct pam_conv c = {conv, NULL};
+    pam_handle_t *h = NULL;
+    int rc = pam_start_confdir(argv[2], argv[3], &c, argv[1], &h);
+    if (rc != PAM_SUCCESS) {
+        printf("start %s\n", name(rc));
+        return 1;
+    }
+    if (strcmp(argv[4], "-") == 0)
+        return run_stacks(h);
     void *mod = dlopen(argv[4], RTLD_NOW | RTLD_LOCAL);
     if (!mod) {
         fprintf(stderr, "dlopen: %s\n", dlerror());
@@ -71,21 +121,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "no pam_sm_acct_mgmt in %s\n", argv[4]);
         return 2;
     }
-    struct pam_conv c = {conv, NULL};
-    pam_handle_t *h = NULL;
-    int rc = pam_start_confdir(argv[2], argv[3], &c, argv[1], &h);
-    if (rc != PAM_SUCCESS) {
-        printf("start %s\n", name(rc));
-        return 1;
-    }
     rc = acct(h, 0, argc - 5, (const char **)argv + 5);
     printf("rc %s\n", name(rc));
-    char **env = pam_getenvlist(h);
-    for (char **e = env; e && *e; e++) {
-        hexline("env", *e);
-        free(*e);
-    }
-    free(env);
+    print_env(h);
     pam_end(h, rc);
     dlclose(mod);
     return 0;

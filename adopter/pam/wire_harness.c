@@ -51,6 +51,8 @@ int main(int argc, char **argv)
     field("ns", r.ns);
     if (r.job)
         field("job", r.job);
+    if (r.gid)
+        field("gid", r.gid);
     for (size_t i = 0; i < r.nenv; i++) {
         printf("env ");
         hex(r.env_name[i]);

@@ -18,6 +18,7 @@ struct wl_reply {
     const char *msg;       /* "" if absent */
     const char *job;       /* decimal digits, or NULL */
     const char *ns;        /* "" if absent */
+    const char *gid;       /* decimal digits (1 .. 2^32-2), or NULL */
     size_t nenv;
     const char *env_name[WL_MAX_ENV];
     const char *env_value[WL_MAX_ENV];

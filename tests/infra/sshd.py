@@ -38,6 +38,7 @@ def pam_stack(module_args: list[str], adopter_socket: str) -> str:
     return "\n".join([
         "# written by callerid tests; removed when they end",
         "auth     required pam_unix.so",
+        f"auth     optional {pam_module()} socket={adopter_socket}",   # setcred: the job's group
         "account  required pam_unix.so",
         f"account  required {line}",
         "session  required pam_unix.so",

@@ -77,6 +77,22 @@ def test_adopted_session_gets_slurm_job_id_and_the_jobs_device_variables(cl):
     assert "JOB=5411 CUDA=2,3 GPUS=2,3 OTHER=none" in login.out, login.out + cl.logs()
 
 
+JOB_GID = 64123   # a group the test user is not in: what `sbatch --gid` gives a job
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_adopted_session_gets_the_jobs_group(cl, on):
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5441)
+    cl.dst_jobs.popen(["sleep", "120"], a.uid, JOB_GID, 5441, "0", env={"PATH": "/usr/bin:/bin"})
+    cl.set_hook(*([] if on else ["job_group=0"]))
+    login = cl.ssh(a, command="cat /proc/self/cgroup; echo GROUPS $(id -G) REAL $(id -rg)")
+    assert login.rc == 0 and "job_5441/step_extern" in extern_freezer(login), login.err + cl.logs()
+    groups = next(line for line in login.out.splitlines() if line.startswith("GROUPS")).split()
+    assert (str(JOB_GID) in groups[1:groups.index("REAL")]) is on, login.out
+    assert groups[-1] == str(a.gid)   # the real gid stays the user's: newgrp for ptrace and new files
+
+
 def test_unadopted_session_gets_no_slurm_job_id(cl):
     a = cl.users[0]
     cl.set_hook("action_no_jobs=ignore")

@@ -52,6 +52,13 @@ def test_job_environment_comes_from_the_users_process_in_a_job_step(tmp_path):
     assert jobenv.job_environment(job, (), proc) == {}
 
 
+def test_job_group_is_the_real_gid_of_the_users_job_process(tmp_path):
+    job, proc = _fake(tmp_path, {10: (0, b""), 12: (1000, b"")}, {"step_extern": [], "step_batch": [10, 12]})
+    assert jobenv.job_group(job, proc) == 1   # _fake writes Gid 1
+    job, proc = _fake(tmp_path / "b", {10: (0, b"")}, {"step_extern": [], "step_batch": [10]})
+    assert jobenv.job_group(job, proc) is None
+
+
 def test_job_environment_is_empty_without_a_users_process(tmp_path):
     job, proc = _fake(tmp_path, {10: (0, b"CUDA_VISIBLE_DEVICES=0\0")}, {"step_extern": [], "step_batch": [10, 99]})
     assert jobenv.job_environment(job, NAMES, proc) == {}

@@ -76,10 +76,16 @@ class Result:
         self.errors: list[str] = []
         self.infos: list[str] = []
         self.env: dict[str, str] = {}
+        self.groups: list[int] = []
         for line in out.splitlines():
             tag, _, hexed = line.partition(" ")
             if tag == "rc":
                 self.rc = hexed
+                continue
+            if tag == "groups":
+                self.groups = [int(g) for g in hexed.split(",") if g]
+                continue
+            if tag == "setcred":
                 continue
             text = bytes.fromhex(hexed).decode()
             if tag == "error":
@@ -142,6 +148,33 @@ def test_adoption_sets_slurm_job_id_and_the_jobs_variables(build, tmp_path, sock
     d.close()
     assert r.rc == "PAM_SUCCESS"
     assert r.env == {"SLURM_JOB_ID": "4242", "CUDA_VISIBLE_DEVICES": "0,1", "SLURM_JOB_GPUS": "0,1"}
+
+
+def run_stacks(build: Path, tmp_path: Path, sockpath: str) -> Result:
+    """Through libpam's own dispatch, as sshd: account, then setcred on the auth stack."""
+    conf = tmp_path / "pam.d"
+    conf.mkdir(exist_ok=True)
+    module = f"{build / 'pam_callerid.so'} socket={sockpath}"
+    (conf / SERVICE).write_text(f"auth optional {module}\naccount required pam_permit.so\naccount required {module}\n")
+    r = subprocess.run([str(build / "callerid-pam-harness"), str(conf), SERVICE, "alice", "-"], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return Result(r.stdout, 0)
+
+
+def test_setcred_adds_the_jobs_group_after_an_adoption(build, tmp_path, sockpath):
+    d = StandIn(sockpath, Reply("adopt", "single_job", job_id=7, group=64123).encode())
+    r = run_stacks(build, tmp_path, sockpath)
+    d.close()
+    assert (r.rc, r.groups, r.env) == ("PAM_SUCCESS", [64123], {"SLURM_JOB_ID": "7"})
+
+
+@pytest.mark.parametrize("verdict", ["allow", "ignore", "deny"])
+def test_no_group_unless_adopted(build, tmp_path, sockpath, verdict):
+    d = StandIn(sockpath, Reply(verdict, "x", group=64123).encode())
+    r = run_stacks(build, tmp_path, sockpath)
+    d.close()
+    assert r.groups == []
 
 
 @pytest.mark.parametrize("verdict", ["allow", "ignore", "deny"])
@@ -242,12 +275,13 @@ def test_module_texts_are_policys():
     assert f'#define MSG_ADOPT_FAILED "{policy.MSG_ADOPT_FAILED}"' in src
 
 
-def test_module_is_hardened_and_exports_one_symbol(build):
+def test_module_is_hardened_and_exports_only_pams_entry_points(build):
     so = str(build / "pam_callerid.so")
     out = subprocess.run(["readelf", "-h", "-d", "-l", "--wide", so], capture_output=True, text=True, check=True).stdout
     assert "DYN (Shared object file)" in out
     assert "BIND_NOW" in out or ("FLAGS_1" in out and "NOW" in out)
     assert "GNU_RELRO" in out
     syms = subprocess.run(["nm", "-D", "--defined-only", so], capture_output=True, text=True, check=True).stdout
-    assert [line.split()[-1] for line in syms.splitlines()] == ["pam_sm_acct_mgmt"]
+    assert sorted(line.split()[-1] for line in syms.splitlines()) == [
+        "pam_sm_acct_mgmt", "pam_sm_authenticate", "pam_sm_setcred"]
     assert os.stat(so).st_mode & 0o022 == 0

@@ -38,8 +38,9 @@ def c_parse(harness, line: bytes):
             env[bytes.fromhex(parts[1]).decode()] = bytes.fromhex(parts[2]).decode()
         else:
             f[parts[0]] = bytes.fromhex(parts[1]).decode()
-    job = f.get("job")
-    return Reply(f["verdict"], f["reason"], f["msg"], int(job) if job is not None else None, f["ns"], env)
+    job, gid = f.get("job"), f.get("gid")
+    return Reply(f["verdict"], f["reason"], f["msg"], int(job) if job is not None else None, f["ns"], env,
+                 int(gid) if gid is not None else None)
 
 
 def py_parse(line: bytes):
@@ -100,7 +101,7 @@ GOOD = [
     Reply("deny", "no_jobs", "Access denied by callerid: you have no active jobs on this node"),
     Reply("ignore", "root"),
     Reply("allow", "adopt_failed_allow", job_id=None),
-    Reply("adopt", "single_job", "", 7, "/b/n/7/.ns", {"CUDA_VISIBLE_DEVICES": "0", "X_1": "a b=c\n%é"}),
+    Reply("adopt", "single_job", "", 7, "/b/n/7/.ns", {"CUDA_VISIBLE_DEVICES": "0", "X_1": "a b=c\n%é"}, 4242),
 ]
 
 
@@ -116,7 +117,8 @@ def test_c_parser_reads_the_daemons_replies(harness, rep):
     b"v=1 verdict=allow env.=a\n", b"v=1 verdict=allow msg=%0\n", b"v=1 verdict=allow msg=%zz\n",
     b"v=1 verdict=allow msg=%00\n", b"v=1 verdict=allow msg=a\x00b\n", b"v=1 verdict=allow msg=\xff\n",
     b"v=1 verdict=allow msg=%C0%80\n", b"v=1 verdict=allow msg=%ED%A0%80\n", b"v=1  verdict=allow\n",
-    b"v=1 verdict=allow =x\n", b"v=1 verdict=allow\r\n",
+    b"v=1 verdict=allow =x\n", b"v=1 verdict=allow\r\n", b"v=1 verdict=allow gid=0\n",
+    b"v=1 verdict=allow gid=4294967295\n", b"v=1 verdict=allow job=12345678901\n", b"v=1 verdict=allow gid=-1\n",
     b"v=1 verdict=allow " + b" ".join(b"k%d=v" % i for i in range(pamwire.MAX_TOKENS)) + b"\n",
     b"v=1 verdict=allow " + b" ".join(b"env.V%d=v" % i for i in range(pamwire.MAX_ENV + 1)) + b"\n",
     b"v=1 verdict=allow msg=" + b"x" * pamwire.MAX_LINE + b"\n",
@@ -137,7 +139,8 @@ _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters
 _env_name = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True)
 _replies = st.builds(
     Reply, st.sampled_from(pamwire.VERDICTS), _text, _text,
-    st.one_of(st.none(), st.integers(0, 2**40)), _text, st.dictionaries(_env_name, _text, max_size=5))
+    st.one_of(st.none(), st.integers(0, 2**32 - 1)), _text, st.dictionaries(_env_name, _text, max_size=5),
+    st.one_of(st.none(), st.integers(1, 2**32 - 2)))
 
 
 @settings(max_examples=150, deadline=None)
@@ -151,7 +154,8 @@ _line_bytes = st.one_of(
     st.binary(max_size=80),
     st.lists(st.sampled_from([b"v=1", b"verdict=allow", b"verdict=deny", b"reason=%41", b"job=12", b"job=x",
                               b"env.A=1", b"env.A=2", b"env.9=1", b"msg=%", b"msg=%4", b"msg=%E2%82%AC",
-                              b"msg=%FF", b"ns=/x", b"=", b"a", b"", b"v=2", b"k=\x7f", b"k=%00"]),
+                              b"msg=%FF", b"ns=/x", b"=", b"a", b"", b"v=2", b"k=\x7f", b"k=%00", b"gid=0",
+                              b"gid=7", b"gid=4294967294", b"gid=4294967295", b"job=99999999999"]),
              max_size=8).map(lambda toks: b" ".join(toks) + b"\n"),
 )
 
