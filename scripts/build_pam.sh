@@ -16,20 +16,19 @@ newer() {  # newer TARGET SOURCES...: TARGET is missing or older than a source o
   for s in "$@" "$0"; do [ "$s" -nt "$t" ] && return 0; done
   return 1
 }
-build() {  # build TARGET CC-ARGS...
-  local t=$1; shift
+build() {  # build TARGET MODE CC-ARGS...
+  local t=$1 mode=$2; shift 2
   cc "${cflags[@]}" "$@" "${ldflags[@]}" -o "$t.tmp.$$"
-  install -m 0755 "$t.tmp.$$" "$t"   # never leave a half-written module where PAM loads it
-  rm -f "$t.tmp.$$"
+  chmod "$mode" "$t.tmp.$$"
+  mv -f "$t.tmp.$$" "$t"   # a rename: sshd never dlopen()s a half-written module
   echo "built $t"
 }
 if newer "$out/pam_callerid.so" "$src"/pam_callerid.c "$src"/wireline.[ch]; then
-  build "$out/pam_callerid.so" -fPIC -shared -fvisibility=hidden "$src"/pam_callerid.c "$src"/wireline.c -lpam
-  chmod 0644 "$out/pam_callerid.so"
+  build "$out/pam_callerid.so" 0644 -fPIC -shared -fvisibility=hidden "$src"/pam_callerid.c "$src"/wireline.c -lpam
 fi
 if newer "$out/callerid-wire-harness" "$src"/wire_harness.c "$src"/wireline.[ch]; then
-  build "$out/callerid-wire-harness" -fPIE -pie "$src"/wire_harness.c "$src"/wireline.c
+  build "$out/callerid-wire-harness" 0755 -fPIE -pie "$src"/wire_harness.c "$src"/wireline.c
 fi
 if newer "$out/callerid-pam-harness" "$src"/pam_harness.c; then
-  build "$out/callerid-pam-harness" -fPIE -pie "$src"/pam_harness.c -lpam -ldl
+  build "$out/callerid-pam-harness" 0755 -fPIE -pie "$src"/pam_harness.c -lpam -ldl
 fi
