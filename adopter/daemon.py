@@ -43,13 +43,16 @@ class AdopterDaemon:
             job_container_conf=a.job_container_conf)
         self.adopter = Adopter(self.settings, self.metrics)
         self.sock = self._bind(a.socket)
+        self.attach_sock = self._bind(a.attach_socket, public=True) if a.attach_socket else None
         self._stop = threading.Event()
         self._http = None
 
     @staticmethod
-    def _bind(path: str) -> socket.socket:
+    def _bind(path: str, public: bool = False) -> socket.socket:
+        """A listening unix socket: root only, or (public) for every user, who is then known
+        by the peer credentials of each connection."""
         d = os.path.dirname(path)
-        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.makedirs(d, mode=0o755 if public else 0o700, exist_ok=True)
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -60,7 +63,7 @@ class AdopterDaemon:
             s.bind(path)
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        os.chmod(path, 0o666 if public else 0o600)
         s.listen(64)
         return s
 
@@ -72,6 +75,9 @@ class AdopterDaemon:
                                      lambda: [f"PAM module socket: {self.cfg.adopter.socket}",
                                               f"options: {vars(self.settings.base_options)}"])
         threading.Thread(target=self._accept_loop, name="hook-accept", daemon=True).start()
+        if self.attach_sock is not None:
+            threading.Thread(target=self._accept_loop, args=(self.attach_sock, self._serve_attach),
+                             name="attach-accept", daemon=True).start()
         log.info("adopter serving %s for node %s (%s)", self.cfg.adopter.socket, self.settings.nodename,
                  ", ".join(f"{k}={v}" for k, v in vars(self.settings.base_options).items()))
 
@@ -82,19 +88,51 @@ class AdopterDaemon:
         except OSError:
             pass
         self.sock.close()
+        if self.attach_sock is not None:
+            self.attach_sock.close()
         if self._http is not None:
             self._http.shutdown()
 
-    def _accept_loop(self):
+    def _accept_loop(self, sock: socket.socket | None = None, serve=None):
+        sock, serve = sock or self.sock, serve or self._serve
         while not self._stop.is_set():
             try:
-                conn, _ = self.sock.accept()
+                conn, _ = sock.accept()
             except OSError:
                 if self._stop.is_set():
                     return
                 time.sleep(0.01)
                 continue
-            threading.Thread(target=self._serve, args=(conn,), name="hook", daemon=True).start()
+            threading.Thread(target=serve, args=(conn,), name="hook", daemon=True).start()
+
+    def _serve_attach(self, conn: socket.socket):
+        """One `callerid attach` request: v=1 job=J -> v=1 result=R msg=M. The caller is its peer credentials."""
+        with conn:
+            try:
+                who = peer.peer_credentials(conn)
+                conn.settimeout(2.0)
+                raw = b""
+                while not raw.endswith(b"\n") and len(raw) < 256:
+                    chunk = conn.recv(256)
+                    if not chunk:
+                        break
+                    raw += chunk
+                try:
+                    req = pamwire.decode(raw)
+                    job = req.get("job", "")
+                    if set(req) != {"v", "job"} or not (job.isdigit() and job.isascii() and len(job) <= 10):
+                        raise pamwire.WireError("expected v=1 job=JOBID")
+                except pamwire.WireError as exc:
+                    self.metrics.attach.labels("bad_request").inc()
+                    log.warning("attach: bad request from uid %d pid %d: %s", who.uid, who.pid, exc)
+                    result, msg = "bad_request", policy.ATTACH_MESSAGES["bad_request"]
+                else:
+                    result, msg = self.adopter.attach(who.pid, who.uid, int(job))
+                conn.sendall(pamwire.encode([("result", result), ("msg", msg)]))
+            except (OSError, socket.timeout) as exc:
+                log.warning("attach: %s", exc)
+            except Exception:  # never leave the caller without an answer or the thread dead silently
+                log.exception("attach request failed")
 
     def _serve(self, conn: socket.socket):
         with conn:

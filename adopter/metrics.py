@@ -9,7 +9,7 @@ from callerid import __version__
 from callerid.client import RPC_ERROR_REASONS
 
 from .decision_table import verdict_reason_pairs
-from .policy import MODES
+from .policy import ATTACH_RESULTS, MODES
 
 # Sub-millisecond for single-job adoptions, seconds for RPC timeouts and deadlines.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -48,6 +48,10 @@ class AdopterMetrics:
         self.hook_requests = Counter("callerid_adopter_hook_requests",
                                      "Requests on the hook socket by result (rejected ones never reach a decision).",
                                      ["result"], registry=r)
+        self.attach = Counter("callerid_adopter_attach_requests",
+                              "`callerid attach` requests by result (attached, or why not).", ["result"], registry=r)
+        for v in ATTACH_RESULTS:
+            self.attach.labels(v)
         self.security = Counter("callerid_adopter_security_events",
                                 "Logins from another user's job or other possible escape attempts.", ["kind"],
                                 registry=r)

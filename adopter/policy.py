@@ -314,3 +314,45 @@ def enforced(decision: Decision, opts: Options) -> Verdict:
     if opts.mode == "audit" and decision.verdict in (Verdict.ADOPT, Verdict.DENY):
         return Verdict.ALLOW
     return decision.verdict
+
+
+# ---------------------------------------------------------------------------
+# `callerid attach JOBID`: the user corrects a guess (like PBS's pbs_attach -j).
+
+# Sessions whose job was a guess (or that were let in unadopted) because the source node
+# could not say: only these may be moved by their user. A session the caller ID placed
+# (reason "callerid"), a single job, and a login from another user's job (foreign_job_*,
+# a possible escape) stay where the decision put them.
+ATTACH_FROM_WHYS = ("no_answer", "rpc_failed", "job_not_here")
+ATTACH_RESULTS = ("attached", "no_session", "not_your_session", "determined", "not_your_job", "same_job",
+                  "bad_request", "failed")
+
+
+ATTACH_MESSAGES = {
+    "attached": "callerid: this session is now in job {job}",
+    "no_session": "callerid: this is not an ssh session the adopter placed on this node",
+    "not_your_session": "callerid: this session belongs to another user",
+    "determined": "callerid: this session's job was determined by where the connection came from; it stays there",
+    "not_your_job": "callerid: job {job} is not one of your jobs on this node",
+    "same_job": "callerid: this session is already in job {job}",
+    "bad_request": "callerid: usage: callerid attach JOBID",
+    "failed": "callerid: moving this session into job {job} failed; see the adopter's log",
+}
+
+
+def decide_attach(session_reason: str | None, session_uid: int | None, session_job: int | None,
+                  caller_uid: int, target_job: int, own_job_ids) -> str:
+    """Whether a caller may move its ssh session into target_job: "attached" (go ahead) or
+    the reason it may not (ATTACH_RESULTS). session_*: what the adopter recorded when it
+    decided the session's login (None: no login of this adopter)."""
+    if session_reason is None:
+        return "no_session"
+    if session_uid != caller_uid:
+        return "not_your_session"
+    if not any(session_reason.startswith(f"{why}_") for why in ATTACH_FROM_WHYS):
+        return "determined"
+    if target_job not in set(own_job_ids):
+        return "not_your_job"   # another user's job, or not on this node: never
+    if target_job == session_job:
+        return "same_job"
+    return "attached"

@@ -12,7 +12,7 @@ from callerid.inet import endpoint
 from callerid.linux import sockets
 from callerid.protocol import Query, Status
 
-from . import cgroupfs, jobenv, jobns, jobs, policy
+from . import attach, cgroupfs, jobenv, jobns, jobs, policy
 from .metrics import NO_SOCKET, SECURITY_KIND, AdopterMetrics
 from .pamwire import Reply
 from .pamwire import escape as escape_field  # percent-encoding: a log line stays one line
@@ -47,6 +47,7 @@ class Adopter:
     def __init__(self, settings: Settings, metrics: AdopterMetrics):
         self.s = settings
         self.m = metrics
+        self.logins = attach.Logins()
 
     def handle(self, app_pid: int, user: str, service: str, raw_options: dict) -> Reply:
         """Decide for the PAM application process app_pid (already verified)."""
@@ -119,7 +120,40 @@ class Adopter:
                 log.error("adopting process %d into job %d failed (%s): %s", app_pid, job.job_id, reason, exc)
                 d = policy.after_adopt_failure(d)
                 session = Session({})
+        if opts.mode != "audit" and d.verdict in (policy.Verdict.ADOPT, policy.Verdict.ALLOW):
+            self.logins.record(app_pid, uid, d.reason, d.job_id if d.verdict is policy.Verdict.ADOPT else None)
         return d, src, session
+
+    def attach(self, caller_pid: int, caller_uid: int, job_id: int) -> tuple[str, str]:
+        """`callerid attach`: move the caller's session into its own job job_id, if
+        policy.decide_attach allows; (result, message for the user)."""
+        found = self.logins.session_of(caller_pid)
+        sshd, login = found if found else (None, None)
+        mine = [j for j in jobs.list_jobs(self.s.nodename, self.s.cgroup_root, self.s.v2_mount)
+                if j.uid == caller_uid and j.job_id is not None]
+        result = policy.decide_attach(login.reason if login else None, login.uid if login else None,
+                                      login.job_id if login else None, caller_uid, job_id,
+                                      {j.job_id for j in mine})
+        moved = 0
+        if result == "attached":
+            job = next(j for j in mine if j.job_id == job_id)
+            try:
+                for pid in attach.descendants(sshd):
+                    try:
+                        cgroupfs.adopt(pid, job)
+                        moved += 1
+                    except cgroupfs.AdoptError:
+                        if pid == sshd:
+                            raise
+                        # a session process that exited meanwhile: nothing to move
+                self.logins.moved(sshd, job_id)
+            except cgroupfs.AdoptError as exc:
+                log.error("attach: moving session %d into job %d failed: %s", sshd, job_id, exc)
+                result = "failed"
+        self.m.attach.labels(result).inc()
+        log.info("attach uid=%d session=%s from_job=%s to_job=%d result=%s processes=%d", caller_uid,
+                 sshd if sshd else "-", (login.job_id if login else None) or "-", job_id, result, moved)
+        return result, policy.ATTACH_MESSAGES[result].format(job=job_id)
 
     def _namespace(self, job: jobs.LocalJob, nodename: str, opts: policy.Options) -> str:
         """The job's job_container/tmpfs namespace file to join, checked; "" if none."""

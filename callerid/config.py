@@ -94,6 +94,9 @@ class AdopterConfig:
         "enforce, or audit: decide, log and count as enforce would, but allow every login and adopt nothing.")
     join_container: bool = opt(True,
         "Join the job's mount namespace (job_container/tmpfs) when adopting, as pam_slurm_adopt.")
+    attach_socket: str = opt("/run/callerid-attach/attach.sock",
+        "Socket any user may use for `callerid attach JOBID` (moving their own session into another of their "
+        "jobs when its job was a guess); empty disables it.")
     job_group: bool = opt(True,
         "Add the job's group (sbatch --gid) to an adopted session's supplementary groups; needs "
         "`auth optional pam_callerid.so` in the auth stack (pam_setcred).")

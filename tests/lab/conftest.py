@@ -159,7 +159,8 @@ def cluster(munged, test_users):
         mport = port
         acfg = d / "adopter.toml"
         write_adopter_config(acfg, munged.socket, f"dst{tag}", tracer.port, sock, f"127.0.0.1:{mport}",
-                             rpc_timeout_seconds=1.0, deadline_seconds=4.0)
+                             rpc_timeout_seconds=1.0, deadline_seconds=4.0,
+                             attach_socket=str(d / "attach" / "attach.sock"))
         adopter = AdopterProc(acfg, d / "adopter.log", topo.hosts["dst"]).start()
         sshd = Sshd(f"sshd-cid{tag}", d / "sshd", topo.hosts["dst"], pam_text=pam_stack(["deadline=4"], sock))
         sshd.start(pubs)

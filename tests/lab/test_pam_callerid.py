@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +163,39 @@ def test_audit_mode_decides_and_counts_but_allows_and_adopts_nothing(cl):
     assert "decision=adopt reason=single_job audit=1" in log
     assert metric(cl.adopter_metrics(), "callerid_adopter_decisions_total", verdict="deny", reason="no_jobs",
                   mode="audit") == deny_before + 1
+
+
+# --- callerid attach -----------------------------------------------------------------------
+
+CALLERID = str(Path(sys.executable).parent / "callerid")
+
+
+def attach_cmd(cl, job: int) -> str:
+    sock = os.path.join(str(cl.dir), "attach", "attach.sock")
+    return f"{CALLERID} attach --socket {sock} {job}; echo RC=$?; cat /proc/self/cgroup"
+
+
+def test_attach_corrects_a_guess_into_the_users_own_job_only(cl):
+    a, b = cl.users[0], cl.users[1]
+    cl.dst_jobs.create(a.uid, 5451)          # older
+    time.sleep(1.1)                          # 'newest' is by start time
+    cl.dst_jobs.create(a.uid, 5452)          # newer: where a guess from outside any job goes
+    cl.dst_jobs.create(b.uid, 5453)          # another user's job
+    before = metric(cl.adopter_metrics(), "callerid_adopter_attach_requests_total", result="attached")
+    moved = cl.ssh(a, command=attach_cmd(cl, 5451))
+    assert "RC=0" in moved.out and "job_5451/step_extern" in extern_freezer(moved), moved.out + moved.err + cl.logs()
+    assert metric(cl.adopter_metrics(), "callerid_adopter_attach_requests_total", result="attached") == before + 1
+    assert "result=attached" in cl.adopter.log_text()
+    foreign = cl.ssh(a, command=attach_cmd(cl, 5453))
+    assert "RC=1" in foreign.out and "job_5452/step_extern" in extern_freezer(foreign), foreign.out
+    assert "not one of your jobs" in foreign.err
+
+
+def test_attach_never_moves_a_session_the_caller_id_placed(cl):
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5461)
+    cl.dst_jobs.create(a.uid, 5462)
+    cl.src_jobs.create(a.uid, 5461)
+    login = cl.ssh(a, job=5461, command=attach_cmd(cl, 5462))   # from inside job 5461: determined
+    assert "RC=1" in login.out and "job_5461/step_extern" in extern_freezer(login), login.out + cl.logs()
+    assert "determined by where the connection came from" in login.err

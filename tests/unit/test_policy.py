@@ -472,3 +472,23 @@ def test_decision_table_rows_and_reasons():
 def test_decisions_md_matches_code():
     assert DECISIONS_MD.read_text() == render_markdown(), (
         "docs/DECISIONS.md is stale: python3 -m callerid.adopter.decision_table > docs/DECISIONS.md")
+
+
+# ---------------------------------------------------------------------------
+# decide_attach: `callerid attach JOBID`
+
+@pytest.mark.parametrize("reason, s_uid, s_job, target, own, want", [
+    ("no_answer_newest", USER, 2, 1, {1, 2}, "attached"),          # a guess: the user corrects it
+    ("rpc_failed_allow", USER, None, 1, {1, 2}, "attached"),       # let in unadopted: may join one
+    ("job_not_here_newest", USER, 2, 1, {1, 2}, "attached"),
+    (None, None, None, 1, {1}, "no_session"),                      # not a login this adopter decided
+    ("no_answer_newest", USER + 1, 2, 1, {1, 2}, "not_your_session"),
+    ("callerid", USER, 1, 2, {1, 2}, "determined"),                # the caller ID placed it: stays
+    ("single_job", USER, 1, 2, {1, 2}, "determined"),
+    ("foreign_job_newest", USER, 2, 1, {1, 2}, "determined"),      # a possible escape: stays
+    ("no_answer_newest", USER, 2, 900, {1, 2}, "not_your_job"),    # another user's job: never
+    ("no_answer_newest", USER, 2, 2, {1, 2}, "same_job"),
+])
+def test_decide_attach(reason, s_uid, s_job, target, own, want):
+    assert policy.decide_attach(reason, s_uid, s_job, USER, target, own) == want
+    assert want in policy.ATTACH_RESULTS and want in policy.ATTACH_MESSAGES
