@@ -645,7 +645,8 @@ class SlurmLab:
             write_tracer_config(nd / "tracer.toml", self.munge_socket, str(PIN_ROOT / n.name), [],
                                 f"{n.ip}:{TRACER_METRICS_PORT}", nodename=n.name, rpc_port=RPC_PORT, probe=self.probe)
             write_adopter_config(nd / "adopter.toml", self.munge_socket, n.name, RPC_PORT, self.adopter_socket(n),
-                                 f"{n.ip}:{ADOPTER_METRICS_PORT}", job_container_conf=str(sd / "job_container.conf"))
+                                 f"{n.ip}:{ADOPTER_METRICS_PORT}", job_container_conf=str(sd / "job_container.conf"),
+                                 attach_socket=str(nd / "attach" / "attach.sock"))
             for f in (nd / "tracer.toml", nd / "adopter.toml"):
                 f.write_text(f.read_text().replace('log_level = "debug"', f'log_level = "{self.log_level}"'))
         self._save()
