@@ -16,6 +16,7 @@ from .metrics import AdopterMetrics
 from .service import Adopter, Settings
 
 log = logging.getLogger("callerid.adopter.daemon")
+HOOK_DEADLINE_MARGIN = 0.25   # seconds: a decision must reach the module before the module gives up
 
 
 def base_options(a: cfgmod.AdopterConfig) -> policy.Options:
@@ -157,6 +158,8 @@ class AdopterDaemon:
             self.metrics.hook_requests.labels("not_root").inc()
             log.warning("hook socket: refused uid %d (pid %d): only root may ask", who.uid, who.pid)
             return None
+        # The hook's own deadline started just before it connected: end a little before it.
+        deadline = time.monotonic() + max(0.0, self.cfg.adopter.deadline_seconds - HOOK_DEADLINE_MARGIN)
         conn.settimeout(self.cfg.adopter.deadline_seconds)
         raw = b""
         try:
@@ -184,7 +187,15 @@ class AdopterDaemon:
             d = policy.generic_failure(opts, "bad_peer")
             return pamwire.Reply(d.verdict.value, d.reason, d.message)
         self.metrics.hook_requests.labels("ok").inc()
-        return self.adopter.handle(app.pid, req.user, req.service, req.options)
+
+        def still_wanted() -> str | None:
+            if not peer.still_waiting(conn):
+                return "hook_gone"
+            if not peer.same_application(who, app):
+                return "process_changed"
+            return None
+
+        return self.adopter.handle(app.pid, req.user, req.service, req.options, deadline, still_wanted)
 
 
 def run(args) -> int:

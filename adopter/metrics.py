@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
-from callerid import __version__
+from callerid import __version__, logs
 from callerid.client import RPC_ERROR_REASONS
 
 from .decision_table import verdict_reason_pairs
@@ -25,6 +26,9 @@ RPC_FAILED_OUTCOMES = RPC_ERROR_REASONS + (NO_SOCKET,)
 HOOK_RESULTS = ("ok", "not_root", "bad_request", "bad_peer", "timeout", "internal_error", "reply_undelivered")
 ADOPT_RESULTS = ("success", "job_gone", "permission", "io", "namespace")  # namespace: join_container check failed
 SECURITY_KIND = "foreign_job"  # the only decision policy flags as a possible escape
+# Why a decision was dropped instead of applied: the request's deadline passed, the module
+# hung up (it gave up on its own deadline), or the process to adopt changed under us.
+ABANDON_REASONS = ("deadline", "hook_gone", "process_changed")
 
 
 class AdopterMetrics:
@@ -52,6 +56,12 @@ class AdopterMetrics:
                               "`callerid attach` requests by result (attached, or why not).", ["result"], registry=r)
         for v in ATTACH_RESULTS:
             self.attach.labels(v)
+        self.abandoned = Counter("callerid_adopter_abandoned_decisions",
+                                 "Decisions dropped, never applied nor counted as decisions, because the login "
+                                 "had gone, by reason.",
+                                 ["reason"], registry=r)
+        for v in ABANDON_REASONS:
+            self.abandoned.labels(v)
         self.security = Counter("callerid_adopter_security_events",
                                 "Logins from another user's job or other possible escape attempts.", ["kind"],
                                 registry=r)
@@ -68,3 +78,20 @@ class AdopterMetrics:
             self.hook_requests.labels(v)
         self.security.labels(SECURITY_KIND)
         ProcessCollector(registry=r)
+        r.register(_SuppressedLogCollector())
+
+
+class _SuppressedLogCollector:
+    """Warnings the log's rate limit dropped (callerid.logs.Guard), read when scraped."""
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        fam = CounterMetricFamily("callerid_log_suppressed_messages",
+                                  "Warnings not written to the log because more than 10 of one kind came "
+                                  "within 10 s, by logger.",
+                                  labels=["logger"])
+        for name, n in sorted(logs.suppressed_counts().items()):
+            fam.add_metric([name], n)
+        yield fam

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 from dataclasses import dataclass
@@ -43,3 +44,28 @@ def pam_application(peer: Peer, allowed_exe: tuple[str, ...], proc: str = "/proc
     if app.euid != 0:
         raise PeerError(f"peer pid {peer.pid} is not running as root")
     return app
+
+
+def still_waiting(conn: socket.socket) -> bool:
+    """Whether the module is still connected and waiting for its reply. Once it has given up
+    (its own deadline) the socket reads EOF: a decision made after that is nobody's."""
+    p = select.poll()
+    p.register(conn, select.POLLIN | select.POLLHUP | select.POLLERR)
+    if not p.poll(0):
+        return True
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def same_application(peer: Peer, app: procfs.ProcInfo, proc: str = "/proc") -> bool:
+    """Right before adopting: app.pid is still the process checked at the start (same start
+    time, not a reused pid) and still the socket's peer (pam_callerid.so runs inside it)."""
+    try:
+        now = procfs.proc_info(app.pid, proc, ids=False)
+    except procfs.ProcessGone:
+        return False
+    return now.start_boot_ns == app.start_boot_ns and peer.pid == app.pid

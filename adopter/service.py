@@ -6,6 +6,7 @@ import logging
 import pwd
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from callerid.client import RpcError, ask
 from callerid.inet import endpoint
@@ -43,14 +44,32 @@ class Session:
     group: int | None = None
 
 
+class Abandoned(Exception):
+    """The login this decision was for is gone: its hook gave up, its deadline passed, or
+    the process to adopt is no longer the one that asked. Nothing is applied or counted."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason   # one of metrics.ABANDON_REASONS
+
+
+def _always_wanted() -> str | None:
+    return None
+
+
 class Adopter:
     def __init__(self, settings: Settings, metrics: AdopterMetrics):
         self.s = settings
         self.m = metrics
         self.logins = attach.Logins()
 
-    def handle(self, app_pid: int, user: str, service: str, raw_options: dict) -> Reply:
-        """Decide for the PAM application process app_pid (already verified)."""
+    def handle(self, app_pid: int, user: str, service: str, raw_options: dict,
+               deadline: float | None = None, still_wanted: Callable[[], str | None] = _always_wanted) -> Reply | None:
+        """Decide for the PAM application process app_pid (already verified).
+
+        deadline (time.monotonic()): every step that may block (the RPC, munged) ends by
+        then. still_wanted(): None while the login still waits for this decision, else why
+        not; asked again right before adopting. None is returned for an abandoned decision."""
         start = time.perf_counter()
         opts, warnings = policy.parse_options(raw_options, self.s.base_options)
         for w in warnings:
@@ -58,7 +77,13 @@ class Adopter:
         src = "-"
         session = Session({})
         try:
-            decision, src, session = self._decide(app_pid, user, service, opts)
+            decision, src, session = self._decide(app_pid, user, service, opts, deadline, still_wanted)
+        except Abandoned as exc:
+            self.m.abandoned.labels(exc.reason).inc()
+            log.warning("user=%s service=%s from=%s: decision abandoned (%s) after %.1f ms: nothing applied",
+                        escape_field(user), escape_field(service), src, exc.reason,
+                        (time.perf_counter() - start) * 1000)
+            return None
         except Exception as exc:  # noqa: BLE001 - any surprise is a generic failure, never a hung login
             log.exception("internal error deciding for %s", escape_field(user))
             decision = policy.generic_failure(opts, "internal_error")
@@ -83,7 +108,7 @@ class Adopter:
         return Reply(verdict.value, decision.reason, decision.message, job, session.namespace, session.env,
                      session.group)
 
-    def _decide(self, app_pid, user, service, opts) -> tuple[policy.Decision, str, Session]:
+    def _decide(self, app_pid, user, service, opts, deadline, still_wanted) -> tuple[policy.Decision, str, Session]:
         try:
             pw = pwd.getpwnam(user)
             uid, primary_gid = pw.pw_uid, pw.pw_gid
@@ -101,10 +126,13 @@ class Adopter:
         src = "-"
         session = Session({})
         if d.verdict == policy.Verdict.NEED_RPC:
-            answer, src = self._ask_source(app_pid, user)
+            answer, src = self._ask_source(app_pid, user, deadline)
             d = policy.decide(replace(facts, callerid=answer), opts)
         if d.verdict == policy.Verdict.ADOPT and opts.mode != "audit":
             job = next(j for j in mine if j.job_id == d.job_id)
+            why = "deadline" if deadline is not None and time.monotonic() >= deadline else still_wanted()
+            if why:
+                raise Abandoned(why)
             try:
                 session.namespace = self._namespace(job, nodename, opts)
                 cgroupfs.adopt(app_pid, job)
@@ -170,16 +198,21 @@ class Adopter:
             return ""
         return jobns.namespace_of(base, nodename, job.job_id) or ""
 
-    def _ask_source(self, app_pid: int, user: str) -> tuple[policy.CallerAnswer, str]:
+    def _ask_source(self, app_pid: int, user: str, deadline: float | None) -> tuple[policy.CallerAnswer, str]:
         conn = sockets.tcp_connection(app_pid)
         if conn is None:
             self.m.rpc.labels(NO_SOCKET).inc()
             return policy.CallerAnswer(None, NO_SOCKET), "-"
         q = Query.make(conn.remote_ip, conn.remote_port, conn.local_ip, conn.local_port)
         src = endpoint(q.src_ip, q.src_port)
+        timeout = self.s.rpc_timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                raise Abandoned("deadline")
         start = time.perf_counter()
         try:
-            ans = ask((str(q.src_ip), self.s.rpc_port), q, self.s.rpc_timeout, self.s.munge_socket)
+            ans = ask((str(q.src_ip), self.s.rpc_port), q, timeout, self.s.munge_socket)
         except RpcError as exc:
             self.m.rpc_seconds.observe(time.perf_counter() - start)
             self.m.rpc.labels(exc.reason).inc()

@@ -24,8 +24,7 @@ every login is also checked in the logs (node2's adopter decision lines, pam_slu
 "Process N adopted into job A" in syslog): a cell whose logins were not all adopted where expected
 is flagged.
 
-Also measured: the module's own cost (through build/callerid-pam-harness: exec + libpam + dlopen)
-and round trip to the daemon, and the adopter
+Also measured: the module's cost through build/callerid-pam-harness and its round trip to the daemon, the adopter
 daemon's decision time (its log's latency_ms, its RPC histogram), and the pieces of a decision
 (cgroupfs job listing, sock_diag dump) timed in node2's namespace.
 
@@ -48,7 +47,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.infra.slurmlab import LabBusy, SlurmLab, lab_lock
+from bench.common import read_from_offset  # noqa: E402
+from tests.infra.slurmlab import LabBusy, SlurmLab, cgroups, lab_lock  # noqa: E402
 
 VENV_PY = str(Path(sys.executable))
 LOCK_WAIT = 900        # the lab is shared with other people's test runs: wait this long for it, at most
@@ -211,7 +211,8 @@ def machine() -> dict:
         "cpu": first("/proc/cpuinfo", "model name"), "cpus": os.cpu_count(),
         "memory": first("/proc/meminfo", "MemTotal"), "kernel": platform.release(),
         "debian": Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "?",
-        "python": platform.python_version(), "openssh": cmd(["ssh", "-V"]), "slurm": "slurm " + cmd(["dpkg-query", "-W", "-f", "${Version}", "slurmd"]),
+        "python": platform.python_version(), "openssh": cmd(["ssh", "-V"]),
+        "slurm": "slurm " + cmd(["dpkg-query", "-W", "-f", "${Version}", "slurmd"]),
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
     }
 
@@ -225,15 +226,11 @@ class Bench:
         self.pam_callerid = self.pam.read_text()
         self.adopter_log = Path(next(r["log"] for r in lab.state["procs"] if r["name"] == "adopter-node2"))
         self.syslog = Path(lab.state["devlog"]["log"]) if lab.state.get("devlog") else None
-        module = re.search(r"(\S*pam_callerid\.so)\b", self.pam_callerid)
-        if not module:
-            raise RuntimeError(f"cannot find pam_callerid.so in {self.pam}:\n{self.pam_callerid}")
-        # the module outside sshd: the harness makes a PAM handle and calls pam_sm_acct_mgmt
-        conf = lab.root / "bench-pam.d"
+        module = re.search(r"(\S*pam_callerid\.so)\b", self.pam_callerid)[1]
+        conf = lab.root / "bench-pam.d"   # the module outside sshd: the harness calls pam_sm_acct_mgmt
         conf.mkdir(exist_ok=True)
         (conf / "callerid-bench").write_text("account required pam_permit.so\n")
-        harness = str(Path(module[1]).parent / "callerid-pam-harness")
-        self.hook = [harness, str(conf), "callerid-bench", USER, module[1]]
+        self.hook = [str(Path(module).parent / "callerid-pam-harness"), str(conf), "callerid-bench", USER, module]
         self.stacks = {
             "callerid": self.pam_callerid,
             "none": ("# login_bench.py: no account hook\nauth     required pam_unix.so\n"
@@ -265,21 +262,25 @@ class Bench:
                 self.restore()
         try:
             out = json.loads(r.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise RuntimeError(f"driver for {cfg} failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-1500:]}")
+        except (ValueError, IndexError) as exc:
+            raise RuntimeError(f"driver for {cfg} failed ({r.returncode}): {r.stdout[-500:]} "
+                               f"{r.stderr[-1500:]}") from exc
         time.sleep(0.05)  # let the daemons' log lines land
-        decisions = [kv(ln) for ln in read_from(self.adopter_log, a0).splitlines() if "decision=" in ln]
-        psa_adopted = [ln for ln in (read_from(self.syslog, s0) if self.syslog else "").splitlines()
+        decisions = [kv(ln) for ln in read_from_offset(self.adopter_log, a0).splitlines() if "decision=" in ln]
+        psa_adopted = [ln for ln in (read_from_offset(self.syslog, s0) if self.syslog else "").splitlines()
                        if "pam_slurm_adopt" in ln and f"adopted into job {job_a}" in ln]
-        freezer = next((ln.split(":", 2)[2] for ln in out["verify"].splitlines() if ":freezer:" in ln), "?")
-        out.update(decisions=decisions, psa_adopted=len(psa_adopted), freezer=freezer)
+        # Where the verifying session sat, per job hierarchy (callerid.slurm_cgroup parses it):
+        # one (job, step) if it sat in one place in all of them, else what each said.
+        steps = set(cgroups.job_steps(out["verify"], self.lab.host.version).values())
+        where = steps.pop() if len(steps) == 1 else sorted(map(str, steps))
+        out.update(decisions=decisions, psa_adopted=len(psa_adopted), session=where)
         return out
 
     def scenario(self, name: str, job_a: int, n_jobs: int) -> None:
         per = [self.n // self.rounds + (1 if i < self.n % self.rounds else 0) for i in range(self.rounds)]
         cells = {c: {"times": [], "fails": [], "logins": 0, "checked": [], "decisions": [], "psa_adopted": 0}
                  for c in self.configs}
-        want = f"/slurm_node2/uid_{self.u.uid}/job_{job_a}/step_extern"
+        want = (job_a, "extern")
         for rnd, count in enumerate(per):
             order = self.configs[rnd % len(self.configs):] + self.configs[:rnd % len(self.configs)]
             for cfg in order:
@@ -288,7 +289,7 @@ class Bench:
                 c["times"] += b["times"]
                 c["fails"] += b["fails"]
                 c["logins"] += b["logins"] - len(b["fails"])
-                c["checked"].append(b["freezer"])
+                c["checked"].append(b["session"])
                 c["decisions"] += b["decisions"]
                 c["psa_adopted"] += b["psa_adopted"]
             load = Path("/proc/loadavg").read_text().split()[0]
@@ -301,7 +302,7 @@ class Bench:
                 adopted_ok = c["psa_adopted"] == c["logins"] and all(f == want for f in c["checked"])
                 adopted = f"{c['psa_adopted']}/{c['logins']} job A"
             elif cfg == "none":
-                adopted_ok = not c["decisions"] and all("job_" not in f for f in c["checked"])
+                adopted_ok = not c["decisions"] and all(f is None for f in c["checked"])
                 adopted = f"0/{c['logins']} (none expected)" if adopted_ok else f"{len(c['decisions'])} decisions"
             else:
                 adopted_ok = len(adopts) == c["logins"] and all(f == want for f in c["checked"])
@@ -309,7 +310,8 @@ class Bench:
                 adopted = f"{len(adopts)}/{c['logins']} job A ({','.join(reasons)})"
             lat = [float(d["latency_ms"]) for d in c["decisions"] if "latency_ms" in d]
             self.results.setdefault(name, {})[cfg] = {
-                "label": CONFIGS[cfg][0], "jobs_on_node2": n_jobs, "n": len(ms), "samples_ms": [round(x, 3) for x in ms],
+                "label": CONFIGS[cfg][0], "jobs_on_node2": n_jobs, "n": len(ms),
+                "samples_ms": [round(x, 3) for x in ms],
                 "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "mean_ms": statistics.fmean(ms) if ms else None,
                 "min_ms": min(ms, default=None), "max_ms": max(ms, default=None),
                 "failed_logins": c["fails"][:5], "n_failed": len(c["fails"]),
@@ -363,7 +365,8 @@ class Bench:
         out = {}
         for key, url in (("adopter_node2", self.lab.node("node2").adopter_metrics),
                          ("tracer_node1", self.lab.node("node1").tracer_metrics)):
-            code = f"import sys,urllib.request;sys.stdout.write(urllib.request.urlopen({url!r},timeout=5).read().decode())"
+            code = ("import sys,urllib.request;"
+                    f"sys.stdout.write(urllib.request.urlopen({url!r},timeout=5).read().decode())")
             r = self.lab.run("node1", [VENV_PY, "-c", code], timeout=20)
             vals = {}
             for fam in text_string_to_metric_families(r.stdout if r.returncode == 0 else ""):
@@ -381,12 +384,6 @@ class Bench:
 
 def kv(line: str) -> dict:
     return dict(m.groups() for m in re.finditer(r"(\w+)=(\S+)", line))
-
-
-def read_from(path: Path, offset: int) -> str:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read().decode(errors="replace")
 
 
 def fmt(x, nd=1) -> str:

@@ -60,7 +60,8 @@ def plot_lookup(r: dict, out: Path, plt) -> Path:
     ax.set_xlabel("processes on the node (N helper processes + the rest)")
     ax.set_ylabel("latency of one lookup, µs (solid p50, dotted p99)")
     ax.set_title(f"Who owns this connection? Lookup latency vs node size\n"
-                 f"tracer_bench {r['mode']} run {r['date']}, {r['machine']['cpu']} {r['machine']['cores']} cores (shared)")
+                 f"tracer_bench {r['mode']} run {r['date']}, {r['machine']['cpu']} "
+                 f"{r['machine']['cores']} cores (shared)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
@@ -83,7 +84,8 @@ def plot_rpc(rl: dict | None, tr: dict | None, out: Path, plt) -> Path | None:
                             label=f"p50, max_clients={cfg['max_clients']}, with abuse, back to back")
             ax.plot(x, [c["p99_ns"] / 1e6 for c in cells], marker="s", linestyle=":", color=line.get_color(),
                     label=f"p99, max_clients={cfg['max_clients']}, with abuse, back to back")
-            ax2.plot(x, [c["req_per_s"] for c in cells], marker="o", label=f"max_clients={cfg['max_clients']}, with abuse")
+            ax2.plot(x, [c["req_per_s"] for c in cells], marker="o",
+                     label=f"max_clients={cfg['max_clients']}, with abuse")
             for c in (c for c in cfg["cells"] if c.get("rate_per_client")):
                 # paced cells: a slight x offset per rate so the markers do not overlap
                 xp = c["clients"] * (1.06 if c["rate_per_client"] > 10 else 0.94)
@@ -93,9 +95,10 @@ def plot_rpc(rl: dict | None, tr: dict | None, out: Path, plt) -> Path | None:
     if tr and "throughput" in tr:
         t = sorted(tr["throughput"].values(), key=lambda c: c["clients"])
         x = [c["clients"] for c in t]
-        ax.plot(x, [c["p50_ns"] / 1e6 for c in t], marker="^", color="grey", label=f"p50, tracer_bench {tr['date'][11:]} (no abuse)")
-        ax.plot(x, [c["p99_ns"] / 1e6 for c in t], marker="v", color="grey", linestyle=":", label=f"p99, tracer_bench {tr['date'][11:]} (no abuse)")
-        ax2.plot(x, [c["req_per_s"] for c in t], marker="^", color="grey", label=f"tracer_bench {tr['date'][11:]} (no abuse)")
+        run = f"tracer_bench {tr['date'][11:]} (no abuse)"
+        ax.plot(x, [c["p50_ns"] / 1e6 for c in t], marker="^", color="grey", label=f"p50, {run}")
+        ax.plot(x, [c["p99_ns"] / 1e6 for c in t], marker="v", color="grey", linestyle=":", label=f"p99, {run}")
+        ax2.plot(x, [c["req_per_s"] for c in t], marker="^", color="grey", label=run)
     ax.axhline(1.0, color="red", linewidth=0.8, linestyle="--", label="target: p99 < 1 ms (16 clients)")
     for a in (ax, ax2):
         a.set_xscale("log", base=2)
@@ -110,7 +113,8 @@ def plot_rpc(rl: dict | None, tr: dict | None, out: Path, plt) -> Path | None:
     ax.legend(fontsize=7)
     ax2.legend(fontsize=7)
     when = rl["date"] if rl else tr["date"]
-    fig.suptitle(f"callerid RPC latency and throughput vs concurrent clients (loopback, 2 shared cores, {when})", fontsize=10)
+    fig.suptitle(f"callerid RPC latency and throughput vs concurrent clients (loopback, 2 shared cores, {when})",
+                 fontsize=10)
     fig.tight_layout()
     p = out / "rpc-vs-clients.png"
     fig.savefig(p)
@@ -121,7 +125,8 @@ def plot_rpc(rl: dict | None, tr: dict | None, out: Path, plt) -> Path | None:
 def plot_login(lg: dict, out: Path, plt) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
     order = ["none", "psa", "callerid", "callerid_S"]
-    names = {"none": "no hook", "psa": "pam_slurm_adopt", "callerid": "callerid", "callerid_S": "callerid -S (proposed)"}
+    names = {"none": "no hook", "psa": "pam_slurm_adopt", "callerid": "callerid",
+             "callerid_S": "callerid -S (proposed)"}
     groups = list(lg["results"])
     width = 0.8 / len(order)
     for i, k in enumerate(order):
@@ -135,11 +140,13 @@ def plot_login(lg: dict, out: Path, plt) -> Path:
             err.append(c["p99_ms"] - c["p50_ms"])
         bars = ax.bar(xs, p50, width, yerr=[[0] * len(err), err], capsize=3, label=names[k])
         for b, v in zip(bars, p50, strict=True):
-            ax.text(b.get_x() + b.get_width() / 2, v / 2, f"{v:.0f}", ha="center", va="center", fontsize=8, color="white")
+            ax.text(b.get_x() + b.get_width() / 2, v / 2, f"{v:.0f}", ha="center", va="center", fontsize=8,
+                    color="white")
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{g} on node2" for g in groups])
     ax.set_ylabel("`ssh node2 true` wall time, ms (bar p50, whisker p99)")
-    ax.set_title(f"ssh login latency by PAM account hook ({lg['n_per_cell']} logins per cell, {lg['time'][:16]})", fontsize=10)
+    ax.set_title(f"ssh login latency by PAM account hook ({lg['n_per_cell']} logins per cell, {lg['time'][:16]})",
+                 fontsize=10)
     ax.legend(fontsize=8, loc="upper center", ncol=4)
     ax.set_ylim(0, max(c["p99_ms"] for g in lg["results"].values() for c in g.values()) * 1.2)
     ax.grid(True, axis="y", alpha=0.3)
@@ -162,7 +169,8 @@ def plot_scale(sc: dict, out: Path, plt) -> Path | None:
     ax.set_ylabel("% still attributable from the map")
     ax.set_ylim(0, 105)
     ax.set_title(f"{c['beyond']['held']} open connections vs a map of {c['capacity']} entries (LRU); "
-                 f"evicted ones: fallback found {c['fallback_on_evicted']['right_pid']}/{c['fallback_on_evicted']['asked']} sampled",
+                 f"evicted ones: fallback found {c['fallback_on_evicted']['right_pid']}/"
+                 f"{c['fallback_on_evicted']['asked']} sampled",
                  fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()

@@ -3,7 +3,7 @@
 
     sudo .venv/bin/python3 bench/rpc_load_bench.py [--quick] [--out bench/results/rpc_load.json]
 
-Against a real `callerid tracer` daemon (bench/tracer_bench.py's Daemon: own config, pins,
+Against a real `callerid tracer` daemon (bench/daemon.py's Daemon: own config, pins,
 ports, private munged, syslog sink), for two configurations — the default max_clients = 64
 and max_clients raised to 512 — and for each client count, for a bounded time:
   good clients   call callerid.client.ask() for one connection opened after the probe
@@ -45,23 +45,22 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.tracer_bench import (
-    run_cleanly,
-    write_results,
+from bench.common import (  # noqa: E402
     Cleanup,
-    Daemon,
-    SyslogSink,
     background_busy,
     connected_pair,
     listener,
     log,
     machine_info,
     proc_cpu_s,
+    run_cleanly,
     stop_pid,
     summary,
+    write_results,
 )
-from callerid.client import RpcError, ask
-from callerid.protocol import HEADER, MAGIC, VERSION, FrameType, Query, Status
+from bench.daemon import Daemon, SyslogSink  # noqa: E402
+from callerid.client import RpcError, ask  # noqa: E402
+from callerid.protocol import HEADER, MAGIC, VERSION, FrameType, Query, Status  # noqa: E402
 
 MAX_PROCS = 16
 # (clients, abuse alongside, requests/s per client or None for back to back)
@@ -181,7 +180,7 @@ class Abuse:
     def _bad(self):
         frames = [b"XX" + bytes([VERSION, 1]) + struct.pack("!I", 10) + b"0123456789",     # wrong magic
                   HEADER.pack(MAGIC, VERSION, FrameType.REQUEST, 1 << 30),                   # oversized length
-                  HEADER.pack(MAGIC, VERSION, FrameType.REQUEST, len(GARBAGE)) + GARBAGE,               # not a credential
+                  HEADER.pack(MAGIC, VERSION, FrameType.REQUEST, len(GARBAGE)) + GARBAGE,    # not a credential
                   HEADER.pack(MAGIC, 99, FrameType.REQUEST, 4) + b"abcd"]                     # unknown version
         end = time.monotonic() + self.duration
         i = 0
@@ -283,17 +282,21 @@ def fmt_ms(ns) -> str:
 def render(r: dict) -> str:
     m = r["machine"]
     L = [f"callerid RPC under load, {r['mode']} mode, {r['date']}",
-         f"machine: {m.get('os')}, kernel {m.get('kernel')}, {m.get('cpu')}, {m.get('cores')} cores; Python {m.get('python')}, {m.get('munge')}",
+         (f"machine: {m.get('os')}, kernel {m.get('kernel')}, {m.get('cpu')}, {m.get('cores')} cores; "
+          f"Python {m.get('python')}, {m.get('munge')}"),
          (f"background CPU busy (others' work) at start / end: {r['background_cpu_busy_start'] * 100:.0f}% / "
          f"{r.get('background_cpu_busy_end', 0) * 100:.0f}%; {r['duration_s']:.0f} s per cell"), "",
-         (f"{'max_clients':>11} {'clients':>7} {'paced':>9} {'abuse':>5} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+         (f"{'max_clients':>11} {'clients':>7} {'paced':>9} {'abuse':>5} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'max ms':>8} "
          f"{'BUSY':>6} {'errors':>6} {'SYN drops':>9} {'daemon CPU/req':>14}  after-cell answer")]
     for cfg in r["configs"]:
         for c in cfg["cells"]:
             paced = f"{c['rate_per_client']:g}/s each" if c.get("rate_per_client") else "no"
-            L.append(f"{cfg['max_clients']:>11} {c['clients']:>7} {paced:>9} {'yes' if c['abuse'] else 'no':>5} {c['req_per_s']:>7.0f} "
+            abuse = "yes" if c["abuse"] else "no"
+            L.append(f"{cfg['max_clients']:>11} {c['clients']:>7} {paced:>9} {abuse:>5} {c['req_per_s']:>7.0f} "
                      f"{fmt_ms(c.get('p50_ns')):>8} {fmt_ms(c.get('p99_ns')):>8} {fmt_ms(c.get('max_ns')):>8} "
-                     f"{c['busy']:>6} {c['errors_total']:>6} {c['listen_overflows']:>9} {c['daemon_cpu_ms_per_request']:>11.2f} ms  "
+                     f"{c['busy']:>6} {c['errors_total']:>6} {c['listen_overflows']:>9} "
+                     f"{c['daemon_cpu_ms_per_request']:>11.2f} ms  "
                      f"{c['after_cell_answer']['status']} {c['after_cell_answer']['ms']:.1f} ms")
     L.append("")
     L.append("abuse seen per cell (slow = 4 half-header holders; bad = malformed frames at 50/s):")
@@ -302,9 +305,11 @@ def render(r: dict) -> str:
             a = c.get("abuse_stats")
             if not a:
                 continue
-            L.append(f"  max_clients {cfg['max_clients']}, {c['clients']} clients: slow connections {a['slow_connections']} "
-                     f"(server answered/dropped {a['slow_dropped_by_server']}: {a['slow_got']}); bad frames {a['bad_sent']} "
-                     f"-> {a['bad_replies']}, connect errors {a['bad_connect_errors']}; daemon counted {c['daemon_results']}"
+            L.append(f"  max_clients {cfg['max_clients']}, {c['clients']} clients: "
+                     f"slow connections {a['slow_connections']} "
+                     f"(server answered/dropped {a['slow_dropped_by_server']}: {a['slow_got']}); "
+                     f"bad frames {a['bad_sent']} -> {a['bad_replies']}, "
+                     f"connect errors {a['bad_connect_errors']}; daemon counted {c['daemon_results']}"
                      + ("" if not c["errors"] else f"; good-client errors {c['errors']}"))
     return "\n".join(L)
 
@@ -319,7 +324,7 @@ def main() -> int:
     dur = 3.0 if args.quick else 6.0
 
     r = {"mode": "quick" if args.quick else "full", "duration_s": dur,
-         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
+         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
          "command": "sudo .venv/bin/python3 bench/rpc_load_bench.py" + (" --quick" if args.quick else "")}
 
     def body(cleanup: Cleanup) -> int:
@@ -347,8 +352,9 @@ def main() -> int:
             for clients, abuse, rate in CELLS:
                 cell = run_cell(d, clients, dur, qargs, abuse, cleanup, md.pid, rate)
                 cfg["cells"].append(cell)
-                log(f"max_clients {max_clients}, {clients} clients, rate {rate}, abuse {abuse}: {cell['req_per_s']:.0f} req/s, "
-                    f"p50 {fmt_ms(cell.get('p50_ns'))} ms, p99 {fmt_ms(cell.get('p99_ns'))} ms, busy {cell['busy']}, "
+                log(f"max_clients {max_clients}, {clients} clients, rate {rate}, abuse {abuse}: "
+                    f"{cell['req_per_s']:.0f} req/s, p50 {fmt_ms(cell.get('p50_ns'))} ms, "
+                    f"p99 {fmt_ms(cell.get('p99_ns'))} ms, busy {cell['busy']}, "
                     f"errors {cell['errors']}")
             cfg["daemon_logging_errors"] = d.logging_errors()
             r["configs"].append(cfg)

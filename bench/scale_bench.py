@@ -41,19 +41,19 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.tracer_bench import (
-    run_cleanly,
-    write_results,
+from bench.common import (  # noqa: E402
     Cleanup,
     background_busy,
     log,
     machine_info,
     new_pin_root,
+    run_cleanly,
     stop_pid,
     summary,
+    write_results,
 )
-
-from callerid.tracer.bpfmap import fdinfo
+from bench.scale_report import render  # noqa: E402
+from callerid.tracer.bpfmap import fdinfo  # noqa: E402
 
 CHILDREN_PROG = REPO / "bench" / "conn_children.py"
 
@@ -178,8 +178,9 @@ def bench_capacity(cap: int, total: int, cleanup: Cleanup, fallback_sample: int,
                        "newest_1000_in_map": sum(ok[-1000:]),
                        "first_in_map_index": ok.index(True) if any(ok) else None,
                        "in_map_by_decile": [sum(ok[i * total // 10:(i + 1) * total // 10]) for i in range(10)]}
-        log(f"capacity {cap}: holding {total}: {sum(ok)} in map; oldest {excess}: {r['beyond']['oldest_excess_in_map']} "
-            f"in map; newest {total - excess}: {r['beyond']['newest_cap_in_map']}")
+        log(f"capacity {cap}: holding {total}: {sum(ok)} in map; "
+            f"oldest {excess}: {r['beyond']['oldest_excess_in_map']} in map; "
+            f"newest {total - excess}: {r['beyond']['newest_cap_in_map']}")
         # Resolver with fallback on a bounded random sample of the evicted and of the present ones.
         res = Resolver(probe.conns, "benchnode", fallback=True)
         missing = [row for row, hit in zip(rows, ok, strict=True) if not hit]
@@ -340,7 +341,8 @@ def bench_churn(workers: int, seconds: float, cap: int, cleanup: Cleanup) -> dic
                "held_long_lived": len(held), "held_in_map_before": held_before, "held_in_map_after": held_in_map(),
                "sweeps_during": during}
         log(f"churn: {total} connections in {wall:.1f} s = {out['conns_per_s']:.0f}/s; sampled open "
-            f"{out['sampled']}, attributable {out['hit']}, wrong pid {out['wrong_pid']}; map {out['map_entries_after']}")
+            f"{out['sampled']}, attributable {out['hit']}, wrong pid {out['wrong_pid']}; "
+            f"map {out['map_entries_after']}")
         # Sweeps after the churn, on the map it left: a keep-everything pass (grace 120 s, the
         # periodic cost) three times, then a pass that deletes every closed entry (grace 0).
         after = []
@@ -448,76 +450,6 @@ def bench_churn_c(exe: str, workers: int, seconds: float, cap: int, cleanup: Cle
         unload(probe, root, cleanup)
 
 
-# --------------------------------------------------------------------------- report
-
-def machine_line(m: dict) -> str:
-    return (f"machine: {m.get('os')}, kernel {m.get('kernel')}, {m.get('cpu')}, {m.get('cores')} cores, "
-            f"{m.get('mem_gib')} GiB; Python {m.get('python')}, BCC {m.get('bcc')}")
-
-
-def render(r: dict) -> str:
-    L = [f"callerid scale benchmark, {r['mode']} mode, {r['date']}",
-         machine_line(r["machine"]),
-         (f"background CPU busy (others' work) at start / end: {r['background_cpu_busy_start'] * 100:.0f}% / "
-         f"{r.get('background_cpu_busy_end', 0) * 100:.0f}%"), ""]
-    L.append("(a) map memory (memlock from /proc/self/fdinfo; conns is BPF_MAP_TYPE_LRU_HASH, preallocated)")
-    L.append(f"   {'max_conns':>10}  {'conns map':>12}  {'bytes/entry':>11}  {'pending map (16384)':>20}  load")
-    for m in r["memory"]:
-        if not m["loaded"]:
-            L.append(f"   {m['max_conns']:>10}  did not load: {m['error']}")
-            continue
-        L.append(f"   {m['max_conns']:>10}  {m['conns_memlock'] / 2**20:>8.1f} MiB  {m['bytes_per_entry']:>11.0f}  "
-                 f"{m['pending_memlock'] / 2**20:>16.1f} MiB  {m['load_s']:.1f} s")
-    if m.get("loaded"):
-        L.append(f"   key {m['conns_key_size']} B + value {m['conns_value_size']} B per entry")
-        if "closed_memlock" in m:
-            L.append(f"   closed map ({m['closed_max']} entries, same layout): {m['closed_memlock'] / 2**20:.1f} MiB")
-    c = r.get("capacity")
-    if c:
-        b, y, fb, mp = c["below"], c["beyond"], c["fallback_on_evicted"], c["resolver_on_present"]
-        L += ["", f"(b) capacity: map of {c['capacity']} entries, connections held by child processes"]
-        L.append(f"   {b['held']} held (90% of capacity): {b['in_map']} attributable from the map "
-                 f"({b['held'] - b['in_map']} lost); map entries {b['map_entries']}")
-        L.append(f"   {y['held']} held: {y['in_map']} in the map; oldest {y['oldest_excess']}: {y['oldest_excess_in_map']} "
-                 f"in map; newest {y['newest_cap']}: {y['newest_cap_in_map']} in map; newest 1000: "
-                 f"{y['newest_1000_in_map']}; map entries {y['map_entries']}")
-        L.append(f"   in map by decile of age (oldest first, {y['held'] // 10} each): {y['in_map_by_decile']}")
-        L.append(f"   evicted ones asked to Resolver(fallback=True): {fb['asked']} of {fb['evicted_total']} "
-                 f"(random sample, bounded time): right pid {fb['right_pid']}, from /proc {fb['found_proc']}, "
-                 f"not found {fb['not_found']}; latency p50 {fb['latency'].get('p50_ns', 0) / 1e6:.1f} ms, "
-                 f"p99 {fb['latency'].get('p99_ns', 0) / 1e6:.1f} ms")
-        L.append(f"   present ones asked to Resolver: {mp['asked']}: from the map {mp['found_bpf']}, right pid {mp['right_pid']}")
-    ch = r.get("churn")
-    if ch:
-        L += ["", (f"(c) churn: {ch['workers']} processes, connect+accept+close (RST) on loopback for {ch['seconds']:.0f} s, "
-              f"map of {ch['capacity']}")]
-        L.append(f"   {ch['connections']} connections in {ch['wall_s']:.1f} s = {ch['conns_per_s']:,.0f}/s "
-                 f"(per worker {', '.join(f'{x:,.0f}' for x in ch['per_worker_conns_per_s'])}); connect errors {ch['errors']}")
-        L.append(f"   open connections sampled (1%, looked up while open): {ch['sampled']}, attributable "
-                 f"{ch['hit']} ({ch['hit'] / max(1, ch['sampled']) * 100:.2f}%), wrong pid {ch['wrong_pid']}; "
-                 f"lookup p50 {ch['sample_lookup'].get('p50_ns', 0) / 1e3:.1f} us p99 {ch['sample_lookup'].get('p99_ns', 0) / 1e3:.1f} us")
-        L.append(f"   map entries after: {ch['map_entries_after']}; 100 long-lived connections opened before: "
-                 f"{ch['held_in_map_before']} in map before, {ch['held_in_map_after']} after")
-        for s in ch["sweeps_during"]:
-            L.append(f"   sweep during churn: {s['entries']:>7} entries, {s['wall_s'] * 1e3:7.0f} ms wall, "
-                     f"{s['cpu_s'] * 1e3:7.0f} ms CPU ({s['cpu_s'] / max(1, s['entries']) * 1e9:.0f} ns/entry)")
-        for s in ch["sweeps_after"]:
-            L.append(f"   sweep after, grace {s['grace_s']:>3} s: {s['entries']:>7} entries, {s['wall_s'] * 1e3:7.0f} ms wall, "
-                     f"{s['cpu_s'] * 1e3:7.0f} ms CPU, deleted {s['deleted']}")
-    cc = r.get("churn_c")
-    if cc:
-        w, wo = cc["with_probe"], cc["without_probe"]
-        L += ["", f"(c2) churn with bench/churn_gen.c ({w['workers']} processes, C loop, RST close), map of {cc['capacity']}"]
-        L.append(f"   without our probe: {wo['connections']} connections in {wo['wall_s']:.1f} s = {wo['conns_per_s']:,.0f}/s; "
-                 f"with it: {w['connections']} in {w['wall_s']:.1f} s = {w['conns_per_s']:,.0f}/s; errors {w['errors']}")
-        L.append(f"   sampler connections opened amid the churn, looked up while open: {cc['hit']}/{cc['sampled']} attributable, "
-                 f"wrong pid {cc['wrong_pid']}; map entries after {cc['map_entries_after']}")
-        if "added_us_per_conn_rough" in cc:
-            L.append(f"   rough probe cost from the two rates: {cc['added_us_per_conn_rough']:.1f} us per connection "
-                     "(different moments on a shared machine: indicative only)")
-    return "\n".join(L)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller/shorter: no 1M map, 3 s churn")
@@ -532,8 +464,9 @@ def main() -> int:
     secs = min(10.0, args.churn_seconds or (3.0 if args.quick else 8.0))
 
     r = {"mode": "quick" if args.quick else "full",
-         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-         "machine": machine_info(), "command": "sudo .venv/bin/python3 bench/scale_bench.py" + (" --quick" if args.quick else "")}
+         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+         "machine": machine_info(),
+         "command": "sudo .venv/bin/python3 bench/scale_bench.py" + (" --quick" if args.quick else "")}
 
     def body(cleanup: Cleanup) -> int:
         r["background_cpu_busy_start"] = background_busy()

@@ -9,6 +9,8 @@ import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .protocol import MAX_FRAME_PAYLOAD
+
 try:  # Python 3.11+; RHEL/Rocky 9's system Python (3.9), which its BCC binds to, needs tomli
     import tomllib
 except ImportError:  # pragma: no cover - exercised on the Python 3.9 platform
@@ -24,10 +26,18 @@ class ConfigError(ValueError):
     """The configuration file is unreadable or has a bad key or value."""
 
 
-def opt(default, help: str):
+def opt(default, help: str, lo=None, hi=None, choices: tuple = (), address: bool = False):
+    """An option: its default, its help text (docs/CONFIG.md), and the values it accepts —
+    numbers from lo to hi inclusive, strings among choices, addresses parse_addr() reads
+    (address=True; an empty string switches an endpoint off). The adopter's action_*
+    values are checked by adopter.policy, their one definition."""
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "address": address}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+MAP_MAX = 1 << 24   # BPF hash maps this large take GiBs of kernel memory: surely a typo
 
 
 @dataclass
@@ -35,8 +45,9 @@ class CommonConfig:
     munge_socket: str = opt("/run/munge/munge.socket.2", "munged's socket, for making and checking RPC credentials.")
     slurm_user: str = opt("slurm", "SlurmUser of the cluster: besides root, the only user any answer is given to.")
     nodename: str = opt("", "This node's Slurm NodeName; empty means the short host name.")
-    log_level: str = opt("info", "debug, info, warning or error.")
-    rpc_port: int = opt(DEFAULT_RPC_PORT, "TCP port of the callerid RPC (the tracer listens, the adopter asks).")
+    log_level: str = opt("info", "debug, info, warning or error.", choices=("debug", "info", "warning", "error"))
+    rpc_port: int = opt(DEFAULT_RPC_PORT,
+        "TCP port of the callerid RPC (the tracer listens, the adopter asks).", lo=1, hi=65535)
 
     def node(self) -> str:
         return self.nodename or socket.gethostname().split(".")[0]
@@ -44,38 +55,58 @@ class CommonConfig:
 
 @dataclass
 class TracerConfig:
-    listen: list = opt([], "RPC listen addresses as ADDR:PORT or [ADDR6]:PORT; empty means [::]:rpc_port, dual stack.")
-    metrics: str = opt(DEFAULT_TRACER_METRICS, "Address of the /metrics endpoint; empty disables it.")
+    listen: list = opt([], "RPC listen addresses as ADDR:PORT or [ADDR6]:PORT; empty means [::]:rpc_port, dual stack.",
+        address=True)
+    metrics: str = opt(DEFAULT_TRACER_METRICS, "Address of the /metrics endpoint; empty disables it.", address=True)
     probe: str = opt("auto",
-        "Probe backend: auto, tracepoint, kprobe or fentry. A forced backend that cannot load is fatal.")
+        "Probe backend: auto, tracepoint, kprobe or fentry. A forced backend that cannot load is fatal.",
+        choices=("auto", "tracepoint", "kprobe", "fentry"))
     pin_root: str = opt("/sys/fs/bpf/callerid", "bpffs directory for pinned maps; the layout version is appended.")
     replace_pinned: bool = opt(False, "Replace pinned maps whose layout does not match instead of refusing to start.")
     max_connections: int = opt(131072,
         "Capacity of the map of open connections. It is an LRU map: from about 90% full the kernel evicts the least "
         "recently used entries; evicted connections are still answered, slowly, by the /proc fallback. Closed "
-        "connections live in a map of their own (max_closed_connections), so churn does not fill this one.")
+        "connections live in a map of their own (max_closed_connections), so churn does not fill this one.",
+        lo=1, hi=MAP_MAX)
     max_closed_connections: int = opt(65536,
         "Capacity of the map of closed connections kept for close_grace_seconds. A map of its own so that closed "
         "entries can never evict open ones. Above max_closed_connections / close_grace_seconds closes per second "
         "(546/s at the defaults) the kernel evicts the oldest closed entries before their grace ends; that is harmless"
         " to open connections and only shortens the grace of those entries (a login racing their close is then not "
-        "answered).")
-    max_pending: int = opt(16384, "Capacity of the map of connects not yet established.")
+        "answered).", lo=1, hi=MAP_MAX)
+    max_pending: int = opt(16384, "Capacity of the map of connects not yet established.", lo=1,
+        hi=MAP_MAX)
     close_grace_seconds: float = opt(120.0,
-        "How long a closed connection stays answerable (covers TIME_WAIT, 60 s on Linux).")
-    sweep_interval_seconds: float = opt(10.0, "How often closed entries past their grace are deleted.")
+        "How long a closed connection stays answerable (covers TIME_WAIT, 60 s on Linux).", lo=0.0, hi=86400.0)
+    sweep_interval_seconds: float = opt(10.0, "How often closed entries past their grace are deleted.", lo=0.1,
+        hi=3600.0)
     reconcile: bool = opt(True, "At start, attribute connections that already exist (sock_diag + /proc).")
     fallback: bool = opt(True, "Answer from sock_diag + /proc when the map has no entry or BPF is unavailable.")
     require_bpf: bool = opt(False, "Exit if no probe backend loads, instead of serving from the /proc fallback only.")
-    max_clients: int = opt(64, "Concurrent RPC clients; more get a BUSY error at once.")
-    read_timeout_seconds: float = opt(2.0, "Deadline for a client to deliver a whole request frame.")
-    max_frame_bytes: int = opt(8192, "Largest request payload accepted.")
+    max_clients: int = opt(64,
+        "RPC requests answered at once (worker threads). More complete requests wait their turn in a queue, and "
+        "get a BUSY error only if no worker is free within read_timeout_seconds.", lo=1, hi=1024)
+    read_timeout_seconds: float = opt(2.0,
+        "Deadline of a request: its whole frame must arrive, and its answer be ready, this long after the "
+        "connection (or its previous answer).", lo=0.05, hi=60.0)
+    header_timeout_seconds: float = opt(1.0,
+        "Deadline for a connection's 8-byte frame header (at most read_timeout_seconds); a connection that sends "
+        "nothing is closed this soon.", lo=0.05, hi=60.0)
+    max_rpc_connections: int = opt(4096,
+        "RPC connections held open at once. A connection waiting for its request costs a buffer, not a thread; "
+        "when the table is full the one that has waited longest without a whole request is closed (BUSY). The "
+        "tracer raises its open-file limit to fit.", lo=1, hi=1_000_000)
+    max_rpc_connections_per_peer: int = opt(512,
+        "RPC connections from one address waiting for their request; one more closes that address's longest-"
+        "waiting one, so one host cannot take the table.", lo=1, hi=1_000_000)
+    max_frame_bytes: int = opt(8192, "Largest request payload accepted.", lo=256, hi=MAX_FRAME_PAYLOAD)
 
 
 @dataclass
 class AdopterConfig:
     socket: str = opt("/run/callerid/adopter.sock", "Unix socket pam_callerid.so talks to (root only).")
-    metrics: str = opt(DEFAULT_ADOPTER_METRICS, "Address of the adopter's /metrics endpoint; empty disables it.")
+    metrics: str = opt(DEFAULT_ADOPTER_METRICS,
+        "Address of the adopter's /metrics endpoint; empty disables it.", address=True)
     action_no_jobs: str = opt("deny", "deny or ignore, when the user has no job on this node.")
     action_unknown: str = opt("newest",
         "newest, allow or deny, when the user has several jobs and the source could not say which.")
@@ -86,10 +117,11 @@ class AdopterConfig:
     ignore_root: bool = opt(True, "Never adopt root; root logins get PAM_IGNORE before any work.")
     single_job_skip_rpc: bool = opt(True, "With exactly one job, adopt into it without asking the source node.")
     service: list = opt(["sshd"], "PAM services handled ('*' for all); others get PAM_IGNORE.")
-    rpc_timeout_seconds: float = opt(2.0, "Deadline for the callerid RPC to the source node.")
+    rpc_timeout_seconds: float = opt(2.0, "Deadline for the callerid RPC to the source node.", lo=0.05, hi=60.0)
     deadline_seconds: float = opt(5.0,
-        "How long the daemon waits for a request line. The PAM module's own total deadline is its deadline= "
-        "option (default 5 s); past it the module applies action_generic_failure.")
+        "The daemon's budget per login (request line, RPC, adoption), at most the module's own time left. "
+        "pam_callerid.so's total deadline is its deadline= option (default 5 s); past it the module applies "
+        "action_generic_failure.", lo=0.1, hi=3600.0)
     mode: str = opt("enforce",
         "enforce, or audit: decide, log and count as enforce would, but allow every login and adopt nothing.")
     join_container: bool = opt(True,
@@ -131,11 +163,22 @@ def _apply(section, values: dict, where: str):
             raise ConfigError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
         if want is list and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}.{key}: expected a list of strings, got {value!r}")
-        if want in (int, float) and value < 0:
-            raise ConfigError(f"{where}.{key}: must not be negative, got {value!r}")
-        if want is int and key.startswith("max_") and value == 0:
-            raise ConfigError(f"{where}.{key}: must be at least 1")
+        _check_range(f"{where}.{key}", value, f.metadata)
         setattr(section, key, value)
+
+
+def _check_range(name: str, value, meta) -> None:
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"{name}: must be between {lo} and {hi}, got {value!r}")
+    if choices and value not in choices:
+        raise ConfigError(f"{name}: must be one of {', '.join(choices)}, got {value!r}")
+    if meta.get("address"):
+        for text in value if isinstance(value, list) else [value] if value else []:
+            try:
+                parse_addr(text, 1)
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
 
 
 def load(path: str | Path | None = None) -> Config:
@@ -189,6 +232,11 @@ def reference() -> str:
         out += [f"## [{sect.name}]", "", "| option | default | meaning |", "| --- | --- | --- |"]
         for f in fields(sect.default_factory()):
             default = f.default_factory() if callable(f.default_factory) else f.default
-            out.append(f"| `{f.name}` | `{default!r}` | {f.metadata['help']} |")
+            accepts = ""
+            if f.metadata.get("lo") is not None:
+                accepts = f" Accepted: {f.metadata['lo']} to {f.metadata['hi']}."
+            elif f.metadata.get("choices"):
+                accepts = f" Accepted: {', '.join(f.metadata['choices'])}."
+            out.append(f"| `{f.name}` | `{default!r}` | {f.metadata['help']}{accepts} |")
         out.append("")
     return "\n".join(out)

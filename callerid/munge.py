@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import threading
 from dataclasses import dataclass
 
@@ -155,13 +156,92 @@ def _make_ctx(lib: _Lib, socket_path: str | None, ints: dict[int, int]) -> int |
     return ctx
 
 
+EMUNGE_SOCKET = 6
+EMUNGE_TIMEOUT = 7
+# At most this many libmunge calls outlive their caller's deadline at once (munged hung);
+# past that, callers time out without starting another thread.
+MAX_ABANDONED_CALLS = 16
+
+
+class _BoundedCalls:
+    """Runs libmunge calls on a few daemon threads so that a caller can stop waiting for them.
+
+    libmunge has no per-call timeout: against a stopped munged one call retries for
+    seconds (issue 12 saw 6.8 s). A C call cannot be interrupted, so the caller waits
+    for its own deadline and leaves the call to finish, unobserved, on its thread.
+    Threads are kept for the next call (a new thread per call costs ~0.1 ms)."""
+
+    def __init__(self, limit: int):
+        self._slots = threading.BoundedSemaphore(limit)   # calls in flight, abandoned ones included
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def run(self, fn, timeout: float, socket_path: str | None):
+        if timeout <= 0 or not self._slots.acquire(timeout=timeout):
+            raise MungeError(EMUNGE_TIMEOUT, "munged did not answer before the deadline (too many calls pending)",
+                             socket_path)
+        done = threading.Event()
+        box: list = []
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._jobs.put((fn, box, done))
+        if spawn:
+            threading.Thread(target=self._serve, name="munge-call", daemon=True).start()
+        if not done.wait(timeout):
+            raise MungeError(EMUNGE_TIMEOUT, f"munged did not answer within {timeout:.2f}s", socket_path)
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+    def _serve(self):
+        while True:
+            try:
+                fn, box, done = self._jobs.get(timeout=60)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0 and self._jobs.empty():
+                        self._idle -= 1
+                        return
+                continue
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                box.append((False, exc))
+            finally:
+                self._slots.release()
+                done.set()
+                with self._lock:
+                    self._idle += 1
+
+
+_bounded = _BoundedCalls(MAX_ABANDONED_CALLS)
+
+
+def _after_fork_in_child() -> None:
+    # A forked child has none of the parent's threads: start from an empty pool.
+    global _bounded
+    _bounded = _BoundedCalls(MAX_ABANDONED_CALLS)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def encode(payload: bytes, socket_path: str | None = None, ttl: int | None = None,
-           secret_for_uid: int | None = None) -> bytes:
+           secret_for_uid: int | None = None, timeout: float | None = None) -> bytes:
     """Return a credential (ASCII bytes) for `payload`, made by munged for this process's uid/gid.
 
     secret_for_uid: encrypt the payload (AES-128, whatever munged's default) and let
     only that uid decode it, for payloads that carry a secret.
+    timeout: give up after this many seconds (MungeError reason "timeout"); None waits
+    as long as libmunge does.
     """
+    if timeout is not None:
+        return _bounded.run(lambda: encode(payload, socket_path, ttl, secret_for_uid), timeout,
+                            socket_path)
     lib = _load()
     payload = bytes(payload)
     where = socket_path or lib.default_socket
@@ -184,8 +264,11 @@ def encode(payload: bytes, socket_path: str | None = None, ttl: int | None = Non
             lib.ctx_destroy(ctx)
 
 
-def decode(cred: bytes, socket_path: str | None = None) -> Decoded:
-    """Validate `cred` with munged and return its payload and the encoder's uid/gid."""
+def decode(cred: bytes, socket_path: str | None = None, timeout: float | None = None) -> Decoded:
+    """Validate `cred` with munged and return its payload and the encoder's uid/gid.
+    timeout: as for encode()."""
+    if timeout is not None:
+        return _bounded.run(lambda: decode(cred, socket_path), timeout, socket_path)
     lib = _load()
     cred = bytes(cred)
     where = socket_path or lib.default_socket

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import hmac
 import ipaddress
+import re
 import struct
 from dataclasses import asdict, dataclass
 
@@ -222,6 +223,29 @@ def open_answer(payload: bytes, key: bytes) -> Answer:
         raise ProtocolError(ErrorCode.AUTH_FAILED,
                             "answer tag does not verify: not from the tracer that read the request")
     return Answer.decode(body)
+
+
+# A MUNGE credential as munged writes it: "MUNGE:", base64 (with its padding), ":".
+# The smallest real one (no payload, no encryption) is over 100 characters.
+MUNGE_PREFIX = b"MUNGE:"
+MIN_CREDENTIAL = 64
+_CREDENTIAL = re.compile(rb"MUNGE:[A-Za-z0-9+/]+={0,2}:")
+_CREDENTIAL_START = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+
+
+def check_credential_shape(payload: bytes, partial: bool = False) -> None:
+    """ProtocolError BAD_FRAME unless payload looks like a MUNGE credential (cheap, before munged
+    is asked). partial: payload is the start of a frame still arriving; refuse it as soon as
+    it cannot become one."""
+    head = payload[:len(MUNGE_PREFIX)]
+    if head != MUNGE_PREFIX[:len(head)]:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "request is not a MUNGE credential")
+    if partial:
+        if not _CREDENTIAL_START.fullmatch(payload, len(MUNGE_PREFIX)):
+            raise ProtocolError(ErrorCode.BAD_FRAME, "request is not a MUNGE credential")
+        return
+    if len(payload) < MIN_CREDENTIAL or not _CREDENTIAL.fullmatch(payload):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "request is not a MUNGE credential")
 
 
 def _clip(text: str, limit: int) -> bytes:

@@ -18,8 +18,24 @@ from callerid.adopter import policy
 from callerid.adopter.metrics import RPC_FAILED_OUTCOMES
 
 from . import rules
-from .grafana import (Layout, by_node, dashboard, datasource_var, gauge, instance_var, job_var, m,
-                      override_color, quantiles, rate, row, stat, table, target, timeseries)
+from .grafana import (
+    Layout,
+    by_node,
+    dashboard,
+    datasource_var,
+    gauge,
+    instance_var,
+    job_var,
+    m,
+    override_color,
+    quantiles,
+    rate,
+    row,
+    stat,
+    table,
+    target,
+    timeseries,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,7 +50,8 @@ RPC_FAILED = "|".join(RPC_FAILED_OUTCOMES)
 OPEN_T = m("callerid_tracked_connections", 'state="open"')
 OPEN_C = m("callerid_map_capacity_connections", 'state="open"')
 TRACER_ALARMING = {"denied": "orange", "bad_frame": "purple", "auth_failed": "red", "replayed": "dark-red",
-                   "internal_error": "red", "busy": "yellow", "timeout": "yellow"}
+                   "internal_error": "red", "busy": "yellow", "timeout": "yellow",
+                   "abandoned": "red"}
 
 NODE_LINK = [{"title": "Open the node dashboard for ${__data.fields.node}",
               "url": "/d/callerid-node/callerid-node?${datasource:queryparam}&${job:queryparam}"
@@ -151,8 +168,9 @@ def _tracer_rpc_results(by=""):
         "RPC requests by result (tracer)",
         "callerid RPC requests the tracers answered, per minute, by result. denied: the asker may not "
         "see this connection (answered like not_found); bad_frame and unsupported_version: garbage or a "
-        "wrong client; auth_failed and replayed: MUNGE rejected the credential; busy: max_clients "
-        "reached; timeout: the request frame did not arrive within read_timeout_seconds.",
+        "wrong client; auth_failed and replayed: MUNGE rejected the credential; busy: no worker free "
+        "within the request's deadline; timeout: the header or the frame did not arrive in time; "
+        "abandoned: no answer by the deadline (munged hung?).",
         "reqpm", [target(_per_min(rate("callerid_rpc_requests_total"), b),
                          f"{{{{{by}}}}} {{{{result}}}}" if by else "{{result}}")],
         stack=True, overrides=[override_color("found", "green"), override_color("not_found", "blue")]
@@ -457,8 +475,8 @@ def node() -> dict:
         "cpm", [target(_per_min(rate("callerid_owner_exited_answers_total"), BY), "{{instance}}")]), 12, 8)
     L.add(timeseries(
         "RPC clients connected",
-        "RPC clients connected to the tracer right now. At max_clients (default 64) new clients get "
-        "busy.",
+        "RPC connections open on the tracer right now. Waiting ones cost a buffer, not a worker; past "
+        "max_rpc_connections_per_peer from one address the longest-waiting is closed.",
         "short", [target(f"sum by (instance) ({m('callerid_rpc_clients')})", "{{instance}}")]), 12, 8)
 
     L.add(row("Adopter"))

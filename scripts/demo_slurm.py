@@ -39,8 +39,9 @@ from tests.infra.slurmlab import (  # noqa: E402 - tests/ is not installed: the 
     LabBusy,
     LabError,
     SlurmLab,
-    _same_proc,
+    cgroups,
     lab_lock,
+    same_proc,
 )
 
 PY = str(repo / ".venv" / "bin" / "python3")
@@ -98,8 +99,8 @@ def get_lab() -> tuple[SlurmLab, bool]:
         if old is not None and old.live_procs():
             owner = old.state.get("owner") or {}
             procs = old.state.get("procs", [])
-            dead = [r["name"] for r in procs if not _same_proc(r)]
-            if not owner.get("persistent", True) and _same_proc(owner):
+            dead = [r["name"] for r in procs if not same_proc(r)]
+            if not owner.get("persistent", True) and same_proc(owner):
                 raise LabBusy(f"the lab that is up belongs to a test run (pid {owner.get('pid')}); "
                               "run the demo again when it is done")
             if dead:
@@ -234,11 +235,12 @@ def run_demo(lab: SlurmLab, reused: bool) -> int:
     m = re.search(r"^TUPLE (\S+) (\d+) (\S+) (\d+)$", text, re.MULTILINE)
     src, sport, dst, dport = m[1], int(m[2]), m[3], int(m[4])
     priv = int(re.search(r"^PRIV (\d+)$", text, re.MULTILINE)[1])
-    cg = {ln.split(":")[1]: ln.split(":", 2)[2] for ln in text.splitlines() if re.match(r"^\d+:\w", ln)}
+    version = lab.host.version
+    cg = cgroups.job_steps(text, version)
     srun = lab.run("node1", ["srun", f"--jobid={a}", "--overlap", "-N1", "-n1", "-w", "node1", "ssh", "node2",
-                             "echo TUPLE $SSH_CONNECTION; grep :freezer: /proc/self/cgroup"], user=u, timeout=60)
+                             "echo TUPLE $SSH_CONNECTION; cat /proc/self/cgroup"], user=u, timeout=60)
     sm = re.search(r"^TUPLE (\S+) (\d+) ", srun.stdout, re.MULTILINE)
-    sfreezer = next((ln.split(":", 2)[2] for ln in srun.stdout.splitlines() if ":freezer:" in ln), "?")
+    scg = cgroups.job_steps(srun.stdout, version)
     table([["launched by", "connection (node1 -> node2:22)", "pid of sshd [priv] on node2"],
            [f"job {a} batch script", f"{src}:{sport} -> {dst}:{dport}", str(priv)],
            [f"srun --jobid={a} --overlap", f"{sm[1]}:{sm[2]} -> {dst}:{dport}" if sm else "(no output)", "(exited)"]])
@@ -262,21 +264,21 @@ def run_demo(lab: SlurmLab, reused: bool) -> int:
         f"picked {b}; the caller ID says {a}.")
 
     head("The session's cgroups on node2 (cat /proc/self/cgroup in the ssh session)")
-    want = f"/slurm_node2/uid_{u.uid}/job_{a}/step_extern"
-    rows = [["controller", "cgroup", ""]]
+    want = (a, "extern")
+    rows = [["hierarchy", "job, step", ""]]
     good = True
-    for ctrl in ("freezer", "memory", "cpuset"):
-        path = cg.get(ctrl, "?")
-        ok = path == want
+    for h, where in cg.items():
+        ok = where == want
         good &= ok
-        rows.append([ctrl, path, f"job A step_extern {OK}" if ok else BAD])
-    verdict = f"job A step_extern {OK}" if sfreezer == want else BAD
-    rows.append(["freezer", sfreezer, "(srun-launched ssh) " + verdict])
+        place = f"job {where[0]} step_{where[1]}" if where else "(no job)"
+        rows.append([h or "unified", place, f"job A step_extern {OK}" if ok else BAD])
+    srun_ok = set(scg.values()) == {want}
+    rows.append(["all", ", ".join(sorted({str(w) for w in scg.values()})),
+                 "(srun-launched ssh) " + (f"job A step_extern {OK}" if srun_ok else BAD)])
     table(rows)
-    b_procs = lab.cgroup("node2", u.uid, b) / "cgroup.procs"
-    b_pids = b_procs.read_text().split() if b_procs.exists() else []
-    in_b = str(priv) in b_pids
-    say(f"job B ({b}) step_extern holds {len(b_pids)} process(es) ({', '.join(cmdline(int(p))[:20] for p in b_pids)}): "
+    b_pids = sorted(cgroups.job_pids(lab.job_cgroups("node2", b)))
+    in_b = priv in b_pids
+    say(f"job B ({b}) step_extern holds {len(b_pids)} process(es) ({', '.join(cmdline(p)[:20] for p in b_pids)}): "
         + (f"the session is NOT in job B {OK}" if not in_b else f"the session is in job B {BAD}"))
 
     head(f"scontrol listpids {a} node2 (Slurm's view: the sshd is in job A's extern step)")
@@ -353,7 +355,7 @@ def run_demo(lab: SlurmLab, reused: bool) -> int:
          f"{time.strftime('%H:%M', time.localtime(time.time() + SESSION_SECONDS))})")
     table([["what", "command"],
            ["a shell on node1 as cidlab1", f"{enter} runuser -u {USER} -- bash -l"],
-           ["  then, in it", f"squeue; srun --jobid={a} --overlap -w node1 ssh node2 'grep freezer /proc/self/cgroup'"],
+           ["  then, in it", f"squeue; srun --jobid={a} --overlap -w node1 ssh node2 'cat /proc/self/cgroup'"],
            ["", "  (from job A: lands in job A; a plain `ssh node2 ...` from that shell is in no job, so"],
            ["", f"  action_unknown=newest puts it in job B {b}; `ssh node2-psa ...` goes through pam_slurm_adopt)"],
            ["jobs", f"{enter} squeue"],
@@ -369,7 +371,7 @@ def run_demo(lab: SlurmLab, reused: bool) -> int:
     head("Tear it down")
     say("bash scripts/lab.sh down        # cancels the jobs, stops every daemon, removes users, namespaces, files")
 
-    checks = good and not in_b and agree and sfreezer == want and priv in lab.listpids(a, "node2").get("extern", [])
+    checks = good and not in_b and agree and srun_ok and priv in lab.listpids(a, "node2").get("extern", [])
     print(f"\ndemo {'passed' if checks else 'FAILED'}: job A {a}, job B {b}, {time.monotonic() - T0:.1f} s",
           flush=True)
     return 0 if checks else 1

@@ -28,7 +28,7 @@ def munged():
 
 
 @pytest.fixture(scope="session")
-def munged_other_key(munged):
+def munged_other_key():
     """A second private munged with a key of its own: another cluster's credentials."""
     d = munged_mod.start(new_key=True)
     try:

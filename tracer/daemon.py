@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import threading
 import time
 
@@ -35,8 +36,11 @@ class Tracer:
         self.resolver = Resolver(conns, cfg.common.node(), fallback=t.fallback)
         handler = RequestHandler(self.resolver, self.metrics, uid_of(cfg.common.slurm_user), cfg.common.munge_socket)
         listen = t.listen or [f"[::]:{cfg.common.rpc_port}"]
+        raise_open_files(t.max_rpc_connections + t.max_clients + 256)
         self.server = RpcServer([bind_listener(*parse_addr(a, cfg.common.rpc_port)) for a in listen], handler,
-                                self.metrics, t.max_clients, t.read_timeout_seconds, t.max_frame_bytes)
+                                self.metrics, t.max_clients, t.read_timeout_seconds, t.max_frame_bytes,
+                                header_timeout=t.header_timeout_seconds, max_connections=t.max_rpc_connections,
+                                max_connections_per_peer=t.max_rpc_connections_per_peer)
         self.sweeper = Sweeper(conns, self.metrics, t.close_grace_seconds) if conns is not None else None
         self._stop = threading.Event()
         self._http = None
@@ -100,6 +104,22 @@ class Tracer:
             self._http.shutdown()
         if self.probe is not None:
             self.probe.close()  # maps stay pinned: the next tracer keeps every entry
+
+
+def raise_open_files(wanted: int) -> None:
+    """Lift RLIMIT_NOFILE's soft limit (1024 by default) so every RPC connection the
+    server may hold fits, plus maps, /proc files and sockets of its own."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+        return
+    if target < wanted:
+        log.warning("open-file limit %d (hard) is below the %d that max_rpc_connections needs", target, wanted)
 
 
 def run(args) -> int:

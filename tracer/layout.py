@@ -5,10 +5,11 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
-from callerid.inet import mapped16, unmapped  # noqa: F401  (re-exported: the key layout uses them)
+from callerid.inet import mapped16, unmapped
 
-# Must equal CALLERID_LAYOUT_VERSION in bpf/callerid.h (checked by
-# tests/kernel/test_layout.py against BCC's compiled view of the header).
+# Must equal CALLERID_LAYOUT_VERSION in bpf/callerid.h (checked, with the structs below, against
+# BCC's compiled view of the header by tests/kernel/test_tracer_lifecycle.py,
+# test_layout_mirror_matches_bcc_view_of_the_header).
 LAYOUT_VERSION = 2
 
 F_RECONCILED = 1

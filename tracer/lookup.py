@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 from callerid.linux import procfs, sockdiag
 from callerid.protocol import Answer, Query, Source, Status
@@ -15,6 +18,16 @@ from .layout import make_key
 log = logging.getLogger("callerid.tracer.lookup")
 
 
+# The /proc fallback walks every process's fds: hundreds of ms on a busy node. One scan
+# at a time, each within this budget, so no caller can make the tracer do more.
+SCAN_BUDGET_SECONDS = 0.5
+SCAN_RESULTS = ("found", "not_found", "budget_exceeded", "busy")
+
+
+def _anyone(owner_uid: int | None) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Outcome:
     """An answer plus what the server needs to authorise and count it."""
@@ -23,17 +36,25 @@ class Outcome:
     owner_uid: int | None      # uid allowed to see the answer besides root/SlurmUser
     fallback_reason: str = ""  # why /proc was consulted ("map_miss", "no_bpf"), "" if it was not
     detail: str = ""           # for logs: why nothing was found
+    denied: bool = False       # the socket exists but is not the requester's: not-found, no scan
+    scan: str = ""             # how a /proc scan ended (SCAN_RESULTS), "" if none ran
 
 
 class Resolver:
-    def __init__(self, conns: Connections | None, node: str, fallback: bool = True, proc: str = "/proc"):
+    def __init__(self, conns: Connections | None, node: str, fallback: bool = True, proc: str = "/proc",
+                 scan_budget: float = SCAN_BUDGET_SECONDS):
         self.conns = conns
         self.node = node
         self.fallback = fallback
         self.proc = proc
+        self.scan_budget = scan_budget
+        self._scan_lock = threading.Lock()
         self.netns = procfs.own_netns_inode()
 
-    def lookup(self, q: Query) -> Outcome:
+    def lookup(self, q: Query, allowed: Callable[[int | None], bool] = _anyone) -> Outcome:
+        """allowed(owner uid): may the requester see this connection's owner? Asked before
+        the /proc scan, with the uid sock_diag reports, so that a stranger's question costs
+        what a question about a missing socket costs and tells nothing more."""
         if self.conns is not None:
             owner = self.conns.lookup(make_key(q.src_ip, q.src_port, q.dst_ip, q.dst_port))
             if owner is not None:
@@ -43,7 +64,7 @@ class Resolver:
             reason = "no_bpf"
         if not self.fallback:
             return Outcome(Answer(q, Status.NOT_FOUND, node=self.node), None, "", f"{reason}, fallback disabled")
-        return self._from_proc(q, reason)
+        return self._from_proc(q, reason, allowed)
 
     def _from_map(self, q: Query, owner) -> Outcome:
         closed = owner.closed_ns != 0
@@ -62,14 +83,28 @@ class Resolver:
             return Outcome(Answer(q, Status.NOT_FOUND, node=self.node), None, "", "owner in another netns")
         return Outcome(Answer(**base, **self._job_fields(info)), owner.uid)
 
-    def _from_proc(self, q: Query, reason: str) -> Outcome:
+    def _from_proc(self, q: Query, reason: str, allowed: Callable[[int | None], bool]) -> Outcome:
+        not_found = Answer(q, Status.NOT_FOUND, node=self.node)
         try:
             socks = sockdiag.find_tcp(q.src_ip, q.src_port, q.dst_ip, q.dst_port)
         except sockdiag.SockDiagError as exc:
             log.warning("sock_diag lookup failed: %s", exc)
-            return Outcome(Answer(q, Status.NOT_FOUND, node=self.node), None, reason, f"sock_diag: {exc}")
-        for sock in socks:
-            pid = procfs.find_pid_for_inode(sock.inode, self.proc) if sock.inode else None
+            return Outcome(not_found, None, reason, f"sock_diag: {exc}")
+        mine = [s for s in socks if s.inode and allowed(s.uid)]
+        if socks and not mine:
+            return Outcome(not_found, socks[0].uid, reason, "socket of another uid: no scan", denied=True)
+        if not mine:
+            return Outcome(not_found, None, reason, "no such socket" if not socks else "socket held by no process")
+        start = time.monotonic()
+        if not self._scan_lock.acquire(timeout=self.scan_budget):
+            return Outcome(not_found, None, reason, "another /proc scan is running", scan="busy")
+        try:
+            pids = [procfs.find_pid_for_inode(s.inode, self.proc, start + self.scan_budget) for s in mine]
+        except procfs.ScanTimeout as exc:
+            return Outcome(not_found, None, reason, str(exc), scan="budget_exceeded")
+        finally:
+            self._scan_lock.release()
+        for pid in pids:
             if pid is None:
                 continue
             try:
@@ -78,9 +113,8 @@ class Resolver:
                 continue
             ans = Answer(q, Status.FOUND, Source.PROC, pid=info.pid, uid=info.uid, gid=info.gid,
                          birth_ns=info.start_boot_ns, comm=info.comm, node=self.node, **self._job_fields(info))
-            return Outcome(ans, info.uid, reason)
-        detail = "no such socket" if not socks else "socket held by no process"
-        return Outcome(Answer(q, Status.NOT_FOUND, node=self.node), None, reason, detail)
+            return Outcome(ans, info.uid, reason, scan="found")
+        return Outcome(not_found, None, reason, "socket held by no process", scan="not_found")
 
     @staticmethod
     def _job_fields(info) -> dict:

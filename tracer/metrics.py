@@ -6,16 +6,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
-from callerid import __version__
+from callerid import __version__, logs
 
 from .layout import STAT_NAMES
+from .lookup import SCAN_RESULTS
 
 # Sub-millisecond resolution for map answers, seconds for munged or /proc trouble.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 RPC_RESULTS = ("found", "not_found", "denied", "bad_frame", "auth_failed", "replayed",
-               "busy", "unsupported_version", "timeout", "internal_error")
+               "busy", "unsupported_version", "timeout", "internal_error", "abandoned")
+# Why a connection was closed before it sent a whole request: per_peer (its address had
+# max_rpc_connections_per_peer waiting), full (max_rpc_connections open in total).
+EVICT_REASONS = ("per_peer", "full")
 
 
 class TracerMetrics:
@@ -32,7 +36,17 @@ class TracerMetrics:
                                          "Time from a complete request frame to its reply being ready (credential "
                                          "check, lookup, tagging); frames refused before that are counted, not timed.",
                                          buckets=LATENCY_BUCKETS, registry=r)
-        self.clients = Gauge("callerid_rpc_clients", "RPC clients connected now.", registry=r)
+        self.clients = Gauge("callerid_rpc_clients",
+                             "RPC connections open now (waiting for a request, queued, being answered or closing).",
+                             registry=r)
+        self.evicted = Counter("callerid_rpc_evicted_connections",
+                               "Connections closed without a whole request because too many were waiting, by "
+                               "limit: per_peer or full.",
+                               ["reason"], registry=r)
+        for why in EVICT_REASONS:
+            self.evicted.labels(why)
+        self.accept_failures = Counter("callerid_rpc_accept_failures",
+                                       "accept() failures on the RPC listener (EMFILE, ENOBUFS, ...).", registry=r)
         self.lookups = Counter("callerid_lookups", "Lookups by the source that answered (none: nothing found).",
                                ["source"], registry=r)
         for s in ("bpf", "proc", "none"):
@@ -41,6 +55,14 @@ class TracerMetrics:
                                  ["reason"], registry=r)
         for s in ("map_miss", "no_bpf"):
             self.fallbacks.labels(s)
+        self.fallback_scans = Counter("callerid_fallback_scans",
+                                      "Walks of /proc/*/fd by the fallback (one at a time, within a time budget), "
+                                      "by how they ended: found, not_found, budget_exceeded, busy (another scan "
+                                      "held the turn past the budget). Questions about another uid's socket never "
+                                      "scan.",
+                                      ["result"], registry=r)
+        for res in SCAN_RESULTS:
+            self.fallback_scans.labels(res)
         self.owner_exited = Counter("callerid_owner_exited_answers",
                                     "Map hits whose recorded process has exited or whose pid was reused.", registry=r)
         self.probe_info = Gauge("callerid_probe_backend", "1 for the probe backend in use (none: fallback only).",
@@ -66,6 +88,7 @@ class TracerMetrics:
         self.reconcile_success = Gauge("callerid_reconcile_last_success", "1 if the last reconcile completed.",
                                        registry=r)
         ProcessCollector(registry=r)
+        r.register(_SuppressedLogCollector())
         self._probe = None
         r.register(_ProbeCollector(self))
 
@@ -108,3 +131,19 @@ class _ProbeCollector:
                 events.add_metric([name], 0)
         yield cap
         yield events
+
+
+class _SuppressedLogCollector:
+    """Warnings the log's rate limit dropped (callerid.logs.Guard), read when scraped."""
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        fam = CounterMetricFamily("callerid_log_suppressed_messages",
+                                  "Warnings not written to the log because more than 10 of one kind came "
+                                  "within 10 s, by logger.",
+                                  labels=["logger"])
+        for name, n in sorted(logs.suppressed_counts().items()):
+            fam.add_metric([name], n)
+        yield fam

@@ -1,26 +1,59 @@
-"""The callerid RPC listener: bounded clients, a deadline on every read, never blocked by one peer."""
+"""The callerid RPC listener: one I/O thread holds every connection until a whole,
+MUNGE-shaped request has arrived; only such requests reach the worker threads.
+
+Why this shape (issue 12): a connection that has not sent a request must cost the
+server almost nothing, or anyone who can reach the port silences it by holding
+connections open — 300 idle ones took every slot of the old thread-per-client server.
+Here a waiting connection is a buffer and a selector entry; its header and its frame
+have deadlines; when the table is full (in total, or for one peer address) the
+connection that has waited longest without completing a request is closed. Complete
+requests wait for a worker in a FIFO queue within their deadline instead of being
+refused at once, so a burst of callers is answered, not turned away.
+"""
 
 from __future__ import annotations
 
+import collections
+import heapq
+import itertools
 import logging
+import selectors
 import socket
 import threading
 import time
 
 from callerid.inet import endpoint
-from callerid.protocol import HEADER, ErrorCode, FrameType, ProtocolError, decode_header, encode_error
-from callerid.sockio import Deadline, recv_exact
+from callerid.protocol import (
+    HEADER,
+    ErrorCode,
+    FrameType,
+    ProtocolError,
+    check_credential_shape,
+    decode_header,
+    encode_error,
+)
 
 from .metrics import TracerMetrics
 
 log = logging.getLogger("callerid.tracer.server")
+
+_READ_CHUNK = 65536
+_SEND_TIMEOUT = 0.5    # a reply is small; a peer that cannot take it in this time is gone
+_LINGER = 0.2          # after a last frame, read and discard input this long before closing
+_FRAME_TYPE_OFFSET = 3
+
+# Who owns a connection. READING: the I/O thread (registered in the selector).
+# QUEUED: the work queue. WORKING: a worker, until it answers or the deadline passes,
+# whichever claims it first. REPLYING: the worker that claimed it. LINGERING: the I/O
+# thread, discarding input after a last frame. CLOSED: nobody.
+READING, QUEUED, WORKING, REPLYING, LINGERING, CLOSED = range(6)
 
 
 def bind_listener(host: str, port: int, backlog: int = socket.SOMAXCONN) -> socket.socket:
     """Listen on host:port; '::' is dual stack (IPv4 clients arrive v4-mapped).
 
     A long accept queue costs nothing and turns a burst of connects into prompt
-    answers or BUSY frames, where a full one drops SYNs (clients retry after 1 s, 3 s)."""
+    answers, where a full one drops SYNs (clients retry after 1 s, 3 s)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -31,41 +64,87 @@ def bind_listener(host: str, port: int, backlog: int = socket.SOMAXCONN) -> sock
     return s
 
 
+class _Conn:
+    __slots__ = ("sock", "peer", "host", "buf", "need", "wait_start", "deadline", "served", "state", "gen",
+                 "payload")
+
+    def __init__(self, sock: socket.socket, peer: str, host: str):
+        self.sock = sock
+        self.peer = peer
+        self.host = host          # the peer address without port: the per-peer limit's key
+        self.buf = bytearray()
+        self.need = 0             # whole frame length once the header is in, else 0
+        self.wait_start = 0.0
+        self.deadline = 0.0
+        self.served = 0
+        self.state = READING
+        self.gen = 0              # bumped at every timer change; stale timer entries are skipped
+        self.payload = b""
+
+
 class RpcServer:
     def __init__(self, listeners: list[socket.socket], handler, metrics: TracerMetrics,
-                 max_clients: int = 64, read_timeout: float = 2.0, max_frame: int = 8192):
+                 max_clients: int = 64, read_timeout: float = 2.0, max_frame: int = 8192,
+                 header_timeout: float = 1.0, max_connections: int = 4096, max_connections_per_peer: int = 512,
+                 check_payload=check_credential_shape):
         self.listeners = listeners
         self.handler = handler
         self.metrics = metrics
-        self.read_timeout = read_timeout
+        self.read_timeout = read_timeout                       # whole frame, and a queued request's wait
+        self.header_timeout = min(header_timeout, read_timeout)
         self.max_frame = max_frame
-        self.max_clients = max_clients
-        self._slots = threading.BoundedSemaphore(max_clients)
+        self.max_clients = max_clients                         # worker threads: requests handled at once
+        self.max_connections = max_connections
+        self.max_per_peer = max_connections_per_peer
+        self.check_payload = check_payload
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._sel = selectors.DefaultSelector()
+        # _lock guards state changes a worker can race with, the counters and the queues;
+        # the tables below it belong to the I/O thread alone.
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._work: collections.deque[_Conn] = collections.deque()
+        self._working: set[_Conn] = set()
+        self._returned: collections.deque[tuple[_Conn, bool]] = collections.deque()
+        self._open = 0
+        self._waiting: collections.OrderedDict[_Conn, None] = collections.OrderedDict()   # READING, oldest first
+        self._per_peer: dict[str, collections.OrderedDict[_Conn, None]] = {}
+        self._timers: list[tuple[float, int, int, _Conn]] = []   # (deadline, seq, gen, conn)
+        self._seq = itertools.count()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
 
     @property
     def addresses(self):
         return [s.getsockname()[:2] for s in self.listeners]
 
+    # --- lifecycle ---------------------------------------------------------------------------
+
     def start(self):
-        # Every thread accepts and serves what it accepted: no hand-off from an accept
-        # thread to a worker, a wake-up that cost ~0.1-0.3 ms per RPC on an idle node.
-        # One more thread than client slots, so a free one is always there to say BUSY.
-        # Blocking accept() wakes one waiter per connection (no thundering herd).
+        for s in self.listeners:
+            s.setblocking(False)
+            self._sel.register(s, selectors.EVENT_READ, None)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         old = threading.stack_size(256 * 1024)
         try:
-            for s in self.listeners:
-                for i in range(self.max_clients + 1):
-                    t = threading.Thread(target=self._accept_loop, args=(s,), daemon=True,
-                                         name=f"rpc-{s.getsockname()[1]}-{i}")
-                    t.start()
-                    self._threads.append(t)
+            self._spawn(self._io_loop, "rpc-io")
+            for i in range(self.max_clients):
+                self._spawn(self._worker, f"rpc-worker-{i}")
         finally:
             threading.stack_size(old)
 
+    def _spawn(self, target, name: str):
+        t = threading.Thread(target=target, daemon=True, name=name)
+        t.start()
+        self._threads.append(t)
+
     def stop(self):
         self._stop.set()
+        with self._lock:
+            self._work_ready.notify_all()
+        self._wake()
         for s in self.listeners:
             try:
                 s.shutdown(socket.SHUT_RDWR)
@@ -73,88 +152,347 @@ class RpcServer:
                 pass
             s.close()
 
-    def _accept_loop(self, lsock: socket.socket):
-        while not self._stop.is_set():
-            try:
-                conn, addr = lsock.accept()
-            except OSError:
-                if self._stop.is_set():
-                    return
-                time.sleep(0.01)  # e.g. EMFILE: do not spin
-                continue
-            peer = endpoint(addr[0], addr[1])
-            if not self._slots.acquire(blocking=False):
-                self.metrics.requests.labels("busy").inc()
-                log.warning("rpc from %s: refused, %s: too many clients", peer, "busy")
-                # no draining here: this thread must get back to accepting at once
-                _send_quietly(conn, encode_error(ErrorCode.BUSY, "too many clients"), drain=False)
-                conn.close()
-                continue
-            self._serve(conn, peer)
-
-    def _serve(self, conn: socket.socket, peer: str):
-        self.metrics.clients.inc()
+    def _wake(self):
         try:
-            with conn:
-                self._serve_frames(conn, peer)
-        except Exception:  # noqa: BLE001 - one client's failure must never end the server
-            log.exception("rpc from %s: unexpected error", peer)
-            self.metrics.requests.labels("internal_error").inc()
-        finally:
-            self.metrics.clients.dec()
-            self._slots.release()
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass   # the pipe is full: a wake-up is pending anyway
 
-    def _serve_frames(self, conn: socket.socket, peer: str):
-        served = 0
-        while not self._stop.is_set():
-            deadline = time.monotonic() + self.read_timeout
+    # --- the I/O thread ------------------------------------------------------------------------
+
+    def _io_loop(self):
+        try:
+            while not self._stop.is_set():
+                events = self._sel.select(self._next_timeout())
+                now = time.monotonic()
+                for key, _ in events:
+                    if key.data is None:
+                        self._accept(key.fileobj, now)
+                    elif key.data == "wake":
+                        self._drain(self._wake_r)
+                    else:
+                        self._on_readable(key.data, now)
+                now = time.monotonic()
+                self._take_back(now)
+                self._expire(now)
+        except Exception:  # noqa: BLE001 - nothing is answered any more: make it loud
+            log.exception("rpc I/O thread failed")
+        finally:
+            self._close_all()
+
+    def _next_timeout(self) -> float:
+        cap = 0.05 if self._working or self._work else 1.0   # their deadlines are not on the timer heap
+        if not self._timers:
+            return cap
+        return max(0.0, min(cap, self._timers[0][0] - time.monotonic()))
+
+    @staticmethod
+    def _drain(sock: socket.socket) -> bool:
+        """Read and discard what is there; False at EOF."""
+        try:
+            while True:
+                chunk = sock.recv(_READ_CHUNK)
+                if not chunk:
+                    return False
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+
+    def _accept(self, lsock: socket.socket, now: float):
+        if self._stop.is_set():
+            return   # stop() closed the listener under the selector
+        for _ in range(64):   # take a burst in batches, so reads of the earlier ones are not starved
             try:
-                head = recv_exact(conn, HEADER.size, deadline, allow_eof=True)
-                if head is None:
-                    return  # clean close between frames
-                ftype, length = decode_header(head, self.max_frame)
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE/ENFILE/ENOBUFS: the rest stay in the backlog; the selector fires again
+                self.metrics.accept_failures.inc()
+                log.warning("rpc: accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            with self._lock:
+                self._open += 1
+            self.metrics.clients.inc()
+            conn = _Conn(sock, endpoint(addr[0], addr[1]), addr[0])
+            if not self._make_room(conn.host, now):
+                self.metrics.evicted.labels("full").inc()
+                log.warning("rpc from %s: refused, %d connections are being answered", conn.peer, self._open)
+                self._send_now(conn, encode_error(ErrorCode.BUSY, "too many connections"))
+                self._close(conn)
+                continue
+            self._start_waiting(conn, now)
+            self._on_readable(conn, now)   # a client sends its request right after connecting
+
+    def _make_room(self, host: str, now: float) -> bool:
+        """Close the longest-waiting connections until one more fits, for its peer and in total."""
+        mine = self._per_peer.get(host)
+        while mine and len(mine) >= self.max_per_peer:
+            self._evict(next(iter(mine)), now, "per_peer")
+        while self._open > self.max_connections and self._waiting:
+            self._evict(next(iter(self._waiting)), now, "full")
+        return self._open <= self.max_connections
+
+    def _evict(self, conn: _Conn, now: float, why: str):
+        """Give the oldest waiter a last read; close it unless that completed its request."""
+        self._on_readable(conn, now)
+        if conn.state != READING:
+            return
+        self.metrics.evicted.labels(why).inc()
+        log.warning("rpc from %s: closed after %.1fs without a whole request: too many waiting (%s)",
+                    conn.peer, now - conn.wait_start, why)
+        self._send_now(conn, encode_error(ErrorCode.BUSY, "too many connections waiting"))
+        self._close(conn)
+
+    def _start_waiting(self, conn: _Conn, now: float):
+        conn.state = READING
+        conn.wait_start = now
+        self._set_timer(conn, now + (self.header_timeout if conn.need == 0 else self.read_timeout))
+        self._waiting[conn] = None
+        self._per_peer.setdefault(conn.host, collections.OrderedDict())[conn] = None
+        self._register(conn)
+
+    def _set_timer(self, conn: _Conn, deadline: float):
+        conn.deadline = deadline
+        conn.gen += 1
+        heapq.heappush(self._timers, (deadline, next(self._seq), conn.gen, conn))
+
+    def _register(self, conn: _Conn):
+        try:
+            self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+        except KeyError:
+            self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def _stop_waiting(self, conn: _Conn):
+        if self._waiting.pop(conn, False) is not False:
+            mine = self._per_peer[conn.host]
+            del mine[conn]
+            if not mine:
+                del self._per_peer[conn.host]
+        try:
+            self._sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _on_readable(self, conn: _Conn, now: float):
+        if conn.state == LINGERING:
+            if not self._drain(conn.sock):
+                self._close(conn)
+            return
+        if conn.state != READING:
+            return
+        try:
+            while True:
+                chunk = conn.sock.recv(_READ_CHUNK)
+                if not chunk:
+                    if conn.buf:
+                        self.metrics.requests.labels("bad_frame").inc()
+                        log.warning("rpc from %s: connection closed mid-frame", conn.peer)
+                    self._close(conn)
+                    return
+                conn.buf += chunk
+                if len(chunk) < _READ_CHUNK:
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(conn)
+            return
+        self._parse(conn, now)
+
+    def _parse(self, conn: _Conn, now: float):
+        """Advance conn's frame; a complete, well-shaped request goes to the work queue."""
+        try:
+            if not conn.need:
+                if len(conn.buf) < HEADER.size:
+                    return
+                ftype, length = decode_header(bytes(conn.buf[:HEADER.size]), self.max_frame)
                 if ftype != FrameType.REQUEST:
                     raise ProtocolError(ErrorCode.BAD_FRAME, f"expected a request, got {ftype.name}")
-                payload = recv_exact(conn, length, deadline)
-            except Deadline as exc:
-                if exc.idle and served:
-                    return  # keep-alive client went quiet after its answers: just hang up
-                self.metrics.requests.labels("timeout").inc()
-                log.warning("rpc from %s: request not complete within %.1fs", peer, self.read_timeout)
-                _send_quietly(conn, encode_error(ErrorCode.TIMEOUT, "request not complete before the deadline"))
+                conn.need = HEADER.size + length
+                self._set_timer(conn, conn.wait_start + self.read_timeout)   # the header is in: the frame's deadline
+            if len(conn.buf) < conn.need:
+                if self.check_payload is not None:
+                    self.check_payload(bytes(conn.buf[HEADER.size:]), partial=True)
                 return
-            except ProtocolError as exc:
-                result = "unsupported_version" if exc.code == ErrorCode.UNSUPPORTED_VERSION else "bad_frame"
-                self.metrics.requests.labels(result).inc()
-                log.warning("rpc from %s: %s", peer, exc)
-                _send_quietly(conn, encode_error(exc.code, str(exc)))
-                return  # cannot resynchronise a byte stream after a bad frame
-            except ConnectionError:
-                self.metrics.requests.labels("bad_frame").inc()
-                log.warning("rpc from %s: connection closed mid-frame", peer)
-                return
-            conn.settimeout(self.read_timeout)
-            served += 1
-            try:
-                conn.sendall(self.handler.handle(payload, peer))
-            except OSError as exc:
-                log.warning("rpc from %s: cannot send answer: %s", peer, exc)
-                return
-
-
-def _send_quietly(conn: socket.socket, data: bytes, drain: bool = True):
-    """Send a last frame and half-close. Unread input would make close() send a
-    RST that can destroy the frame in flight, so drain a little first (bounded)."""
-    try:
-        conn.settimeout(0.5 if drain else 0.05)
-        conn.sendall(data)
-        conn.shutdown(socket.SHUT_WR)
-        if not drain:
+            payload = bytes(conn.buf[HEADER.size:conn.need])
+            if self.check_payload is not None:
+                self.check_payload(payload)
+        except ProtocolError as exc:
+            result = "unsupported_version" if exc.code == ErrorCode.UNSUPPORTED_VERSION else "bad_frame"
+            self.metrics.requests.labels(result).inc()
+            log.warning("rpc from %s: %s", conn.peer, exc)
+            self._stop_waiting(conn)
+            self._last_frame(conn, encode_error(exc.code, str(exc)), now)   # cannot resynchronise a byte stream
             return
-        conn.settimeout(0.2)
-        for _ in range(16):
-            if not conn.recv(4096):
-                break
-    except OSError:
-        pass
+        del conn.buf[:conn.need]
+        conn.need = 0
+        conn.payload = payload
+        self._stop_waiting(conn)
+        conn.gen += 1
+        with self._lock:
+            conn.state = QUEUED
+            conn.deadline = conn.wait_start + self.read_timeout   # the request's deadline, queue wait included
+            self._work.append(conn)
+            self._work_ready.notify()
+
+    def _last_frame(self, conn: _Conn, frame: bytes, now: float):
+        """Send a last frame, half-close, and discard input for a moment before closing:
+        unread input would make close() send a RST that can destroy the frame in flight."""
+        if not self._send_now(conn, frame):
+            self._close(conn)
+            return
+        conn.state = LINGERING
+        self._set_timer(conn, now + _LINGER)
+        self._register(conn)
+        if not self._drain(conn.sock):
+            self._close(conn)
+
+    @staticmethod
+    def _send_now(conn: _Conn, frame: bytes) -> bool:
+        """Never blocks the I/O thread: an error frame fits any socket's send buffer."""
+        try:
+            conn.sock.send(frame)
+            conn.sock.shutdown(socket.SHUT_WR)
+            return True
+        except OSError:
+            return False
+
+    def _take_back(self, now: float):
+        """Connections workers are done with: wait for the next request, or linger and close."""
+        while self._returned:
+            conn, keep = self._returned.popleft()
+            conn.sock.setblocking(False)
+            if not keep:
+                conn.state = LINGERING
+                self._set_timer(conn, now + _LINGER)
+                self._register(conn)
+                continue
+            self._start_waiting(conn, now)
+            if conn.buf:
+                self._parse(conn, now)   # a pipelined request is already here
+
+    def _expire(self, now: float):
+        while self._timers and self._timers[0][0] <= now:
+            _, _, gen, conn = heapq.heappop(self._timers)
+            if gen != conn.gen:
+                continue
+            if conn.state == LINGERING:
+                self._close(conn)
+            elif conn.state == READING:
+                self._stop_waiting(conn)
+                if not conn.buf and conn.served:
+                    self._close(conn)   # a keep-alive client went quiet after its answers: hang up
+                    continue
+                self.metrics.requests.labels("timeout").inc()
+                log.warning("rpc from %s: request not complete within %.1fs", conn.peer, now - conn.wait_start)
+                self._last_frame(conn, encode_error(ErrorCode.TIMEOUT, "request not complete before the deadline"), now)
+        if self._work and self._work[0].deadline <= now:
+            self._refuse_late_queued(now)
+        if self._working:
+            self._abandon_late(now)
+
+    def _refuse_late_queued(self, now: float):
+        """Requests no worker took within their deadline (every worker stuck): BUSY now,
+        so the client can retry elsewhere in time instead of waiting for nothing."""
+        late = []
+        with self._lock:
+            while self._work and self._work[0].deadline <= now:
+                conn = self._work.popleft()
+                conn.state = LINGERING
+                late.append(conn)
+        for conn in late:
+            self.metrics.requests.labels("busy").inc()
+            log.warning("rpc from %s: no worker free within %.1fs: busy", conn.peer, self.read_timeout)
+            self._last_frame(conn, encode_error(ErrorCode.BUSY, "too many clients"), now)
+
+    def _abandon_late(self, now: float):
+        """A worker held a request past its deadline (munged hung, say): answer INTERNAL
+        now and close; the worker's late answer is dropped, never sent."""
+        with self._lock:
+            late = [c for c in self._working if c.deadline <= now]
+            for c in late:
+                self._working.discard(c)
+                c.state = LINGERING
+        for c in late:
+            self.metrics.requests.labels("abandoned").inc()
+            log.warning("rpc from %s: no answer within its %.1fs deadline: abandoned", c.peer, self.read_timeout)
+            self._last_frame(c, encode_error(ErrorCode.INTERNAL, "the tracer could not answer in time"), now)
+
+    def _close(self, conn: _Conn):
+        self._stop_waiting(conn)
+        with self._lock:
+            if conn.state == CLOSED:
+                return
+            conn.state = CLOSED
+            self._open -= 1
+        conn.gen += 1
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+        self.metrics.clients.dec()
+
+    def _close_all(self):
+        for conn in list(self._waiting):
+            self._close(conn)
+        for s in (self._wake_r, self._wake_w):
+            s.close()
+        self._sel.close()
+
+    # --- the workers ----------------------------------------------------------------------------
+
+    def _worker(self):
+        while True:
+            with self._lock:
+                while not self._work and not self._stop.is_set():
+                    self._work_ready.wait()
+                if self._stop.is_set():
+                    return
+                conn = self._work.popleft()
+                late = time.monotonic() >= conn.deadline
+                if late:
+                    conn.state = REPLYING
+                else:
+                    conn.state = WORKING
+                    self._working.add(conn)
+            if late:
+                self.metrics.requests.labels("busy").inc()
+                log.warning("rpc from %s: no worker free within %.1fs: busy", conn.peer, self.read_timeout)
+                self._reply(conn, encode_error(ErrorCode.BUSY, "too many clients"))
+            else:
+                self._serve(conn)
+
+    def _serve(self, conn: _Conn):
+        try:
+            reply = self.handler.handle(conn.payload, conn.peer)
+        except Exception:  # noqa: BLE001 - one client's failure must never end the server
+            log.exception("rpc from %s: unexpected error", conn.peer)
+            self.metrics.requests.labels("internal_error").inc()
+            reply = None
+        with self._lock:
+            if conn.state != WORKING:
+                return   # abandoned at its deadline: the I/O thread answered and closes it
+            self._working.discard(conn)
+            conn.state = REPLYING
+        conn.payload = b""
+        self._reply(conn, reply)
+
+    def _reply(self, conn: _Conn, reply: bytes | None):
+        keep = False
+        if reply is not None:
+            try:
+                conn.sock.settimeout(_SEND_TIMEOUT)
+                conn.sock.sendall(reply)
+                conn.served += 1
+                # The protocol: an error frame ends the connection.
+                keep = reply[_FRAME_TYPE_OFFSET] != FrameType.ERROR
+                if not keep:
+                    conn.sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                log.warning("rpc from %s: cannot send the answer: %s", conn.peer, exc)
+        self._returned.append((conn, keep and not self._stop.is_set()))
+        self._wake()
 

@@ -69,10 +69,11 @@ class RequestHandler:
             log.warning("rpc from %s uid=%d: bad query: %s", peer, cred.uid, exc)
             return result, encode_error(exc.code, str(exc))
 
-        outcome = self.resolver.lookup(query)
+        outcome = self.resolver.lookup(query, lambda owner: may_see(cred.uid, owner, self.slurm_uid))
         self._count_lookup(outcome)
         answer, result = outcome.answer, "found" if outcome.answer.status == Status.FOUND else "not_found"
-        if answer.status == Status.FOUND and not may_see(cred.uid, outcome.owner_uid, self.slurm_uid):
+        hidden = answer.status == Status.FOUND and not may_see(cred.uid, outcome.owner_uid, self.slurm_uid)
+        if outcome.denied or hidden:
             # Indistinguishable from "not found" for the caller; loud in the log, like Slurm.
             log.warning("rpc from %s: uid %d asked about %s owned by uid %s: denied (security)",
                         peer, cred.uid, query, outcome.owner_uid)
@@ -92,6 +93,8 @@ class RequestHandler:
         m = self.metrics
         if outcome.fallback_reason:
             m.fallbacks.labels(outcome.fallback_reason).inc()
+        if outcome.scan:
+            m.fallback_scans.labels(outcome.scan).inc()
         ans = outcome.answer
         m.lookups.labels(ans.source.name.lower() if ans.status == Status.FOUND else "none").inc()
         if ans.owner_exited:

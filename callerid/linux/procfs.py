@@ -150,16 +150,24 @@ def _pids(proc: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(proc) if n.isdigit())
 
 
-def pids_by_socket_inode(inodes: set[int] | None = None, proc: str = "/proc") -> dict[int, list[int]]:
+class ScanTimeout(Exception):
+    """A /proc scan ran out of its time budget before it was complete."""
+
+
+def pids_by_socket_inode(inodes: set[int] | None = None, proc: str = "/proc",
+                         deadline: float | None = None) -> dict[int, list[int]]:
     """inode -> sorted tgids holding it, from one scan of every /proc/<pid>/fd.
 
     With inodes given, only those are reported and the scan stops once each
     has been seen, so a list then holds the lowest holder (and any holders
     met before the scan stopped), not necessarily all of them.
+    deadline (time.monotonic()): ScanTimeout if the scan is not done by then.
     """
     wanted = None if inodes is None else set(inodes)
     found: dict[int, list[int]] = {}
     for pid in _pids(proc):
+        if deadline is not None and time.monotonic() > deadline:
+            raise ScanTimeout(f"/proc scan not done within its budget (at pid {pid})")
         try:
             held = socket_inodes(pid, proc)
         except ProcessGone:
@@ -173,9 +181,9 @@ def pids_by_socket_inode(inodes: set[int] | None = None, proc: str = "/proc") ->
     return found
 
 
-def find_pid_for_inode(inode: int, proc: str = "/proc") -> int | None:
+def find_pid_for_inode(inode: int, proc: str = "/proc", deadline: float | None = None) -> int | None:
     """Lowest tgid holding the socket inode, or None."""
-    return pids_by_socket_inode({inode}, proc).get(inode, [None])[0]
+    return pids_by_socket_inode({inode}, proc, deadline).get(inode, [None])[0]
 
 
 def own_netns_inode(proc: str = "/proc") -> int:

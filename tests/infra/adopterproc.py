@@ -12,9 +12,9 @@ from .tracerproc import toml_value
 
 
 def write_config(path: Path, munge_socket: str, nodename: str, rpc_port: int, socket: str, metrics: str,
-                 **adopter) -> None:
+                 log_level: str = "debug", **adopter) -> None:
     lines = ["[common]", f'munge_socket = "{munge_socket}"', f'nodename = "{nodename}"', 'slurm_user = "root"',
-             'log_level = "debug"', f"rpc_port = {rpc_port}", "", "[adopter]", f'socket = "{socket}"',
+             f'log_level = "{log_level}"', f"rpc_port = {rpc_port}", "", "[adopter]", f'socket = "{socket}"',
              f'metrics = "{metrics}"']
     lines += [f"{k} = {toml_value(v)}" for k, v in adopter.items()]
     path.write_text("\n".join(lines) + "\n")

@@ -42,10 +42,13 @@ class DaemonProc:
         self._logf = None
         self._log_start = 0
 
-    def start(self, *extra, wait: bool = True, timeout: float = 30.0):
+    def argv(self, *extra) -> list[str]:
+        """The command line start() runs (a subclass may wrap it)."""
         argv = [CALLERID, "--config", str(self.config), self.subcommand, *extra]
-        if self.netns:
-            argv = self.netns.argv(argv)
+        return self.netns.argv(argv) if self.netns else argv
+
+    def start(self, *extra, wait: bool = True, timeout: float = 30.0):
+        argv = self.argv(*extra)
         if self._logf:
             self._logf.close()
         self._logf = open(self.log, "ab")  # noqa: SIM115 - the daemon's stdout until it is restarted or stopped

@@ -23,9 +23,9 @@ def toml_value(v) -> str:
 
 
 def write_config(path: Path, munge_socket: str, pin_root: str, listen: list[str], metrics: str,
-                 nodename: str = "testnode", rpc_port: int = 6828, **tracer) -> None:
+                 nodename: str = "testnode", rpc_port: int = 6828, log_level: str = "debug", **tracer) -> None:
     lines = ["[common]", f'munge_socket = "{munge_socket}"', f'nodename = "{nodename}"',
-             'slurm_user = "root"', 'log_level = "debug"', f"rpc_port = {rpc_port}", "", "[tracer]",
+             'slurm_user = "root"', f'log_level = "{log_level}"', f"rpc_port = {rpc_port}", "", "[tracer]",
              "listen = [" + ", ".join(f'"{a}"' for a in listen) + "]", f'metrics = "{metrics}"',
              f'pin_root = "{pin_root}"']
     lines += [f"{k} = {toml_value(v)}" for k, v in tracer.items()]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import importlib.util
 import ipaddress
 import os
 import shutil
@@ -11,14 +10,12 @@ import socket
 import struct
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from callerid.linux import procfs, sockdiag
 from tests.helpers import has_ipv6_loopback, require
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "slurm_proc_scan.py"
 V4 = "127.0.0.1"
 MAPPED = "::ffff:127.0.0.1"
 
@@ -28,10 +25,8 @@ MAPPED = "::ffff:127.0.0.1"
 def bench():
     require(os.geteuid() == 0, "root (reading every process's /proc/<pid>/fd)")
     require(shutil.which("ss") is not None, "ss (iproute2)")
-    spec = importlib.util.spec_from_file_location("slurm_proc_scan", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tests.infra import slurm_proc_scan
+    return slurm_proc_scan
 
 
 class Conn:

@@ -20,7 +20,7 @@ from tests.infra.adopterproc import write_config as write_adopter_config
 from tests.infra.jobtree import JobTree
 from tests.infra.netns import Topology
 from tests.infra.procs import as_user, in_netns
-from tests.infra.slurmlab import PSA_CANDIDATES, LabBusy, SlurmLab, lab_lock
+from tests.infra.slurmlab import PSA_CANDIDATES, LabBusy, SlurmLab, cgroups, lab_lock
 from tests.infra.sshd import Sshd, keygen, pam_module, pam_stack, ssh_argv
 from tests.infra.tracerproc import TracerFactory, free_port
 
@@ -191,7 +191,7 @@ def cl(cluster):
     cluster.dst_jobs.cleanup()
 
 
-# --- the real Slurm lab (tests/infra/slurmlab.py), one per test module ---
+# --- the real Slurm lab (tests/infra/slurmlab/), one per test module ---
 
 @pytest.fixture(scope="module")
 def lab(request):
@@ -201,7 +201,10 @@ def lab(request):
         require(os.access(exe, os.X_OK), f"{exe} (scripts/setup.sh installs slurmctld slurmd slurm-client "
                                          "openssh-server munge)")
     require(any(os.path.exists(p) for p in PSA_CANDIDATES), "pam_slurm_adopt.so (Debian libpam-slurm-adopt)")
-    require(os.path.ismount("/sys/fs/cgroup/freezer"), "cgroup v1 freezer at /sys/fs/cgroup/freezer")
+    host = cgroups.host_cgroups()
+    controllers = (cgroups.CGROUP_ROOT / "cgroup.controllers").read_text() if host.version == "v2" else None
+    problems = cgroups.preflight_problems(host, controllers)
+    require(not problems, "; ".join(problems))
     try:
         lock = lab_lock(timeout=120)  # held for the module: `scripts/lab.sh up/down` wait for us
     except LabBusy as exc:

@@ -242,6 +242,34 @@ def test_adopter_hung_login_bounded_by_deadline(cl):
     assert not_in_any_job(login), login.err  # action_generic_failure=ignore
 
 
+def test_hung_munged_decision_after_the_hook_gave_up_is_abandoned_not_applied(cl, munged):
+    # Issue 12: with munged stopped, the adopter used to block in the MUNGE encode past the
+    # hook's deadline, then move the sshd into the newest job and count an adoption.
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5095)
+    time.sleep(0.05)
+    cl.dst_jobs.create(a.uid, 5096)
+    cl.src_jobs.create(a.uid, 5095)
+    cl.set_hook("deadline=0.5")       # the hook gives up long before rpc_timeout_seconds (1 s)
+    before = cl.adopter_metrics()
+    os.kill(munged.pid, signal.SIGSTOP)
+    try:
+        login = cl.ssh(a, job=5095, command="sleep 2.5; " + SHOW)   # alive when the late decision comes
+    finally:
+        os.kill(munged.pid, signal.SIGCONT)
+    after = cl.adopter_metrics()
+    assert login.rc == 0, login.err    # action_generic_failure=ignore, applied by the hook
+    assert not_in_any_job(login), login.out
+    assert not any(line.startswith("PRIV=") and "/job_" in line for line in login.out.splitlines()), login.out
+    assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5095) + sshd_pids_in_extern(cl.dst_jobs, a.uid, 5096)
+    delta = {k[1]: after.get(k, 0) - before.get(k, 0) for k in after
+             if k[0] == "callerid_adopter_abandoned_decisions_total"}
+    assert delta[(("reason", "hook_gone"),)] == 1, delta
+    adopted = {k[1]: after.get(k, 0) - before.get(k, 0) for k in after if k[0] == "callerid_adopter_adoptions_total"}
+    assert all(v == 0 for v in adopted.values()), adopted
+    assert "decision abandoned (hook_gone)" in cl.adopter.log_text()
+
+
 def test_source_tracer_down_falls_back_within_rpc_timeout(cl):
     a = cl.users[0]
     cl.dst_jobs.create(a.uid, 5101)

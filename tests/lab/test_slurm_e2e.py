@@ -1,4 +1,4 @@
-"""callerid on a real Slurm cluster (tests/infra/slurmlab.py): sessions launched from jobs land in the
+"""callerid on a real Slurm cluster (tests/infra/slurmlab/): sessions launched from jobs land in the
 job they came from, callerid agrees with Slurm's own `scontrol callerid`, Slurm kills adopted
 sessions at job end, and the adopter's scenario matrix holds against real jobs — side by side with
 Slurm's pam_slurm_adopt on a second sshd, whose decisions are tabulated for parity."""
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.slurmlab import CALLERID, PSA_PORT, SSH_PORT
+from tests.infra.slurmlab import CALLERID, PSA_PORT, SSH_PORT, cgroups
 from tests.lab.conftest import JOB_WAIT
 
 pytestmark = pytest.mark.lab
@@ -41,12 +41,9 @@ class Session:
         m = re.search(r"^PRIV (\d+)$", self.out, re.M)
         return int(m[1]) if m else None
 
-    def cgroup(self, ctrl="freezer") -> str | None:
-        for line in self.out.splitlines():
-            parts = line.split(":", 2)
-            if len(parts) == 3 and parts[0].isdigit() and ctrl in parts[1].split(","):
-                return parts[2]
-        return None
+    def steps(self) -> dict:
+        """hierarchy -> (job, step) of the session's shell (callerid.slurm_cgroup parses /proc/self/cgroup)."""
+        return cgroups.job_steps(self.out, cgroups.host_cgroups().version)
 
     def listed_under(self, pid: int) -> tuple[int, str] | None:
         """(job, step) that `scontrol listpids` (run in the session) lists pid under."""
@@ -57,9 +54,12 @@ class Session:
         return None
 
     def job(self) -> int | None:
-        """The job whose extern step the session sits in (freezer), else None."""
-        m = re.search(r"/job_(\d+)/step_extern$", self.cgroup() or "")
-        return int(m[1]) if m else None
+        """The job whose extern step the session sits in (in every job hierarchy), else None."""
+        where = set(self.steps().values())
+        if len(where) != 1 or None in where:
+            return None
+        job, step = where.pop()
+        return job if step == "extern" else None
 
 
 def batch(lab, jobs, user, nodes="node2", n=1, script="sleep 600", extra=()) -> int:
@@ -132,9 +132,8 @@ def test_session_from_a_job_lands_in_it_and_callerid_agrees_with_slurm(lab, jobs
     host = n2.ip if family == "ipv4" else n2.ip6
     with live_ssh(lab, u, from_job=j, host=host) as s:
         assert s.rc == 0 and s.four_tuple, s.out + lab.logs_tail(15)
-        assert s.job() == j, f"landed in {s.job()} (J={j}, newer K={k})\n{s.out}"
-        for ctrl in ("freezer", "memory", "cpuset"):
-            assert s.cgroup(ctrl) == f"/slurm_node2/uid_{u.uid}/job_{j}/step_extern", s.out
+        steps = s.steps()
+        assert steps == {h: (j, "extern") for h in steps}, f"landed in {steps} (J={j}, newer K={k})\n{s.out}"
         assert s.listed_under(s.priv) == (j, "extern"), s.out
         # callerid (from node1's BPF map) and Slurm (its /proc scan via slurmd) name the same job
         t = s.four_tuple
@@ -158,12 +157,15 @@ def test_srun_launched_ssh_from_several_tasks_all_land_in_the_job(lab, jobs):
     key = lab.user(u).key_of(u.name)
     n2 = lab.node("node2").ip
     one = (f"ssh -F none -i {key} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-           f"{u.name}@{n2} 'grep :freezer: /proc/self/cgroup'")
+           f"{u.name}@{n2} 'echo CGROUPS $(cat /proc/self/cgroup)'")
     r = lab.run("node1", ["srun", f"--jobid={j}", "--overlap", "-w", "node1", "-N1", "-n2", "bash", "-c", one],
                 user=u, timeout=90)
-    lines = [line for line in r.stdout.splitlines() if ":freezer:" in line]
+    # srun interleaves the two sessions' output: each prints its /proc/self/cgroup on one line
+    lines = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("CGROUPS ")]
     assert len(lines) == 2, r.stdout + r.stderr
-    assert all(line.endswith(f"/job_{j}/step_extern") for line in lines), lines
+    for words in lines:
+        steps = cgroups.job_steps("\n".join(words), lab.host.version)
+        assert steps == {h: (j, "extern") for h in steps}, words
 
 
 def test_slurm_kills_the_adopted_session_when_the_job_ends(lab, jobs):

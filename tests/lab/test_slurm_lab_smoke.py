@@ -1,7 +1,8 @@
-"""The real-Slurm lab (tests/infra/slurmlab.py) works end to end: slurmctld + one slurmd per
-network-namespace node, MUNGE, cgroup v1 job trees, and an ssh session opened from inside a job
-landing in that job on the other node — through callerid (port 22) and through Slurm's own
-pam_slurm_adopt (port 2222) — with Slurm's `scontrol listpids` and `scontrol callerid` agreeing."""
+"""The real-Slurm lab (tests/infra/slurmlab/) works end to end: slurmctld + one slurmd per
+network-namespace node, MUNGE, the job cgroup trees of the host's cgroup version, and an ssh
+session opened from inside a job landing in that job on the other node — through callerid (port 22)
+and through Slurm's own pam_slurm_adopt (port 2222) — with Slurm's `scontrol listpids` and
+`scontrol callerid` agreeing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.slurmlab import PSA_PORT, SSH_PORT
+from tests.infra.slurmlab import PSA_PORT, SSH_PORT, cgroups
 from tests.lab.conftest import JOB_WAIT
 
 pytestmark = pytest.mark.lab
@@ -30,24 +31,26 @@ def test_batch_job_runs_on_node2_with_extern_step_cgroups(lab, jobs):
     info = lab.wait_job_running(job, timeout=JOB_WAIT)
     assert lab.job_nodes(job) == ["node2"]
     assert info["UserId"].startswith(f"cidlab1({u.uid})")
-    base = Path(f"/sys/fs/cgroup/freezer/slurm_node2/uid_{u.uid}/job_{job}")
-    assert (base / "step_extern").is_dir(), sorted(p.name for p in base.iterdir())
+    # callerid's adopter finds the job in cgroupfs as Slurm made it, owned by the user
+    cg = lab.job_cgroups("node2", job)
+    assert cg is not None and cg.uid == u.uid and cg.layout == lab.host.version, cg
+    base = cgroups.job_dirs(cg)
+    assert all((d / "step_extern").is_dir() for d in base), base
     # the extern step's holder process (PrologFlags=contain) and the batch script, in Slurm's view and
     # ours (the batch step starts a moment after the extern step)
     pids = lab.wait_steps(job, "node2", ("extern", "batch"), timeout=JOB_WAIT)
-    assert (base / "step_batch").is_dir()
-    assert set(pids["extern"]) <= {int(x) for x in (base / "step_extern" / "cgroup.procs").read_text().split()}
-    for ctrl in ("memory", "cpuset"):
-        assert lab.cgroup("node2", u.uid, job, ctrl=ctrl).is_dir(), ctrl
+    assert all((d / "step_batch").is_dir() for d in base), base
+    assert set(pids["extern"]) <= cgroups.job_pids(cg)
+    if cg.layout == "v1":  # proctrack/cgroup's freezer, task/cgroup's cpuset and memory
+        assert {"freezer", "cpuset", "memory"} <= {Path(d).parts[4] for d in cg.extern}, cg.extern
     # --mem=100 is enforced by task/cgroup (ConstrainRAMSpace)
-    limit = int((lab.cgroup("node2", u.uid, job, step=None, ctrl="memory") / "memory.limit_in_bytes").read_text())
-    assert limit == 100 * 1024 * 1024
+    assert cgroups.memory_limit(cg) == 100 * 1024 * 1024
     lab.scancel(job)
     assert lab.wait_job_done(job, timeout=JOB_WAIT) in ("CANCELLED", "")
     deadline = time.monotonic() + 30
-    while base.exists() and time.monotonic() < deadline:
+    while any(d.exists() for d in base) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not base.exists(), "Slurm removes a job's cgroups when it ends"
+    assert not any(d.exists() for d in base), "Slurm removes a job's cgroups when it ends"
 
 
 # The remote command prints the TCP tuple, the pid of sshd [priv] (the shell's grandparent: the
@@ -93,10 +96,8 @@ ssh -i {u.key} -p {port} -o BatchMode=yes {u.name}@{node2.ip} '{REMOTE}' > "$HOM
     priv = int(re.search(r"^PRIV (\d+)$", out, re.M)[1])
 
     # the session's processes sit in J's extern step on node2, in every controller Slurm made
-    want = f"/slurm_node2/uid_{u.uid}/job_{j}/step_extern"
-    cg = {line.split(":")[1]: line.split(":", 2)[2] for line in out.splitlines() if re.match(r"^\d+:", line)}
-    for ctrl in ("freezer", "memory", "cpuset"):
-        assert cg.get(ctrl) == want, f"{ctrl}: {cg.get(ctrl)} (K={k})\n{out}"
+    steps = cgroups.job_steps(out, lab.host.version)
+    assert steps == {h: (j, "extern") for h in steps}, f"{steps} (K={k})\n{out}"
 
     # Slurm agrees: listpids names the adopted sshd under J's extern step, not under K
     pids = lab.listpids(j, "node2")

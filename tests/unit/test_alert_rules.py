@@ -77,7 +77,7 @@ def test_every_expectation_matters(tmp_path):
             flipped = one["tests"][0]["alert_rule_test"][ci]
             flipped["exp_alerts"] = [] if check["exp_alerts"] else [{"exp_labels": {"severity": "warn"}}]
             f = tmp_path / "tests" / "flipped.yml"
-            f.write_text("\n".join(rules._yaml(one)) + "\n")
+            f.write_text(rules.to_yaml(one))
             if run("test", "rules", str(f)).returncode == 0:
                 insensitive.append(f"{test['name']} at {check['eval_time']}")
     assert not insensitive, f"expectations that pass either way: {insensitive}"

@@ -85,6 +85,9 @@ require_bpf = true
 max_clients = 8
 read_timeout_seconds = 0.5
 max_frame_bytes = 4096
+header_timeout_seconds = 0.25
+max_rpc_connections = 100
+max_rpc_connections_per_peer = 10
 
 [adopter]
 socket = "/tmp/adopter.sock"
@@ -115,7 +118,8 @@ FULL_EXPECTED = {
                    pin_root="/sys/fs/bpf/other", replace_pinned=True, max_connections=1024, max_pending=128,
                    max_closed_connections=512,
                    close_grace_seconds=30.5, sweep_interval_seconds=1.5, reconcile=False, fallback=False,
-                   require_bpf=True, max_clients=8, read_timeout_seconds=0.5, max_frame_bytes=4096),
+                   require_bpf=True, max_clients=8, read_timeout_seconds=0.5, max_frame_bytes=4096,
+                   header_timeout_seconds=0.25, max_rpc_connections=100, max_rpc_connections_per_peer=10),
     "adopter": dict(socket="/tmp/adopter.sock", metrics="127.0.0.1:9999", action_no_jobs="ignore",
                     action_unknown="deny", action_adopt_failure="deny", action_generic_failure="deny",
                     ignore_root=False, single_job_skip_rpc=False, service=["sshd", "login"],
@@ -263,3 +267,56 @@ def test_out_of_range_and_mistyped_list_values_are_refused(tmp_path, text):
 def test_parse_addr_rejects_malformed_addresses(text):
     with pytest.raises(ConfigError):
         parse_addr(text, 1)
+
+
+# --- every option range-checked (issue 12, item 9) -----------------------------------------------
+
+def _bounded_options():
+    for sect in fields(Config):
+        for f in fields(sect.default_factory()):
+            if f.metadata.get("lo") is not None:
+                yield sect.name, f
+
+
+@pytest.mark.parametrize("section,f", list(_bounded_options()), ids=lambda v: getattr(v, "name", v))
+def test_numbers_outside_their_range_are_refused_naming_the_option(tmp_path, section, f):
+    lo, hi = f.metadata["lo"], f.metadata["hi"]
+    default = getattr(getattr(Config(), section), f.name)
+    assert lo <= default <= hi, "the default itself is accepted"
+    step = 1 if isinstance(lo, int) else 0.01
+    for bad in (lo - step, hi + step):
+        with pytest.raises(ConfigError) as info:
+            load(write(tmp_path, f"[{section}]\n{f.name} = {bad!r}\n"))
+        assert f"[{section}].{f.name}: must be between {lo} and {hi}" in str(info.value)
+    for good in (lo, hi):
+        assert getattr(getattr(load(write(tmp_path, f"[{section}]\n{f.name} = {good!r}\n")), section), f.name) == good
+
+
+def test_every_number_has_a_range():
+    for sect in fields(Config):
+        for f in fields(sect.default_factory()):
+            if type(getattr(sect.default_factory(), f.name)) in (int, float):
+                assert f.metadata.get("lo") is not None, f"[{sect.name}].{f.name} has no range"
+
+
+def test_zero_sweep_interval_is_refused(tmp_path):
+    # sweep_interval_seconds = 0 made the sweeper spin a core (issue 12)
+    with pytest.raises(ConfigError, match=r"\[tracer\]\.sweep_interval_seconds: must be between 0.1 and 3600"):
+        load(write(tmp_path, "[tracer]\nsweep_interval_seconds = 0\n"))
+
+
+@pytest.mark.parametrize("line,where", [
+    ('[common]\nlog_level = "verbose"', "[common].log_level: must be one of debug, info, warning, error"),
+    ('[tracer]\nprobe = "uprobe"', "[tracer].probe: must be one of auto"),
+    ('[tracer]\nlisten = ["[::1]:x"]', "[tracer].listen: bad address"),
+    ('[tracer]\nmetrics = "host:"', "[tracer].metrics: bad address"),
+    ('[adopter]\nmetrics = "1.2.3.4:70000"', "[adopter].metrics: bad address"),
+])
+def test_strings_outside_their_choices_are_refused_naming_the_option(tmp_path, line, where):
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, line + "\n"))
+    assert where in str(info.value)
+
+
+def test_empty_metrics_address_switches_the_endpoint_off(tmp_path):
+    assert load(write(tmp_path, '[tracer]\nmetrics = ""\n')).tracer.metrics == ""

@@ -13,7 +13,7 @@ import pytest
 
 from callerid.dashboards import build, expressions
 from callerid.dashboards.expressions import exported_metric_names, panels, referenced_metrics
-from callerid.dashboards.rules import _yaml
+from callerid.dashboards.rules import to_yaml
 from tests.helpers import require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,7 +205,7 @@ def test_every_expression_is_valid_promql(tmp_path):
     doc = {"groups": [{"name": "expressions", "rules": [{"record": f"check:expr_{i}", "expr": e}
                                                          for i, (_, e) in enumerate(exprs)]}]}
     f = tmp_path / "expressions.yml"
-    f.write_text("\n".join(_yaml(doc)) + "\n")
+    f.write_text(to_yaml(doc))
     r = subprocess.run([promtool, "check", "rules", str(f)], check=False, capture_output=True, text=True)
     if r.returncode != 0:
         where = {f"check:expr_{i}": w for i, (w, _) in enumerate(exprs)}

@@ -10,7 +10,16 @@ import time
 
 import pytest
 
-from callerid.protocol import HEADER, ErrorCode, FrameType, decode_error, decode_header, encode_frame
+from callerid.protocol import (
+    HEADER,
+    ErrorCode,
+    FrameType,
+    check_credential_shape,
+    decode_error,
+    decode_header,
+    encode_error,
+    encode_frame,
+)
 from callerid.tracer.metrics import RPC_RESULTS, TracerMetrics
 from callerid.tracer.server import RpcServer, bind_listener
 from tests.helpers import require
@@ -37,6 +46,7 @@ class EchoHandler:
 class Harness:
     def __init__(self, **kw):
         kw.setdefault("read_timeout", READ_TIMEOUT)
+        kw.setdefault("check_payload", None)   # short made-up payloads; the shape check has its own tests
         self.handler = EchoHandler()
         self.metrics = TracerMetrics()
         self.server = RpcServer([bind_listener("127.0.0.1", 0)], self.handler, self.metrics, **kw)
@@ -88,11 +98,8 @@ def wait_for(pred, timeout=IO_TIMEOUT):
 
 
 def wait_idle(h: Harness) -> bool:
-    """No client connected and every slot back. The gauge drops just before the slot is
-    released, so also look at the semaphore (CPython's BoundedSemaphore._value) when it exists."""
-    slots = h.server._slots
-    return wait_for(lambda: h.connected() == 0 and getattr(slots, "_value", slots._initial_value)
-                    == slots._initial_value)
+    """No connection held any more (closing ones linger a moment)."""
+    return wait_for(lambda: h.connected() == 0)
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -388,29 +395,111 @@ def test_slow_clients_do_not_block_a_good_one(make):
 
 # --- capacity ---------------------------------------------------------------------------------
 
-def test_busy_when_all_slots_are_held(make):
-    h = make(max_clients=2, read_timeout=IO_TIMEOUT)
-    slow = [h.connect(), h.connect()]
-    assert wait_for(lambda: h.connected() == 2)
-    third = h.connect()
-    start = time.monotonic()
-    assert recv_error(third) == (ErrorCode.BUSY, "too many clients")
-    assert time.monotonic() - start < 0.5
-    assert_closed(third)
-    assert h.counts() == {"busy": 1.0}
-    assert h.connected() == 2
+class GatedHandler(EchoHandler):
+    """Holds every request until `gate` is set (a hung munged, seen from the server)."""
 
-    # Freeing the slots lets the next client in.
-    for s in slow:
-        s.close()
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+
+    def handle(self, payload: bytes, peer: str) -> bytes:
+        self.gate.wait(IO_TIMEOUT * 2)
+        return super().handle(payload, peer)
+
+
+def evicted(h: Harness, why: str) -> float:
+    return h.metrics.registry.get_sample_value("callerid_rpc_evicted_connections_total", {"reason": why})
+
+
+def test_waiting_connections_take_no_worker(make):
+    # The old server gave each connection a thread: two idle ones silenced it (BUSY).
+    h = make(max_clients=2, read_timeout=IO_TIMEOUT)
+    idle = [h.connect() for _ in range(50)]
+    for s in idle[::2]:
+        s.sendall(b"CI\x02")          # half of them drip a partial header
+    assert wait_for(lambda: h.connected() == 50)
+    for i in range(5):
+        c = h.connect()
+        c.sendall(request(b"q%d" % i))
+        assert recv_frame(c) == answer(b"q%d" % i)
+    assert all(is_silent(s) for s in idle)
+    assert h.counts() == {}
+
+
+def test_requests_beyond_the_workers_wait_their_turn(make):
+    h = make(max_clients=2, read_timeout=IO_TIMEOUT)
+    h.server.handler = h.handler = GatedHandler()
+    clients = [h.connect() for _ in range(20)]
+    for i, c in enumerate(clients):
+        c.sendall(request(b"burst%d" % i))
+    time.sleep(0.1)
+    h.handler.gate.set()
+    for i, c in enumerate(clients):
+        assert recv_frame(c) == answer(b"burst%d" % i)
+    assert h.counts() == {}, "nobody refused busy"
+
+
+def test_queued_request_past_its_deadline_is_busy_and_hung_one_abandoned(make):
+    h = make(max_clients=1, read_timeout=0.4)
+    h.server.handler = h.handler = GatedHandler()
+    first, second = h.connect(), h.connect()
+    first.sendall(request(b"held"))
+    time.sleep(0.05)
+    second.sendall(request(b"queued"))
+    start = time.monotonic()
+    assert recv_error(second)[0] == ErrorCode.BUSY
+    assert recv_error(first)[0] == ErrorCode.INTERNAL
+    assert time.monotonic() - start < 0.4 + 0.5
+    assert_closed(first)
+    h.handler.gate.set()                  # the late answer is dropped, never sent
+    assert wait_for(lambda: len(h.handler.calls) == 1)
+    assert h.counts() == {"busy": 1.0, "abandoned": 1.0}
     assert wait_idle(h)
     c = h.connect()
     c.sendall(request(b"after"))
     assert recv_frame(c) == answer(b"after")
 
 
-def test_slots_are_released_after_errors(make):
-    h = make(max_clients=1, read_timeout=IO_TIMEOUT)
+def test_one_peer_cannot_fill_the_table(make):
+    h = make(max_connections_per_peer=3, read_timeout=IO_TIMEOUT)
+    idle = [h.connect() for _ in range(3)]
+    assert wait_for(lambda: h.connected() == 3)
+    good = h.connect()
+    good.sendall(request(b"mine"))
+    assert recv_frame(good) == answer(b"mine")
+    assert recv_error(idle[0]) == (ErrorCode.BUSY, "too many connections waiting")
+    assert_closed(idle[0])
+    assert all(is_silent(s) for s in idle[1:])
+    assert evicted(h, "per_peer") == 1.0
+
+
+def test_full_table_closes_the_longest_waiting(make):
+    h = make(max_connections=4, read_timeout=IO_TIMEOUT)
+    idle = [h.connect() for _ in range(4)]
+    assert wait_for(lambda: h.connected() == 4)
+    good = h.connect()
+    good.sendall(request(b"fits"))
+    assert recv_frame(good) == answer(b"fits")
+    assert recv_error(idle[0])[0] == ErrorCode.BUSY
+    assert evicted(h, "full") == 1.0
+
+
+def test_waiter_whose_request_is_already_in_is_not_evicted(make):
+    # Eviction reads the candidate first: a request sitting in its socket buffer is served.
+    h = make(max_connections_per_peer=1, read_timeout=IO_TIMEOUT)
+    h.server.handler = h.handler = GatedHandler()
+    a = h.connect()
+    assert wait_for(lambda: h.connected() == 1)
+    a.sendall(request(b"a"))
+    b = h.connect()
+    b.sendall(request(b"b"))
+    h.handler.gate.set()
+    assert recv_frame(a) == answer(b"a")
+    assert recv_frame(b) == answer(b"b")
+
+
+def test_errors_release_their_connection(make):
+    h = make(max_connections=1, read_timeout=IO_TIMEOUT)
     for _ in range(3):
         c = h.connect()
         c.sendall(b"\xff" * HEADER.size)
@@ -423,20 +512,69 @@ def test_slots_are_released_after_errors(make):
     assert h.counts() == {"bad_frame": 3.0}
 
 
-def test_refused_client_does_not_stall_accept(make):
-    h = make(max_clients=1, read_timeout=IO_TIMEOUT)
+def test_error_answer_closes_the_connection(make):
+    h = make()
+    h.server.handler = h.handler = ErrorHandler()
+    c = h.connect()
+    c.sendall(request(b"x") + request(b"y"))
+    assert recv_error(c) == (ErrorCode.AUTH_FAILED, "credential rejected")
+    assert_closed(c)
+    assert [p for p, _ in h.handler.calls] == [b"x"], "nothing after an error is read"
+
+
+class ErrorHandler(EchoHandler):
+    def handle(self, payload: bytes, peer: str) -> bytes:
+        super().handle(payload, peer)
+        return encode_error(ErrorCode.AUTH_FAILED, "credential rejected")
+
+
+# --- the MUNGE shape check --------------------------------------------------------------------
+
+CRED = b"MUNGE:" + b"AwQFAAB" * 20 + b"=:"
+
+
+@pytest.mark.parametrize("payload", [b"hello", b"MUNGE:not-base64!:", b"MUNGE:abc:", CRED[:-1], CRED + b"x",
+                                     b"munge:" + CRED[6:]])
+def test_payload_not_shaped_like_a_credential_is_refused_before_the_handler(make, payload):
+    h = make(check_payload=check_credential_shape, read_timeout=IO_TIMEOUT)
+    c = h.connect()
+    c.sendall(request(payload))
+    assert recv_error(c) == (ErrorCode.BAD_FRAME, "request is not a MUNGE credential")
+    assert_closed(c)
+    assert h.handler.calls == []
+    assert h.counts() == {"bad_frame": 1.0}
+
+
+def test_credential_shaped_payload_reaches_the_handler(make):
+    h = make(check_payload=check_credential_shape)
+    c = h.connect()
+    c.sendall(request(CRED))
+    assert recv_frame(c) == answer(CRED)
+
+
+def test_non_credential_is_refused_before_the_frame_is_complete(make):
+    h = make(check_payload=check_credential_shape, read_timeout=IO_TIMEOUT)
+    c = h.connect()
+    start = time.monotonic()
+    c.sendall(struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 4000) + b"GET /")
+    assert recv_error(c)[0] == ErrorCode.BAD_FRAME
+    assert time.monotonic() - start < 1.0
+
+
+def test_refused_client_does_not_stall_the_server(make):
+    h = make(max_connections_per_peer=1, read_timeout=IO_TIMEOUT)
     holder = h.connect()
     assert wait_for(lambda: h.connected() == 1)
-    refused = h.connect()
-    assert recv_error(refused)[0] == ErrorCode.BUSY
+    refused = h.connect()   # evicts holder
+    assert recv_error(holder)[0] == ErrorCode.BUSY
     stop = threading.Event()
 
-    def trickle():   # the refused client keeps sending a byte now and then, and never closes
+    def trickle():   # the evicted client keeps sending a byte now and then, and never closes
         for _ in range(20):
             if stop.is_set():
                 return
             try:
-                refused.sendall(b"x")
+                holder.sendall(b"x")
             except OSError:
                 return
             time.sleep(0.1)
@@ -444,8 +582,7 @@ def test_refused_client_does_not_stall_accept(make):
     t = threading.Thread(target=trickle, daemon=True)
     t.start()
     try:
-        holder.close()
-        assert wait_idle(h)
+        refused.close()
         c = h.connect()
         start = time.monotonic()
         c.sendall(request(b"next"))

@@ -90,8 +90,9 @@ class FakeResolver:
         self.make_outcome = make_outcome
         self.queries = []
 
-    def lookup(self, query):
+    def lookup(self, query, allowed=None):
         self.queries.append(query)
+        self.allowed = allowed
         return self.make_outcome(query)
 
 
@@ -189,6 +190,20 @@ def test_found_for_another_uid_is_denied_and_looks_like_not_found():
     # the bytes sent carry nothing about the real owner
     assert b"sleep" not in frame and b"job_42" not in frame
     assert struct.pack("!I", 4321) not in frame
+
+
+def test_socket_of_another_uid_denied_before_any_scan_looks_like_not_found():
+    denied = Setup(uid=OTHER, make_outcome=lambda q: Outcome(Answer(q, Status.NOT_FOUND, node=NODE), OWNER, "map_miss",
+                                                                "socket of another uid: no scan", denied=True))
+    frame = denied.ask()
+    assert denied.results() == {"denied": 1.0}
+    assert frame == Setup(uid=OTHER, make_outcome=lambda q: not_found(q, "map_miss")).ask()
+    # the resolver was told who may see what: the requester, root and SlurmUser, not others
+    allowed = denied.resolver.allowed
+    assert allowed(OTHER) and not allowed(OWNER) and not allowed(None)
+    owner = Setup(uid=OWNER)
+    owner.ask()
+    assert owner.resolver.allowed(OWNER) and owner.resolver.allowed(12345) is False
 
 
 def test_found_with_unknown_owner_is_denied_to_non_root():

@@ -1,4 +1,5 @@
-"""Benchmark baselines for a caller-ID lookup: Slurm's /proc scan, psutil, ss."""
+"""Baselines for a caller-ID lookup: Slurm's /proc scan, psutil, ss (the benches measure them,
+tests/kernel checks they agree with callerid's sock_diag + /proc answers)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def find_inode_by_conn(src_ip, sport: int, dst_ip, dport: int, proc: str = "/pro
     src, dst = _addr_bytes(src_ip), _addr_bytes(dst_ip)
     for name, width in (("tcp", 4), ("tcp6", 16)):
         try:
-            f = open(f"{proc}/net/{name}")
+            f = open(f"{proc}/net/{name}")  # noqa: SIM115 - closed by the with below; only the open may fail
         except OSError:
             continue  # Slurm skips a table it cannot open
         with f:

@@ -1,0 +1,283 @@
+"""The tracer daemon under abuse: held connections, bursts of callers, a hung munged (issue 12)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from callerid.client import RpcError, ask
+from callerid.protocol import Query
+from tests.infra.procs import wait_for
+from tests.infra.tracerproc import metric, scrape
+from tests.kernel.conftest import close_client, start_client
+from tests.kernel.test_tracer import listener  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.kernel
+SLOWLORIS = Path(__file__).resolve().parents[1] / "infra" / "slowloris_prog.py"
+
+
+@pytest.fixture(scope="module")
+def tracer(tracers):
+    return tracers.make().start()
+
+
+def run_as(user, argv) -> subprocess.Popen:
+    def drop():
+        os.setgroups([])
+        os.setgid(user.gid)
+        os.setuid(user.uid)
+    return subprocess.Popen(argv, preexec_fn=drop, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def rpc_counts(tracer) -> dict:
+    now = scrape(tracer.metrics_url)
+    return {k[1][0][1]: v for k, v in now.items() if k[0] == "callerid_rpc_requests_total" and v}
+
+
+def test_a_thousand_unauthenticated_connections_do_not_silence_the_tracer(tracer, munged, jobs, test_users,
+                                                                          listener):  # noqa: F811
+    owner, attacker = test_users
+    jobs.create(owner.uid, 4201)
+    p, (c,) = start_client(jobs, owner, 4201, "127.0.0.1", listener)
+    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+    evil = run_as(attacker, [sys.executable, str(SLOWLORIS), "127.0.0.1", str(tracer.port), "1000", "12"])
+    try:
+        # One address may hold max_rpc_connections_per_peer (512) waiting connections:
+        # past that, each new one of the attacker's closes its own oldest.
+        wait_for(lambda: metric(scrape(tracer.metrics_url), "callerid_rpc_clients") >= 450, 10,
+                 "the attacker's connections held by the tracer")
+        answered, wrong, failed, latencies = 0, 0, [], []
+        end = time.monotonic() + 8
+        asked = 0
+        while time.monotonic() < end and asked < 400:
+            asked += 1
+            t0 = time.monotonic()
+            try:
+                ans = ask(("127.0.0.1", tracer.port), q, 2.0, munged.socket)
+            except RpcError as exc:
+                failed.append(exc.reason)
+                continue
+            latencies.append(time.monotonic() - t0)
+            if ans.job_id == 4201 and ans.uid == owner.uid:
+                answered += 1
+            else:
+                wrong += 1
+            time.sleep(0.01)
+        held = metric(scrape(tracer.metrics_url), "callerid_rpc_clients")
+    finally:
+        out, err = evil.communicate(timeout=30)
+        close_client(p)
+    stats = json.loads(out)
+    latencies.sort()
+    print(f"slowloris: {stats}; root asked {asked}, answered {answered}, wrong {wrong}, failed {failed}, "
+          f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+          f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, "
+          f"tracer held {held:.0f} connections")
+    assert stats["peak_held"] >= 900, f"the attacker did not hold its connections: {stats} {err}"
+    assert held >= 400, "the attack was still on while root asked"
+    assert wrong == 0
+    assert asked >= 100 and answered >= 0.99 * asked, f"answered {answered} of {asked}: {failed}"
+    assert tracer.running
+
+
+def test_a_burst_of_256_simultaneous_queries_is_answered(tracer, munged, jobs, test_users, listener):  # noqa: F811
+    owner = test_users[0]
+    jobs.create(owner.uid, 4202)
+    p, conns = start_client(jobs, owner, 4202, "127.0.0.1", listener, count=8)
+    before = rpc_counts(tracer)
+    go = threading.Barrier(256)
+    results: list = [None] * 256
+
+    def one(i):
+        c = conns[i % len(conns)]
+        q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+        go.wait(30)
+        t0 = time.monotonic()
+        try:
+            ans = ask(("127.0.0.1", tracer.port), q, 2.0, munged.socket)
+            results[i] = ("ok" if ans.job_id == 4202 and ans.query == q else "wrong", time.monotonic() - t0)
+        except RpcError as exc:
+            results[i] = (exc.reason, time.monotonic() - t0)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(256)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    close_client(p)
+    after = rpc_counts(tracer)
+    outcome = {}
+    for r in results:
+        outcome[r[0] if r else "none"] = outcome.get(r[0] if r else "none", 0) + 1
+    slowest = max(r[1] for r in results if r)
+    busy = after.get("busy", 0) - before.get("busy", 0)
+    print(f"burst of 256: {outcome}, slowest {slowest * 1000:.0f} ms, tracer said busy {busy:.0f} times")
+    assert outcome == {"ok": 256}
+
+
+def test_a_hung_munged_is_abandoned_at_the_deadline_and_the_tracer_recovers(tracer, munged, jobs, test_users,
+                                                                           listener):  # noqa: F811
+    owner = test_users[0]
+    jobs.create(owner.uid, 4203)
+    p, (c,) = start_client(jobs, owner, 4203, "127.0.0.1", listener)
+    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+    # The client's credential is made first: then munged stops, so the tracer's decode hangs.
+    from callerid import munge
+    from callerid.protocol import FrameType, encode_frame, encode_request
+    cred = munge.encode(encode_request(q, os.urandom(32)), munged.socket, secret_for_uid=0)
+    before = rpc_counts(tracer)
+    os.kill(munged.pid, signal.SIGSTOP)
+    try:
+        import socket as socketmod
+        t0 = time.monotonic()
+        with socketmod.create_connection(("127.0.0.1", tracer.port), timeout=10) as s:
+            s.sendall(encode_frame(FrameType.REQUEST, cred))
+            reply = s.recv(4096)
+        elapsed = time.monotonic() - t0
+    finally:
+        os.kill(munged.pid, signal.SIGCONT)
+    from callerid.protocol import HEADER, ErrorCode, decode_error
+    assert reply[3] == FrameType.ERROR and decode_error(reply[HEADER.size:])[0] == ErrorCode.INTERNAL
+    assert elapsed < 2.0 + 0.5, f"answered after {elapsed:.2f}s, past the 2 s request deadline"
+    assert wait_for(lambda: rpc_counts(tracer).get("abandoned", 0) - before.get("abandoned", 0) == 1, 5,
+                    "abandoned counted")
+    # munged is back: the tracer answers again (its stuck worker returns in its own time)
+    assert wait_for(lambda: _answers(tracer, q, munged.socket) == 4203, 15, "answers after munged resumed")
+    close_client(p)
+
+
+def _answers(tracer, q, sock):
+    try:
+        return ask(("127.0.0.1", tracer.port), q, 2.0, sock).job_id
+    except RpcError:
+        return None
+
+
+def test_strangers_question_about_an_unmapped_socket_scans_nothing_and_looks_like_not_found(
+        tracer, jobs, test_users, listener):  # noqa: F811
+    from callerid.tracer.bpfmap import Connections
+    from callerid.tracer.layout import make_key
+    from callerid.tracer.probes import pin_dir
+    from tests.kernel.test_tracer import query_as
+
+    owner, other = test_users
+    jobs.create(owner.uid, 4204)
+    p, (c,) = start_client(jobs, owner, 4204, "127.0.0.1", listener)
+    conns = Connections.open_pinned(pin_dir(tracer.pin_root))
+    try:
+        assert conns.delete(make_key(c["src"], c["sport"], c["dst"], c["dport"]))   # only /proc knows it now
+    finally:
+        conns.close()
+
+    def scans():
+        now = scrape(tracer.metrics_url)
+        return sum(v for k, v in now.items() if k[0] == "callerid_fallback_scans_total")
+
+    before = scans()
+    rc, theirs = query_as(other, tracer, c)
+    assert scans() == before, "a stranger's question walked /proc"
+    rc2, missing = query_as(other, tracer, dict(c, dport=1))
+    assert rc == rc2 == 1
+    assert {k: v for k, v in theirs.items() if k != "query"} == {k: v for k, v in missing.items() if k != "query"}
+    rc, mine = query_as(owner, tracer, c)
+    assert rc == 0 and mine["job_id"] == 4204 and mine["source"] == "proc"
+    assert scans() == before + 1
+    close_client(p)
+
+
+FUZZ_FRAMES = 20_000
+
+
+def _fuzz_frames(rng, creds: list[bytes], n: int):
+    """n byte strings, each sent on its own connection: the kinds of input a fuzzer (or an
+    attacker) tries, drawn with a fixed seed so a failure can be replayed."""
+    import base64
+    import struct as st
+
+    from callerid.protocol import FrameType, encode_frame
+    b64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    for _ in range(n):
+        kind = rng.randrange(9)
+        if kind == 0:                                    # noise
+            yield rng.randbytes(rng.randrange(1, 64))
+        elif kind == 1:                                  # any header, short payload
+            yield st.pack("!2sBBI", b"CI", rng.randrange(4), rng.randrange(5), rng.randrange(2**32)) + \
+                rng.randbytes(rng.randrange(32))
+        elif kind == 2:                                  # a request of random bytes
+            yield encode_frame(FrameType.REQUEST, rng.randbytes(rng.randrange(200)))
+        elif kind == 3:                                  # MUNGE-shaped garbage: munged says no
+            body = bytes(rng.choice(b64) for _ in range(rng.randrange(60, 300)))
+            yield encode_frame(FrameType.REQUEST, b"MUNGE:" + body + b":")
+        elif kind == 4:                                  # a real credential, one character changed
+            cred = bytearray(rng.choice(creds))
+            i = rng.randrange(6, len(cred) - 1)
+            cred[i] = rng.choice(b64.replace(bytes([cred[i]]), b""))
+            yield encode_frame(FrameType.REQUEST, bytes(cred))
+        elif kind == 5:                                  # a real frame cut short
+            frame = encode_frame(FrameType.REQUEST, rng.choice(creds))
+            yield frame[:rng.randrange(1, len(frame))]
+        elif kind == 6:                                  # a real credential, replayed
+            yield encode_frame(FrameType.REQUEST, rng.choice(creds))
+        elif kind == 7:                                  # a credential around a random payload
+            yield encode_frame(FrameType.REQUEST, base64.b64encode(rng.randbytes(40)))
+        else:                                            # two frames at once, the second garbage
+            yield encode_frame(FrameType.REQUEST, rng.choice(creds)) + rng.randbytes(rng.randrange(1, 40))
+
+
+def test_protocol_fuzz_crashes_nothing_and_good_clients_stay_answered(tracer, munged, jobs, test_users,
+                                                                      listener):  # noqa: F811
+    import random
+    import socket as socketmod
+    from concurrent.futures import ThreadPoolExecutor
+
+    from callerid import munge
+    from callerid.protocol import encode_request
+
+    owner = test_users[0]
+    jobs.create(owner.uid, 4205)
+    p, (c,) = start_client(jobs, owner, 4205, "127.0.0.1", listener)
+    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+    creds = [munge.encode(encode_request(q, os.urandom(32)), munged.socket, secret_for_uid=0) for _ in range(40)]
+    rng = random.Random(12)
+    frames = list(_fuzz_frames(rng, creds, FUZZ_FRAMES))
+    before = rpc_counts(tracer)
+    rss0 = metric(scrape(tracer.metrics_url), "process_resident_memory_bytes")
+
+    def send(data: bytes) -> str:
+        try:
+            with socketmod.create_connection(("127.0.0.1", tracer.port), timeout=5) as s:
+                s.sendall(data)
+                s.shutdown(socketmod.SHUT_WR)
+                reply = s.recv(8)
+                return "reply" if reply else "closed"
+        except OSError:
+            return "reset"
+
+    seen: dict = {}
+    good, t0 = 0, time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        for i in range(0, len(frames), 1000):
+            for r in pool.map(send, frames[i:i + 1000]):
+                seen[r] = seen.get(r, 0) + 1
+            assert ask(("127.0.0.1", tracer.port), q, 2.0, munged.socket).job_id == 4205
+            good += 1
+            assert time.monotonic() - t0 < 240, "bounded in time"
+    close_client(p)
+    after = rpc_counts(tracer)
+    rss1 = metric(scrape(tracer.metrics_url), "process_resident_memory_bytes")
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    print(f"fuzz: {len(frames)} frames in {time.monotonic() - t0:.1f}s, client saw {seen}, tracer counted {delta}, "
+          f"RSS {rss0 / 1e6:.1f} -> {rss1 / 1e6:.1f} MB")
+    assert tracer.running
+    assert good == len(frames) // 1000
+    assert delta.get("found", 0) >= good
+    assert sum(v for k, v in delta.items() if k not in ("found", "not_found")) >= 0.9 * len(frames)
+    assert rss1 - rss0 < 50e6
