@@ -43,6 +43,9 @@ def test_session_sees_the_jobs_private_tmp(lab, jobs, via):
     assert r.returncode == 0, r.stderr
     assert f"secret-{job}" in r.stdout, r.stdout + r.stderr
     assert f"/job_{job}/step_extern" in r.stdout
+    if via == "callerid" and lab.state.get("devlog"):   # the lab's own /dev/log listener: the module's syslog
+        log = Path(lab.state["devlog"]["log"]).read_text(errors="replace")
+        assert f"user=cidlab1 verdict=adopt reason=single_job job={job}" in log, log[-2000:]
 
 
 def test_join_container_0_keeps_the_hosts_tmp(lab, jobs):
