@@ -231,6 +231,11 @@ SCENARIOS = SCENARIOS + tuple(OPTION_SCENARIOS)
 
 # Every difference between callerid and pam_slurm_adopt, and why (docs/PARITY.md says the same).
 INTENDED_DIFFERENCES = {
+    "root, ignore_root=0":
+        "pam_slurm_adopt turns ignore_root=0 back into 1 when any action could lock root out (its "
+        "'crazy admin' guard: action_no_jobs other than ignore, action_unknown=deny, ...), so root is "
+        "ignored; callerid honours ignore_root=0: root goes through the rules like anyone and, with no "
+        "job of its own, gets action_no_jobs=deny (admins keep their way in with pam_access, docs/INSTALL.md)",
     "user B's key from inside user A's job (B has two jobs on node2)":
         "pam_slurm_adopt adopts into whatever job the source names, even another user's (A's job J is "
         "on node2 too); callerid checks the job belongs to the PAM user and falls to action_unknown=newest "
