@@ -25,7 +25,7 @@ class Login:
 
     uid: int | None
     reason: str
-    job_id: int | None    # the job the session is in (None: not adopted)
+    job_id: str | None    # the job the session is in (None: not adopted)
     start_boot_ns: int
 
 
@@ -36,7 +36,7 @@ class Logins:
         self.proc = proc
         self._by_pid: dict[int, Login] = {}
 
-    def record(self, pid: int, uid: int | None, reason: str, job_id: int | None) -> None:
+    def record(self, pid: int, uid: int | None, reason: str, job_id: str | None) -> None:
         try:
             start = procfs.proc_info(pid, self.proc, ids=False).start_boot_ns
         except (procfs.ProcessGone, OSError):
@@ -46,7 +46,7 @@ class Logins:
         while len(self._by_pid) > MAX_SESSIONS:
             self._by_pid.pop(next(iter(self._by_pid)))
 
-    def moved(self, pid: int, job_id: int) -> None:
+    def moved(self, pid: int, job_id: str) -> None:
         old = self._by_pid.get(pid)
         if old is not None:
             self._by_pid[pid] = Login(old.uid, old.reason, job_id, old.start_boot_ns)

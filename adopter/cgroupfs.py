@@ -75,7 +75,7 @@ def adopt(pid: int, job: LocalJob) -> list[str]:
         # "0" written to cgroup.procs means "the writer": never adopt ourselves by accident.
         raise ValueError(f"pid must be a positive int, not {pid!r}")
     if not job.extern:
-        raise AdoptError("job_gone", f"adopting pid {pid}: job {job.job_id or job.sluid} has no extern step dirs")
+        raise AdoptError("job_gone", f"adopting pid {pid}: job {job.job_id} has no extern step dirs")
     written: list[str] = []
     for path in job.extern:
         try:

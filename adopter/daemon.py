@@ -121,14 +121,14 @@ class AdopterDaemon:
                 try:
                     req = pamwire.decode(raw)
                     job = req.get("job", "")
-                    if set(req) != {"v", "job"} or not (job.isdigit() and job.isascii() and len(job) <= 10):
+                    if set(req) != {"v", "job"} or not pamwire.JOB.fullmatch(job):
                         raise pamwire.WireError("expected v=1 job=JOBID")
                 except pamwire.WireError as exc:
                     self.metrics.attach.labels("bad_request").inc()
                     log.warning("attach: bad request from uid %d pid %d: %s", who.uid, who.pid, exc)
                     result, msg = "bad_request", policy.ATTACH_MESSAGES["bad_request"]
                 else:
-                    result, msg = self.adopter.attach(who.pid, who.uid, int(job))
+                    result, msg = self.adopter.attach(who.pid, who.uid, job)
                 conn.sendall(pamwire.encode([("result", result), ("msg", msg)]))
             except (OSError, socket.timeout) as exc:
                 log.warning("attach: %s", exc)

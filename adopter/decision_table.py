@@ -31,10 +31,10 @@ from .policy import (
 
 _UID = 1000
 _OTHER_UID = 1001
-_OLD = Job(job_id=101, uid=_UID, start=1000.0)
-_NEW = Job(job_id=102, uid=_UID, start=2000.0)
-_FOREIGN = 900
-_ELSEWHERE = 77
+_OLD = Job(job_id="101", uid=_UID, start=1000.0)
+_NEW = Job(job_id="102", uid=_UID, start=2000.0)
+_FOREIGN = "900"
+_ELSEWHERE = "77"
 
 
 def _facts(jobs=(_OLD, _NEW), callerid=None, uid=_UID, user_known=True, service="sshd") -> Facts:
@@ -156,7 +156,9 @@ _NOTES = """\
   pam_slurm_adopt goes on to `action_unknown` (and may adopt a different job); callerid
   applies `action_adopt_failure` directly: a session that came from job J belongs in J
   or nowhere.
-- **Newest job** is the one with the latest start; the larger job id wins a tie.
+- **Newest job** is the one with the latest start; on a tie the later job wins: the larger
+  job id, or where Slurm 26.05 names job cgroups by SLUID, the later SLUID (SLUIDs are
+  time-ordered).
 
 ## What the session gets, and what the user is told
 

@@ -46,7 +46,7 @@ def base_path(conf_text: str, nodename: str) -> str | None:
     return chosen if chosen and os.path.isabs(chosen) else None
 
 
-def candidates(base: str, nodename: str, job_id: int) -> list[str]:
+def candidates(base: str, nodename: str, job_id: str) -> list[str]:
     """Where Slurm pins the namespace: with the node's name (multiple-slurmd builds, as
     Debian's) or without."""
     return [os.path.join(base, nodename, str(job_id), ".ns"), os.path.join(base, str(job_id), ".ns")]
@@ -66,7 +66,7 @@ def _check_dir_chain(base: str, path: str) -> None:
             raise NamespaceError(f"{p} is not a directory owned and writable only by root")
 
 
-def namespace_of(base: str, nodename: str, job_id: int) -> str | None:
+def namespace_of(base: str, nodename: str, job_id: str) -> str | None:
     """The checked path of the job's namespace file, or None if the job has none."""
     base = os.path.normpath(base)
     for path in candidates(base, nodename, job_id):

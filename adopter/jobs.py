@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from callerid.linux import procfs
-from callerid.slurm_cgroup import JobRef, job_from_cgroup_path
+from callerid.slurm_cgroup import JobRef, job_from_cgroup_path, job_order
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
 
@@ -61,8 +61,7 @@ UNKNOWN_UID = -1
 class LocalJob:
     """A job with an extern step on this node, as cgroupfs shows it."""
 
-    job_id: int | None      # None only for an unresolved SLUID directory (Slurm 26.05, v2)
-    sluid: str | None
+    job_id: str             # identity as the cgroup names it: "4242", or a SLUID (Slurm 26.05, v2)
     uid: int                # v1: from uid_<uid>; v2: owner of the extern step's processes, or -1
     start: float            # mtime of the (first) step_extern dir, seconds; see module comment
     layout: str             # "v1" | "v2"
@@ -217,7 +216,7 @@ def _list_v1(nodename: str, root: str) -> list[LocalJob]:
             if ok:
                 roots_by_ctrl[c][name] = node
     mine = own_roots((n for r in roots_by_ctrl.values() for n in r.values()), nodename)
-    found: dict[tuple[int, int], dict[str, str]] = {}  # (uid, job) -> {ctrl: step_extern dir}
+    found: dict[tuple[int, str], dict[str, str]] = {}  # (uid, job) -> {ctrl: step_extern dir}
     for c in ctrls:
         mount = os.path.join(root, c)
         trusted = _owner(mount)
@@ -249,7 +248,7 @@ def _list_v1(nodename: str, root: str) -> list[LocalJob]:
         start = _mtime(extern[0])
         if start is None:
             continue  # ended while we looked
-        jobs.append(LocalJob(job_id, None, uid, start, "v1", extern))
+        jobs.append(LocalJob(job_id, uid, start, "v1", extern))
     return jobs
 
 
@@ -271,6 +270,22 @@ def _find_scopes(v2: str, trusted: int | None) -> list[tuple[str, str | None]]:
                 else:
                     nxt.append(path)
         level = nxt
+    return out
+
+
+def slurm_roots(root: str = DEFAULT_ROOT, v2_mount: str | None = None) -> list[tuple[str, str, str | None]]:
+    """(layout, path, node) of every Slurm cgroup root on this host, whatever node it is
+    for: v1 slurm[_<node>] under each controller, v2 [<node>_]slurmstepd.scope. For
+    `callerid doctor`; the same search as discovery, so both see the same layouts."""
+    out: list[tuple[str, str, str | None]] = []
+    for c in _v1_controllers(root):
+        for name in _subdirs(os.path.join(root, c)):
+            ok, node = root_node(name, "v1")
+            if ok:
+                out.append(("v1", os.path.join(root, c, name), node))
+    v2 = v2_mount if v2_mount is not None else default_v2_mount(root)
+    if is_cgroup2(v2):
+        out += [("v2", path, node) for path, node in _find_scopes(v2, _owner(v2))]
     return out
 
 
@@ -331,7 +346,7 @@ def _list_v2(nodename: str, v2: str, proc: str) -> list[LocalJob]:
             start = _mtime(os.path.join(jdir, "step_extern"))
             if start is None:
                 continue
-            jobs.append(LocalJob(ref.job_id, ref.sluid, v2_owner(jdir, proc), start, "v2", (leaf,)))
+            jobs.append(LocalJob(ref.job_id, v2_owner(jdir, proc), start, "v2", (leaf,)))
     return jobs
 
 
@@ -343,4 +358,4 @@ def list_jobs(nodename: str, root: str = DEFAULT_ROOT, v2_mount: str | None = No
     """
     v2 = v2_mount if v2_mount is not None else default_v2_mount(root)
     jobs = _list_v1(nodename, root) + _list_v2(nodename, v2, proc)
-    return sorted(jobs, key=lambda j: (j.start, j.job_id or 0, j.sluid or "", j.layout))
+    return sorted(jobs, key=lambda j: (j.start, job_order(j.job_id), j.layout))

@@ -29,6 +29,7 @@ OPT_PREFIX = "opt."
 ENV_PREFIX = "env."
 VERDICTS = ("adopt", "allow", "deny", "ignore")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+JOB = re.compile(r"[0-9A-Za-z_.-]{1,64}")   # a decimal job id or a Slurm 26.05 SLUID
 
 _HEX = "0123456789ABCDEF"
 _HEXDIGITS = frozenset(b"0123456789ABCDEFabcdef")
@@ -138,7 +139,7 @@ class Reply:
     verdict: str
     reason: str
     message: str = ""
-    job_id: int | None = None
+    job_id: str | None = None
     namespace: str = ""
     env: dict = field(default_factory=dict)
     group: int | None = None
@@ -169,14 +170,15 @@ def parse_reply(line: bytes) -> Reply:
     if f.get("verdict") not in VERDICTS:
         raise WireError(f"verdict {f.get('verdict')!r} is not one of {VERDICTS}")
     job, gid = f.get("job"), f.get("gid")
-    for name, v in (("job", job), ("gid", gid)):
-        if v is not None and not (v.isdigit() and v.isascii() and len(v) <= 10):
-            raise WireError(f"{name} must be a decimal number of at most 10 digits")
+    if job is not None and not JOB.fullmatch(job):
+        raise WireError("job must be 1-64 of [0-9A-Za-z_.-]")
+    if gid is not None and not (gid.isdigit() and gid.isascii() and len(gid) <= 10):
+        raise WireError("gid must be a decimal number of at most 10 digits")
     if gid is not None and not 0 < int(gid) < 2**32 - 1:
         raise WireError("gid must be 1 .. 2**32-2")
     env = {k[len(ENV_PREFIX):]: v for k, v in f.items() if k.startswith(ENV_PREFIX)}
     bad = [k for k in env if not ENV_NAME.fullmatch(k)]
     if bad or len(env) > MAX_ENV:
         raise WireError(f"bad environment: names {bad}, {len(env)} variables (at most {MAX_ENV})")
-    return Reply(f["verdict"], f.get("reason", ""), f.get("msg", ""), int(job) if job is not None else None,
-                 f.get("ns", ""), env, int(gid) if gid is not None else None)
+    return Reply(f["verdict"], f.get("reason", ""), f.get("msg", ""), job, f.get("ns", ""), env,
+                 int(gid) if gid is not None else None)

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 
+from callerid.slurm_cgroup import job_order
+
 
 class Verdict(str, Enum):
     ADOPT = "adopt"        # move the sshd into decision.job_id, then PAM success
@@ -150,16 +152,16 @@ def show_value(value) -> str:
 
 @dataclass(frozen=True)
 class Job:
-    job_id: int
+    job_id: str   # identity as Slurm's cgroup names it: decimal job id or SLUID (callerid.slurm_cgroup)
     uid: int
-    start: float  # for 'newest': larger is newer; ties broken by larger job_id
+    start: float  # for 'newest': larger is newer; ties broken by job_order (the later job)
 
 
 @dataclass(frozen=True)
 class CallerAnswer:
     """What the source node's tracer said, already reduced to plain data."""
 
-    job_id: int | None        # job named by the answer (None: found no job / not found)
+    job_id: str | None        # job named by the answer (None: found no job / not found)
     error: str | None = None  # why the RPC failed ('timeout', 'connect', 'no_socket', ...); None if it answered
 
 
@@ -170,14 +172,14 @@ class Facts:
     uid: int | None
     jobs: tuple[Job, ...]     # extern steps on this node owned by uid (ownership is re-checked here anyway)
     callerid: CallerAnswer | None = None  # None until the RPC has been made
-    local_job_ids_all_users: frozenset[int] = frozenset()  # every job with an extern step here, any owner
+    local_job_ids_all_users: frozenset[str] = frozenset()  # every job with an extern step here, any owner
 
 
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
     reason: str                                # stable snake_case token: metric label and log field
-    job_id: int | None = None                  # the job to adopt into (ADOPT, and adopt_failed_*)
+    job_id: str | None = None                  # the job to adopt into (ADOPT, and adopt_failed_*)
     on_adopt_failure: Verdict | None = None    # ALLOW or DENY, for ADOPT
     message: str = ""                          # shown to the user on DENY
     security: bool = False                     # log as a possible escape attempt
@@ -210,14 +212,15 @@ REASONS = (
 )
 
 
-def _adopt(job_id: int, reason: str, opts: Options, security: bool = False) -> Decision:
+def _adopt(job_id: str, reason: str, opts: Options, security: bool = False) -> Decision:
     on_failure = Verdict.ALLOW if opts.action_adopt_failure == "allow" else Verdict.DENY
     return Decision(Verdict.ADOPT, reason, job_id=job_id, on_adopt_failure=on_failure, security=security)
 
 
 def newest(jobs) -> Job:
-    """The newest job: latest start, then highest job id (as current pam_slurm_adopt)."""
-    return max(jobs, key=lambda j: (j.start, j.job_id))
+    """The newest job: latest start, then the later job: highest job id (as current
+    pam_slurm_adopt), or for SLUID-named jobs (Slurm 26.05) the later SLUID."""
+    return max(jobs, key=lambda j: (j.start, job_order(j.job_id)))
 
 
 def decide(facts: Facts, opts: Options) -> Decision:
@@ -340,8 +343,8 @@ ATTACH_MESSAGES = {
 }
 
 
-def decide_attach(session_reason: str | None, session_uid: int | None, session_job: int | None,
-                  caller_uid: int, target_job: int, own_job_ids) -> str:
+def decide_attach(session_reason: str | None, session_uid: int | None, session_job: str | None,
+                  caller_uid: int, target_job: str, own_job_ids) -> str:
     """Whether a caller may move its ssh session into target_job: "attached" (go ahead) or
     the reason it may not (ATTACH_RESULTS). session_*: what the adopter recorded when it
     decided the session's login (None: no login of this adopter)."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from callerid.client import RpcError, ask
+from callerid.config import DEFAULT_PAM_APPLICATIONS
 from callerid.inet import endpoint
 from callerid.linux import sockets
 from callerid.protocol import Query, Status
@@ -30,7 +31,7 @@ class Settings:
     munge_socket: str | None
     cgroup_root: str = "/sys/fs/cgroup"
     v2_mount: str | None = None
-    allowed_exe: tuple = ("sshd",)
+    allowed_exe: tuple = DEFAULT_PAM_APPLICATIONS
     job_env: tuple = ()
     job_container_conf: str = "/etc/slurm/job_container.conf"
 
@@ -95,7 +96,7 @@ class Adopter:
             self.m.security.labels(SECURITY_KIND).inc()
         audit = " audit=1" if opts.mode == "audit" else ""
         line = (f"user={escape_field(user)} service={escape_field(service)} from={src} "
-                f"job={decision.job_id if decision.job_id else '-'} "
+                f"job={decision.job_id or '-'} "
                 f"decision={decision.verdict.value} reason={decision.reason}{audit} latency_ms={elapsed * 1000:.1f}")
         if decision.security:
             log.warning("SECURITY possible escape attempt: %s", line)
@@ -116,11 +117,11 @@ class Adopter:
             uid = primary_gid = None
         nodename = opts.nodename or self.s.nodename
         all_jobs = jobs.list_jobs(nodename, self.s.cgroup_root, self.s.v2_mount) if uid is not None else []
-        mine = [j for j in all_jobs if j.uid == uid and j.job_id is not None]
+        mine = [j for j in all_jobs if j.uid == uid]
         facts = policy.Facts(
             service=service, user_known=uid is not None, uid=uid,
             jobs=tuple(policy.Job(j.job_id, j.uid, j.start) for j in mine),
-            local_job_ids_all_users=frozenset(j.job_id for j in all_jobs if j.job_id is not None),
+            local_job_ids_all_users=frozenset(j.job_id for j in all_jobs),
         )
         d = policy.decide(facts, opts)
         src = "-"
@@ -137,7 +138,7 @@ class Adopter:
                 session.namespace = self._namespace(job, nodename, opts)
                 cgroupfs.adopt(app_pid, job)
                 self.m.adoptions.labels("success").inc()
-                log.info("Process %d adopted into job %d", app_pid, job.job_id)
+                log.info("Process %d adopted into job %s", app_pid, job.job_id)
                 session.env = jobenv.job_environment(job, self.s.job_env)
                 gid = jobenv.job_group(job) if opts.job_group else None
                 if gid not in (None, 0, primary_gid):   # never root's group; the primary needs nothing
@@ -145,20 +146,19 @@ class Adopter:
             except (cgroupfs.AdoptError, jobns.NamespaceError) as exc:
                 reason = getattr(exc, "reason", "namespace")
                 self.m.adoptions.labels(reason).inc()
-                log.error("adopting process %d into job %d failed (%s): %s", app_pid, job.job_id, reason, exc)
+                log.error("adopting process %d into job %s failed (%s): %s", app_pid, job.job_id, reason, exc)
                 d = policy.after_adopt_failure(d)
                 session = Session({})
         if opts.mode != "audit" and d.verdict in (policy.Verdict.ADOPT, policy.Verdict.ALLOW):
             self.logins.record(app_pid, uid, d.reason, d.job_id if d.verdict is policy.Verdict.ADOPT else None)
         return d, src, session
 
-    def attach(self, caller_pid: int, caller_uid: int, job_id: int) -> tuple[str, str]:
+    def attach(self, caller_pid: int, caller_uid: int, job_id: str) -> tuple[str, str]:
         """`callerid attach`: move the caller's session into its own job job_id, if
         policy.decide_attach allows; (result, message for the user)."""
         found = self.logins.session_of(caller_pid)
         sshd, login = found if found else (None, None)
-        mine = [j for j in jobs.list_jobs(self.s.nodename, self.s.cgroup_root, self.s.v2_mount)
-                if j.uid == caller_uid and j.job_id is not None]
+        mine = [j for j in jobs.list_jobs(self.s.nodename, self.s.cgroup_root, self.s.v2_mount) if j.uid == caller_uid]
         result = policy.decide_attach(login.reason if login else None, login.uid if login else None,
                                       login.job_id if login else None, caller_uid, job_id,
                                       {j.job_id for j in mine})
@@ -176,10 +176,10 @@ class Adopter:
                         # a session process that exited meanwhile: nothing to move
                 self.logins.moved(sshd, job_id)
             except cgroupfs.AdoptError as exc:
-                log.error("attach: moving session %d into job %d failed: %s", sshd, job_id, exc)
+                log.error("attach: moving session %d into job %s failed: %s", sshd, job_id, exc)
                 result = "failed"
         self.m.attach.labels(result).inc()
-        log.info("attach uid=%d session=%s from_job=%s to_job=%d result=%s processes=%d", caller_uid,
+        log.info("attach uid=%d session=%s from_job=%s to_job=%s result=%s processes=%d", caller_uid,
                  sshd if sshd else "-", (login.job_id if login else None) or "-", job_id, result, moved)
         return result, policy.ATTACH_MESSAGES[result].format(job=job_id)
 

@@ -129,9 +129,9 @@ def bench_lookup(n: int, daemon: Daemon, args, cleanup: Cleanup) -> dict:
         vals, out = time_calls(lambda: resolver.lookup(q), 5000, 3)
         a = out.answer
         res["resolver"] = summary(vals)
-        ok["resolver"] = a.status == Status.FOUND and a.pid == pid and a.job_id == JOB_ID and not a.owner_exited
+        ok["resolver"] = a.status == Status.FOUND and a.pid == pid and a.job_id == str(JOB_ID) and not a.owner_exited
         vals, a = time_calls(lambda: daemon.ask(q), 100 if args.quick else 200, 30, min_n=20)
-        res["rpc"], ok["rpc"] = summary(vals), a.status == Status.FOUND and a.pid == pid and a.job_id == JOB_ID
+        res["rpc"], ok["rpc"] = summary(vals), a.status == Status.FOUND and a.pid == pid and a.job_id == str(JOB_ID)
         dm = daemon.metrics()  # the sweeper walks the whole map every 10 s in the daemon: a p99 suspect
         dstate = {"sweep_last_ns": dm.get("callerid_sweeper_last_duration_seconds", 0) * 1e9,
                   "map_entries": int(sum(v for k, v in dm.items() if k.startswith("callerid_tracked_connections{")))}

@@ -11,7 +11,7 @@
 #ifndef CALLERID_H
 #define CALLERID_H
 
-#define CALLERID_LAYOUT_VERSION 2
+#define CALLERID_LAYOUT_VERSION 3
 
 /* A TCP connection as seen by the side that called connect():
  * local (source) address/port -> remote (destination) address/port.
@@ -24,6 +24,8 @@ struct callerid_key {
     __u16 sport;
     __u16 dport;
     __u32 _pad;
+    __u64 netns;      /* netns cookie of the socket; 0 where the probe cannot know it
+                         (the tuple-keyed backends: tracepoint args carry no netns) */
 };
 
 /* Owner of a connection, captured in process context at connect time. */
@@ -50,6 +52,20 @@ struct callerid_owner {
 #define CALLERID_STAT_CONNECT_FAILED 3 /* SYN_SENT -> CLOSE: pending dropped */
 #define CALLERID_STAT_CLOSED         4 /* tuple entry moved to the closed map */
 #define CALLERID_STAT_UPDATE_FAILED  5 /* bpf_map_update_elem returned an error */
-#define CALLERID_STAT_COUNT          6
+#define CALLERID_STAT_OVER_SHARE     6 /* closed entry not kept: its uid used its share */
+#define CALLERID_STAT_COUNT          7
+
+/* sockstore backend: the record on the socket. The key is filled once the kernel
+ * has chosen the source port (sock_ops TCP_CONNECT_CB), for the closed copy. */
+struct callerid_sk_record {
+    struct callerid_owner owner;
+    struct callerid_key key;    /* sport 0 until the tuple is known */
+};
+
+/* sockstore backend: one uid's closed-entry budget for the current grace window. */
+struct callerid_share {
+    __u64 window_ns;   /* CLOCK_BOOTTIME when the window started */
+    __u64 used;        /* closed entries recorded in this window */
+};
 
 #endif

@@ -56,10 +56,11 @@ def _conns(args) -> int:
 
 
 def _doctor(args) -> int:
+    from callerid.adopter.checks import check_slurm_layout
     from callerid.tracer.checks import check_probes
 
     from .doctor import main
-    return main(args, check_probes)
+    return main(args, check_probes, check_slurm_layout)
 
 
 def _attach(args) -> int:
@@ -96,6 +97,9 @@ def _config(args) -> int:
     if args.doc:
         print(cfgmod.reference())
         return 0
+    if args.sample:
+        sys.stdout.write(cfgmod.sample())
+        return 0
     try:
         cfg = cfgmod.load(args.config)
     except cfgmod.ConfigError as exc:
@@ -114,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tracer", help="run the source-side daemon (probe, RPC server, metrics) in the foreground")
     t.add_argument("--listen", action="append", metavar="ADDR:PORT", help="RPC address (repeatable)")
     t.add_argument("--metrics", metavar="ADDR:PORT", help="metrics address ('' disables)")
-    t.add_argument("--probe", choices=("auto", "tracepoint", "kprobe", "fentry"))
+    t.add_argument("--probe", choices=("auto", "sockstore", "tracepoint", "kprobe", "fentry"))
     t.set_defaults(func=_tracer)
 
     a = sub.add_parser("adopter", help="run the destination-side daemon (PAM hook socket, adoption, metrics)")
@@ -141,12 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     at = sub.add_parser("attach", help="move this ssh session into another of your jobs on this node "
                                        "(when callerid could only guess its job)")
-    at.add_argument("jobid", type=int)
+    at.add_argument("jobid")
     at.add_argument("--socket", help="the adopter's attach socket (default: [adopter] attach_socket)")
     at.set_defaults(func=_attach)
 
-    g = sub.add_parser("config", help="print the effective configuration, or --doc for the reference")
+    g = sub.add_parser("config", help="print the effective configuration, --doc for the reference, "
+                                      "--sample for a default configuration file")
     g.add_argument("--doc", action="store_true")
+    g.add_argument("--sample", action="store_true")
     g.set_defaults(func=_config)
     return p
 

@@ -17,6 +17,11 @@ except ImportError:  # pragma: no cover - exercised on the Python 3.9 platform
     import tomli as tomllib
 
 DEFAULT_CONFIG = Path("/etc/callerid/callerid.toml")
+# The executables whose pam_exec children the adopter serves by default (adopt_exe).
+# OpenSSH >= 9.8 runs each connection's privileged half, the one that calls PAM and holds
+# the TCP socket, as a separate program, /usr/lib/openssh/sshd-session (Debian 13,
+# RHEL 10); before that it is sshd itself.
+DEFAULT_PAM_APPLICATIONS = ("sshd", "sshd-session")
 DEFAULT_RPC_PORT = 6828
 DEFAULT_TRACER_METRICS = "[::]:9828"
 DEFAULT_ADOPTER_METRICS = "[::]:9829"
@@ -59,8 +64,9 @@ class TracerConfig:
         address=True)
     metrics: str = opt(DEFAULT_TRACER_METRICS, "Address of the /metrics endpoint; empty disables it.", address=True)
     probe: str = opt("auto",
-        "Probe backend: auto, tracepoint, kprobe or fentry. A forced backend that cannot load is fatal.",
-        choices=("auto", "tracepoint", "kprobe", "fentry"))
+        "Probe backend: auto, sockstore, fentry, kprobe or tracepoint. auto tries them in that order (cheapest "
+        "first) and takes the first that passes its self-test. A forced backend that cannot load is fatal.",
+        choices=("auto", "sockstore", "tracepoint", "kprobe", "fentry"))
     pin_root: str = opt("/sys/fs/bpf/callerid", "bpffs directory for pinned maps; the layout version is appended.")
     replace_pinned: bool = opt(False, "Replace pinned maps whose layout does not match instead of refusing to start.")
     max_connections: int = opt(131072,
@@ -69,11 +75,19 @@ class TracerConfig:
         "connections live in a map of their own (max_closed_connections), so churn does not fill this one.",
         lo=1, hi=MAP_MAX)
     max_closed_connections: int = opt(65536,
-        "Capacity of the map of closed connections kept for close_grace_seconds. A map of its own so that closed "
-        "entries can never evict open ones. Above max_closed_connections / close_grace_seconds closes per second "
-        "(546/s at the defaults) the kernel evicts the oldest closed entries before their grace ends; that is harmless"
-        " to open connections and only shortens the grace of those entries (a login racing their close is then not "
-        "answered).", lo=1, hi=MAP_MAX)
+        "Capacity of the map of closed connections kept for close_grace_seconds; a map of its own so that closed "
+        "entries can never evict open ones. tracepoint, kprobe, fentry: an LRU map; above max_closed_connections / "
+        "close_grace_seconds closes per second, by all users together (546/s at the defaults), the kernel evicts the "
+        "oldest closed entries, anyone's, before their grace ends (a login racing such a close is then not "
+        "answered). sockstore: a plain hash that never evicts; each uid adds at most closed_share_per_uid entries "
+        "per grace window and so holds at most 3 x closed_share_per_uid at once (while sweep_interval_seconds < "
+        "close_grace_seconds); a close by a user within their share goes unrecorded only when "
+        "max_closed_connections / (3 x closed_share_per_uid) uids (21 at the defaults) are at their share at once.",
+        lo=1, hi=MAP_MAX)
+    closed_share_per_uid: int = opt(1024,
+        "sockstore backend: closed connections one uid may add to the closed map per close_grace_seconds window. "
+        "Past it, that uid's further closes in the window are not kept (counted as over_share); nobody's entry is "
+        "ever evicted, so one user's churn cannot shorten another's grace.", lo=1, hi=MAP_MAX)
     max_pending: int = opt(16384, "Capacity of the map of connects not yet established.", lo=1,
         hi=MAP_MAX)
     close_grace_seconds: float = opt(120.0,
@@ -138,9 +152,9 @@ class AdopterConfig:
                          "ZE_AFFINITY_MASK", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"],
         "Variables copied from a process of the job into an adopted session (device visibility).")
     cgroup_root: str = opt("/sys/fs/cgroup", "Where cgroup hierarchies are mounted.")
-    adopt_exe: list = opt(["sshd"],
+    adopt_exe: list = opt(list(DEFAULT_PAM_APPLICATIONS),
         "Executables (basename) of PAM applications served: the process on the socket (pam_callerid.so runs "
-        "inside it) must run one of them as root.")
+        "inside it) must run one of them as root (OpenSSH 9.8 and later: sshd-session).")
 
 
 @dataclass
@@ -221,6 +235,30 @@ def parse_addr(text: str, default_port: int) -> tuple[str, int]:
     except ValueError as exc:
         raise ConfigError(f"bad address {text!r}: {exc}") from None
     return host, port
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def sample() -> str:
+    """The default configuration file (packaging/callerid.toml): every option, commented
+    out at its default, so a package upgrade never hides a changed default."""
+    out = [f"# {DEFAULT_CONFIG}: callerid's configuration (docs/CONFIG.md). Every option is shown",
+           "# commented out at its default; uncomment and change what this node needs.",
+           "# Generated by `callerid config --sample`."]
+    for sect in fields(Config):
+        out += ["", f"[{sect.name}]"]
+        for f in fields(sect.default_factory()):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            out += [f"# {f.metadata['help']}", f"#{f.name} = {_toml_value(default)}"]
+    return "\n".join(out) + "\n"
 
 
 def reference() -> str:

@@ -55,19 +55,13 @@ def check_kernel() -> list[Check]:
     return out
 
 
-def check_cgroups(cgroup_root: str = "/sys/fs/cgroup") -> list[Check]:
+def check_cgroups(cgroup_root: str) -> list[Check]:
     v2_root = _mounted(cgroup_root, "cgroup2")
     v1 = [p for p in glob.glob(f"{cgroup_root}/*") if _mounted(p, "cgroup")]
     unified = _mounted(f"{cgroup_root}/unified", "cgroup2")
     kind = "v2" if v2_root else ("hybrid (v1 controllers + unified)" if unified else ("v1" if v1 else "none"))
     out = [Check("cgroups", "ok" if kind != "none" else "fail", kind,
                  "" if kind != "none" else "mount cgroup hierarchies")]
-    layouts = (glob.glob(f"{cgroup_root}/freezer/slurm*")
-               + glob.glob(f"{cgroup_root}/**/slurmstepd.scope", recursive=True))
-    out.append(Check("slurm cgroup layout", "ok" if layouts else "warn",
-                     ", ".join(sorted(layouts)[:4]) if layouts
-                     else "no slurm*/ or slurmstepd.scope found (no job has run here yet?)",
-                     "" if layouts else "needs ProctrackType=proctrack/cgroup and PrologFlags=contain"))
     return out
 
 
@@ -86,24 +80,28 @@ def check_pam(services: list[str], pam_dir: str = "/etc/pam.d") -> list[Check]:
     for service in services:
         if service == "*" or not os.path.exists(os.path.join(pam_dir, service)):
             continue
-        found = pamstack.problems(pamstack.parse(service, pam_dir))
+        found = pamstack.problems(pamstack.parse(service, pam_dir), pam_dir)
         if not found:
             out.append(Check(f"pam {service}", "ok", "callerid hook last in the account stack, no pam_systemd"))
         for p in found:
-            out.append(Check(f"pam {service}", "fail", p, "see packaging/pam/sshd-account-callerid"))
+            out.append(Check(f"pam {service}", "fail", p.text, p.fix))
     return out
 
 
-def run_checks(cfg, check_probes: Callable[[], list[Check]]) -> list[Check]:
-    """check_probes is the tracer's (callerid.tracer.checks): the CLI passes it in, so
-    this core module does not depend on the tracer package."""
+def run_checks(cfg, check_probes: Callable[[], list[Check]],
+               check_slurm_layout: Callable[[str, str], list[Check]]) -> list[Check]:
+    """check_probes is the tracer's (callerid.tracer.checks), check_slurm_layout the
+    adopter's (callerid.adopter.checks): the CLI passes them in, so this core module
+    depends on neither daemon's package."""
     return (check_kernel() + check_probes() + check_cgroups(cfg.adopter.cgroup_root)
+            + check_slurm_layout(cfg.adopter.cgroup_root, cfg.common.node())
             + check_munge(cfg.common.munge_socket) + check_pam(list(cfg.adopter.service)))
 
 
-def main(args, check_probes: Callable[[], list[Check]]) -> int:
+def main(args, check_probes: Callable[[], list[Check]],
+         check_slurm_layout: Callable[[str, str], list[Check]]) -> int:
     cfg = cfgmod.load(args.config)
-    checks = run_checks(cfg, check_probes)
+    checks = run_checks(cfg, check_probes, check_slurm_layout)
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=1))
     else:

@@ -22,9 +22,12 @@ import struct
 from dataclasses import asdict, dataclass
 
 from .inet import IPAddress, endpoint, mapped16, unmapped
+from .slurm_cgroup import is_job_identity
 
 MAGIC = b"CI"
-VERSION = 2   # 2: answers authenticated by the request's key, not a second credential
+# 2: answers authenticated by the request's key, not a second credential.
+# 3: the job is a string (decimal job id or Slurm 26.05 SLUID), not a u32.
+VERSION = 3
 HEADER = struct.Struct("!2sBBI")
 MAX_FRAME_PAYLOAD = 8192
 
@@ -58,7 +61,7 @@ class Source(enum.IntEnum):
 
 ANSWER_KEY_SIZE = 32
 ANSWER_TAG_SIZE = 32
-_TAG_CONTEXT = b"callerid answer v2\0"   # a tag made for anything else never verifies here
+_TAG_CONTEXT = b"callerid answer v3\0"   # a tag made for anything else never verifies here
 NO_ID = 0xFFFFFFFF  # uid/gid unknown: (uid_t)-1 is never a real id
 ANSWER_FLAG_OWNER_EXITED = 1
 ANSWER_FLAG_CLOSED = 2
@@ -133,7 +136,7 @@ class Answer:
     source: Source = Source.NONE
     owner_exited: bool = False
     closed: bool = False
-    job_id: int | None = None
+    job_id: str | None = None  # decimal job id or SLUID (callerid.slurm_cgroup.is_job_identity)
     pid: int = 0
     uid: int | None = None
     gid: int | None = None
@@ -143,42 +146,48 @@ class Answer:
     cgroup: str = ""
     node: str = ""
 
-    _S = struct.Struct("!BBBB40sIIIIQQ16sHH")
+    _S = struct.Struct("!BBBB40sIIIQQ16sHHB")
 
     def encode(self) -> bytes:
         flags = (ANSWER_FLAG_OWNER_EXITED if self.owner_exited else 0) | (ANSWER_FLAG_CLOSED if self.closed else 0)
         cgroup = _clip(self.cgroup, 4096)
         node = _clip(self.node, 255)
+        if self.job_id is not None and not is_job_identity(self.job_id):
+            raise ValueError(f"not a job id or SLUID: {self.job_id!r}")
+        job = (self.job_id or "").encode()
         try:
             head = self._S.pack(
                 VERSION, self.status, self.source, flags, self.query.encode(),
-                self.job_id or 0, self.pid, NO_ID if self.uid is None else self.uid,
+                self.pid, NO_ID if self.uid is None else self.uid,
                 NO_ID if self.gid is None else self.gid, self.cgroup_id, self.birth_ns,
-                _clip(self.comm, 16), len(cgroup), len(node),
+                _clip(self.comm, 16), len(cgroup), len(node), len(job),
             )
         except struct.error as exc:  # not a ValueError: say what it is
             raise ValueError(f"answer field out of range: {exc}") from exc
-        return head + cgroup + node
+        return head + cgroup + node + job
 
     @classmethod
     def decode(cls, data: bytes) -> Answer:
         n = cls._S.size
         if len(data) < n:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"answer is {len(data)} bytes, shorter than {n}")
-        (ver, status, source, flags, q, job_id, pid, uid, gid, cgid, birth, comm,
-         lcg, lnode) = cls._S.unpack_from(data)
+        (ver, status, source, flags, q, pid, uid, gid, cgid, birth, comm,
+         lcg, lnode, ljob) = cls._S.unpack_from(data)
         if ver != VERSION:
             raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"answer version {ver}")
-        if len(data) != n + lcg + lnode:
+        if len(data) != n + lcg + lnode + ljob:
             raise ProtocolError(ErrorCode.BAD_FRAME, "answer length does not match its string lengths")
+        job = data[n + lcg + lnode:].decode("ascii", errors="replace")
+        if job and not is_job_identity(job):
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"answer job is not a job id or SLUID: {job!r}")
         try:
             return cls(
                 query=Query.decode(q), status=Status(status), source=Source(source),
                 owner_exited=bool(flags & ANSWER_FLAG_OWNER_EXITED), closed=bool(flags & ANSWER_FLAG_CLOSED),
-                job_id=job_id or None, pid=pid, uid=None if uid == NO_ID else uid, gid=None if gid == NO_ID else gid,
+                job_id=job or None, pid=pid, uid=None if uid == NO_ID else uid, gid=None if gid == NO_ID else gid,
                 cgroup_id=cgid, birth_ns=birth, comm=comm.rstrip(b"\0").decode(errors="replace"),
                 cgroup=data[n:n + lcg].decode(errors="replace"),
-                node=data[n + lcg:].decode(errors="replace"),
+                node=data[n + lcg:n + lcg + lnode].decode(errors="replace"),
             )
         except ValueError as exc:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"answer field out of range: {exc}") from exc

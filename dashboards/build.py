@@ -17,7 +17,7 @@ from pathlib import Path
 from callerid.adopter import policy
 from callerid.adopter.metrics import RPC_FAILED_OUTCOMES
 
-from . import rules
+from . import alert_cases, rules
 from .grafana import (
     Layout,
     by_node,
@@ -333,7 +333,7 @@ def overview() -> dict:
     L.add(_map_fill_by_node())
     L.add(_tracked_connections())
     L.add(stat("Nodes per probe backend",
-               "How many tracers run each probe backend (fentry, kprobe, tracepoint). none means the "
+               "How many tracers run each probe backend (sockstore, fentry, kprobe, tracepoint). none means the "
                "tracer answers from sock_diag + /proc only: slower, and blind to short-lived processes.",
                "none", [target(f"count by (backend) ({m('callerid_probe_backend')} == 1)", "{{backend}}")],
                graph=False, decimals=0), 6, 8)
@@ -526,7 +526,7 @@ def outputs() -> dict[Path, str]:
     """Every generated file and its content."""
     out = {HERE / name: dump_json(build()) for name, build in DASHBOARDS.items()}
     out[HERE / "alerts" / "callerid.yml"] = rules.render_rules()
-    out[HERE / "alerts" / "tests" / "callerid_test.yml"] = rules.render_tests()
+    out[HERE / "alerts" / "tests" / "callerid_test.yml"] = alert_cases.render_tests()
     return out
 
 

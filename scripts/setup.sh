@@ -23,12 +23,13 @@ fi
 # slurm*, openssh-server, libpam-slurm-adopt: the lab and the reference module.
 # prometheus: promtool and a real server for the observability tests.
 # systemd, shellcheck, vagrant: offline checks of the units, scripts and Vagrantfile.
+# debootstrap: Debian 11/12/13 chroots for the Python-version and package tests (tests/package).
 # gcc, libc6-dev, libpam0g-dev: pam_callerid.so (adopter/pam/) and the churn generator of bench/.
 packages=(
   python3-bpfcc python3-venv python3-pip linux-headers-amd64 gcc libc6-dev libpam0g-dev
   munge libmunge2 iproute2 procps psmisc util-linux passwd
   openssh-server openssh-client slurmctld slurmd slurm-client libpam-slurm-adopt
-  prometheus systemd shellcheck vagrant
+  prometheus systemd shellcheck vagrant debootstrap
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -15,16 +15,30 @@ from pathlib import Path
 
 from bcc import libbcc
 
-from .layout import ConnKey, Owner
+from .layout import ConnKey, Owner, make_key
 
 _lib = libbcc.lib
 _lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
 _lib.bpf_obj_get.restype = ctypes.c_int
-_lib.bpf_lookup_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                  ctypes.c_void_p, ctypes.c_void_p]
-_lib.bpf_lookup_batch.restype = ctypes.c_int
-_lib.bpf_delete_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-_lib.bpf_delete_batch.restype = ctypes.c_int
+
+
+def bind_batch(lib) -> bool:
+    """Declare libbcc's batch map wrappers on `lib`; False if this libbcc has none
+    (BCC 0.18, Debian 11's, lacks bpf_lookup_batch): maps are then walked one key per
+    syscall, as on a kernel without batch operations."""
+    try:
+        lookup, delete = lib.bpf_lookup_batch, lib.bpf_delete_batch
+    except AttributeError:
+        return False
+    lookup.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                       ctypes.c_void_p, ctypes.c_void_p]
+    lookup.restype = ctypes.c_int
+    delete.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    delete.restype = ctypes.c_int
+    return True
+
+
+LIBBCC_HAS_BATCH = bind_batch(_lib)
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH = 1, 9
 
@@ -188,6 +202,8 @@ class ConnMap:
 
     def _raw_batches(self):
         """(keys bytes, values bytes, count) per BPF_MAP_LOOKUP_BATCH call."""
+        if not LIBBCC_HAS_BATCH:
+            raise _NoBatch()
         keys = (ConnKey * self.BATCH)()
         values = (Owner * self.BATCH)()
         token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
@@ -210,6 +226,8 @@ class ConnMap:
         """Delete these keys (as from entry_times), BATCH per syscall; returns how many
         were deleted. A key already gone (evicted, deleted meanwhile) is skipped."""
         ksize, done = ctypes.sizeof(ConnKey), 0
+        if not LIBBCC_HAS_BATCH:
+            return sum(self.delete(ConnKey.from_buffer_copy(k)) for k in keys)
         for start in range(0, len(keys), self.BATCH):
             chunk = keys[start:start + self.BATCH]
             while chunk:
@@ -272,6 +290,14 @@ class Connections:
     def close(self):
         self.open.close()
         self.closed.close()
+
+    def find(self, src_ip, src_port: int, dst_ip, dst_port: int) -> Owner | None:
+        """The owner of the connection src -> dst (the key carries no netns: 0)."""
+        return self.lookup(make_key(src_ip, src_port, dst_ip, dst_port))
+
+    def record_existing(self, sock, pid: int, owner: Owner) -> bool:
+        """Start-up reconcile: add a connection the probe never saw (pid unused here)."""
+        return self.insert_if_absent(make_key(sock.src, sock.sport, sock.dst, sock.dport), owner)
 
     def lookup(self, key: ConnKey) -> Owner | None:
         # Open first: a tuple reused within the grace names its new owner.

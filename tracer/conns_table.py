@@ -14,9 +14,10 @@ from callerid.userdb import user_name
 from .bpfmap import Connections
 from .layout import F_RECONCILED, key_tuple
 from .probes import pin_dir
+from .sockstore import SockStore
 
 
-def rows(conns: Connections, include_closed: bool) -> list[dict]:
+def rows(conns: Connections | SockStore, include_closed: bool) -> list[dict]:
     out = []
     own_netns = procfs.own_netns_inode()
     for key, owner in conns.items():
@@ -50,7 +51,7 @@ def rows(conns: Connections, include_closed: bool) -> list[dict]:
 def main(args) -> int:
     cfg = cfgmod.load(args.config)
     path = pin_dir(cfg.tracer.pin_root)
-    conns = Connections.open_pinned(path)
+    conns = Connections.open_pinned(path) or SockStore.open_pinned(path)
     if conns is None:
         print(f"callerid conns: no connection maps pinned in {path} (is the tracer running?)", file=sys.stderr)
         return 1
@@ -61,10 +62,10 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(table, indent=1))
         return 0
-    hdr = f"{'State':<7}{'Local Address:Port':<42}{'Peer Address:Port':<42}{'Job':>8} {'User':<12}{'Process'}"
+    hdr = f"{'State':<7}{'Local Address:Port':<42}{'Peer Address:Port':<42}{'Job':>14} {'User':<12}{'Process'}"
     print(hdr)
     for r in table:
         job = str(r["job_id"]) if r["job_id"] else "-"
         proc = f'("{r["comm"]}",pid={r["pid"]})' + ("" if r["owner_alive"] else " exited")
-        print(f"{r['state']:<7}{r['local']:<42}{r['peer']:<42}{job:>8} {r['user']:<12}{proc}")
+        print(f"{r['state']:<7}{r['local']:<42}{r['peer']:<42}{job:>14} {r['user']:<12}{proc}")
     return 0

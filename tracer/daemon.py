@@ -12,7 +12,7 @@ from callerid import httpd, logs
 from callerid.config import Config, parse_addr
 from callerid.userdb import uid_of
 
-from . import probes
+from . import bpfmap, probes
 from .lookup import Resolver
 from .metrics import TracerMetrics
 from .reconcile import reconcile
@@ -49,7 +49,7 @@ class Tracer:
         t = self.cfg.tracer
         try:
             return probes.load(t.probe, t.pin_root, t.max_connections, t.max_pending, t.replace_pinned,
-                               t.max_closed_connections)
+                               t.max_closed_connections, t.close_grace_seconds, t.closed_share_per_uid)
         except probes.ProbeLoadError as exc:
             if t.probe != "auto" or t.require_bpf:
                 raise
@@ -82,6 +82,9 @@ class Tracer:
         log.info("tracer serving on %s (probe %s, node %s)",
                  ", ".join(f"{h}:{p}" for h, p in self.server.addresses),
                  self.probe.backend if self.probe else "none", self.resolver.node)
+        if self._conns is not None and not bpfmap.LIBBCC_HAS_BATCH:
+            log.warning("this libbcc has no batch map operations (BCC 0.18, Debian 11): the sweeper and "
+                        "`callerid conns` read the maps one entry per syscall, slower on large maps")
 
     def _landing(self) -> list[str]:
         probe = self.probe.backend if self.probe else "none (answering from /proc only)"

@@ -10,7 +10,7 @@ from callerid.inet import mapped16, unmapped
 # Must equal CALLERID_LAYOUT_VERSION in bpf/callerid.h (checked, with the structs below, against
 # BCC's compiled view of the header by tests/kernel/test_tracer_lifecycle.py,
 # test_layout_mirror_matches_bcc_view_of_the_header).
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 F_RECONCILED = 1
 
@@ -21,6 +21,7 @@ STAT_NAMES = (
     "connect_failed",   # SYN_SENT -> CLOSE, pending entry dropped
     "closed",           # tuple entry moved to the closed map
     "update_failed",    # a BPF map update returned an error
+    "over_share",       # sockstore: a closed entry not kept, its uid had used its share
 )
 
 
@@ -31,6 +32,7 @@ class ConnKey(ctypes.Structure):
         ("sport", ctypes.c_uint16),
         ("dport", ctypes.c_uint16),
         ("_pad", ctypes.c_uint32),
+        ("netns", ctypes.c_uint64),   # netns cookie; 0 from the tuple-keyed backends
     ]
 
 
@@ -49,8 +51,14 @@ class Owner(ctypes.Structure):
     ]
 
 
-def make_key(src_ip, src_port: int, dst_ip, dst_port: int) -> ConnKey:
+class SkRecord(ctypes.Structure):
+    """struct callerid_sk_record: the sockstore backend's value on a socket."""
+    _fields_ = [("owner", Owner), ("key", ConnKey)]
+
+
+def make_key(src_ip, src_port: int, dst_ip, dst_port: int, netns: int = 0) -> ConnKey:
     key = ConnKey()
+    key.netns = netns
     ctypes.memmove(key.saddr, mapped16(src_ip), 16)
     ctypes.memmove(key.daddr, mapped16(dst_ip), 16)
     key.sport = src_port

@@ -13,7 +13,6 @@ from callerid.protocol import Answer, Query, Source, Status
 from callerid.slurm_cgroup import job_from_proc_cgroup
 
 from .bpfmap import Connections
-from .layout import make_key
 
 log = logging.getLogger("callerid.tracer.lookup")
 
@@ -55,18 +54,22 @@ class Resolver:
         """allowed(owner uid): may the requester see this connection's owner? Asked before
         the /proc scan, with the uid sock_diag reports, so that a stranger's question costs
         what a question about a missing socket costs and tells nothing more."""
+        reason = "no_bpf"
         if self.conns is not None:
-            owner = self.conns.lookup(make_key(q.src_ip, q.src_port, q.dst_ip, q.dst_port))
-            if owner is not None:
-                return self._from_map(q, owner)
-            reason = "map_miss"
-        else:
-            reason = "no_bpf"
+            owner = self.conns.find(q.src_ip, q.src_port, q.dst_ip, q.dst_port)
+            found = self._from_map(q, owner) if owner is not None else None
+            if found is not None:
+                return found
+            reason = "map_miss"   # no entry, or one that is not this namespace's connection
         if not self.fallback:
             return Outcome(Answer(q, Status.NOT_FOUND, node=self.node), None, "", f"{reason}, fallback disabled")
         return self._from_proc(q, reason, allowed)
 
-    def _from_map(self, q: Query, owner) -> Outcome:
+    def _from_map(self, q: Query, owner) -> Outcome | None:
+        """The answer from the map's owner, or None when that owner is not this
+        namespace's: every tracer on a kernel sees every namespace's connects, and a
+        tuple-keyed map holds one owner per tuple for all namespaces together. The
+        caller then asks sock_diag + /proc, which see only our namespace."""
         closed = owner.closed_ns != 0
         base = dict(query=q, status=Status.FOUND, source=Source.BPF, closed=closed, pid=owner.tgid,
                     uid=owner.uid, gid=owner.gid, cgroup_id=owner.cgroup_id, birth_ns=owner.birth_ns,
@@ -77,11 +80,28 @@ class Resolver:
             info = None
         if info is None or not procfs.same_start(info, owner.birth_ns):
             # The pid is gone or now names a younger process: never report that one.
+            # Its namespace is unknown now; owner_exited only where it cannot be another's.
+            if not self._exited_owner_may_be_ours(q):
+                return None
             return Outcome(Answer(**base, owner_exited=True), owner.uid)
         if info.netns != self.netns:
-            # Every tracer on a kernel sees every namespace's connects; answer only for ours.
-            return Outcome(Answer(q, Status.NOT_FOUND, node=self.node), None, "", "owner in another netns")
+            return None
         return Outcome(Answer(**base, **self._job_fields(info)), owner.uid)
+
+    def _exited_owner_may_be_ours(self, q: Query) -> bool:
+        """The sockstore's records are ours by construction (socket storage read through
+        our sock_diag, closed records keyed by our netns cookie). A tuple-keyed map's
+        are not: if our namespace has a live socket for the tuple, an exited owner is
+        not its owner (another namespace's entry overwrote ours), and /proc must answer.
+        With no live socket here the entry may still be another namespace's closed
+        connection: that is the tuple-keyed backends' documented limit."""
+        if getattr(self.conns, "namespace_exact", False):
+            return True
+        try:
+            socks = sockdiag.find_tcp(q.src_ip, q.src_port, q.dst_ip, q.dst_port)
+        except sockdiag.SockDiagError:
+            return True
+        return not any(s.state not in (sockdiag.TCP_TIME_WAIT, sockdiag.TCP_CLOSE) for s in socks)
 
     def _from_proc(self, q: Query, reason: str, allowed: Callable[[int | None], bool]) -> Outcome:
         not_found = Answer(q, Status.NOT_FOUND, node=self.node)

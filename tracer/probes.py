@@ -1,13 +1,17 @@
-"""Compile bpf/callerid.bpf.c with BCC for one probe backend, attach it, and prove it works.
+"""Compile a BPF program with BCC for one probe backend, attach it, and prove it works.
 
-Backends differ only in step 1 (where the connection's owner is captured):
+  sockstore   bpf/callerid_sk.bpf.c: the owner on the socket (SK_STORAGE), written by
+              cgroup connect4/connect6 programs on the cgroup v2 root, a closed copy
+              kept by cgroup sock_release; read through sock_diag (Linux 5.10+)
+The tuple-keyed backends, bpf/callerid.bpf.c, differ only in where the owner is captured:
   tracepoint  sock:inet_sock_set_state CLOSE->SYN_SENT (works everywhere with tracepoints)
   kprobe      kprobe on tcp_connect            (needs CONFIG_KPROBES)
   fentry      fentry on tcp_connect            (needs BPF trampolines; EPERM on some VMs)
 Selection is by trying, not by trusting feature probes: BCC's support_kfunc()
 says yes on kernels where fentry loads fail. Each loaded backend must pass a
 self-test (a loopback connection that must appear in the map with our pid)
-before it is accepted.
+before it is accepted. AUTO_ORDER is cheapest first, as measured by
+bench/probe_bench.py (docs/BENCHMARKS.md, "Probe designs side by side").
 """
 
 from __future__ import annotations
@@ -21,13 +25,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bpfmap import BPF_MAP_TYPE_LRU_HASH, Connections, ConnMap, MapInfo, PinnedMapMismatch, check_pinned
-from .layout import LAYOUT_VERSION, STAT_NAMES, ConnKey, Owner, bpf_dir, make_key
+from .layout import LAYOUT_VERSION, STAT_NAMES, ConnKey, Owner, SkRecord, bpf_dir, make_key
+from .sockstore import SockStore
 
 log = logging.getLogger("callerid.tracer.probes")
 
-BACKENDS = ("fentry", "kprobe", "tracepoint")
-AUTO_ORDER = ("fentry", "kprobe", "tracepoint")
+BACKENDS = ("sockstore", "fentry", "kprobe", "tracepoint")
+AUTO_ORDER = ("sockstore", "fentry", "kprobe", "tracepoint")
+BPF_MAP_TYPE_HASH_ = 1
+BPF_MAP_TYPE_SK_STORAGE = 24
+MAX_UIDS = 65536   # uids with a closed-entry share tracked at once (LRU beyond)
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/callerid"
+
+
+# Tests list backends here (comma-separated) to make them fail as on a kernel that refuses
+# them, so failover is tested on kernels where every backend works. Not for production.
+FAIL_FOR_TESTS = "CALLERID_TEST_FAIL_PROBES"
+
+
+def _failed_for_tests() -> set[str]:
+    return {b.strip() for b in os.environ.get(FAIL_FOR_TESTS, "").split(",") if b.strip()}
 
 
 class ProbeLoadError(RuntimeError):
@@ -43,10 +60,15 @@ def pin_dir(pin_root: str | Path) -> Path:
 class LoadedProbe:
     backend: str
     bpf: object           # bcc.BPF
-    conns: Connections    # the open and the closed map
-    pending_fd: int
+    conns: Connections | SockStore
+    pending_fd: int       # -1 for sockstore
     pin_dir: Path
     load_seconds: float
+    links: tuple = ()     # sockstore: bpf_link fds; closing them detaches the programs
+
+    def program_fds(self) -> dict[str, int]:
+        """name -> fd of every loaded program (for bpf_stats: /proc/self/fdinfo/<fd>)."""
+        return {name.decode() if isinstance(name, bytes) else name: fn.fd for name, fn in self.bpf.funcs.items()}
 
     def stats(self) -> dict[str, int]:
         table = self.bpf["stats"]
@@ -57,13 +79,22 @@ class LoadedProbe:
 
     def close(self):
         """Detach programs; pinned maps stay, with their entries, for the next tracer."""
+        for fd in self.links:
+            os.close(fd)
+        self.links = ()
         try:
             self.bpf.cleanup()
         except Exception:  # noqa: BLE001 - detaching at exit must not raise
             log.exception("BCC cleanup failed")
 
 
-def expected_maps(max_conns: int, max_pending: int, max_closed: int) -> dict[str, MapInfo]:
+def expected_maps(max_conns: int, max_pending: int, max_closed: int, backend: str = "tracepoint"
+                  ) -> dict[str, MapInfo]:
+    if backend == "sockstore":
+        return {
+            "owners": MapInfo(BPF_MAP_TYPE_SK_STORAGE, 4, ctypes.sizeof(SkRecord), 0),
+            "sk_closed": MapInfo(BPF_MAP_TYPE_HASH_, ctypes.sizeof(ConnKey), ctypes.sizeof(Owner), max_closed),
+        }
     return {
         "conns": MapInfo(BPF_MAP_TYPE_LRU_HASH, ctypes.sizeof(ConnKey), ctypes.sizeof(Owner), max_conns),
         "closed": MapInfo(BPF_MAP_TYPE_LRU_HASH, ctypes.sizeof(ConnKey), ctypes.sizeof(Owner), max_closed),
@@ -71,10 +102,11 @@ def expected_maps(max_conns: int, max_pending: int, max_closed: int) -> dict[str
     }
 
 
-def prepare_pins(pins: Path, max_conns: int, max_pending: int, max_closed: int, replace: bool) -> None:
+def prepare_pins(pins: Path, max_conns: int, max_pending: int, max_closed: int, replace: bool,
+                 backend: str = "tracepoint") -> None:
     """Refuse (or, with replace, remove) pinned maps whose layout does not match."""
     pins.mkdir(parents=True, exist_ok=True)
-    for name, info in expected_maps(max_conns, max_pending, max_closed).items():
+    for name, info in expected_maps(max_conns, max_pending, max_closed, backend).items():
         path = pins / name
         problem = check_pinned(path, info)
         if problem is None:
@@ -116,7 +148,84 @@ def compile_and_attach(backend: str, pins: Path, max_conns: int, max_pending: in
     return bpf
 
 
-def self_test(conns: Connections, timeout: float = 1.0) -> None:
+def cgroup2_root(mounts: str = "/proc/mounts") -> str:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup on a pure v2 host,
+    /sys/fs/cgroup/unified on a hybrid one)."""
+    with open(mounts) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return fields[1].replace("\\040", " ")
+    raise ProbeLoadError("sockstore: no cgroup2 hierarchy mounted (needed to attach to every process)")
+
+
+_SOCKSTORE_PROGRAMS = (
+    # (function, BCC program type name, attach type name)
+    ("callerid_connect4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_CONNECT"),
+    ("callerid_connect6", "CGROUP_SOCK_ADDR", "CGROUP_INET6_CONNECT"),
+    ("callerid_sockops", "SOCK_OPS", "CGROUP_SOCK_OPS"),
+    ("callerid_release", "CGROUP_SOCK", "CGROUP_INET_SOCK_RELEASE"),
+)
+
+
+def _link_create():
+    """libbpf's bpf_link_create (BCC 0.26 attaches cgroup programs without links: a
+    crashed tracer would leave them attached; a link detaches when its fd closes)."""
+    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    fn = lib.bpf_link_create
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def compile_and_attach_sockstore(pins: Path, max_closed: int, grace_seconds: float, closed_share: int):
+    """Returns (bpf, link fds, owners map fd, closed map fd)."""
+    import bcc
+    from bcc import BPF, libbcc
+
+    root = cgroup2_root()
+    cflags = [
+        f"-I{bpf_dir()}",
+        f"-DCALLERID_MAX_CLOSED={max_closed}",
+        f"-DCALLERID_MAX_UIDS={MAX_UIDS}",
+        f"-DCALLERID_CLOSED_SHARE={closed_share}ULL",
+        f"-DCALLERID_GRACE_NS={int(grace_seconds * 1e9)}ULL",
+        f'-DCALLERID_PIN_OWNERS="{pins / "owners"}"',
+        f'-DCALLERID_PIN_CLOSED="{pins / "sk_closed"}"',
+        "-Wno-macro-redefined",
+    ]
+    try:
+        bpf = BPF(src_file=str(bpf_dir() / "callerid_sk.bpf.c").encode(), cflags=cflags)
+    except Exception as exc:  # BCC raises bare Exception for compile/load errors
+        raise ProbeLoadError(f"sockstore: BCC could not compile or load the program: {exc}") from exc
+    links = []
+    try:
+        link_create = _link_create()
+        cg = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for func, prog_type, attach in _SOCKSTORE_PROGRAMS:
+                attach_type = getattr(bcc.BPFAttachType, attach)
+                fn = bpf.load_func(func.encode(), getattr(BPF, prog_type), attach_type=attach_type)
+                link = link_create(fn.fd, cg, attach_type, None)
+                if link < 0:
+                    err = ctypes.get_errno()
+                    raise ProbeLoadError(f"sockstore: attaching {func} to {root}: {os.strerror(err)}")
+                links.append(link)
+        finally:
+            os.close(cg)
+        owners_fd = libbcc.lib.bpf_table_fd(bpf.module, b"owners")
+        closed_fd = bpf["closed"].get_fd()
+    except Exception as exc:
+        for fd in links:
+            os.close(fd)
+        bpf.cleanup()
+        if isinstance(exc, ProbeLoadError):
+            raise
+        raise ProbeLoadError(f"sockstore: could not load or attach the programs: {exc}") from exc
+    return bpf, tuple(links), owners_fd, closed_fd
+
+
+def self_test(conns: Connections | SockStore, timeout: float = 1.0) -> None:
     """Open one loopback connection and require our own pid to show up for it."""
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -132,41 +241,61 @@ def self_test(conns: Connections, timeout: float = 1.0) -> None:
                     if owner.tgid != os.getpid():
                         raise ProbeLoadError(f"self-test: map names pid {owner.tgid}, expected {os.getpid()}")
                     conns.delete(key)
-                    return
+                    break
                 time.sleep(0.005)
-            raise ProbeLoadError("self-test: a loopback connect did not appear in the map")
+            else:
+                raise ProbeLoadError("self-test: a loopback connect did not appear in the map")
         finally:
             cli.close()
+        if isinstance(conns, SockStore):
+            # the close path too: the owner must outlive the socket in the closed map
+            owner = conns.lookup(key)
+            conns.delete(key)
+            if owner is None or not owner.closed_ns:
+                raise ProbeLoadError("self-test: a closed loopback connection left no closed record")
     finally:
         srv.close()
 
 
 def load(backend: str, pin_root: str | Path = DEFAULT_PIN_ROOT, max_conns: int = 131072,
-         max_pending: int = 16384, replace_pinned: bool = False, max_closed: int = 65536) -> LoadedProbe:
+         max_pending: int = 16384, replace_pinned: bool = False, max_closed: int = 65536,
+         grace_seconds: float = 120.0, closed_share: int = 1024) -> LoadedProbe:
     """Load exactly one backend (or 'auto': try each in AUTO_ORDER)."""
     pins = pin_dir(pin_root)
-    prepare_pins(pins, max_conns, max_pending, max_closed, replace_pinned)
     order = AUTO_ORDER if backend == "auto" else (backend,)
     if backend != "auto" and backend not in BACKENDS:
         raise ProbeLoadError(f"unknown probe backend {backend!r}; choose from {', '.join(BACKENDS)} or auto")
     failures = []
     for name in order:
+        if name in _failed_for_tests():
+            failures.append(f"{name}: made to fail by {FAIL_FOR_TESTS}")
+            log.info("probe backend %s unavailable: made to fail by %s", name, FAIL_FOR_TESTS)
+            continue
+        prepare_pins(pins, max_conns, max_pending, max_closed, replace_pinned, name)
         start = time.monotonic()
+        links, pending_fd = (), -1
         try:
-            bpf = compile_and_attach(name, pins, max_conns, max_pending, max_closed)
-        except ProbeLoadError as exc:
+            if name == "sockstore":
+                bpf, links, owners_fd, closed_fd = compile_and_attach_sockstore(pins, max_closed, grace_seconds,
+                                                                                closed_share)
+                conns = SockStore(owners_fd, ConnMap(closed_fd))
+            else:
+                bpf = compile_and_attach(name, pins, max_conns, max_pending, max_closed)
+                conns = Connections(ConnMap(bpf["conns"].get_fd()), ConnMap(bpf["closed"].get_fd()))
+                pending_fd = bpf["pending"].get_fd()
+        except (ProbeLoadError, OSError) as exc:
             failures.append(str(exc))
             log.info("probe backend %s unavailable: %s", name, exc)
             continue
-        conns = Connections(ConnMap(bpf["conns"].get_fd()), ConnMap(bpf["closed"].get_fd()))
+        loaded = LoadedProbe(name, bpf, conns, pending_fd, pins, 0.0, links)
         try:
             self_test(conns)
-        except ProbeLoadError as exc:
-            bpf.cleanup()
+        except (ProbeLoadError, OSError) as exc:
+            loaded.close()
             failures.append(f"{name}: {exc}")
             log.warning("probe backend %s loaded but failed its self-test: %s", name, exc)
             continue
-        loaded = LoadedProbe(name, bpf, conns, bpf["pending"].get_fd(), pins, time.monotonic() - start)
+        loaded.load_seconds = time.monotonic() - start
         log.info("probe backend %s loaded in %.2fs, maps pinned in %s", name, loaded.load_seconds, pins)
         return loaded
     raise ProbeLoadError("; ".join(failures))

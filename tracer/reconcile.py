@@ -9,7 +9,8 @@ import time
 from callerid.linux import procfs, sockdiag
 
 from .bpfmap import Connections
-from .layout import F_RECONCILED, Owner, make_key
+from .layout import F_RECONCILED, Owner
+from .sockstore import SockStore
 
 log = logging.getLogger("callerid.tracer.reconcile")
 
@@ -40,7 +41,7 @@ def owner_from_proc(info: procfs.ProcInfo) -> Owner:
     return o
 
 
-def reconcile(conns: Connections) -> int:
+def reconcile(conns: Connections | SockStore) -> int:
     """Insert every established outgoing connection that is not in the map yet.
 
     Accepted connections (local port is a listening port) are skipped: only the
@@ -66,7 +67,7 @@ def reconcile(conns: Connections) -> int:
         info = infos[pid]
         if info is None:
             continue
-        if conns.insert_if_absent(make_key(s.src, s.sport, s.dst, s.dport), owner_from_proc(info)):
+        if conns.record_existing(s, pid, owner_from_proc(info)):
             inserted += 1
     log.info("reconcile: %d established outgoing connections, %d added to the map in %.3fs",
              len(socks), inserted, time.perf_counter() - start)

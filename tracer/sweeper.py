@@ -11,6 +11,7 @@ from callerid.linux import procfs, sockdiag
 from .bpfmap import Connections
 from .layout import ConnKey, key_tuple
 from .metrics import TracerMetrics
+from .sockstore import SockStore
 
 log = logging.getLogger("callerid.tracer.sweeper")
 
@@ -31,7 +32,7 @@ ALIVE_STATES = sockdiag.ALL_STATES - {sockdiag.TCP_TIME_WAIT, sockdiag.TCP_CLOSE
 
 
 class Sweeper:
-    def __init__(self, conns: Connections, metrics: TracerMetrics, grace_seconds: float):
+    def __init__(self, conns: Connections | SockStore, metrics: TracerMetrics, grace_seconds: float):
         self.conns = conns
         self.metrics = metrics
         self.grace_ns = int(grace_seconds * 1e9)
@@ -50,7 +51,10 @@ class Sweeper:
                 closed += 1
         deleted += self.conns.closed.delete_many(expired)
         stamped, to_verify = [], []
-        for key, birth_ns, closed_ns in self.conns.open.entry_times():
+        # The sockstore keeps open connections on their sockets (conns.open is None):
+        # they leave with the socket, nothing to verify.
+        open_times = self.conns.open.entry_times() if self.conns.open is not None else ()
+        for key, birth_ns, closed_ns in open_times:
             v = verdict(closed_ns, birth_ns, now, self.grace_ns)
             if v == "delete":  # stamped in place because the BPF move failed
                 stamped.append(key)
@@ -58,7 +62,8 @@ class Sweeper:
             if v == "verify":
                 to_verify.append(ConnKey.from_buffer_copy(key))
             open_ += 1
-        deleted += self.conns.open.delete_many(stamped)
+        if stamped:
+            deleted += self.conns.open.delete_many(stamped)
         if to_verify:
             # One sock_diag dump answers for all candidates (no dump when nothing is old).
             # key_tuple gives the unmapped form already; a dual-stack socket reports v4-mapped.

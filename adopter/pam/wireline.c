@@ -215,18 +215,19 @@ int wl_parse_reply(char *line, size_t len, struct wl_reply *r)
             r->msg = value;
         } else if (strcmp(key, "ns") == 0) {
             r->ns = value;
-        } else if (strcmp(key, "job") == 0 || strcmp(key, "gid") == 0) {
+        } else if (strcmp(key, "job") == 0) {   /* a decimal job id or a SLUID */
+            size_t n = strlen(value);
+            if (n == 0 || n > 64 || strspn(value, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.-") != n)
+                return -1;
+            r->job = value;
+        } else if (strcmp(key, "gid") == 0) {
             size_t n = strlen(value);
             if (n == 0 || n > 10 || strspn(value, "0123456789") != n)
                 return -1;
-            if (key[0] == 'g') {
-                unsigned long long g = strtoull(value, NULL, 10);
-                if (g == 0 || g >= 0xffffffffULL)   /* never root's group, never (gid_t)-1 */
-                    return -1;
-                r->gid = value;
-            } else {
-                r->job = value;
-            }
+            unsigned long long g = strtoull(value, NULL, 10);
+            if (g == 0 || g >= 0xffffffffULL)   /* never root's group, never (gid_t)-1 */
+                return -1;
+            r->gid = value;
         } else if (strncmp(key, "env.", 4) == 0) {
             if (!env_name_ok(key + 4) || r->nenv == WL_MAX_ENV)
                 return -1;

@@ -16,7 +16,7 @@ struct wl_reply {
     const char *verdict;   /* adopt | allow | deny | ignore */
     const char *reason;    /* "" if absent */
     const char *msg;       /* "" if absent */
-    const char *job;       /* decimal digits, or NULL */
+    const char *job;       /* a decimal job id or a SLUID ([0-9A-Za-z_.-]{1,64}), or NULL */
     const char *ns;        /* "" if absent */
     const char *gid;       /* decimal digits (1 .. 2^32-2), or NULL */
     size_t nenv;

@@ -70,6 +70,19 @@ _SOCKID_TAIL = struct.Struct("=IQ")         # ... if, cookie (host order)
 _MSG = struct.Struct("=BBxx4x16s16s4x8x12xII")   # inet_diag_msg: family, state, (ports), src, dst, uid, inode
 _PORTS = struct.Struct(">HH")
 _RECV_TIMEOUT = 5.0                         # the kernel answers at once; never hang on it
+# Asking for socket-local BPF storage (include/uapi/linux/{inet_diag,sock_diag}.h)
+_NLA = struct.Struct("=HH")
+_STORAGE_REQ = struct.Struct("=HHHHI")      # nested attr holding one MAP_FD attr
+NLA_F_NESTED, NLA_TYPE_MASK = 0x8000, 0x3FFF
+INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_REQ_SK_BPF_STORAGES = 2
+INET_DIAG_BC_S_EQ, INET_DIAG_BC_D_EQ = 11, 12
+_BC_OP = struct.Struct("=BBH")             # struct inet_diag_bc_op: code, yes, no
+SK_DIAG_BPF_STORAGE_REQ_MAP_FD = 1
+INET_DIAG_SK_BPF_STORAGES = 20
+SK_DIAG_BPF_STORAGE = 1
+SK_DIAG_BPF_STORAGE_MAP_VALUE = 3
+
 def _nl_socket() -> socket.socket:
     """A sock_diag socket; one per call: it stays in the namespace it was made in,
     and callers may setns() between calls."""
@@ -88,7 +101,8 @@ def _mask(states) -> int:
     return mask
 
 
-def _request(nl: socket.socket, family: int, mask: int, sockid=None) -> list[TcpSocket]:
+def _request(nl: socket.socket, family: int, mask: int, sockid=None, storage_fd: int = -1,
+             bytecode: bytes = b"") -> list:
     """A TCP dump of one family, or with sockid=(src, sport, dst, dport) one exact lookup.
 
     The exact form (no NLM_F_DUMP) is O(1) in the kernel's hash. The kernel
@@ -97,6 +111,9 @@ def _request(nl: socket.socket, family: int, mask: int, sockid=None) -> list[Tcp
     sockets; with no established match it falls back to the listener on the
     local port, so callers must re-check the tuple
     (net/ipv4/inet_diag.c: inet_diag_find_one_icsk()).
+
+    With storage_fd (a BPF_MAP_TYPE_SK_STORAGE map's fd) each socket comes with the
+    value that map holds on it, as (TcpSocket, bytes or None) pairs.
     """
     if sockid:
         src, sport, dst, dport = sockid
@@ -108,6 +125,11 @@ def _request(nl: socket.socket, family: int, mask: int, sockid=None) -> list[Tcp
         sid = _SOCKID.pack(0, 0, bytes(16), bytes(16)) + _SOCKID_TAIL.pack(0, 0)
         flags = NLM_F_REQUEST | NLM_F_DUMP
     body = _REQ.pack(family, _PROTOCOL, 0, mask) + sid
+    if bytecode:
+        body += _NLA.pack(_NLA.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
+    if storage_fd >= 0:
+        body += _STORAGE_REQ.pack(_STORAGE_REQ.size, INET_DIAG_REQ_SK_BPF_STORAGES | NLA_F_NESTED,
+                                  8, SK_DIAG_BPF_STORAGE_REQ_MAP_FD, storage_fd)
     seq = 1
     try:
         nl.sendto(_NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, flags, seq, 0) + body, (0, 0))
@@ -131,7 +153,9 @@ def _request(nl: socket.socket, family: int, mask: int, sockid=None) -> list[Tcp
                         return found
                     raise SockDiagError(code, f"sock_diag: {os.strerror(code)}")
                 if mtype == SOCK_DIAG_BY_FAMILY:
-                    found.append(_to_socket(data, payload))
+                    sock = _to_socket(data, payload)
+                    found.append(sock if storage_fd < 0 else
+                                 (sock, _storage_value(data, payload + _MSG.size, off)))
                     if not sockid and not mflags & NLM_F_MULTI:
                         return found
             if sockid and found:
@@ -142,6 +166,30 @@ def _request(nl: socket.socket, family: int, mask: int, sockid=None) -> list[Tcp
         raise
     except OSError as e:
         raise SockDiagError(e.errno, f"sock_diag: {e.strerror or e}") from e
+
+
+def _attrs(data: bytes, start: int, end: int):
+    """(type without flags, value start, value end) of each netlink attribute in data[start:end]."""
+    while start + _NLA.size <= end:
+        length, atype = _NLA.unpack_from(data, start)
+        if length < _NLA.size or start + length > end:
+            return
+        yield atype & NLA_TYPE_MASK, start + _NLA.size, start + length
+        start += (length + 3) & ~3
+
+
+def _storage_value(data: bytes, start: int, end: int) -> bytes | None:
+    """The one SK_STORAGE value asked for, from the attributes after an inet_diag_msg."""
+    for atype, vstart, vend in _attrs(data, start, end):
+        if atype != INET_DIAG_SK_BPF_STORAGES:
+            continue
+        for stype, sstart, send in _attrs(data, vstart, vend):
+            if stype != SK_DIAG_BPF_STORAGE:
+                continue
+            for ftype, fstart, fend in _attrs(data, sstart, send):
+                if ftype == SK_DIAG_BPF_STORAGE_MAP_VALUE:
+                    return data[fstart:fend]
+    return None
 
 
 def _to_socket(data: bytes, off: int) -> TcpSocket:
@@ -165,6 +213,14 @@ def list_tcp(states=ESTABLISHED_ONLY, families=(AF_INET, AF_INET6)) -> list[TcpS
         return [s for family in families for s in _request(nl, family, mask)]
 
 
+def list_tcp_storage(states, storage_fd: int, families=(AF_INET, AF_INET6)) -> list:
+    """list_tcp with the value the SK_STORAGE map storage_fd holds on each socket:
+    (TcpSocket, bytes or None) pairs."""
+    mask = _mask(states)
+    with _nl_socket() as nl:
+        return [pair for family in families for pair in _request(nl, family, mask, None, storage_fd)]
+
+
 def listening_ports() -> set[int]:
     """Local ports of TCP LISTEN sockets, both families."""
     return {s.sport for s in list_tcp(states={TCP_LISTEN})}
@@ -179,8 +235,45 @@ def find_tcp(src_ip, sport: int, dst_ip, dport: int) -> list[TcpSocket]:
     src, dst = unmapped(src_ip), unmapped(dst_ip)
     if src.version != dst.version:
         return []
+    return [sock for sock, _ in _find_exact(src, sport, dst, dport, -1)]
+
+
+def find_tcp_storage(src_ip, sport: int, dst_ip, dport: int, storage_fd: int) -> list:
+    """Like find_tcp, with the value the SK_STORAGE map storage_fd holds on each socket:
+    (TcpSocket, bytes or None) pairs.
+
+    The kernel attaches socket storage to dumps only, never to an exact lookup
+    (inet_diag_cmd_exact() sets up no bpf_stg_diag), so this is a dump narrowed
+    by an inet_diag bytecode filter on both ports: one socket crosses netlink, but
+    the kernel walks its whole established hash table (measured in
+    bench/probe_bench.py)."""
+    src, dst = unmapped(src_ip), unmapped(dst_ip)
+    if src.version != dst.version:
+        return []
     family = AF_INET if src.version == 4 else AF_INET6
     with _nl_socket() as nl:
-        found = _request(nl, family, _mask(ALL_STATES), (src, sport, dst, dport))
+        found = _request(nl, family, _mask(ALL_STATES - {TCP_LISTEN}), None, storage_fd, _ports_filter(sport, dport))
     want = (mapped16(src), sport, mapped16(dst), dport)
-    return [s for s in found if (mapped16(s.src), s.sport, mapped16(s.dst), s.dport) == want]
+    return [(s, v) for s, v in found if (mapped16(s.src), s.sport, mapped16(s.dst), s.dport) == want]
+
+
+def _ports_filter(sport: int, dport: int) -> bytes:
+    """inet_diag bytecode: source port == sport and destination port == dport.
+    Each test is an op plus a second op carrying the port; a failed test jumps
+    4 bytes past the end, which rejects the socket."""
+    ops = [(INET_DIAG_BC_S_EQ, sport), (INET_DIAG_BC_D_EQ, dport)]
+    total = 8 * len(ops)
+    out = b""
+    for i, (code, port) in enumerate(ops):
+        out += _BC_OP.pack(code, 8, total - 8 * i + 4) + _BC_OP.pack(0, 0, port)
+    return out
+
+
+def _find_exact(src, sport: int, dst, dport: int, storage_fd: int) -> list:
+    family = AF_INET if src.version == 4 else AF_INET6
+    with _nl_socket() as nl:
+        found = _request(nl, family, _mask(ALL_STATES), (src, sport, dst, dport), storage_fd)
+    if storage_fd < 0:
+        found = [(sock, None) for sock in found]
+    want = (mapped16(src), sport, mapped16(dst), dport)
+    return [(s, v) for s, v in found if (mapped16(s.src), s.sport, mapped16(s.dst), s.dport) == want]

@@ -19,6 +19,7 @@ def main():
     p.add_argument("--family", choices=("4", "6", "mapped"), default="4")
     p.add_argument("--comm")
     p.add_argument("--count", type=int, default=1)
+    p.add_argument("--sport", type=int, default=0, help="bind this source port (with --count 1)")
     a = p.parse_args()
     if a.comm:
         with open("/proc/self/comm", "w") as f:
@@ -29,6 +30,8 @@ def main():
     for _ in range(a.count):
         s = socket.socket(fam, socket.SOCK_STREAM)
         s.settimeout(5)
+        if a.sport:
+            s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", a.sport))
         s.connect((host, a.port))
         socks.append(s)
     print(json.dumps([{"src": s.getsockname()[0], "sport": s.getsockname()[1],

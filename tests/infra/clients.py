@@ -13,10 +13,10 @@ INFRA = Path(__file__).resolve().parent
 
 
 def start_client(tree: JobTree, user, job: int, host: str, port: int, family="4", comm="cidclient",
-                 count=1, netns=None):
+                 count=1, netns=None, sport=0):
     """Start tests/infra/client_prog.py as `user` inside job `job`; returns (proc, [tuples])."""
     argv = [sys.executable, str(INFRA / "client_prog.py"), host, str(port), "--family", family,
-            "--comm", comm, "--count", str(count)]
+            "--comm", comm, "--count", str(count)] + (["--sport", str(sport)] if sport else [])
     p = tree.popen(argv, user.uid, user.gid, job, "0", netns=netns.path if netns else None,
                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline()

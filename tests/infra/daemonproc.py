@@ -39,6 +39,7 @@ class DaemonProc:
         self.log = log
         self.netns = netns
         self.proc: subprocess.Popen | None = None
+        self.env: dict[str, str] | None = None   # the daemon's environment; None: the test's
         self._logf = None
         self._log_start = 0
 
@@ -53,7 +54,7 @@ class DaemonProc:
             self._logf.close()
         self._logf = open(self.log, "ab")  # noqa: SIM115 - the daemon's stdout until it is restarted or stopped
         self._log_start = self.log.stat().st_size
-        self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT, env=self.env)
         if wait:
             self.wait_ready(timeout)
         return self

@@ -2,7 +2,10 @@
 
 Laid out exactly as slurmd makes them, so callerid cannot tell them from real
 jobs: v1 <ctrl>/slurm_<node>/uid_<uid>/job_<id>/step_<step> in each controller,
-v2 <cgroup2>/system.slice/slurmstepd.scope/job_<id>/step_<step>/user/task_special.
+v2 <cgroup2>/system.slice/[<node>_]slurmstepd.scope/<jobdir>/step_<step>/user/task_special,
+<jobdir> job_<id>, or the SLUID itself when `job` is one (Slurm 26.05).
+By default the layout is the running system's: v1 where a v1 freezer is mounted (hybrid
+hosts such as the development machines), else v2 on the cgroup2 hierarchy (a systemd host).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callerid.adopter.jobs import DEFAULT_ROOT, LocalJob, list_jobs, parse_procs
+from callerid.adopter.jobs import DEFAULT_ROOT, LocalJob, default_v2_mount, list_jobs, parse_procs
 
 from .procs import as_user, in_cgroups, in_netns, wait_started
 
@@ -40,14 +43,29 @@ def _v1_available(root: str) -> list[str]:
     return [c for c in V1_CONTROLLERS if os.path.ismount(f"{root}/{c}")]
 
 
+def system_layout(root: str = DEFAULT_ROOT) -> str:
+    """The layout Slurm's proctrack/cgroup would use here: v1 if a v1 freezer is mounted."""
+    return "v1" if os.path.ismount(f"{root}/freezer") else "v2"
+
+
+def job_dir(job: int | str) -> str:
+    """A job's directory name: job_<id>, or a SLUID as it is (Slurm 26.05, v2)."""
+    return job if isinstance(job, str) and job.startswith("s") else f"job_{job}"
+
+
 @dataclass
 class JobTree:
     node: str
-    root: str = "/sys/fs/cgroup"
-    layout: str = "v1"  # or "v2"
-    v2_mount: str = "/sys/fs/cgroup/unified"
+    root: str = DEFAULT_ROOT
+    layout: str = ""    # "v1" or "v2"; empty: the running system's (system_layout)
+    v2_mount: str = ""  # empty: the cgroup2 hierarchy under root (root itself, or root/unified)
+    scope: str = "slurmstepd.scope"   # v2; stock Debian builds say "<node>_slurmstepd.scope"
     created: list = field(default_factory=list)
     procs: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.layout = self.layout or system_layout(self.root)
+        self.v2_mount = self.v2_mount or default_v2_mount(self.root)
 
     def _mk(self, path: Path):
         if not path.exists():
@@ -59,14 +77,14 @@ class JobTree:
                 if (path / f).exists() and not (path / f).read_text().strip():
                     (path / f).write_text((path.parent / f).read_text())
 
-    def step_dirs(self, uid: int, job: int, step: str) -> list[Path]:
+    def step_dirs(self, uid: int, job: int | str, step: str) -> list[Path]:
         if self.layout == "v1":
-            return [Path(self.root, c, f"slurm_{self.node}", f"uid_{uid}", f"job_{job}", f"step_{step}")
+            return [Path(self.root, c, f"slurm_{self.node}", f"uid_{uid}", job_dir(job), f"step_{step}")
                     for c in _v1_available(self.root)]
-        base = Path(self.v2_mount, "system.slice", "slurmstepd.scope", f"job_{job}", f"step_{step}")
+        base = Path(self.v2_mount, "system.slice", self.scope, job_dir(job), f"step_{step}")
         return [base / "user" / "task_special"] if step == "extern" else [base / "user" / "task_0"]
 
-    def create(self, uid: int, job: int, steps=("extern", "0")) -> None:
+    def create(self, uid: int, job: int | str, steps=("extern", "0")) -> None:
         for step in steps:
             for leaf in self.step_dirs(uid, job, step):
                 top = next(i for i, part in enumerate(leaf.parts)
@@ -76,16 +94,16 @@ class JobTree:
                     p = p / part
                     self._mk(p)
 
-    def procs_file(self, uid: int, job: int, step: str) -> list[Path]:
+    def procs_file(self, uid: int, job: int | str, step: str) -> list[Path]:
         return [d / "cgroup.procs" for d in self.step_dirs(uid, job, step)]
 
-    def pids(self, uid: int, job: int, step: str) -> set[int]:
+    def pids(self, uid: int, job: int | str, step: str) -> set[int]:
         out = set()
         for f in self.procs_file(uid, job, step):
             out |= {int(x) for x in f.read_text().split()}
         return out
 
-    def popen(self, argv, uid: int, gid: int, job: int, step: str = "0", netns: str | None = None,
+    def popen(self, argv, uid: int, gid: int, job: int | str, step: str = "0", netns: str | None = None,
               **kw) -> subprocess.Popen:
         """Start argv as uid:gid inside the job step (joins before exec, like slurmstepd),
         optionally in the network namespace at path `netns` (joined while still root)."""

@@ -17,7 +17,9 @@ import struct
 import sys
 import time
 
-HEADER = struct.pack("!2sBBI", b"CI", 2, 1, 4000)   # a request header promising 4000 bytes
+from callerid.protocol import VERSION
+
+HEADER = struct.pack("!2sBBI", b"CI", VERSION, 1, 4000)   # a request header promising 4000 bytes
 
 
 def main() -> int:

@@ -74,7 +74,8 @@ class TracerFactory:
         self.dirs.append(pin_root)
         port = free_port()
         mport = free_port()
-        opts.setdefault("probe", "tracepoint")
+        # CALLERID_TEST_PROBE runs the suite against another backend (e.g. sockstore)
+        opts.setdefault("probe", os.environ.get("CALLERID_TEST_PROBE", "tracepoint"))
         listen = [f"127.0.0.1:{port}", f"[::1]:{port}"] if listen is None else listen
         cfg = Path(d, "callerid.toml")
         write_config(cfg, self.munge_socket, pin_root, listen, f"127.0.0.1:{mport}", rpc_port=port, **opts)

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from callerid.adopter.jobs import is_cgroup2
 from tests.helpers import require, require_bpf
 from tests.infra.clients import close_client, start_client  # noqa: F401 - re-exported for tests
 from tests.infra.jobtree import JobTree
@@ -25,8 +26,8 @@ def tracers(munged):
 @pytest.fixture
 def jobs():
     require(os.geteuid() == 0, "root (creating job cgroups)")
-    require(os.path.ismount("/sys/fs/cgroup/freezer"), "cgroup v1 freezer at /sys/fs/cgroup/freezer")
-    tree = JobTree(node=f"t{os.getpid()}")
+    tree = JobTree(node=f"t{os.getpid()}")   # v1 where this host mounts it, else cgroup v2
+    require(tree.layout == "v1" or is_cgroup2(tree.v2_mount), f"cgroup v1 freezer or cgroup2 under {tree.root}")
     try:
         yield tree
     finally:

@@ -13,10 +13,14 @@ from callerid.adopter import cgroupfs, jobs
 from callerid.adopter.cgroupfs import AdoptError, adopt
 from callerid.slurm_cgroup import job_from_cgroup_path, job_from_proc_cgroup
 from tests.helpers import require
-from tests.infra.jobtree import JobTree, jobs_of, pid_in_extern
+from tests.infra.jobtree import JobTree, jobs_of, pid_in_extern, system_layout
 
-ROOT = "/sys/fs/cgroup"
-V2 = "/sys/fs/cgroup/unified"
+ROOT = jobs.DEFAULT_ROOT
+V2 = jobs.default_v2_mount(ROOT)   # the root itself on a pure cgroup v2 host, else ROOT/unified
+# cgroup v1 behaviour can be tested only where v1 is mounted (hybrid hosts); a systemd host
+# with pure cgroup v2 (Debian 11-13's default) has none, and those tests do not apply there.
+HAS_V1 = system_layout(ROOT) == "v1"
+v1_only = pytest.mark.skipif(not HAS_V1, reason=f"cgroup v1 behaviour: no v1 freezer at {ROOT}/freezer on this host")
 UID_A, UID_B = 60001, 60002
 # Job ids unique to this run: other tests may make v2 jobs under the same shared
 # system.slice/slurmstepd.scope at the same time.
@@ -85,11 +89,12 @@ def procs(d: str) -> set[int]:
 
 
 def only(found, ids):
-    return sorted((j for j in found if j.job_id in ids), key=lambda j: j.job_id)
+    return sorted((j for j in found if j.job_id in {str(i) for i in ids}), key=lambda j: int(j.job_id))
 
 
 # ------------------------------------------------------------------- v1
 
+@v1_only
 def test_v1_discovery(trees):
     require_v1()
     node, other = f"cg{os.getpid()}", f"cgo{os.getpid()}"
@@ -100,16 +105,17 @@ def test_v1_discovery(trees):
     trees(node=other).create(UID_A, BASE + 4)         # another slurmd's node on this host
 
     found = [j for j in jobs.list_jobs(node) if j.layout == "v1"]
-    assert sorted((j.job_id, j.uid) for j in found) == [(BASE + 1, UID_A), (BASE + 2, UID_B)]
+    assert sorted((int(j.job_id), j.uid) for j in found) == [(BASE + 1, UID_A), (BASE + 2, UID_B)]
     for j in found:
         assert j.extern == tuple(f"{ROOT}/{c}/slurm_{node}/uid_{j.uid}/job_{j.job_id}/step_extern"
                                  for c in v1_ctrls())
-        assert j.sluid is None and j.start > 0
-    assert [j.job_id for j in jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
-    assert [j.job_id for j in jobs_of(UID_B, node) if j.layout == "v1"] == [BASE + 2]
-    assert [j.job_id for j in jobs.list_jobs(other) if j.layout == "v1"] == [BASE + 4]
+        assert j.start > 0
+    assert [int(j.job_id) for j in jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
+    assert [int(j.job_id) for j in jobs_of(UID_B, node) if j.layout == "v1"] == [BASE + 2]
+    assert [int(j.job_id) for j in jobs.list_jobs(other) if j.layout == "v1"] == [BASE + 4]
 
 
+@v1_only
 def test_v1_forged_job_dir_is_ignored(trees):
     require_v1()
     node = f"cg{os.getpid()}"
@@ -118,9 +124,10 @@ def test_v1_forged_job_dir_is_ignored(trees):
     t.create(UID_A, BASE + 5)
     # Slurm makes job_<id> root-owned; a user-owned one was made by a user (who owned its parent).
     os.chown(f"{ROOT}/freezer/slurm_{node}/uid_{UID_A}/job_{BASE + 5}", UID_A, UID_A)
-    assert [j.job_id for j in jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
+    assert [int(j.job_id) for j in jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
 
 
+@v1_only
 def test_v1_adopt_moves_process_and_its_future_children(trees, children):
     require_v1()
     node = f"cg{os.getpid()}"
@@ -141,7 +148,8 @@ def test_v1_adopt_moves_process_and_its_future_children(trees, children):
     lines = cgroup_lines(sh.pid)
     assert {c: lines[c] for c in v1_ctrls()} == {c: want for c in v1_ctrls()}
     ref = job_from_proc_cgroup(Path(f"/proc/{sh.pid}/cgroup").read_text())
-    assert (ref.job_id, ref.uid, ref.step, ref.node, ref.controller) == (BASE + 1, UID_A, "extern", node, "freezer")
+    assert (ref.job_id, ref.uid, ref.step, ref.node, ref.controller) == (str(BASE + 1), UID_A, "extern", node,
+                                                                          "freezer")
     # The other user's job is untouched.
     (other,) = [j for j in jobs_of(UID_B, node) if j.layout == "v1"]
     assert not pid_in_extern(sh.pid, other)
@@ -156,6 +164,7 @@ def test_v1_adopt_moves_process_and_its_future_children(trees, children):
         os.kill(child, 9)
 
 
+@v1_only
 def test_v1_job_gone_before_first_write(trees, children):
     require_v1()
     node = f"cg{os.getpid()}"
@@ -173,6 +182,7 @@ def test_v1_job_gone_before_first_write(trees, children):
     assert not pid_in_extern(p.pid, job)
 
 
+@v1_only
 def test_v1_partial_adoption_is_reported(trees, children):
     require_v1()
     require(len(v1_ctrls()) >= 3, "freezer and two more v1 controllers")
@@ -190,6 +200,7 @@ def test_v1_partial_adoption_is_reported(trees, children):
     assert all(p.pid in procs(d) for d in job.extern[:2])
 
 
+@v1_only
 def test_v1_empty_cpuset_is_io_error(trees, children):
     require_v1()
     require(os.path.ismount(f"{ROOT}/cpuset"), f"cgroup v1 cpuset at {ROOT}/cpuset")
@@ -219,11 +230,11 @@ def test_v2_discovery_and_adopt(trees, children):
             t.popen(["sleep", "60"], uid, uid, job_id, step="extern")
 
     found = only(jobs.list_jobs(node), ids)
-    assert [(j.job_id, j.uid, j.layout) for j in found] == [
+    assert [(int(j.job_id), j.uid, j.layout) for j in found] == [
         (BASE + 6, UID_A, "v2"), (BASE + 7, UID_B, "v2"), (BASE + 8, -1, "v2")]
     for j in found:
         assert j.extern == (f"{V2}/system.slice/slurmstepd.scope/job_{j.job_id}/step_extern/user/task_special",)
-    assert [j.job_id for j in only(jobs_of(UID_A, node), ids)] == [BASE + 6]
+    assert [int(j.job_id) for j in only(jobs_of(UID_A, node), ids)] == [BASE + 6]
     assert only(jobs_of(-1, node), ids) == []
 
     job = found[0]
@@ -232,7 +243,7 @@ def test_v2_discovery_and_adopt(trees, children):
     assert adopt(sh.pid, job) == list(job.extern)
     assert pid_in_extern(sh.pid, job) and sh.pid in procs(job.extern[0])
     ref = job_from_cgroup_path(cgroup_lines(sh.pid)[""], "v2")
-    assert (ref.job_id, ref.step, ref.layout) == (BASE + 6, "extern", "v2")
+    assert (int(ref.job_id), ref.step, ref.layout) == (BASE + 6, "extern", "v2")
     assert cgroup_lines(sh.pid)[""].endswith(f"/job_{BASE + 6}/step_extern/user/task_special")
     # Adopting root's sshd does not change who owns the job.
     assert [j.uid for j in only(jobs.list_jobs(node), {BASE + 6})] == [UID_A]
@@ -261,6 +272,26 @@ def test_v2_job_gone(trees, children):
     assert only(jobs.list_jobs(node), {BASE + 9}) == []
 
 
+def test_v2_sluid_job_under_the_node_prefixed_scope(trees, children):
+    """Stock Debian's scope name (<node>_slurmstepd.scope) with Slurm 26.05's SLUID job
+    directory, on the real cgroup2 hierarchy: found, owned, adopted into, named back."""
+    require_v2()
+    node = f"cg{os.getpid()}"
+    t = trees(node=node, layout="v2", v2_mount=V2, scope=f"{node}_slurmstepd.scope")
+    # a SLUID unique to this run (13 Crockford digits; the pid in the low ones)
+    sluid = "s7" + "".join("0123456789ABCDEFGHJKMNPQRSTVWXYZ"[(os.getpid() >> 5 * i) & 31] for i in range(11, -1, -1))
+    t.create(UID_A, sluid)
+    t.popen(["sleep", "60"], UID_A, UID_A, sluid, step="extern")
+    (job,) = [j for j in jobs_of(UID_A, node) if j.job_id == sluid]
+    leaf = f"{V2}/system.slice/{node}_slurmstepd.scope/{sluid}/step_extern/user/task_special"
+    assert (job.layout, job.extern) == ("v2", (leaf,))
+    sh = children(["sleep", "60"])
+    assert adopt(sh.pid, job) == [leaf]
+    ref = job_from_proc_cgroup(Path(f"/proc/{sh.pid}/cgroup").read_text())
+    assert (ref.job_id, ref.step, ref.node) == (sluid, "extern", node)
+    assert [j.job_id for j in jobs.list_jobs(f"other{node}") if j.job_id == sluid] == []   # another node's scope
+
+
 # ------------------------------------------------------------------- no root needed
 
 def test_errno_translation():
@@ -272,14 +303,14 @@ def test_errno_translation():
 
 
 def test_adopt_never_creates_and_refuses_pid_zero(tmp_path):
-    job = jobs.LocalJob(1, None, 1000, 0.0, "v1", (str(tmp_path / "gone"),))
+    job = jobs.LocalJob("1", 1000, 0.0, "v1", (str(tmp_path / "gone"),))
     with pytest.raises(ValueError):
         adopt(0, job)
     with pytest.raises(AdoptError) as e:
         adopt(os.getpid(), job)
     assert e.value.reason == "job_gone"
     (tmp_path / "dir").mkdir()
-    job2 = jobs.LocalJob(1, None, 1000, 0.0, "v1", (str(tmp_path / "dir"),))
+    job2 = jobs.LocalJob("1", 1000, 0.0, "v1", (str(tmp_path / "dir"),))
     with pytest.raises(AdoptError):
         adopt(os.getpid(), job2)
     assert not (tmp_path / "dir" / "cgroup.procs").exists()

@@ -70,7 +70,7 @@ def test_query_across_veth_finds_job(hosts, src_tracer, jobs, test_users, family
         ans = ask_from(dst, src_tracer, c)
         assert ans["status"] == "found" and ans["source"] == "bpf"
         assert ans["pid"] == p.pid and ans["uid"] == user.uid and ans["comm"] == "cid-ssh"
-        assert ans["job_id"] == 4301 and ans["node"] == "testnode"
+        assert ans["job_id"] == "4301" and ans["node"] == "testnode"
     finally:
         close_client(p)
 

@@ -66,7 +66,7 @@ def test_a_thousand_unauthenticated_connections_do_not_silence_the_tracer(tracer
                 failed.append(exc.reason)
                 continue
             latencies.append(time.monotonic() - t0)
-            if ans.job_id == 4201 and ans.uid == owner.uid:
+            if ans.job_id == "4201" and ans.uid == owner.uid:
                 answered += 1
             else:
                 wrong += 1
@@ -103,7 +103,7 @@ def test_a_burst_of_256_simultaneous_queries_is_answered(tracer, munged, jobs, t
         t0 = time.monotonic()
         try:
             ans = ask(("127.0.0.1", tracer.port), q, 2.0, munged.socket)
-            results[i] = ("ok" if ans.job_id == 4202 and ans.query == q else "wrong", time.monotonic() - t0)
+            results[i] = ("ok" if ans.job_id == "4202" and ans.query == q else "wrong", time.monotonic() - t0)
         except RpcError as exc:
             results[i] = (exc.reason, time.monotonic() - t0)
 
@@ -267,7 +267,7 @@ def test_protocol_fuzz_crashes_nothing_and_good_clients_stay_answered(tracer, mu
         for i in range(0, len(frames), 1000):
             for r in pool.map(send, frames[i:i + 1000]):
                 seen[r] = seen.get(r, 0) + 1
-            assert ask(("127.0.0.1", tracer.port), q, 2.0, munged.socket).job_id == 4205
+            assert ask(("127.0.0.1", tracer.port), q, 2.0, munged.socket).job_id == "4205"
             good += 1
             assert time.monotonic() - t0 < 240, "bounded in time"
     close_client(p)

@@ -12,6 +12,7 @@ import pytest
 
 from callerid.client import ask
 from callerid.protocol import Query, Source, Status
+from callerid.tracer.probes import AUTO_ORDER, FAIL_FOR_TESTS
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
 from tests.kernel.conftest import close_client, start_client
@@ -39,10 +40,10 @@ def test_connections_opened_before_start_are_reconciled(tracers, munged, jobs, t
     try:
         wait_for(lambda: "reconcile:" in t.log_text(), 30, "the start-up reconcile")
         ans = query(t, c, munged.socket)
-        assert ans.status == Status.FOUND and ans.pid == p.pid and ans.job_id == 4201 and ans.uid == user.uid
+        assert ans.status == Status.FOUND and ans.pid == p.pid and ans.job_id == "4201" and ans.uid == user.uid
         assert ans.source == Source.BPF  # reconcile put it in the map
         row = [r for r in conns_json(t) if r["local"] == f"127.0.0.1:{c['sport']}"]
-        assert row and row[0]["origin"] == "reconcile" and row[0]["job_id"] == 4201
+        assert row and row[0]["origin"] == "reconcile" and row[0]["job_id"] == "4201"
         assert metric(scrape(t.metrics_url), "callerid_reconcile_inserted_connections_total") >= 1
     finally:
         t.stop()
@@ -57,7 +58,7 @@ def test_fallback_answers_when_map_misses(tracers, munged, jobs, test_users, lis
     try:
         ans = query(t, c, munged.socket)
         assert ans.status == Status.FOUND and ans.source == Source.PROC
-        assert ans.pid == p.pid and ans.job_id == 4202
+        assert ans.pid == p.pid and ans.job_id == "4202"
         s = scrape(t.metrics_url)
         assert metric(s, "callerid_fallback_lookups_total", reason="map_miss") == 1
         assert metric(s, "callerid_lookups_total", source="proc") == 1
@@ -77,7 +78,7 @@ def test_restart_keeps_attribution_from_the_pinned_map(tracers, munged, jobs, te
         t.stop()
         t.start()  # same pins, reconcile off: only the pinned map can know this connection
         ans = query(t, c, munged.socket)
-        assert ans.status == Status.FOUND and ans.source == Source.BPF and ans.pid == p.pid and ans.job_id == 4203
+        assert ans.status == Status.FOUND and ans.source == Source.BPF and ans.pid == p.pid and ans.job_id == "4203"
         row = [r for r in conns_json(t) if r["local"] == f"[::1]:{c['sport']}"]
         assert row and row[0]["origin"] == "probe"
     finally:
@@ -86,8 +87,27 @@ def test_restart_keeps_attribution_from_the_pinned_map(tracers, munged, jobs, te
             close_client(p)
 
 
+def failing(*backends: str) -> dict[str, str]:
+    """The daemon's environment with these probe backends made to fail (tracer/probes.py
+    FAIL_FOR_TESTS): on a stock kernel fentry and kprobe work, so failing them takes this."""
+    return {**os.environ, FAIL_FOR_TESTS: ",".join(backends)}
+
+
+@pytest.fixture(scope="module")
+def working_backends(munged, tmp_path_factory):
+    """The backends this kernel really loads, in auto's order, and `callerid doctor --json`
+    (which loads each one) for the checks that read it."""
+    cfg = tmp_path_factory.mktemp("doctor") / "c.toml"
+    cfg.write_text(f'[common]\nmunge_socket = "{munged.socket}"\n')
+    r = subprocess.run([CALLERID, "--config", str(cfg), "doctor", "--json"], capture_output=True, text=True,
+                       timeout=600)
+    checks = {c["name"]: c for c in json.loads(r.stdout)}
+    return [b for b in AUTO_ORDER if checks[f"probe {b}"]["status"] == "ok"], checks
+
+
 def test_forced_unavailable_backend_fails_clearly(tracers):
     t = tracers.make(probe="kprobe")
+    t.env = failing("kprobe")
     t.start(wait=False)
     assert t.proc.wait(timeout=60) == 1
     log = t.log_text()
@@ -95,16 +115,32 @@ def test_forced_unavailable_backend_fails_clearly(tracers):
 
 
 def test_auto_falls_over_to_a_working_backend(tracers):
+    t = tracers.make(probe="auto")
+    t.env = failing("sockstore", "fentry", "kprobe")
+    t.start(timeout=60)
+    try:
+        s = scrape(t.metrics_url)
+        loaded = [b for b in AUTO_ORDER if metric(s, "callerid_probe_backend", backend=b) == 1]
+        assert loaded == ["tracepoint"], s
+        log = t.log_text()
+        assert "probe backend tracepoint loaded" in log
+        for b in ("sockstore", "fentry", "kprobe"):   # the failures are logged, not fatal
+            assert f"probe backend {b} unavailable" in log, log[-3000:]
+    finally:
+        t.stop()
+
+
+def test_auto_picks_the_first_backend_that_works_on_this_kernel(tracers, working_backends):
+    available, _ = working_backends
+    assert "tracepoint" in available
     t = tracers.make(probe="auto").start(timeout=60)
     try:
         s = scrape(t.metrics_url)
-        loaded = [b for b in ("fentry", "kprobe", "tracepoint") if metric(s, "callerid_probe_backend", backend=b) == 1]
-        assert len(loaded) == 1, s
-        assert f"probe backend {loaded[0]} loaded" in t.log_text()
-        # on machines without kprobes/trampolines the failures are logged, not fatal
-        for b in ("fentry", "kprobe"):
-            if b != loaded[0] and b not in t.log_text():
-                pytest.fail(f"auto did not report trying {b}")
+        loaded = [b for b in AUTO_ORDER if metric(s, "callerid_probe_backend", backend=b) == 1]
+        assert loaded == available[:1], (available, s)
+        log = t.log_text()
+        for b in AUTO_ORDER[:AUTO_ORDER.index(available[0])]:   # tried first, and failed here
+            assert f"probe backend {b} unavailable" in log, log[-3000:]
     finally:
         t.stop()
 
@@ -163,19 +199,15 @@ def test_conns_agrees_with_ss(tracers, munged, jobs, test_users, listener):  # n
         for c in conns:
             local = f"127.0.0.1:{c['sport']}"
             assert f"{local} " in ss and f"pid={p.pid}," in ss
-            assert rows[local]["pid"] == p.pid and rows[local]["job_id"] == 4204 and rows[local]["user"] == user.name
+            assert rows[local]["pid"] == p.pid and rows[local]["job_id"] == "4204" and rows[local]["user"] == user.name
     finally:
         t.stop()
         if p:
             close_client(p)
 
 
-def test_doctor_reports_backends_and_munge(munged, tmp_path):
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[common]\nmunge_socket = "{munged.socket}"\n')
-    r = subprocess.run([CALLERID, "--config", str(cfg), "doctor", "--json"], capture_output=True, text=True,
-                       timeout=120)
-    checks = {c["name"]: c for c in json.loads(r.stdout)}
+def test_doctor_reports_backends_and_munge(working_backends):
+    _, checks = working_backends
     assert checks["probe tracepoint"]["status"] == "ok"
     assert checks["munge"]["status"] == "ok"
     assert checks["bpffs"]["status"] == "ok" and checks["tracefs"]["status"] == "ok"

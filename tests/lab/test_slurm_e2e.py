@@ -139,7 +139,7 @@ def test_session_from_a_job_lands_in_it_and_callerid_agrees_with_slurm(lab, jobs
         t = s.four_tuple
         ans = callerid_answer(lab, t)
         assert ans["status"] == "found" and ans["source"] == "bpf" and ans["node"] == "node1"
-        assert ans["job_id"] == j
+        assert ans["job_id"] == str(j)
         if family == "ipv4":
             assert lab.scontrol_callerid("node2", *t) == (j, "node1")
         else:

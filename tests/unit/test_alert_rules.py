@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from callerid.dashboards import rules
+from callerid.dashboards import alert_cases, rules
 from callerid.dashboards.expressions import PROMETHEUS_SERIES, exported_metric_names, referenced_metrics
 from tests.helpers import require
 
@@ -42,7 +42,7 @@ def run(*args) -> subprocess.CompletedProcess:
 
 def test_generated_rule_files_are_current():
     assert RULES.read_text() == rules.render_rules(), "run .venv/bin/python3 -m callerid.dashboards.build"
-    assert TESTS.read_text() == rules.render_tests(), "run .venv/bin/python3 -m callerid.dashboards.build"
+    assert TESTS.read_text() == alert_cases.render_tests(), "run .venv/bin/python3 -m callerid.dashboards.build"
 
 
 def test_promtool_check_rules_on_every_rule_file():
@@ -68,7 +68,7 @@ def test_every_expectation_matters(tmp_path):
     promtool()
     (tmp_path / "callerid.yml").write_text(RULES.read_text())
     (tmp_path / "tests").mkdir()
-    doc = rules.promtool_tests()
+    doc = alert_cases.promtool_tests()
     insensitive = []
     for ti, test in enumerate(doc["tests"]):
         for ci, check in enumerate(test["alert_rule_test"]):
@@ -86,11 +86,11 @@ def test_every_expectation_matters(tmp_path):
 def test_every_alert_has_a_firing_and_a_quiet_case():
     names = {a.name for a in rules.ALERTS}
     assert names >= REQUIRED, f"missing alerts: {REQUIRED - names}"
-    firing = {c.alert for c in rules.CASES for _, alerts in c.evals if alerts}
-    quiet = {c.alert for c in rules.CASES for _, alerts in c.evals if not alerts}
+    firing = {c.alert for c in alert_cases.CASES for _, alerts in c.evals if alerts}
+    quiet = {c.alert for c in alert_cases.CASES for _, alerts in c.evals if not alerts}
     assert names - firing == set(), f"alerts never shown firing: {names - firing}"
     assert names - quiet == set(), f"alerts never shown quiet: {names - quiet}"
-    assert {c.alert for c in rules.CASES} <= names, "a test case names an unknown alert"
+    assert {c.alert for c in alert_cases.CASES} <= names, "a test case names an unknown alert"
     text = TESTS.read_text()
     for name in names:
         assert f"alertname: {name}\n" in text, name

@@ -77,6 +77,7 @@ replace_pinned = true
 max_connections = 1024
 max_pending = 128
 max_closed_connections = 512
+closed_share_per_uid = 77
 close_grace_seconds = 30.5
 sweep_interval_seconds = 1.5
 reconcile = false
@@ -116,7 +117,7 @@ FULL_EXPECTED = {
                    rpc_port=7000),
     "tracer": dict(listen=["10.0.0.1:7000", "[fd00::1]:7000"], metrics="", probe="kprobe",
                    pin_root="/sys/fs/bpf/other", replace_pinned=True, max_connections=1024, max_pending=128,
-                   max_closed_connections=512,
+                   max_closed_connections=512, closed_share_per_uid=77,
                    close_grace_seconds=30.5, sweep_interval_seconds=1.5, reconcile=False, fallback=False,
                    require_bpf=True, max_clients=8, read_timeout_seconds=0.5, max_frame_bytes=4096,
                    header_timeout_seconds=0.25, max_rpc_connections=100, max_rpc_connections_per_peer=10),
@@ -269,6 +270,20 @@ def test_parse_addr_rejects_malformed_addresses(text):
         parse_addr(text, 1)
 
 
+def test_sample_is_the_defaults_commented_out(tmp_path):
+    """The packaged /etc/callerid/callerid.toml: as shipped it changes nothing; with every
+    option line uncommented it states every default, and loads."""
+    import re
+    from dataclasses import asdict
+    text = config.sample()
+    shipped = tmp_path / "shipped.toml"
+    shipped.write_text(text)
+    assert asdict(load(shipped)) == asdict(Config())
+    uncommented = tmp_path / "all.toml"
+    uncommented.write_text(re.sub(r"(?m)^#(\w+ = )", r"\1", text))
+    assert asdict(load(uncommented)) == asdict(Config())
+    options = sum(len(fields(s.default_factory())) for s in fields(Config))
+    assert len(re.findall(r"(?m)^\w+ = ", uncommented.read_text())) == options
 # --- every option range-checked (issue 12, item 9) -----------------------------------------------
 
 def _bounded_options():

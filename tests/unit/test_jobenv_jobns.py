@@ -37,7 +37,7 @@ def _fake(tmp_path, procs: dict, steps: dict):
         (proc / str(pid)).mkdir(parents=True)
         (proc / str(pid) / "status").write_text(f"Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t1\t1\t1\t1\n")
         (proc / str(pid) / "environ").write_bytes(env)
-    job = LocalJob(7, None, 1000, 1.0, "v1", (str(jdir / "step_extern"),))
+    job = LocalJob("7", 1000, 1.0, "v1", (str(jdir / "step_extern"),))
     return job, str(proc)
 
 

@@ -79,19 +79,20 @@ def fake(tmp_path):
 # ------------------------------------------------------------------- pure parts
 
 @pytest.mark.parametrize("rel, layout, want", [
-    ("/slurm_n1/uid_1000/job_42/step_extern", "v1", (42, None, 1000, "n1")),
-    ("/slurm/uid_0/job_1/step_extern", "v1", (1, None, 0, None)),
-    ("/slurm_cn-07.a_b/uid_5/job_9/step_extern", "v1", (9, None, 5, "cn-07.a_b")),
+    ("/slurm_n1/uid_1000/job_42/step_extern", "v1", ("42", 1000, "n1")),
+    ("/slurm/uid_0/job_1/step_extern", "v1", ("1", 0, None)),
+    ("/slurm_cn-07.a_b/uid_5/job_9/step_extern", "v1", ("9", 5, "cn-07.a_b")),
     ("/slurm_n1/uid_1000/job_42/step_0", "v1", None),
     ("/slurm_n1/uid_1000/job_42/step_extern/task_0", "v1", None),
     ("/slurm_n1/uid_1000/job_42", "v1", None),
     ("/x/slurm_n1/uid_1000/job_42/step_extern", "v1", None),  # not at the hierarchy's top
     ("/slurm_n1/uid_x/job_42/step_extern", "v1", None),
-    ("/system.slice/slurmstepd.scope/job_7/step_extern/user/task_special", "v2", (7, None, None, None)),
-    ("/slurmstepd.scope/job_7/step_extern/user/task_special", "v2", (7, None, None, None)),
-    ("/system.slice/n2_slurmstepd.scope/job_7/step_extern/user/task_special", "v2", (7, None, None, "n2")),
-    (f"/system.slice/slurmstepd.scope/{SLUID}/step_extern/user/task_special", "v2", (None, SLUID, None, None)),
-    (f"/system.slice/slurmstepd.scope/job_{SLUID}/step_extern/user/task_special", "v2", (None, SLUID, None, None)),
+    ("/system.slice/slurmstepd.scope/job_7/step_extern/user/task_special", "v2", ("7", None, None)),
+    ("/slurmstepd.scope/job_7/step_extern/user/task_special", "v2", ("7", None, None)),
+    ("/system.slice/n2_slurmstepd.scope/job_7/step_extern/user/task_special", "v2", ("7", None, "n2")),
+    (f"/system.slice/slurmstepd.scope/{SLUID}/step_extern/user/task_special", "v2", (SLUID, None, None)),
+    (f"/system.slice/slurmstepd.scope/job_{SLUID}/step_extern/user/task_special", "v2", (SLUID, None, None)),
+    (f"/system.slice/n2_slurmstepd.scope/{SLUID}/step_extern/user/task_special", "v2", (SLUID, None, "n2")),
     ("/system.slice/slurmstepd.scope/job_7/step_extern/slurm", "v2", None),
     ("/system.slice/slurmstepd.scope/job_7/step_extern/user/task_0", "v2", None),
     ("/system.slice/slurmstepd.scope/job_7/step_extern", "v2", None),
@@ -102,7 +103,7 @@ def fake(tmp_path):
 ])
 def test_classify_extern(rel, layout, want):
     ref = classify_extern(rel, layout)
-    got = None if ref is None else (ref.job_id, ref.sluid, ref.uid, ref.node)
+    got = None if ref is None else (ref.job_id, ref.uid, ref.node)
     assert got == want
 
 
@@ -155,9 +156,9 @@ def test_v1_debian_layout_all_controllers(fake):
     want = fake.v1_job(1000, 42)
     fake.v1_job(1001, 43)
     got = {(j.job_id, j.uid): j for j in fake.list()}
-    assert set(got) == {(42, 1000), (43, 1001)}
-    j = got[(42, 1000)]
-    assert j.layout == "v1" and j.sluid is None
+    assert set(got) == {("42", 1000), ("43", 1001)}
+    j = got[("42", 1000)]
+    assert j.layout == "v1"
     # freezer first (authoritative, the "job gone" probe), then task/cgroup's, then cpuacct
     assert j.extern == tuple(want[c] for c in ("freezer", "cpuset", "memory", "devices", "cpuacct"))
     assert all(os.path.isabs(d) for d in j.extern)
@@ -167,14 +168,14 @@ def test_v1_other_node_is_invisible(fake):
     fake.v1_job(1000, 42, node="n1")
     fake.v1_job(1000, 99, node="n2")
     fake.v1_job(1000, 77, node=None)  # plain "slurm": another build, not ours while slurm_n1 exists
-    assert [j.job_id for j in fake.list("n1")] == [42]
-    assert [j.job_id for j in fake.list("n2")] == [99]
-    assert [j.job_id for j in fake.list("n3")] == [77]
+    assert [j.job_id for j in fake.list("n1")] == ["42"]
+    assert [j.job_id for j in fake.list("n2")] == ["99"]
+    assert [j.job_id for j in fake.list("n3")] == ["77"]
 
 
 def test_v1_plain_slurm_root(fake):
     fake.v1_job(1000, 5, node=None)
-    assert [(j.job_id, j.uid) for j in fake.list("anything")] == [(5, 1000)]
+    assert [(j.job_id, j.uid) for j in fake.list("anything")] == [("5", 1000)]
 
 
 def test_v1_no_extern_step_no_job(fake):
@@ -185,7 +186,7 @@ def test_v1_no_extern_step_no_job(fake):
 def test_v1_freezer_is_authoritative(fake):
     fake.v1_job(1000, 42)
     fake.v1_job(1000, 43, ctrls=("memory", "devices"))  # no freezer step_extern: not a job
-    assert [j.job_id for j in fake.list()] == [42]
+    assert [j.job_id for j in fake.list()] == ["42"]
 
 
 def test_v1_without_slurm_freezer_tree_any_controller_counts(fake):
@@ -223,7 +224,7 @@ def test_start_is_step_extern_mtime_and_orders_jobs(fake):
     os.utime(a["freezer"], (1_000, 2_000))
     os.utime(b["freezer"], (1_000, 3_000))
     got = fake.list()
-    assert [(j.job_id, j.start) for j in got] == [(50, 2_000.0), (40, 3_000.0)]
+    assert [(j.job_id, j.start) for j in got] == [("50", 2_000.0), ("40", 3_000.0)]
 
 
 def test_v1_dirs_not_owned_like_the_mount_are_forged(fake):
@@ -232,7 +233,7 @@ def test_v1_dirs_not_owned_like_the_mount_are_forged(fake):
     forged = fake.v1_job(1000, 666)
     # Slurm makes job_<id> root-owned; one owned by the user was made by the user.
     os.chown(os.path.dirname(forged["freezer"]), 1000, 1000)
-    assert [j.job_id for j in fake.list()] == [42]
+    assert [j.job_id for j in fake.list()] == ["42"]
     os.chown(os.path.dirname(forged["freezer"]), os.stat(fake.root / "freezer").st_uid, 0)
     os.chown(os.path.dirname(os.path.dirname(forged["memory"])), 1000, 1000)  # uid_1000 in memory
     (j42, j666) = fake.list()
@@ -248,7 +249,7 @@ def test_v2_owner_from_extern_processes(fake):
     fake.process(103, 2000)  # odd setuid helper; the majority wins
     leaf = fake.v2_job("job_7", extern_pids=[100, 101, 102, 103])
     (j,) = fake.list()
-    assert j == LocalJob(7, None, 1000, j.start, "v2", (leaf,))
+    assert j == LocalJob("7", 1000, j.start, "v2", (leaf,))
 
 
 def test_v2_owner_fallback_to_job_subtree(fake):
@@ -274,8 +275,7 @@ def test_v2_sluid_and_job_id_dirs(fake):
     fake.v2_job("job_11", extern_pids=[400])
     fake.v2_job("system")          # slurmstepd infinity's cgroup
     fake.cg(fake.v2 / "system.slice" / "slurmstepd.scope" / "slurmd")
-    got = sorted(((j.job_id or 0), j.sluid) for j in fake.list())
-    assert got == [(0, SLUID), (11, None)]
+    assert sorted(j.job_id for j in fake.list()) == ["11", SLUID]
 
 
 def test_v2_without_task_special_not_listed(fake):
@@ -288,9 +288,9 @@ def test_v2_multi_slurmd_scopes(fake):
     fake.v2_job("job_1", [500], scope="system.slice/n1_slurmstepd.scope")
     fake.v2_job("job_2", [500], scope="system.slice/n2_slurmstepd.scope")
     fake.v2_job("job_3", [500], scope="system.slice/slurmstepd.scope")
-    assert [j.job_id for j in fake.list("n1")] == [1]
-    assert [j.job_id for j in fake.list("n2")] == [2]
-    assert [j.job_id for j in fake.list("n9")] == [3]
+    assert [j.job_id for j in fake.list("n1")] == ["1"]
+    assert [j.job_id for j in fake.list("n2")] == ["2"]
+    assert [j.job_id for j in fake.list("n9")] == ["3"]
 
 
 def test_v2_scope_search_is_bounded_and_skips_user_slices(fake):
@@ -300,7 +300,7 @@ def test_v2_scope_search_is_bounded_and_skips_user_slices(fake):
     fake.v2_job("job_3", [600], scope="a/b/c/d/slurmstepd.scope")                          # too deep
     fake.v2_job("job_4", [600], scope="user.slice/user-1000.slice/slurmstepd.scope")       # delegated
     fake.v2_job("job_5", [600], scope="x/user@1000.service/slurmstepd.scope")              # delegated
-    assert sorted(j.job_id for j in fake.list()) == [1, 2]
+    assert sorted(j.job_id for j in fake.list()) == ["1", "2"]
 
 
 def test_pure_v2_root_is_the_v2_mount(tmp_path):
@@ -308,7 +308,29 @@ def test_pure_v2_root_is_the_v2_mount(tmp_path):
     fake.process(700, 1000)
     leaf = fake.v2_job("job_3", [700])
     assert jobs.default_v2_mount(str(fake.root)) == str(fake.root)
-    assert [(j.job_id, j.extern) for j in fake.list()] == [(3, (leaf,))]
+    assert [(j.job_id, j.extern) for j in fake.list()] == [("3", (leaf,))]
+
+
+def test_stock_debian_v2_sluid_jobs_under_the_node_prefixed_scope(tmp_path):
+    # What a systemd host with pure cgroup v2 has (LAB-NOTES "Virtual machines": Debian
+    # builds Slurm with multiple-slurmd support, so the scope is <node>_slurmstepd.scope),
+    # with Slurm 26.05's SLUID-named job directories (CgroupJobIdPaths=no).
+    fake = FakeNode(tmp_path, pure_v2=True)
+    fake.process(900, 1000)
+    fake.process(901, 1001)
+    scope = "system.slice/n1_slurmstepd.scope"
+    older, newer = "s7000000001J00", "s7000000001J01"   # same millisecond, next sequence number
+    mine_old = fake.v2_job(older, [900], scope=scope)
+    mine_new = fake.v2_job(newer, [900], scope=scope)
+    theirs = fake.v2_job("sBR1JB8J1YM400", [901], scope=scope)
+    fake.v2_job("system", scope=scope)
+    fake.v2_job("s7000000001J02", [900], scope="system.slice/n2_slurmstepd.scope")   # another node's
+    for leaf in (mine_old, mine_new, theirs):
+        os.utime(os.path.dirname(os.path.dirname(leaf)), (5_000, 5_000))   # step_extern: same start
+    got = fake.list("n1")
+    assert [(j.job_id, j.uid, j.extern) for j in got] == [
+        (older, 1000, (mine_old,)), (newer, 1000, (mine_new,)), ("sBR1JB8J1YM400", 1001, (theirs,))]
+    assert [j.job_id for j in jobs_of(1000, "n1", str(fake.root), proc=str(fake.proc))] == [older, newer]
 
 
 def test_hybrid_default_v2_mount(fake):
@@ -321,8 +343,8 @@ def test_jobs_of_mixed_layouts(fake):
     fake.process(800, 1000)
     fake.v2_job("job_44", [800])
     mine = jobs_of(1000, "n1", str(fake.root), proc=str(fake.proc))
-    assert sorted((j.job_id, j.layout) for j in mine) == [(42, "v1"), (44, "v2")]
-    assert [j.job_id for j in jobs_of(1001, "n1", str(fake.root), proc=str(fake.proc))] == [43]
+    assert sorted((j.job_id, j.layout) for j in mine) == [("42", "v1"), ("44", "v2")]
+    assert [j.job_id for j in jobs_of(1001, "n1", str(fake.root), proc=str(fake.proc))] == ["43"]
     assert jobs_of(1002, "n1", str(fake.root), proc=str(fake.proc)) == []
 
 

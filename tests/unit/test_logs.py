@@ -12,6 +12,7 @@ import time
 import pytest
 
 from callerid import logs
+from callerid.protocol import HEADER, VERSION
 from callerid.tracer.metrics import TracerMetrics
 from callerid.tracer.server import RpcServer, bind_listener
 
@@ -122,7 +123,7 @@ def test_ten_thousand_refused_connections_make_a_bounded_number_of_lines():
         t0 = time.monotonic()
         for i in range(10_000):
             with socket.create_connection(addr, timeout=5) as c:
-                c.sendall(b"GET / HTTP/1.0\r\n\r\n" if i % 2 else b"CI\x02\x01\x00\x00\x00\x50MUNGE:!")
+                c.sendall(b"GET / HTTP/1.0\r\n\r\n" if i % 2 else HEADER.pack(b"CI", VERSION, 1, 0x50) + b"MUNGE:!")
             assert time.monotonic() - t0 < 120, "bounded in time"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and \

@@ -142,7 +142,7 @@ def test_request_carries_user_service_and_options_but_not_the_modules_own(build,
 
 
 def test_adoption_sets_slurm_job_id_and_the_jobs_variables(build, tmp_path, sockpath):
-    rep = Reply("adopt", "single_job", job_id=4242, env={"CUDA_VISIBLE_DEVICES": "0,1", "SLURM_JOB_GPUS": "0,1"})
+    rep = Reply("adopt", "single_job", job_id="4242", env={"CUDA_VISIBLE_DEVICES": "0,1", "SLURM_JOB_GPUS": "0,1"})
     d = StandIn(sockpath, rep.encode())
     r = run_pam(build, tmp_path, [f"socket={sockpath}"])
     d.close()
@@ -163,7 +163,7 @@ def run_stacks(build: Path, tmp_path: Path, sockpath: str) -> Result:
 
 
 def test_setcred_adds_the_jobs_group_after_an_adoption(build, tmp_path, sockpath):
-    d = StandIn(sockpath, Reply("adopt", "single_job", job_id=7, group=64123).encode())
+    d = StandIn(sockpath, Reply("adopt", "single_job", job_id="7", group=64123).encode())
     r = run_stacks(build, tmp_path, sockpath)
     d.close()
     assert (r.rc, r.groups, r.env) == ("PAM_SUCCESS", [64123], {"SLURM_JOB_ID": "7"})
@@ -180,7 +180,7 @@ def test_no_group_unless_adopted(build, tmp_path, sockpath, verdict):
 @pytest.mark.parametrize("verdict", ["allow", "ignore", "deny"])
 def test_no_environment_unless_adopted(build, tmp_path, sockpath, verdict):
     # a reply that (wrongly) names a job without adopting must not set SLURM_JOB_ID
-    d = StandIn(sockpath, Reply(verdict, "x", job_id=9, env={"CUDA_VISIBLE_DEVICES": "0"}).encode())
+    d = StandIn(sockpath, Reply(verdict, "x", job_id="9", env={"CUDA_VISIBLE_DEVICES": "0"}).encode())
     r = run_pam(build, tmp_path, [f"socket={sockpath}"])
     d.close()
     assert r.env == {}

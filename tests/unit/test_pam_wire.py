@@ -39,8 +39,7 @@ def c_parse(harness, line: bytes):
         else:
             f[parts[0]] = bytes.fromhex(parts[1]).decode()
     job, gid = f.get("job"), f.get("gid")
-    return Reply(f["verdict"], f["reason"], f["msg"], int(job) if job is not None else None, f["ns"], env,
-                 int(gid) if gid is not None else None)
+    return Reply(f["verdict"], f["reason"], f["msg"], job, f["ns"], env, int(gid) if gid is not None else None)
 
 
 def py_parse(line: bytes):
@@ -89,7 +88,7 @@ def test_bad_requests_are_refused(line, why):
 
 
 def test_reply_round_trip():
-    rep = Reply("adopt", "callerid", "", 42, "/var/spool/jc/n1/42/.ns", {"CUDA_VISIBLE_DEVICES": "0,1"})
+    rep = Reply("adopt", "callerid", "", "42", "/var/spool/jc/n1/42/.ns", {"CUDA_VISIBLE_DEVICES": "0,1"})
     assert parse_reply(rep.encode()) == rep
     with pytest.raises(WireError):
         Reply("maybe", "x").encode()
@@ -101,7 +100,7 @@ GOOD = [
     Reply("deny", "no_jobs", "Access denied by callerid: you have no active jobs on this node"),
     Reply("ignore", "root"),
     Reply("allow", "adopt_failed_allow", job_id=None),
-    Reply("adopt", "single_job", "", 7, "/b/n/7/.ns", {"CUDA_VISIBLE_DEVICES": "0", "X_1": "a b=c\n%é"}, 4242),
+    Reply("adopt", "single_job", "", "7", "/b/n/7/.ns", {"CUDA_VISIBLE_DEVICES": "0", "X_1": "a b=c\n%é"}, 4242),
 ]
 
 
@@ -113,12 +112,13 @@ def test_c_parser_reads_the_daemons_replies(harness, rep):
 @pytest.mark.parametrize("line", [
     b"", b"\n", b"garbage\n", b"v=1 verdict=allow", b"v=1 verdict=maybe\n", b"v=1 reason=x\n",
     b"v=2 verdict=allow\n", b"verdict=allow v=1\n", b"v=1 verdict=allow verdict=deny\n",
-    b"v=1 verdict=allow job=12a\n", b"v=1 verdict=allow job=\n", b"v=1 verdict=allow env.1X=a\n",
+    b"v=1 verdict=allow job=12%20a\n", b"v=1 verdict=allow job=\n", b"v=1 verdict=allow env.1X=a\n",
     b"v=1 verdict=allow env.=a\n", b"v=1 verdict=allow msg=%0\n", b"v=1 verdict=allow msg=%zz\n",
     b"v=1 verdict=allow msg=%00\n", b"v=1 verdict=allow msg=a\x00b\n", b"v=1 verdict=allow msg=\xff\n",
     b"v=1 verdict=allow msg=%C0%80\n", b"v=1 verdict=allow msg=%ED%A0%80\n", b"v=1  verdict=allow\n",
     b"v=1 verdict=allow =x\n", b"v=1 verdict=allow\r\n", b"v=1 verdict=allow gid=0\n",
-    b"v=1 verdict=allow gid=4294967295\n", b"v=1 verdict=allow job=12345678901\n", b"v=1 verdict=allow gid=-1\n",
+    b"v=1 verdict=allow gid=4294967295\n", b"v=1 verdict=allow job=" + b"1" * 65 + b"\n", b"v=1 verdict=allow gid=-1\n",
+    b"v=1 verdict=allow job=a/b\n",
     b"v=1 verdict=allow " + b" ".join(b"k%d=v" % i for i in range(pamwire.MAX_TOKENS)) + b"\n",
     b"v=1 verdict=allow " + b" ".join(b"env.V%d=v" % i for i in range(pamwire.MAX_ENV + 1)) + b"\n",
     b"v=1 verdict=allow msg=" + b"x" * pamwire.MAX_LINE + b"\n",
@@ -139,7 +139,8 @@ _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters
 _env_name = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True)
 _replies = st.builds(
     Reply, st.sampled_from(pamwire.VERDICTS), _text, _text,
-    st.one_of(st.none(), st.integers(0, 2**32 - 1)), _text, st.dictionaries(_env_name, _text, max_size=5),
+    st.one_of(st.none(), st.from_regex(r"[0-9A-Za-z_.-]{1,64}", fullmatch=True)),
+    _text, st.dictionaries(_env_name, _text, max_size=5),
     st.one_of(st.none(), st.integers(1, 2**32 - 2)))
 
 

@@ -29,9 +29,9 @@ DECISIONS_MD = Path(__file__).resolve().parents[2] / "docs" / "DECISIONS.md"
 
 USER = 1000
 OTHER = 1001
-FOREIGN_JOB = 900     # another user's job on this node
-ELSEWHERE_JOB = 77    # a job that has no extern step on this node
-OLD_ID, NEW_ID = 205, 201  # the newer job has the LOWER id: 'newest' must go by start time first
+FOREIGN_JOB = "900"    # another user's job on this node
+ELSEWHERE_JOB = "77"   # a job that has no extern step on this node
+OLD_ID, NEW_ID = "205", "201" # the newer job has the LOWER id: 'newest' must go by start time first
 
 # ---------------------------------------------------------------------------
 # The exhaustive table. Each dimension is listed once; the reference below is a
@@ -236,13 +236,14 @@ def test_every_reason_is_declared(table):
 
 
 def test_need_rpc_then_rpc_failure_adopts_single_job():
-    job = Job(7, USER, 1.0)
-    facts = Facts("sshd", True, USER, (job,), None, frozenset({7}))
+    job = Job("7", USER, 1.0)
+    facts = Facts("sshd", True, USER, (job,), None, frozenset({"7"}))
     opts = Options(single_job_skip_rpc=False)
     assert decide(facts, opts).verdict is Verdict.NEED_RPC
-    after = Facts("sshd", True, USER, (job,), CallerAnswer(None, error="connect"), frozenset({7}))
+    after = Facts("sshd", True, USER, (job,), CallerAnswer(None, error="connect"), frozenset({"7"}))
     d = decide(after, opts)
-    assert (d.verdict, d.reason, d.job_id, d.on_adopt_failure) == (Verdict.ADOPT, "rpc_failed_newest", 7, Verdict.ALLOW)
+    assert (d.verdict, d.reason, d.job_id, d.on_adopt_failure) == (
+        Verdict.ADOPT, "rpc_failed_newest", "7", Verdict.ALLOW)
 
 
 # ---------------------------------------------------------------------------
@@ -254,20 +255,39 @@ def facts_with(jobs, answer=None, others=(), uid=USER):
 
 
 def test_newest_tie_broken_by_larger_job_id():
-    jobs = (Job(10, USER, 50.0), Job(12, USER, 50.0), Job(11, USER, 50.0))
+    jobs = (Job("10", USER, 50.0), Job("12", USER, 50.0), Job("11", USER, 50.0))
     d = decide(facts_with(jobs, CallerAnswer(None)), Options())
-    assert (d.verdict, d.reason, d.job_id) == (Verdict.ADOPT, "no_answer_newest", 12)
-    assert policy.newest(jobs).job_id == 12
+    assert (d.verdict, d.reason, d.job_id) == (Verdict.ADOPT, "no_answer_newest", "12")
+    assert policy.newest(jobs).job_id == "12"
 
 
 def test_newest_start_beats_job_id():
-    jobs = (Job(99, USER, 10.0), Job(3, USER, 20.0))
-    assert decide(facts_with(jobs, CallerAnswer(None)), Options()).job_id == 3
+    jobs = (Job("99", USER, 10.0), Job("3", USER, 20.0))
+    assert decide(facts_with(jobs, CallerAnswer(None)), Options()).job_id == "3"
+
+
+def test_newest_tie_broken_by_later_job_ids_as_numbers_not_text():
+    jobs = (Job("9", USER, 50.0), Job("10", USER, 50.0))
+    assert policy.newest(jobs).job_id == "10"
+
+
+def test_newest_sluid_named_jobs_tie_broken_by_later_sluid():
+    # Slurm 26.05 (CgroupJobIdPaths=no): no numeric id to compare; SLUIDs are time-ordered.
+    older, newer = Job("s7000000001J00", USER, 50.0), Job("s7000000001J01", USER, 50.0)
+    assert policy.newest((newer, older)).job_id == policy.newest((older, newer)).job_id == newer.job_id
+    d = decide(facts_with((older, newer), CallerAnswer(None)), Options())
+    assert (d.verdict, d.reason, d.job_id) == (Verdict.ADOPT, "no_answer_newest", newer.job_id)
+
+
+def test_source_naming_a_sluid_job_adopts_into_it():
+    a, b = Job("sBR1JB8J1YM400", USER, 1.0), Job("sBR1JB8J1YM401", USER, 2.0)
+    d = decide(facts_with((a, b), CallerAnswer("sBR1JB8J1YM400")), Options())
+    assert (d.verdict, d.reason, d.job_id) == (Verdict.ADOPT, "callerid", "sBR1JB8J1YM400")
 
 
 def test_rpc_error_wins_over_a_job_id():
-    jobs = (Job(1, USER, 1.0), Job(2, USER, 2.0))
-    d = decide(facts_with(jobs, CallerAnswer(1, error="timeout")), Options(action_unknown="deny"))
+    jobs = (Job("1", USER, 1.0), Job("2", USER, 2.0))
+    d = decide(facts_with(jobs, CallerAnswer("1", error="timeout")), Options(action_unknown="deny"))
     assert (d.verdict, d.reason) == (Verdict.DENY, "rpc_failed_deny")
 
 
@@ -284,21 +304,21 @@ def test_service_star_in_a_list_and_other_services():
 
 
 def test_job_of_another_uid_leaked_by_discovery_is_not_the_users():
-    mine, leaked = Job(1, USER, 1.0), Job(2, OTHER, 9.0)
+    mine, leaked = Job("1", USER, 1.0), Job("2", OTHER, 9.0)
     # Only the leaked job: the user has no job here.
     assert decide(facts_with((leaked,)), Options()).reason == "no_jobs"
     # With one own job it is the single job, not the (newer) leaked one.
     d = decide(facts_with((mine, leaked)), Options())
-    assert (d.reason, d.job_id) == ("single_job", 1)
+    assert (d.reason, d.job_id) == ("single_job", "1")
     # The source naming the leaked job is a foreign job, and newest skips it.
-    d = decide(facts_with((mine, leaked), CallerAnswer(2)), Options(single_job_skip_rpc=False))
-    assert (d.reason, d.job_id, d.security) == ("foreign_job_newest", 1, True)
+    d = decide(facts_with((mine, leaked), CallerAnswer("2")), Options(single_job_skip_rpc=False))
+    assert (d.reason, d.job_id, d.security) == ("foreign_job_newest", "1", True)
 
 
 def test_root_with_ignore_root_off_is_handled_like_anyone():
-    jobs = (Job(5, 0, 1.0),)
+    jobs = (Job("5", 0, 1.0),)
     d = decide(facts_with(jobs, uid=0), Options(ignore_root=False))
-    assert (d.verdict, d.reason, d.job_id) == (Verdict.ADOPT, "single_job", 5)
+    assert (d.verdict, d.reason, d.job_id) == (Verdict.ADOPT, "single_job", "5")
 
 
 # ---------------------------------------------------------------------------
@@ -306,23 +326,23 @@ def test_root_with_ignore_root_off_is_handled_like_anyone():
 
 @pytest.mark.parametrize("action, verdict", [("allow", Verdict.ALLOW), ("deny", Verdict.DENY)])
 def test_after_adopt_failure(action, verdict):
-    adopt = decide(facts_with((Job(4, USER, 1.0),)), Options(action_adopt_failure=action))
+    adopt = decide(facts_with((Job("4", USER, 1.0),)), Options(action_adopt_failure=action))
     d = after_adopt_failure(adopt)
-    assert (d.verdict, d.reason, d.job_id, d.on_adopt_failure) == (verdict, f"adopt_failed_{action}", 4, None)
+    assert (d.verdict, d.reason, d.job_id, d.on_adopt_failure) == (verdict, f"adopt_failed_{action}", "4", None)
     assert bool(d.message) == (verdict is Verdict.DENY)
 
 
 def test_after_adopt_failure_keeps_security_flag():
-    jobs = (Job(1, USER, 1.0), Job(2, USER, 2.0))
+    jobs = (Job("1", USER, 1.0), Job("2", USER, 2.0))
     facts = facts_with(jobs, CallerAnswer(FOREIGN_JOB), others={FOREIGN_JOB})
     adopt = decide(facts, Options(action_adopt_failure="deny"))
-    assert adopt.security and adopt.job_id == 2
+    assert adopt.security and adopt.job_id == "2"
     d = after_adopt_failure(adopt)
     assert (d.verdict, d.reason, d.security) == (Verdict.DENY, "adopt_failed_deny", True)
 
 
 @pytest.mark.parametrize("d", [Decision(Verdict.ALLOW, "x"), Decision(Verdict.NEED_RPC, "need_rpc"),
-                               Decision(Verdict.ADOPT, "x", job_id=1)])
+                               Decision(Verdict.ADOPT, "x", job_id="1")])
 def test_after_adopt_failure_rejects_non_adoptions(d):
     with pytest.raises(ValueError):
         after_adopt_failure(d)

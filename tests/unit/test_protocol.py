@@ -28,15 +28,15 @@ from callerid.protocol import (
 # The layouts below are written out by hand from the documented wire format, not taken
 # from callerid.protocol, so a change to the module's structs makes these tests fail.
 #   query:  version u8 | family u8 | reserved u16 | sport u16 | dport u16 | src 16 | dst 16
-#   answer: version u8 | status u8 | source u8 | flags u8 | query 40 | job u32 | pid u32 |
+#   answer: version u8 | status u8 | source u8 | flags u8 | query 40 | pid u32 |
 #           uid i32 | gid i32 | cgroup_id u64 | birth_ns u64 | comm 16 | len(cgroup) u16 |
-#           len(node) u16 | cgroup | node
+#           len(node) u16 | len(job) u8 | cgroup | node | job (ASCII: job id or SLUID)
 #   header: "CI" | version u8 | type u8 | length u32, all big endian
 Q_FMT = "!BBHHH16s16s"
-A_FMT = "!BBBB40sIIiiQQ16sHH"
+A_FMT = "!BBBB40sIiiQQ16sHHB"
 H_FMT = "!2sBBI"
 Q_SIZE = 40
-A_SIZE = 4 + 40 + 4 + 4 + 4 + 4 + 8 + 8 + 16 + 2 + 2
+A_SIZE = 4 + 40 + 4 + 4 + 4 + 8 + 8 + 16 + 2 + 2 + 1
 V4MAP = b"\x00" * 10 + b"\xff\xff"
 
 
@@ -48,21 +48,22 @@ def v6(text: str) -> bytes:
     return ipaddress.IPv6Address(text).packed
 
 
-def raw_query(ver=2, fam=4, reserved=0, sport=40000, dport=22, src=None, dst=None) -> bytes:
+def raw_query(ver=3, fam=4, reserved=0, sport=40000, dport=22, src=None, dst=None) -> bytes:
     return struct.pack(Q_FMT, ver, fam, reserved, sport, dport,
                        v4("10.0.0.1") if src is None else src, v4("10.0.0.2") if dst is None else dst)
 
 
-def raw_answer(ver=2, status=0, source=1, flags=0, query=None, job=42, pid=1234, uid=1000, gid=1000,
+def raw_answer(ver=3, status=0, source=1, flags=0, query=None, job=b"42", pid=1234, uid=1000, gid=1000,
                cgid=77, birth=123456789, comm=b"sleep", cgroup=b"/slurm/uid_1000/job_42/step_extern",
-               node=b"node1", lcg=None, lnode=None) -> bytes:
+               node=b"node1", lcg=None, lnode=None, ljob=None) -> bytes:
     head = struct.pack(A_FMT, ver, status, source, flags, raw_query() if query is None else query,
-                       job, pid, uid, gid, cgid, birth, comm,
-                       len(cgroup) if lcg is None else lcg, len(node) if lnode is None else lnode)
-    return head + cgroup + node
+                       pid, uid, gid, cgid, birth, comm,
+                       len(cgroup) if lcg is None else lcg, len(node) if lnode is None else lnode,
+                       len(job) if ljob is None else ljob)
+    return head + cgroup + node + job
 
 
-def raw_header(magic=b"CI", ver=2, ftype=1, length=0) -> bytes:
+def raw_header(magic=b"CI", ver=3, ftype=1, length=0) -> bytes:
     return struct.pack(H_FMT, magic, ver, ftype, length)
 
 
@@ -77,7 +78,7 @@ def assert_protocol_error(code, fn, *args, **kw):
 
 def test_struct_sizes_match_the_wire_format():
     assert struct.calcsize(Q_FMT) == Q_SIZE
-    assert struct.calcsize(A_FMT) == A_SIZE == 96
+    assert struct.calcsize(A_FMT) == A_SIZE == 93
     assert protocol.HEADER.size == 8
     assert len(Query.make("10.0.0.1", 1, "10.0.0.2", 2).encode()) == Q_SIZE
 
@@ -170,7 +171,7 @@ def test_query_decode_trailing_bytes():
     assert_protocol_error(ErrorCode.BAD_FRAME, Query.decode, raw_query() + b"\0")
 
 
-@pytest.mark.parametrize("ver", [0, 1, 3, 255])
+@pytest.mark.parametrize("ver", [0, 1, 2, 255])
 def test_query_decode_wrong_version(ver):
     assert_protocol_error(ErrorCode.UNSUPPORTED_VERSION, Query.decode, raw_query(ver=ver))
 
@@ -206,7 +207,7 @@ def test_query_decode_family6_with_mapped_address_stays_v6():
 
 def full_answer(query, **kw) -> Answer:
     base = dict(query=query, status=Status.FOUND, source=Source.BPF, owner_exited=True, closed=True,
-                job_id=4242, pid=31337, uid=1000, gid=100, cgroup_id=2 ** 63 + 5, birth_ns=2 ** 64 - 1,
+                job_id="4242", pid=31337, uid=1000, gid=100, cgroup_id=2 ** 63 + 5, birth_ns=2 ** 64 - 1,
                 comm="sshd", cgroup="/slurm/uid_1000/job_4242/step_extern", node="cn-07")
     base.update(kw)
     return Answer(**base)
@@ -240,7 +241,7 @@ def test_answer_round_trip_none_and_zero_ids(uid, gid):
 def test_answer_long_cgroup_truncated_to_4096_bytes():
     a = full_answer(Query.make("10.0.0.1", 1, "10.0.0.2", 2), cgroup="/" + "x" * 5000)
     data = a.encode()
-    assert len(data) == A_SIZE + 4096 + len("cn-07")
+    assert len(data) == A_SIZE + 4096 + len("cn-07") + len("4242")
     b = Answer.decode(data)
     assert b.cgroup == ("/" + "x" * 5000)[:4096]
     assert b.node == "cn-07"
@@ -262,16 +263,35 @@ def test_answer_decode_hand_built():
     a = Answer.decode(raw_answer(flags=3, uid=-1, gid=-1))
     assert a.query == Query.make("10.0.0.1", 40000, "10.0.0.2", 22)
     assert (a.status, a.source, a.owner_exited, a.closed) == (Status.FOUND, Source.BPF, True, True)
-    assert (a.job_id, a.pid, a.uid, a.gid, a.cgroup_id, a.birth_ns) == (42, 1234, None, None, 77, 123456789)
+    assert (a.job_id, a.pid, a.uid, a.gid, a.cgroup_id, a.birth_ns) == ("42", 1234, None, None, 77, 123456789)
     assert (a.comm, a.cgroup, a.node) == ("sleep", "/slurm/uid_1000/job_42/step_extern", "node1")
 
 
-def test_answer_decode_job_zero_is_none():
-    assert Answer.decode(raw_answer(job=0)).job_id is None
+def test_answer_decode_empty_job_is_none():
+    assert Answer.decode(raw_answer(job=b"")).job_id is None
+
+
+def test_answer_carries_a_sluid_named_job():
+    # Slurm 26.05 names v2 job cgroups by SLUID; the answer names the job the same way.
+    a = full_answer(Query.make("10.0.0.1", 1, "10.0.0.2", 2), job_id="sBR1JB8J1YM400",
+                    cgroup="/system.slice/node1_slurmstepd.scope/sBR1JB8J1YM400")
+    data = a.encode()
+    assert data.endswith(b"sBR1JB8J1YM400") and Answer.decode(data) == a
+
+
+@pytest.mark.parametrize("job", [b"0", b"042", b"4294967296", b"sbr1jb8j1ym400", b"x", b"4 2", b"\xff"])
+def test_answer_with_a_malformed_job_is_a_bad_frame(job):
+    assert_protocol_error(ErrorCode.BAD_FRAME, Answer.decode, raw_answer(job=job))
+
+
+@pytest.mark.parametrize("job", ["0", "job_42", "42\n", "s" * 14])
+def test_answer_encode_refuses_a_malformed_job(job):
+    with pytest.raises(ValueError, match="not a job id or SLUID"):
+        full_answer(Query.make("10.0.0.1", 1, "10.0.0.2", 2), job_id=job).encode()
 
 
 def test_answer_encode_matches_hand_built_bytes():
-    a = Answer(Query.make("10.0.0.1", 40000, "10.0.0.2", 22), Status.FOUND, Source.BPF, job_id=42,
+    a = Answer(Query.make("10.0.0.1", 40000, "10.0.0.2", 22), Status.FOUND, Source.BPF, job_id="42",
                pid=1234, uid=1000, gid=1000, cgroup_id=77, birth_ns=123456789, comm="sleep",
                cgroup="/slurm/uid_1000/job_42/step_extern", node="node1")
     assert a.encode() == raw_answer()
@@ -322,8 +342,8 @@ def test_answer_to_dict():
 # --- frame header -----------------------------------------------------------------------------
 
 def test_encode_frame_hand_checked():
-    assert encode_frame(FrameType.ANSWER, b"abc") == b"CI\x02\x02\x00\x00\x00\x03abc"
-    assert encode_frame(FrameType.REQUEST, b"") == b"CI\x02\x01\x00\x00\x00\x00"
+    assert encode_frame(FrameType.ANSWER, b"abc") == b"CI\x03\x02\x00\x00\x00\x03abc"
+    assert encode_frame(FrameType.REQUEST, b"") == b"CI\x03\x01\x00\x00\x00\x00"
 
 
 def test_decode_header_good():
@@ -338,7 +358,7 @@ def test_decode_header_bad_magic(magic):
     assert "magic" in str(err)
 
 
-@pytest.mark.parametrize("ver", [0, 1, 3, 255])
+@pytest.mark.parametrize("ver", [0, 1, 2, 255])
 def test_decode_header_wrong_version(ver):
     assert_protocol_error(ErrorCode.UNSUPPORTED_VERSION, decode_header, raw_header(ver=ver))
 
@@ -430,7 +450,7 @@ def test_request_of_the_wrong_length_is_a_bad_frame(body):
     assert_protocol_error(ErrorCode.BAD_FRAME, protocol.decode_request, body)
 
 
-@pytest.mark.parametrize("ver", [0, 1, 3, 255])
+@pytest.mark.parametrize("ver", [0, 1, 2, 255])
 def test_request_of_another_version_is_unsupported_whatever_its_length(ver):
     # a v1 client's request is 40 bytes: it must hear "unsupported version", not "bad frame"
     assert_protocol_error(ErrorCode.UNSUPPORTED_VERSION, protocol.decode_request, raw_query(ver=ver))
@@ -440,7 +460,7 @@ def test_sealed_answer_is_answer_then_hmac_sha256_of_context_and_answer():
     a = Answer.decode(raw_answer())
     sealed = protocol.seal_answer(a, KEY)
     assert sealed[:-32] == raw_answer()
-    assert sealed[-32:] == hmac.new(KEY, b"callerid answer v2\0" + raw_answer(), hashlib.sha256).digest()
+    assert sealed[-32:] == hmac.new(KEY, b"callerid answer v3\0" + raw_answer(), hashlib.sha256).digest()
     assert protocol.open_answer(sealed, KEY) == a
 
 
@@ -463,7 +483,7 @@ def test_answer_shorter_than_a_tag_is_a_bad_frame(n):
 
 def test_tag_is_checked_before_the_answer_is_parsed():
     # garbage with a valid tag is a bad frame; garbage with a wrong tag never reaches the parser
-    garbage = b"\x02junk"
-    tagged = garbage + hmac.new(KEY, b"callerid answer v2\0" + garbage, hashlib.sha256).digest()
+    garbage = b"\x03junk"
+    tagged = garbage + hmac.new(KEY, b"callerid answer v3\0" + garbage, hashlib.sha256).digest()
     assert_protocol_error(ErrorCode.BAD_FRAME, protocol.open_answer, tagged, KEY)
     assert_protocol_error(ErrorCode.AUTH_FAILED, protocol.open_answer, garbage + bytes(32), KEY)

@@ -42,9 +42,12 @@ queries = st.one_of(
     st.builds(Query.make, v6, ports, v6, ports),
 )
 u32 = st.integers(0, 2**32 - 2)
+# A job as the answer names it: a decimal job id, or a Slurm 26.05 SLUID.
+job_ids = st.one_of(st.integers(1, 2**32 - 1).map(str),
+                    st.from_regex(r"s[0-9A-HJKMNP-TV-Z]{13}", fullmatch=True))
 answers = st.builds(
     Answer, query=queries, status=st.sampled_from(Status), source=st.sampled_from(Source),
-    owner_exited=st.booleans(), closed=st.booleans(), job_id=st.one_of(st.none(), st.integers(1, 2**32 - 1)),
+    owner_exited=st.booleans(), closed=st.booleans(), job_id=st.one_of(st.none(), job_ids),
     pid=st.integers(0, 2**32 - 1), uid=st.one_of(st.none(), u32), gid=st.one_of(st.none(), u32),
     cgroup_id=st.integers(0, 2**64 - 1), birth_ns=st.integers(0, 2**64 - 1),
     comm=st.text(max_size=15).filter(lambda t: len(t.encode()) <= 16 and "\0" not in t),

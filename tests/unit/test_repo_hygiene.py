@@ -22,6 +22,11 @@ def test_config_reference_is_current():
         "docs/CONFIG.md is stale: run .venv/bin/python3 scripts/gen_docs.py"
 
 
+def test_packaged_default_config_is_current():
+    assert (ROOT / "packaging" / "callerid.toml").read_text() == config.sample(), \
+        "packaging/callerid.toml is stale: run .venv/bin/python3 scripts/gen_docs.py"
+
+
 def _ruff() -> str:
     """The venv's ruff, the version the test extra pins (a ruff on PATH may be another one)."""
     return str(Path(sys.executable).parent / "ruff")

@@ -12,6 +12,7 @@ import pytest
 
 from callerid.protocol import (
     HEADER,
+    VERSION,
     ErrorCode,
     FrameType,
     check_credential_shape,
@@ -245,7 +246,7 @@ def test_long_garbage_still_gets_its_error(make):
 def test_oversized_length_with_body_in_flight(make):
     h = make(read_timeout=IO_TIMEOUT, max_frame=64)
     c = h.connect()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 5000) + b"b" * 5000)
+    c.sendall(struct.pack("!2sBBI", b"CI", 3, FrameType.REQUEST, 5000) + b"b" * 5000)
     assert recv_error(c)[0] == ErrorCode.BAD_FRAME
     assert h.counts() == {"bad_frame": 1.0}
     assert h.handler.calls == []
@@ -256,7 +257,7 @@ def test_oversized_length_is_refused_without_reading_the_body(make):
     h = make(read_timeout=IO_TIMEOUT, max_frame=8192)
     c = h.connect()
     start = time.monotonic()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 8193))
+    c.sendall(struct.pack("!2sBBI", b"CI", 3, FrameType.REQUEST, 8193))
     code, msg = recv_error(c)
     assert code == ErrorCode.BAD_FRAME
     assert "8193" in msg
@@ -269,7 +270,7 @@ def test_oversized_length_is_refused_without_reading_the_body(make):
 def test_max_frame_is_the_servers_not_the_protocols(make):
     h = make(read_timeout=IO_TIMEOUT, max_frame=16)
     c = h.connect()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 17))
+    c.sendall(struct.pack("!2sBBI", b"CI", 3, FrameType.REQUEST, 17))
     assert recv_error(c)[0] == ErrorCode.BAD_FRAME
     assert h.counts() == {"bad_frame": 1.0}
 
@@ -278,7 +279,7 @@ def test_max_frame_is_the_servers_not_the_protocols(make):
 def test_non_request_frame_is_bad_frame(make, ftype):
     h = make(read_timeout=IO_TIMEOUT)
     c = h.connect()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, ftype, 0))
+    c.sendall(struct.pack("!2sBBI", b"CI", 3, ftype, 0))
     assert recv_error(c) == (ErrorCode.BAD_FRAME, f"expected a request, got {ftype.name}")
     assert_closed(c)
     assert h.counts() == {"bad_frame": 1.0}
@@ -288,7 +289,7 @@ def test_non_request_frame_is_bad_frame(make, ftype):
 def test_unknown_frame_type_is_bad_frame(make):
     h = make(read_timeout=IO_TIMEOUT)
     c = h.connect()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, 9, 0))
+    c.sendall(struct.pack("!2sBBI", b"CI", 3, 9, 0))
     assert recv_error(c)[0] == ErrorCode.BAD_FRAME
     assert h.counts() == {"bad_frame": 1.0}
 
@@ -314,7 +315,7 @@ def test_bad_frame_after_a_good_one(make):
 
 
 @pytest.mark.parametrize("data", [
-    struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 10) + b"abcd",   # body cut short
+    struct.pack("!2sBBI", b"CI", 3, FrameType.REQUEST, 10) + b"abcd",   # body cut short
     b"CI\x01",                                                          # header cut short
 ], ids=["body", "header"])
 def test_truncated_frame_then_close_is_bad_frame(make, data):
@@ -345,7 +346,7 @@ def test_slow_client_gets_timeout(make):
 def test_slow_body_gets_timeout(make):
     h = make(read_timeout=READ_TIMEOUT)
     c = h.connect()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 10) + b"abc")
+    c.sendall(struct.pack("!2sBBI", b"CI", 3, FrameType.REQUEST, 10) + b"abc")
     assert recv_error(c)[0] == ErrorCode.TIMEOUT
     assert h.counts() == {"timeout": 1.0}
     assert h.handler.calls == []
@@ -416,7 +417,7 @@ def test_waiting_connections_take_no_worker(make):
     h = make(max_clients=2, read_timeout=IO_TIMEOUT)
     idle = [h.connect() for _ in range(50)]
     for s in idle[::2]:
-        s.sendall(b"CI\x02")          # half of them drip a partial header
+        s.sendall(b"CI" + bytes([VERSION]))   # half of them drip a partial header
     assert wait_for(lambda: h.connected() == 50)
     for i in range(5):
         c = h.connect()
@@ -556,7 +557,7 @@ def test_non_credential_is_refused_before_the_frame_is_complete(make):
     h = make(check_payload=check_credential_shape, read_timeout=IO_TIMEOUT)
     c = h.connect()
     start = time.monotonic()
-    c.sendall(struct.pack("!2sBBI", b"CI", 2, FrameType.REQUEST, 4000) + b"GET /")
+    c.sendall(struct.pack("!2sBBI", b"CI", VERSION, FrameType.REQUEST, 4000) + b"GET /")
     assert recv_error(c)[0] == ErrorCode.BAD_FRAME
     assert time.monotonic() - start < 1.0
 

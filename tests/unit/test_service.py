@@ -97,7 +97,7 @@ class FakeResolver:
 
 
 def found(query, **kw) -> Outcome:
-    fields = dict(source=Source.BPF, job_id=42, pid=4321, uid=OWNER, gid=100, cgroup_id=99,
+    fields = dict(source=Source.BPF, job_id="42", pid=4321, uid=OWNER, gid=100, cgroup_id=99,
                   birth_ns=123456, comm="sleep", cgroup="/slurm/uid_1000/job_42/step_extern", node=NODE)
     reason = kw.pop("fallback_reason", "")
     owner = kw.pop("owner_uid", OWNER)
@@ -256,7 +256,7 @@ def test_munged_unreachable_is_internal():
 
 # --- bad queries inside a valid credential -------------------------------------------------------
 
-def hand_query(ver=2, fam=4, reserved=0, sport=40000, dport=22, src=None, dst=None) -> bytes:
+def hand_query(ver=3, fam=4, reserved=0, sport=40000, dport=22, src=None, dst=None) -> bytes:
     m = b"\x00" * 10 + b"\xff\xff"
     return struct.pack("!BBHHH16s16s", ver, fam, reserved, sport, dport,
                        src or m + bytes([10, 0, 0, 1]), dst or m + bytes([10, 0, 0, 2]))
@@ -264,7 +264,7 @@ def hand_query(ver=2, fam=4, reserved=0, sport=40000, dport=22, src=None, dst=No
 
 @pytest.mark.parametrize("embedded", [
     b"",
-    b"\x02junk",
+    b"\x03junk",
     hand_query(),
     hand_query() + KEY[:-1],
     hand_query() + KEY + b"\0",
@@ -282,8 +282,8 @@ def test_bad_query_in_valid_credential(embedded):
     assert s.resolver.queries == []
 
 
-@pytest.mark.parametrize("ver", [0, 1, 3, 255])
-@pytest.mark.parametrize("key", [b"", KEY], ids=["v1-shaped", "v2-shaped"])
+@pytest.mark.parametrize("ver", [0, 1, 2, 255])
+@pytest.mark.parametrize("key", [b"", KEY], ids=["v1-shaped", "v2-and-v3-shaped"])
 def test_query_of_another_version(ver, key):
     s = Setup()
     code, msg = error_of(s.ask(hand_query(ver=ver) + key))

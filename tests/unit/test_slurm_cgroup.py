@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from callerid.slurm_cgroup import JobRef, job_from_cgroup_path, job_from_proc_cgroup
+from callerid.slurm_cgroup import JobRef, is_job_identity, job_from_cgroup_path, job_from_proc_cgroup, job_order
 
 # Debian 12 hybrid lab node, Slurm 22.05 cgroup/v1, root named slurm_<node>:
 # the extern step's sleep, as proctrack/cgroup + task/cgroup place it.
@@ -76,8 +76,8 @@ BOTH = """\
 """
 
 
-def ref(job_id, uid, step, node, layout, controller, path, sluid=None):
-    return JobRef(job_id, uid, step, node, layout, controller, path, sluid)
+def ref(job, uid, step, node, layout, controller, path):
+    return JobRef(str(job), uid, step, node, layout, controller, path)
 
 
 SLURM_CASES = [
@@ -106,11 +106,11 @@ SLURM_CASES = [
      ref(45, None, "extern", None, "v2", None,
          "/compute.slice/compute-slurm.slice/slurmstepd.scope/job_45")),
     ("v2-sluid", V2_SLUID,
-     ref(None, None, "extern", None, "v2", None,
-         "/system.slice/slurmstepd.scope/sBR1JB8J1YM400", "sBR1JB8J1YM400")),
+     ref("sBR1JB8J1YM400", None, "extern", None, "v2", None,
+         "/system.slice/slurmstepd.scope/sBR1JB8J1YM400")),
     ("v2-job_sluid", V2_JOB_SLUID,
-     ref(None, None, "0", None, "v2", None,
-         "/system.slice/slurmstepd.scope/job_sEKNKTV3WPV500", "sEKNKTV3WPV500")),
+     ref("sEKNKTV3WPV500", None, "0", None, "v2", None,
+         "/system.slice/slurmstepd.scope/job_sEKNKTV3WPV500")),
     ("both-hierarchies-prefer-v1", BOTH,
      ref(50, 1000, "extern", None, "v1", "freezer", "/slurm/uid_1000/job_50")),
 ]
@@ -161,6 +161,9 @@ NOT_SLURM = [
     ("v2-sluid-lower-case", "0::/system.slice/slurmstepd.scope/sbr1jb8j1ym400/step_0\n"),
     ("v2-sluid-bad-letter", "0::/system.slice/slurmstepd.scope/sBR1JB8J1YM40I/step_0\n"),
     ("v2-sluid-too-short", "0::/system.slice/slurmstepd.scope/sBR1JB8J1YM40/step_0\n"),
+    # Slurm job ids are 32-bit and never 0: anything else is not a job Slurm made.
+    ("v1-job-id-too-large", "6:freezer:/slurm/uid_1000/job_4294967296/step_0\n"),
+    ("v2-job-id-zero", "0::/system.slice/slurmstepd.scope/job_0/step_0\n"),
 ]
 
 
@@ -193,4 +196,29 @@ def test_bad_layout_is_an_error():
 def test_jobref_is_frozen():
     r = job_from_proc_cgroup(V2_EXTERN)
     with pytest.raises(AttributeError):
-        r.job_id = 1
+        r.job_id = "1"
+
+
+def test_job_id_is_a_canonical_string():
+    assert job_from_proc_cgroup("6:freezer:/slurm/uid_1/job_007/step_0\n").job_id == "7"
+    assert job_from_proc_cgroup("0::/system.slice/slurmstepd.scope/job_4294967295/step_0\n").job_id == "4294967295"
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("1", True), ("4294967295", True), ("sBR1JB8J1YM400", True),
+    ("0", False), ("007", False), ("4294967296", False), ("", False), ("-1", False), ("42 ", False),
+    ("sbr1jb8j1ym400", False), ("SBR1JB8J1YM400", False), ("sBR1JB8J1YM40I", False), ("job_42", False),
+])
+def test_is_job_identity(text, ok):
+    assert is_job_identity(text) is ok
+
+
+def test_job_order_numbers_by_value_sluids_by_creation():
+    assert sorted(["10", "9", "100"], key=job_order) == ["9", "10", "100"]
+    # sluid2str of (cluster << 52 | ms << 10 | seq): same cluster, later ms or seq sorts later.
+    def sluid(cluster, ms, seq):
+        value = cluster << 52 | ms << 10 | seq
+        return "s" + "".join("0123456789ABCDEFGHJKMNPQRSTVWXYZ"[(value >> 5 * i) & 31] for i in range(12, -1, -1))
+    assert sluid(0xbc0, 0x64b4483ea1000 >> 10, 0) == "sBR1JB8J1YM400"   # Slurm's own test vector
+    older, newer, newest = sluid(7, 1_000_000, 5), sluid(7, 1_000_000, 6), sluid(7, 1_000_001, 0)
+    assert sorted([newest, older, newer], key=job_order) == [older, newer, newest]

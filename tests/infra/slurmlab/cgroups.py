@@ -91,10 +91,11 @@ def delegate_slurmd_cgroup(path: Path) -> None:
         top.mkdir(exist_ok=True)
 
 
-def find_job(node: str, job_id: int, root: Path = CGROUP_ROOT) -> LocalJob | None:
-    """Job `job_id` on `node` as callerid's adopter sees it (only once its extern step exists)."""
+def find_job(node: str, job_id: int | str, root: Path = CGROUP_ROOT) -> LocalJob | None:
+    """Job `job_id` on `node` as callerid's adopter sees it (only once its extern step exists).
+    callerid names a job by the string its cgroup has (decimal id or SLUID)."""
     for j in list_jobs(node, str(root), default_v2_mount(str(root))):
-        if j.job_id == job_id:
+        if j.job_id == str(job_id):
             return j
     return None
 
@@ -153,10 +154,10 @@ def rm_tree(top: Path, deadline: float) -> bool:
 JOB_HIERARCHIES = {"v1": ("freezer", "cpuset", "memory"), "v2": ("",)}
 
 
-def job_steps(proc_cgroup_text: str, version: str) -> dict[str, tuple[int | None, str | None] | None]:
+def job_steps(proc_cgroup_text: str, version: str) -> dict[str, tuple[int | str | None, str | None] | None]:
     """Pure: for each job hierarchy of cgroup `version`, the (job, step) that /proc/<pid>/cgroup text
     puts the process in, parsed by callerid.slurm_cgroup; None where it is in no job."""
-    out: dict[str, tuple[int | None, str | None] | None] = {h: None for h in JOB_HIERARCHIES[version]}
+    out: dict[str, tuple[int | str | None, str | None] | None] = {h: None for h in JOB_HIERARCHIES[version]}
     for line in proc_cgroup_text.splitlines():
         hid, _, rest = line.partition(":")
         ctrls, sep, path = rest.partition(":")
@@ -166,7 +167,9 @@ def job_steps(proc_cgroup_text: str, version: str) -> dict[str, tuple[int | None
         names = [""] if layout == "v2" else ctrls.split(",")
         for h in out.keys() & set(names):
             ref = job_from_cgroup_path(path, layout) if layout == version else None
-            out[h] = (ref.job_id, ref.step) if ref else None
+            # Slurm's job id as the lab's commands print it (an int); a SLUID stays a string.
+            job = (int(ref.job_id) if ref.job_id.isdigit() else ref.job_id) if ref else None
+            out[h] = (job, ref.step) if ref else None
     return out
 
 
