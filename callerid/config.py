@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - exercised on the Python 3.9 platform
     import tomli as tomllib
 
 DEFAULT_CONFIG = Path("/etc/callerid/callerid.toml")
-# The executables whose pam_exec children the adopter serves by default (adopt_exe).
+# The PAM applications (pam_callerid.so runs inside them) the adopter serves by default (adopt_exe).
 # OpenSSH >= 9.8 runs each connection's privileged half, the one that calls PAM and holds
 # the TCP socket, as a separate program, /usr/lib/openssh/sshd-session (Debian 13,
 # RHEL 10); before that it is sshd itself.
