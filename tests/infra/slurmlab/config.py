@@ -89,8 +89,9 @@ def make_nodes(count: int) -> list[Node]:
     return [Node(f"node{i}", i) for i in range(1, count + 1)]
 
 
-def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str) -> str:
-    """slurm.conf of a lab whose private files live under `root`; nodes[0] runs slurmctld."""
+def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str, job_container: bool = False) -> str:
+    """slurm.conf of a lab whose private files live under `root`; nodes[0] runs slurmctld;
+    job_container: JobContainerType=job_container/tmpfs (job_container_conf_text beside it)."""
     ctl = nodes[0]
     lines = [
         WRITTEN_BY,
@@ -115,6 +116,7 @@ def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str) -> str:
         "ProctrackType=proctrack/cgroup",
         "TaskPlugin=task/cgroup,task/affinity",
         "PrologFlags=contain",
+        *(["JobContainerType=job_container/tmpfs"] if job_container else []),
         "JobAcctGatherType=jobacct_gather/none",
         "AccountingStorageType=accounting_storage/none",
         "JobCompType=jobcomp/none",
@@ -142,6 +144,11 @@ def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def job_container_conf_text(root: Path) -> str:
+    """job_container.conf: each job's /tmp and /dev/shm private under <root>/jc (Slurm makes it)."""
+    return f"AutoBasePath=true\nBasePath={root / 'jc'}\n"
 
 
 def cgroup_conf_text(version: str) -> str:
