@@ -291,7 +291,7 @@ def test_64_concurrent_logins_from_two_jobs_each_land_in_their_own_job(cl):
     wrong = [(job, lg.rc, lg.err[-200:]) for job, lg in zip(jobs_of, logins) if not in_job(lg, cl.dst_jobs, a.uid, job)]
     assert not wrong, wrong[:5]
     after = cl.adopter_metrics()
-    key = ("callerid_adopter_decisions_total", (("reason", "callerid"), ("verdict", "adopt")))
+    key = ("callerid_adopter_decisions_total", (("mode", "enforce"), ("reason", "callerid"), ("verdict", "adopt")))
     assert after.get(key, 0) - before.get(key, 0) == 64
     record("lab/test_adopter.py::64_concurrent_logins_two_jobs", "load",
            "64 ssh logins at once, half from each of two jobs of one user on the source node",
