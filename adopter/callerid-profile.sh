@@ -1,8 +1,8 @@
 # /etc/profile.d/callerid.sh - export the Slurm job an ssh session was adopted into.
 #
-# pam_exec cannot set PAM environment variables, so callerid does not push
-# SLURM_JOB_ID into the session the way pam_slurm_adopt does; instead the
-# session reads it from its own cgroup: an adopted sshd (and so every shell it
+# Optional: pam_callerid.so puts SLURM_JOB_ID into the PAM environment, as
+# pam_slurm_adopt does. This snippet is for processes that lost that environment
+# (su -, env -i): it reads the job from the session's own cgroup: an adopted sshd (and so every shell it
 # starts) sits in .../job_<id>/step_extern. Only that step counts, so a user
 # cannot pick up a job id from anywhere else. Login shells read this file;
 # for `ssh host cmd`, source it from /etc/bash.bashrc or the user's rc file.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -12,14 +11,12 @@ import time
 from callerid import config as cfgmod
 from callerid import httpd, logs
 
-from . import peer, policy
+from . import pamwire, peer, policy
 from .metrics import AdopterMetrics
-from .service import Adopter, Reply, Settings
+from .service import Adopter, Settings
 
 log = logging.getLogger("callerid.adopter.daemon")
-MAX_REQUEST = 16384
-HOOK_DEADLINE_MARGIN = 0.25   # seconds: a decision must reach the hook before the hook gives up
-REQUEST_FIELDS = {"v", "user", "service", "type", "options"}
+HOOK_DEADLINE_MARGIN = 0.25   # seconds: a decision must reach the module before the module gives up
 
 
 def base_options(a: cfgmod.AdopterConfig) -> policy.Options:
@@ -27,26 +24,12 @@ def base_options(a: cfgmod.AdopterConfig) -> policy.Options:
         "action_no_jobs": a.action_no_jobs, "action_unknown": a.action_unknown,
         "action_adopt_failure": a.action_adopt_failure, "action_generic_failure": a.action_generic_failure,
         "ignore_root": str(a.ignore_root), "single_job_skip_rpc": str(a.single_job_skip_rpc),
-        "service": ",".join(a.service),
+        "service": ",".join(a.service), "mode": a.mode, "join_container": str(a.join_container),
+        "job_group": str(a.job_group),
     }, policy.Options())
     if warnings:
         raise cfgmod.ConfigError("[adopter]: " + "; ".join(warnings))
     return opts
-
-
-def parse_request(raw: bytes) -> dict:
-    """The hook's JSON line; anything else (a pid to adopt, unknown fields) is refused."""
-    req = json.loads(raw)
-    if not isinstance(req, dict) or req.get("v") != 1 or set(req) - REQUEST_FIELDS:
-        what = sorted(req) if isinstance(req, dict) else type(req).__name__
-        raise ValueError(f"unexpected request fields or version: {what}")
-    for f in ("user", "service", "type"):
-        if not isinstance(req.get(f), str):
-            raise ValueError(f"field {f!r} must be a string")
-    opts = req.get("options", {})
-    if not isinstance(opts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in opts.items()):
-        raise ValueError("options must map strings to strings")
-    return req
 
 
 class AdopterDaemon:
@@ -57,16 +40,20 @@ class AdopterDaemon:
         self.settings = Settings(
             nodename=cfg.common.node(), base_options=base_options(a), rpc_port=cfg.common.rpc_port,
             rpc_timeout=a.rpc_timeout_seconds, munge_socket=cfg.common.munge_socket,
-            cgroup_root=a.cgroup_root, allowed_exe=tuple(a.adopt_exe))
+            cgroup_root=a.cgroup_root, allowed_exe=tuple(a.adopt_exe), job_env=tuple(a.job_env),
+            job_container_conf=a.job_container_conf)
         self.adopter = Adopter(self.settings, self.metrics)
         self.sock = self._bind(a.socket)
+        self.attach_sock = self._bind(a.attach_socket, public=True) if a.attach_socket else None
         self._stop = threading.Event()
         self._http = None
 
     @staticmethod
-    def _bind(path: str) -> socket.socket:
+    def _bind(path: str, public: bool = False) -> socket.socket:
+        """A listening unix socket: root only, or (public) for every user, who is then known
+        by the peer credentials of each connection."""
         d = os.path.dirname(path)
-        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.makedirs(d, mode=0o755 if public else 0o700, exist_ok=True)
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -77,7 +64,7 @@ class AdopterDaemon:
             s.bind(path)
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        os.chmod(path, 0o666 if public else 0o600)
         s.listen(64)
         return s
 
@@ -86,9 +73,12 @@ class AdopterDaemon:
         if m:
             host, port = cfgmod.parse_addr(m, 9829)
             self._http = httpd.serve(host, port, self.metrics.registry, f"callerid adopter on {self.settings.nodename}",
-                                     lambda: [f"hook socket: {self.cfg.adopter.socket}",
+                                     lambda: [f"PAM module socket: {self.cfg.adopter.socket}",
                                               f"options: {vars(self.settings.base_options)}"])
         threading.Thread(target=self._accept_loop, name="hook-accept", daemon=True).start()
+        if self.attach_sock is not None:
+            threading.Thread(target=self._accept_loop, args=(self.attach_sock, self._serve_attach),
+                             name="attach-accept", daemon=True).start()
         log.info("adopter serving %s for node %s (%s)", self.cfg.adopter.socket, self.settings.nodename,
                  ", ".join(f"{k}={v}" for k, v in vars(self.settings.base_options).items()))
 
@@ -99,25 +89,57 @@ class AdopterDaemon:
         except OSError:
             pass
         self.sock.close()
+        if self.attach_sock is not None:
+            self.attach_sock.close()
         if self._http is not None:
             self._http.shutdown()
 
-    def _accept_loop(self):
+    def _accept_loop(self, sock: socket.socket | None = None, serve=None):
+        sock, serve = sock or self.sock, serve or self._serve
         while not self._stop.is_set():
             try:
-                conn, _ = self.sock.accept()
+                conn, _ = sock.accept()
             except OSError:
                 if self._stop.is_set():
                     return
                 time.sleep(0.01)
                 continue
-            threading.Thread(target=self._serve, args=(conn,), name="hook", daemon=True).start()
+            threading.Thread(target=serve, args=(conn,), name="hook", daemon=True).start()
+
+    def _serve_attach(self, conn: socket.socket):
+        """One `callerid attach` request: v=1 job=J -> v=1 result=R msg=M. The caller is its peer credentials."""
+        with conn:
+            try:
+                who = peer.peer_credentials(conn)
+                conn.settimeout(2.0)
+                raw = b""
+                while not raw.endswith(b"\n") and len(raw) < 256:
+                    chunk = conn.recv(256)
+                    if not chunk:
+                        break
+                    raw += chunk
+                try:
+                    req = pamwire.decode(raw)
+                    job = req.get("job", "")
+                    if set(req) != {"v", "job"} or not pamwire.JOB.fullmatch(job):
+                        raise pamwire.WireError("expected v=1 job=JOBID")
+                except pamwire.WireError as exc:
+                    self.metrics.attach.labels("bad_request").inc()
+                    log.warning("attach: bad request from uid %d pid %d: %s", who.uid, who.pid, exc)
+                    result, msg = "bad_request", policy.ATTACH_MESSAGES["bad_request"]
+                else:
+                    result, msg = self.adopter.attach(who.pid, who.uid, job)
+                conn.sendall(pamwire.encode([("result", result), ("msg", msg)]))
+            except (OSError, socket.timeout) as exc:
+                log.warning("attach: %s", exc)
+            except Exception:  # never leave the caller without an answer or the thread dead silently
+                log.exception("attach request failed")
 
     def _serve(self, conn: socket.socket):
         with conn:
             try:
                 reply = self._handle(conn)
-            except Exception:  # noqa: BLE001 - never leave the hook without an answer
+            except Exception:  # noqa: BLE001 - never leave the module without an answer
                 log.exception("hook request failed")
                 self.metrics.hook_requests.labels("internal_error").inc()
                 reply = None
@@ -126,11 +148,11 @@ class AdopterDaemon:
                     conn.settimeout(1.0)
                     conn.sendall(reply.encode())
                 except OSError as exc:
-                    # The hook gave up (its deadline) and applied action_generic_failure itself.
+                    # The module gave up (its deadline) and applied action_generic_failure itself.
                     self.metrics.hook_requests.labels("reply_undelivered").inc()
-                    log.warning("hook went away before its reply (%s): the login got action_generic_failure", exc)
+                    log.warning("PAM module went away before its reply (%s): the login got action_generic_failure", exc)
 
-    def _handle(self, conn: socket.socket) -> Reply | None:
+    def _handle(self, conn: socket.socket) -> pamwire.Reply | None:
         who = peer.peer_credentials(conn)
         if who.uid != 0:
             self.metrics.hook_requests.labels("not_root").inc()
@@ -141,7 +163,7 @@ class AdopterDaemon:
         conn.settimeout(self.cfg.adopter.deadline_seconds)
         raw = b""
         try:
-            while not raw.endswith(b"\n") and len(raw) <= MAX_REQUEST:
+            while not raw.endswith(b"\n") and len(raw) <= pamwire.MAX_LINE:
                 chunk = conn.recv(4096)
                 if not chunk:
                     break
@@ -151,21 +173,19 @@ class AdopterDaemon:
             log.warning("hook socket: pid %d sent no complete request in time", who.pid)
             return None
         try:
-            if len(raw) > MAX_REQUEST:
-                raise ValueError("request too large")
-            req = parse_request(raw)
-        except ValueError as exc:
+            req = pamwire.parse_request(raw)
+        except pamwire.WireError as exc:
             self.metrics.hook_requests.labels("bad_request").inc()
             log.warning("hook socket: bad request from pid %d: %s", who.pid, exc)
             return None
-        opts, _ = policy.parse_options(req.get("options", {}), self.settings.base_options)
+        opts, _ = policy.parse_options(req.options, self.settings.base_options)
         try:
             app = peer.pam_application(who, self.settings.allowed_exe)
         except peer.PeerError as exc:
             self.metrics.hook_requests.labels("bad_peer").inc()
             log.warning("hook socket: %s", exc)
             d = policy.generic_failure(opts, "bad_peer")
-            return Reply(d.verdict.value, policy.pam_exit_code(d.verdict), d.message)
+            return pamwire.Reply(d.verdict.value, d.reason, d.message)
         self.metrics.hook_requests.labels("ok").inc()
 
         def still_wanted() -> str | None:
@@ -175,8 +195,7 @@ class AdopterDaemon:
                 return "process_changed"
             return None
 
-        return self.adopter.handle(app.pid, req["user"], req["service"], req.get("options", {}), deadline,
-                                   still_wanted)
+        return self.adopter.handle(app.pid, req.user, req.service, req.options, deadline, still_wanted)
 
 
 def run(args) -> int:

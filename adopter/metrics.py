@@ -10,6 +10,7 @@ from callerid import __version__, logs
 from callerid.client import RPC_ERROR_REASONS
 
 from .decision_table import verdict_reason_pairs
+from .policy import ATTACH_RESULTS, MODES
 
 # Sub-millisecond for single-job adoptions, seconds for RPC timeouts and deadlines.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -23,20 +24,23 @@ RPC_OUTCOMES = ("found_job", "no_job", "not_found", NO_SOCKET) + RPC_ERROR_REASO
 # The outcomes in which no answer came back (the dashboards' and alerts' "RPC failed").
 RPC_FAILED_OUTCOMES = RPC_ERROR_REASONS + (NO_SOCKET,)
 HOOK_RESULTS = ("ok", "not_root", "bad_request", "bad_peer", "timeout", "internal_error", "reply_undelivered")
-SECURITY_KIND = "foreign_job"
-# Why a decision was dropped instead of applied: the request's deadline passed, the hook
+ADOPT_RESULTS = ("success", "job_gone", "permission", "io", "namespace")  # namespace: join_container check failed
+SECURITY_KIND = "foreign_job"  # the only decision policy flags as a possible escape
+# Why a decision was dropped instead of applied: the request's deadline passed, the module
 # hung up (it gave up on its own deadline), or the process to adopt changed under us.
-ABANDON_REASONS = ("deadline", "hook_gone", "process_changed")  # the only decision policy flags as a possible escape
+ABANDON_REASONS = ("deadline", "hook_gone", "process_changed")
 
 
 class AdopterMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = r = registry or CollectorRegistry()
         Info("callerid_build", "callerid build information.", registry=r).info({"version": __version__})
-        self.decisions = Counter("callerid_adopter_decisions", "Login decisions by verdict and reason.",
-                                 ["verdict", "reason"], registry=r)
+        self.decisions = Counter("callerid_adopter_decisions",
+                                 "Login decisions by verdict and reason; mode=audit: decided and counted, "
+                                 "but the login was allowed and not adopted.",
+                                 ["verdict", "reason", "mode"], registry=r)
         self.decision_seconds = Histogram("callerid_adopter_decision_duration_seconds",
-                                          "Time from the hook's request to the daemon's reply.",
+                                          "Time from the PAM module's request to the daemon's reply.",
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.rpc = Counter("callerid_adopter_rpc_requests", "callerid RPCs to source nodes by outcome.",
                            ["outcome"], registry=r)
@@ -48,6 +52,10 @@ class AdopterMetrics:
         self.hook_requests = Counter("callerid_adopter_hook_requests",
                                      "Requests on the hook socket by result (rejected ones never reach a decision).",
                                      ["result"], registry=r)
+        self.attach = Counter("callerid_adopter_attach_requests",
+                              "`callerid attach` requests by result (attached, or why not).", ["result"], registry=r)
+        for v in ATTACH_RESULTS:
+            self.attach.labels(v)
         self.abandoned = Counter("callerid_adopter_abandoned_decisions",
                                  "Decisions dropped, never applied nor counted as decisions, because the login "
                                  "had gone, by reason.",
@@ -60,10 +68,11 @@ class AdopterMetrics:
         # Pre-declared label values: a series born at 1 is invisible to rate() and
         # increase(), which would hide a node's first security event or failure.
         for verdict, reason in verdict_reason_pairs():
-            self.decisions.labels(verdict, reason)
+            for mode in MODES:
+                self.decisions.labels(verdict, reason, mode)
         for v in RPC_OUTCOMES:
             self.rpc.labels(v)
-        for v in ("success", "job_gone", "permission", "io"):
+        for v in ADOPT_RESULTS:
             self.adoptions.labels(v)
         for v in HOOK_RESULTS:
             self.hook_requests.labels(v)

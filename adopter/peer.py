@@ -12,7 +12,7 @@ from callerid.linux import procfs
 
 
 class PeerError(Exception):
-    """The hook socket's peer is not a pam_exec child of a PAM application we adopt."""
+    """The socket's peer is not a PAM application we adopt (pam_callerid.so runs inside it)."""
 
 
 @dataclass(frozen=True)
@@ -30,25 +30,24 @@ def peer_credentials(conn: socket.socket) -> Peer:
 
 
 def pam_application(peer: Peer, allowed_exe: tuple[str, ...], proc: str = "/proc") -> procfs.ProcInfo:
-    """The process to adopt: the hook's parent (pam_exec forks the hook from sshd's
-    `[priv]` process), checked to be a root process running one of `allowed_exe`."""
+    """The process to adopt: the peer itself (pam_callerid.so runs inside sshd's `[priv]`
+    process and connects from it), checked to be a root process running one of `allowed_exe`."""
     try:
-        hook = procfs.proc_info(peer.pid, proc)
-        parent = procfs.proc_info(hook.ppid, proc)
-        exe = os.path.basename(os.readlink(f"{proc}/{parent.pid}/exe"))
+        app = procfs.proc_info(peer.pid, proc)
+        exe = os.path.basename(os.readlink(f"{proc}/{peer.pid}/exe"))
     except (procfs.ProcessGone, OSError) as exc:
-        raise PeerError(f"peer pid {peer.pid} or its parent vanished: {exc}") from exc
+        raise PeerError(f"peer pid {peer.pid} vanished: {exc}") from exc
     if exe.endswith(" (deleted)"):
         exe = exe[: -len(" (deleted)")]
     if exe not in allowed_exe:
-        raise PeerError(f"peer pid {peer.pid}'s parent {parent.pid} runs {exe!r}, not one of {', '.join(allowed_exe)}")
-    if parent.euid != 0:
-        raise PeerError(f"parent {parent.pid} is not running as root")
-    return parent
+        raise PeerError(f"peer pid {peer.pid} runs {exe!r}, not one of {', '.join(allowed_exe)}")
+    if app.euid != 0:
+        raise PeerError(f"peer pid {peer.pid} is not running as root")
+    return app
 
 
 def still_waiting(conn: socket.socket) -> bool:
-    """Whether the hook is still connected and waiting for its reply. Once it has given up
+    """Whether the module is still connected and waiting for its reply. Once it has given up
     (its own deadline) the socket reads EOF: a decision made after that is nobody's."""
     p = select.poll()
     p.register(conn, select.POLLIN | select.POLLHUP | select.POLLERR)
@@ -64,10 +63,9 @@ def still_waiting(conn: socket.socket) -> bool:
 
 def same_application(peer: Peer, app: procfs.ProcInfo, proc: str = "/proc") -> bool:
     """Right before adopting: app.pid is still the process checked at the start (same start
-    time, not a reused pid) and still the hook's parent."""
+    time, not a reused pid) and still the socket's peer (pam_callerid.so runs inside it)."""
     try:
         now = procfs.proc_info(app.pid, proc, ids=False)
-        hook = procfs.proc_info(peer.pid, proc, ids=False)
     except procfs.ProcessGone:
         return False
-    return now.start_boot_ns == app.start_boot_ns and hook.ppid == app.pid
+    return now.start_boot_ns == app.start_boot_ns and peer.pid == app.pid

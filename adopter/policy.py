@@ -28,6 +28,7 @@ class Verdict(str, Enum):
 
 NO_JOBS_ACTIONS = ("deny", "ignore")
 UNKNOWN_ACTIONS = ("newest", "allow", "deny")
+MODES = ("enforce", "audit")
 ADOPT_FAILURE_ACTIONS = ("allow", "deny")
 GENERIC_FAILURE_ACTIONS = ("ignore", "allow", "deny")
 
@@ -36,12 +37,19 @@ _CHOICES = {
     "action_unknown": UNKNOWN_ACTIONS,
     "action_adopt_failure": ADOPT_FAILURE_ACTIONS,
     "action_generic_failure": GENERIC_FAILURE_ACTIONS,
+    "mode": MODES,
 }
+_BOOLS = ("ignore_root", "single_job_skip_rpc", "join_container", "job_group")
 
 
 @dataclass(frozen=True)
 class Options:
-    """pam_slurm_adopt's policy options, same names and defaults."""
+    """pam_slurm_adopt's options, same names and defaults, plus callerid's `mode`.
+
+    `mode=audit` decides, logs and counts as `enforce` would, but allows every login and
+    adopts nothing. `join_container`, `job_group` (add the job's group to an adopted
+    session's supplementary groups) and `nodename` are not used by decide(): the daemon
+    reads them (nodename "" means callerid.toml's)."""
 
     action_no_jobs: str = "deny"
     action_unknown: str = "newest"
@@ -50,6 +58,10 @@ class Options:
     ignore_root: bool = True
     single_job_skip_rpc: bool = True
     service: tuple[str, ...] = ("sshd",)  # '*' matches every service
+    mode: str = "enforce"
+    join_container: bool = True
+    job_group: bool = True
+    nodename: str = ""
 
     def __post_init__(self):
         # Options built by hand (e.g. from callerid.toml, where service is a list) get the
@@ -59,7 +71,7 @@ class Options:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
-        for name in ("ignore_root", "single_job_skip_rpc"):
+        for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected a boolean")
         if not self.service or not all(isinstance(s, str) and s for s in self.service):
@@ -72,14 +84,10 @@ class Options:
 _TRUE = ("1", "yes", "true")
 _FALSE = ("0", "no", "false")
 
-# pam_slurm_adopt options that are not policy: accepted on a pam_slurm_adopt line, but
-# set elsewhere in callerid (or not supported), so they get a clearer warning.
-_NOT_POLICY = {
-    "nodename": "set nodename in callerid.toml [common]",
-    "log_level": "set log_level in callerid.toml [common]",
-    "disable_x11": "X11 forwarding into the job is not supported by callerid",
-    "join_container": "joining job containers is not supported by callerid",
-}
+# Options of the PAM line that pam_callerid.so itself reads (log_level: its syslog
+# level) or that callerid accepts with no effect (disable_x11: callerid sets up no X11
+# forwarding, as if disable_x11=1); the daemon takes them without a warning.
+MODULE_ONLY = ("log_level", "disable_x11")
 
 
 def _parse_value(name: str, text: str):
@@ -90,7 +98,7 @@ def _parse_value(name: str, text: str):
         if v not in _CHOICES[name]:
             raise ValueError(f"expected one of {', '.join(_CHOICES[name])}")
         return v
-    if name in ("ignore_root", "single_job_skip_rpc"):
+    if name in _BOOLS:
         v = value.lower()
         if v in _TRUE:
             return True
@@ -102,6 +110,10 @@ def _parse_value(name: str, text: str):
         if not services:
             raise ValueError("expected a comma-separated list of PAM service names or '*'")
         return services
+    if name == "nodename":
+        if not value or "/" in value or value in (".", ".."):
+            raise ValueError("expected a Slurm node name")
+        return value
     raise KeyError(name)
 
 
@@ -117,9 +129,10 @@ def parse_options(pairs: dict[str, str], base: Options) -> tuple[Options, list[s
     warnings: list[str] = []
     for raw_name, text in pairs.items():
         name = raw_name.strip().lower()
+        if name in MODULE_ONLY:
+            continue
         if name not in known:
-            why = _NOT_POLICY.get(name, "unknown option")
-            warnings.append(f"{raw_name}={text}: {why}; ignored")
+            warnings.append(f"{raw_name}={text}: unknown option; ignored")
             continue
         try:
             changes[name] = _parse_value(name, text)
@@ -182,7 +195,7 @@ MSG_GENERIC = "Access denied by callerid: access to this node could not be check
 UNKNOWN_WHYS = ("no_answer", "rpc_failed", "foreign_job", "job_not_here")
 
 # Reasons callers pass to generic_failure(): the daemon when the PAM user has no passwd
-# entry; the hook when it gets no usable answer from the daemon in time.
+# entry; the PAM module when it gets no usable answer from the daemon in time.
 REASON_UNKNOWN_USER = "unknown_user"
 REASON_DAEMON_UNREACHABLE = "daemon_unreachable"
 REASON_DEADLINE = "deadline"
@@ -285,18 +298,64 @@ def generic_failure(opts: Options, reason: str) -> Decision:
     return Decision(Verdict.IGNORE, reason)
 
 
-def pam_exit_code(verdict: Verdict) -> int:
-    """The hook's exit status for pam_exec: 0 except for DENY (1).
+PAM_RETURN = {Verdict.ADOPT: "PAM_SUCCESS", Verdict.ALLOW: "PAM_SUCCESS", Verdict.IGNORE: "PAM_IGNORE",
+              Verdict.DENY: "PAM_PERM_DENIED"}
 
-    pam_exec turns exit 0 into PAM_SUCCESS and every other status into PAM_SYSTEM_ERR
-    (linux-pam modules/pam_exec/pam_exec.c, call_exec); it cannot return PAM_IGNORE.
-    A non-zero status for IGNORE would fail the login, the opposite of "let the rest of
-    the stack decide", so IGNORE exits 0 like ALLOW. With the hook last in the account
-    stack, as required, the modules before it have already given their verdict, so
-    PAM_SUCCESS from the hook only means "no objection". ALLOW and IGNORE still differ
-    in the logs and metrics.
-    """
+
+def pam_return(verdict: Verdict) -> str:
+    """What pam_callerid.so returns for a verdict, as pam_slurm_adopt does
+    (adopter/pam/pam_callerid.c pam_code; a unit test runs the module to check)."""
     verdict = Verdict(verdict)
     if verdict is Verdict.NEED_RPC:
         raise ValueError("need_rpc is not a final verdict")
-    return 1 if verdict is Verdict.DENY else 0
+    return PAM_RETURN[verdict]
+
+
+def enforced(decision: Decision, opts: Options) -> Verdict:
+    """The verdict the PAM module acts on: the decision's, except in mode=audit, where
+    a login that would be adopted or denied is allowed (and nothing is adopted)."""
+    if opts.mode == "audit" and decision.verdict in (Verdict.ADOPT, Verdict.DENY):
+        return Verdict.ALLOW
+    return decision.verdict
+
+
+# ---------------------------------------------------------------------------
+# `callerid attach JOBID`: the user corrects a guess (like PBS's pbs_attach -j).
+
+# Sessions whose job was a guess (or that were let in unadopted) because the source node
+# could not say: only these may be moved by their user. A session the caller ID placed
+# (reason "callerid"), a single job, and a login from another user's job (foreign_job_*,
+# a possible escape) stay where the decision put them.
+ATTACH_FROM_WHYS = ("no_answer", "rpc_failed", "job_not_here")
+ATTACH_RESULTS = ("attached", "no_session", "not_your_session", "determined", "not_your_job", "same_job",
+                  "bad_request", "failed")
+
+
+ATTACH_MESSAGES = {
+    "attached": "callerid: this session is now in job {job}",
+    "no_session": "callerid: this is not an ssh session the adopter placed on this node",
+    "not_your_session": "callerid: this session belongs to another user",
+    "determined": "callerid: this session's job was determined by where the connection came from; it stays there",
+    "not_your_job": "callerid: job {job} is not one of your jobs on this node",
+    "same_job": "callerid: this session is already in job {job}",
+    "bad_request": "callerid: usage: callerid attach JOBID",
+    "failed": "callerid: moving this session into job {job} failed; see the adopter's log",
+}
+
+
+def decide_attach(session_reason: str | None, session_uid: int | None, session_job: str | None,
+                  caller_uid: int, target_job: str, own_job_ids) -> str:
+    """Whether a caller may move its ssh session into target_job: "attached" (go ahead) or
+    the reason it may not (ATTACH_RESULTS). session_*: what the adopter recorded when it
+    decided the session's login (None: no login of this adopter)."""
+    if session_reason is None:
+        return "no_session"
+    if session_uid != caller_uid:
+        return "not_your_session"
+    if not any(session_reason.startswith(f"{why}_") for why in ATTACH_FROM_WHYS):
+        return "determined"
+    if target_job not in set(own_job_ids):
+        return "not_your_job"   # another user's job, or not on this node: never
+    if target_job == session_job:
+        return "same_job"
+    return "attached"

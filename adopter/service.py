@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import pwd
 import time
@@ -15,23 +14,12 @@ from callerid.inet import endpoint
 from callerid.linux import sockets
 from callerid.protocol import Query, Status
 
-from . import cgroupfs, jobs, policy
+from . import attach, cgroupfs, jobenv, jobns, jobs, policy
 from .metrics import NO_SOCKET, SECURITY_KIND, AdopterMetrics
+from .pamwire import Reply
+from .pamwire import escape as escape_field  # percent-encoding: a log line stays one line
 
 log = logging.getLogger("callerid.adopter")
-
-
-@dataclass(frozen=True)
-class Reply:
-    verdict: str
-    exit: int
-    message: str = ""
-    job: str | None = None  # the job adopted into (decimal id or SLUID), else None
-
-    def encode(self) -> bytes:
-        """The reply line the hook (adopter/hook.c) reads."""
-        return json.dumps({"v": 1, "verdict": self.verdict, "exit": self.exit, "message": self.message,
-                           "job": self.job}).encode() + b"\n"
 
 
 @dataclass
@@ -44,6 +32,17 @@ class Settings:
     cgroup_root: str = "/sys/fs/cgroup"
     v2_mount: str | None = None
     allowed_exe: tuple = DEFAULT_PAM_APPLICATIONS
+    job_env: tuple = ()
+    job_container_conf: str = "/etc/slurm/job_container.conf"
+
+
+@dataclass
+class Session:
+    """What an adopted session gets besides its cgroups."""
+
+    env: dict
+    namespace: str = ""
+    group: int | None = None
 
 
 class Abandoned(Exception):
@@ -63,6 +62,7 @@ class Adopter:
     def __init__(self, settings: Settings, metrics: AdopterMetrics):
         self.s = settings
         self.m = metrics
+        self.logins = attach.Logins()
 
     def handle(self, app_pid: int, user: str, service: str, raw_options: dict,
                deadline: float | None = None, still_wanted: Callable[[], str | None] = _always_wanted) -> Reply | None:
@@ -74,40 +74,49 @@ class Adopter:
         start = time.perf_counter()
         opts, warnings = policy.parse_options(raw_options, self.s.base_options)
         for w in warnings:
-            log.warning("option ignored: %s", w)
+            log.warning("option ignored: %s", escape_field(w))
         src = "-"
+        session = Session({})
         try:
-            decision, src = self._decide(app_pid, user, service, opts, deadline, still_wanted)
+            decision, src, session = self._decide(app_pid, user, service, opts, deadline, still_wanted)
         except Abandoned as exc:
             self.m.abandoned.labels(exc.reason).inc()
             log.warning("user=%s service=%s from=%s: decision abandoned (%s) after %.1f ms: nothing applied",
-                        user, service, src, exc.reason, (time.perf_counter() - start) * 1000)
+                        escape_field(user), escape_field(service), src, exc.reason,
+                        (time.perf_counter() - start) * 1000)
             return None
         except Exception as exc:  # noqa: BLE001 - any surprise is a generic failure, never a hung login
-            log.exception("internal error deciding for %s", user)
+            log.exception("internal error deciding for %s", escape_field(user))
             decision = policy.generic_failure(opts, "internal_error")
             src = f"- ({type(exc).__name__})"
         elapsed = time.perf_counter() - start
-        self.m.decisions.labels(decision.verdict.value, decision.reason).inc()
+        self.m.decisions.labels(decision.verdict.value, decision.reason, opts.mode).inc()
         self.m.decision_seconds.observe(elapsed)
         if decision.security:
             self.m.security.labels(SECURITY_KIND).inc()
-        line = (f"user={user} service={service} from={src} job={decision.job_id or '-'} "
-                f"decision={decision.verdict.value} reason={decision.reason} latency_ms={elapsed * 1000:.1f}")
+        audit = " audit=1" if opts.mode == "audit" else ""
+        line = (f"user={escape_field(user)} service={escape_field(service)} from={src} "
+                f"job={decision.job_id or '-'} "
+                f"decision={decision.verdict.value} reason={decision.reason}{audit} latency_ms={elapsed * 1000:.1f}")
         if decision.security:
             log.warning("SECURITY possible escape attempt: %s", line)
         else:
             log.info(line)
-        adopted = decision.job_id if decision.verdict is policy.Verdict.ADOPT else None
-        return Reply(decision.verdict.value, policy.pam_exit_code(decision.verdict), decision.message, adopted)
+        verdict = policy.enforced(decision, opts)
+        if verdict is not decision.verdict:  # audit: allowed, adopted nowhere, nothing to tell
+            return Reply(verdict.value, decision.reason)
+        job = decision.job_id if verdict is policy.Verdict.ADOPT else None
+        return Reply(verdict.value, decision.reason, decision.message, job, session.namespace, session.env,
+                     session.group)
 
-    def _decide(self, app_pid, user, service, opts, deadline, still_wanted) -> tuple[policy.Decision, str]:
+    def _decide(self, app_pid, user, service, opts, deadline, still_wanted) -> tuple[policy.Decision, str, Session]:
         try:
             pw = pwd.getpwnam(user)
-            uid = pw.pw_uid
+            uid, primary_gid = pw.pw_uid, pw.pw_gid
         except KeyError:
-            uid = None
-        all_jobs = jobs.list_jobs(self.s.nodename, self.s.cgroup_root, self.s.v2_mount) if uid is not None else []
+            uid = primary_gid = None
+        nodename = opts.nodename or self.s.nodename
+        all_jobs = jobs.list_jobs(nodename, self.s.cgroup_root, self.s.v2_mount) if uid is not None else []
         mine = [j for j in all_jobs if j.uid == uid]
         facts = policy.Facts(
             service=service, user_known=uid is not None, uid=uid,
@@ -116,23 +125,78 @@ class Adopter:
         )
         d = policy.decide(facts, opts)
         src = "-"
+        session = Session({})
         if d.verdict == policy.Verdict.NEED_RPC:
             answer, src = self._ask_source(app_pid, user, deadline)
             d = policy.decide(replace(facts, callerid=answer), opts)
-        if d.verdict == policy.Verdict.ADOPT:
+        if d.verdict == policy.Verdict.ADOPT and opts.mode != "audit":
             job = next(j for j in mine if j.job_id == d.job_id)
             why = "deadline" if deadline is not None and time.monotonic() >= deadline else still_wanted()
             if why:
                 raise Abandoned(why)
             try:
+                session.namespace = self._namespace(job, nodename, opts)
                 cgroupfs.adopt(app_pid, job)
                 self.m.adoptions.labels("success").inc()
                 log.info("Process %d adopted into job %s", app_pid, job.job_id)
-            except cgroupfs.AdoptError as exc:
-                self.m.adoptions.labels(exc.reason).inc()
-                log.error("adopting process %d into job %s failed (%s): %s", app_pid, job.job_id, exc.reason, exc)
+                session.env = jobenv.job_environment(job, self.s.job_env)
+                gid = jobenv.job_group(job) if opts.job_group else None
+                if gid not in (None, 0, primary_gid):   # never root's group; the primary needs nothing
+                    session.group = gid
+            except (cgroupfs.AdoptError, jobns.NamespaceError) as exc:
+                reason = getattr(exc, "reason", "namespace")
+                self.m.adoptions.labels(reason).inc()
+                log.error("adopting process %d into job %s failed (%s): %s", app_pid, job.job_id, reason, exc)
                 d = policy.after_adopt_failure(d)
-        return d, src
+                session = Session({})
+        if opts.mode != "audit" and d.verdict in (policy.Verdict.ADOPT, policy.Verdict.ALLOW):
+            self.logins.record(app_pid, uid, d.reason, d.job_id if d.verdict is policy.Verdict.ADOPT else None)
+        return d, src, session
+
+    def attach(self, caller_pid: int, caller_uid: int, job_id: str) -> tuple[str, str]:
+        """`callerid attach`: move the caller's session into its own job job_id, if
+        policy.decide_attach allows; (result, message for the user)."""
+        found = self.logins.session_of(caller_pid)
+        sshd, login = found if found else (None, None)
+        mine = [j for j in jobs.list_jobs(self.s.nodename, self.s.cgroup_root, self.s.v2_mount) if j.uid == caller_uid]
+        result = policy.decide_attach(login.reason if login else None, login.uid if login else None,
+                                      login.job_id if login else None, caller_uid, job_id,
+                                      {j.job_id for j in mine})
+        moved = 0
+        if result == "attached":
+            job = next(j for j in mine if j.job_id == job_id)
+            try:
+                for pid in attach.descendants(sshd):
+                    try:
+                        cgroupfs.adopt(pid, job)
+                        moved += 1
+                    except cgroupfs.AdoptError:
+                        if pid == sshd:
+                            raise
+                        # a session process that exited meanwhile: nothing to move
+                self.logins.moved(sshd, job_id)
+            except cgroupfs.AdoptError as exc:
+                log.error("attach: moving session %d into job %s failed: %s", sshd, job_id, exc)
+                result = "failed"
+        self.m.attach.labels(result).inc()
+        log.info("attach uid=%d session=%s from_job=%s to_job=%s result=%s processes=%d", caller_uid,
+                 sshd if sshd else "-", (login.job_id if login else None) or "-", job_id, result, moved)
+        return result, policy.ATTACH_MESSAGES[result].format(job=job_id)
+
+    def _namespace(self, job: jobs.LocalJob, nodename: str, opts: policy.Options) -> str:
+        """The job's job_container/tmpfs namespace file to join, checked; "" if none."""
+        if not opts.join_container or job.job_id is None:
+            return ""
+        try:
+            with open(self.s.job_container_conf) as f:
+                base = jobns.base_path(f.read(), nodename)
+        except FileNotFoundError:
+            return ""  # no job_container plugin on this node
+        except OSError as exc:
+            raise jobns.NamespaceError(f"cannot read {self.s.job_container_conf}: {exc}") from exc
+        if base is None:
+            return ""
+        return jobns.namespace_of(base, nodename, job.job_id) or ""
 
     def _ask_source(self, app_pid: int, user: str, deadline: float | None) -> tuple[policy.CallerAnswer, str]:
         conn = sockets.tcp_connection(app_pid)

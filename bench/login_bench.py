@@ -10,7 +10,7 @@ session, the command) N times per cell, for
   none      port-22 sshd with a PAM stack of pam_unix only (no account hook); the lab's callerid
             stack is put back afterwards (finally)
   psa       port-2222 sshd: pam_unix + Slurm's real pam_slurm_adopt
-  callerid  port-22 sshd: pam_unix + the callerid hook (pam_exec callerid-pam-hook, adopter/hook.c)
+  callerid  port-22 sshd: pam_unix + pam_callerid.so (adopter/pam/)
 
 in two situations: the user has ONE job on node2 (job A, on node1+node2: both hooks adopt without
 an RPC), and SEVERAL (job A plus a newer job B on node2: callerid asks node1's tracer, pam_slurm_adopt
@@ -24,7 +24,7 @@ every login is also checked in the logs (node2's adopter decision lines, pam_slu
 "Process N adopted into job A" in syslog): a cell whose logins were not all adopted where expected
 is flagged.
 
-Also measured: the hook's process start and round trip to the daemon, and the adopter
+Also measured: the module's cost through build/callerid-pam-harness and its round trip to the daemon, the adopter
 daemon's decision time (its log's latency_ms, its RPC histogram), and the pieces of a decision
 (cgroupfs job listing, sock_diag dump) timed in node2's namespace.
 
@@ -59,7 +59,7 @@ USER = "cidlab1"
 CONFIGS = {  # name: (label, ssh host alias in the user's ~/.ssh/config, port-22 PAM stack or None)
     "none": ("no account hook (:22, pam_unix only)", "node2", "none"),
     "psa": ("pam_slurm_adopt (:2222)", "node2-psa", None),
-    "callerid": ("callerid (:22, callerid-pam-hook)", "node2", "callerid"),
+    "callerid": ("callerid (:22, pam_callerid.so)", "node2", "callerid"),
 }
 
 # Runs as cidlab1 inside job A on node1 (srun step): time `ssh HOST true` COUNT times after WARM
@@ -226,10 +226,11 @@ class Bench:
         self.pam_callerid = self.pam.read_text()
         self.adopter_log = Path(next(r["log"] for r in lab.state["procs"] if r["name"] == "adopter-node2"))
         self.syslog = Path(lab.state["devlog"]["log"]) if lab.state.get("devlog") else None
-        self.hook = re.search(r"pam_exec\.so .*?(\S*callerid-pam-hook)\b", self.pam_callerid)
-        if not self.hook:
-            raise RuntimeError(f"cannot find the hook command in {self.pam}:\n{self.pam_callerid}")
-        self.hook = self.hook[1]
+        module = re.search(r"(\S*pam_callerid\.so)\b", self.pam_callerid)[1]
+        conf = lab.root / "bench-pam.d"   # the module outside sshd: the harness calls pam_sm_acct_mgmt
+        conf.mkdir(exist_ok=True)
+        (conf / "callerid-bench").write_text("account required pam_permit.so\n")
+        self.hook = [str(Path(module).parent / "callerid-pam-harness"), str(conf), "callerid-bench", USER, module]
         self.stacks = {
             "callerid": self.pam_callerid,
             "none": ("# login_bench.py: no account hook\nauth     required pam_unix.so\n"
@@ -329,15 +330,15 @@ class Bench:
         sock = lab.adopter_socket("node2")
         variants = {
             "/bin/true (fork+exec baseline)": ["/bin/true"],
-            "hook: callerid-pam-hook, no daemon socket": [self.hook, nosock],
+            "pam_callerid.so (harness), no daemon socket": [*self.hook, nosock],
             # Against node2's real adopter: not a child of sshd, so the daemon refuses it as bad_peer after
             # reading the request and checking the peer: the round trip without the decision itself.
-            "hook asking node2's adopter (bad_peer)": [self.hook, f"socket={sock}"],
+            "pam_callerid.so (harness) asking node2's adopter (bad_peer)": [*self.hook, f"socket={sock}"],
         }
         start = {}
         # back to back (warm caches), then a few spaced 250 ms apart like the logins (colder: the
         # cost a login actually sees)
-        spaced = ["/bin/true (fork+exec baseline)", "hook asking node2's adopter (bad_peer)"]
+        spaced = ["/bin/true (fork+exec baseline)", "pam_callerid.so (harness) asking node2's adopter (bad_peer)"]
         for gap, names, rounds in ((0.0, list(variants), 40), (0.25, spaced, 25)):
             sel = {(k if not gap else f"{k}, 250 ms apart"): variants[k] for k in names}
             r = lab.run("node2", ["/usr/bin/python3", "-I", "-S", "-c", SPAWN_TIMER, json.dumps(sel), str(rounds),

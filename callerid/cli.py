@@ -63,6 +63,36 @@ def _doctor(args) -> int:
     return main(args, check_probes, check_slurm_layout)
 
 
+def _attach(args) -> int:
+    """Ask this node's adopter to move the caller's ssh session into job JOBID."""
+    import socket
+
+    from callerid.adopter import pamwire
+    path = args.socket
+    if path is None:
+        try:
+            path = cfgmod.load(args.config).adopter.attach_socket
+        except cfgmod.ConfigError:
+            path = cfgmod.AdopterConfig().attach_socket   # users may not read the node's config
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(pamwire.encode([("job", str(args.jobid))]))
+            raw = b""
+            while not raw.endswith(b"\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                raw += chunk
+        reply = pamwire.decode(raw)
+    except (OSError, pamwire.WireError) as exc:
+        print(f"callerid attach: cannot ask the adopter at {path}: {exc}", file=sys.stderr)
+        return 2
+    print(reply.get("msg", ""), file=sys.stdout if reply.get("result") == "attached" else sys.stderr)
+    return 0 if reply.get("result") == "attached" else 1
+
+
 def _config(args) -> int:
     if args.doc:
         print(cfgmod.reference())
@@ -112,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check kernel, BPF, cgroups, Slurm layout and MUNGE; say what to fix")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=_doctor)
+
+    at = sub.add_parser("attach", help="move this ssh session into another of your jobs on this node "
+                                       "(when callerid could only guess its job)")
+    at.add_argument("jobid")
+    at.add_argument("--socket", help="the adopter's attach socket (default: [adopter] attach_socket)")
+    at.set_defaults(func=_attach)
 
     g = sub.add_parser("config", help="print the effective configuration, --doc for the reference, "
                                       "--sample for a default configuration file")

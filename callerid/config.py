@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - exercised on the Python 3.9 platform
     import tomli as tomllib
 
 DEFAULT_CONFIG = Path("/etc/callerid/callerid.toml")
-# The executables whose pam_exec children the adopter serves by default (adopt_exe).
+# The PAM applications (pam_callerid.so runs inside them) the adopter serves by default (adopt_exe).
 # OpenSSH >= 9.8 runs each connection's privileged half, the one that calls PAM and holds
 # the TCP socket, as a separate program, /usr/lib/openssh/sshd-session (Debian 13,
 # RHEL 10); before that it is sshd itself.
@@ -118,7 +118,7 @@ class TracerConfig:
 
 @dataclass
 class AdopterConfig:
-    socket: str = opt("/run/callerid/adopter.sock", "Unix socket the PAM hook talks to (root only).")
+    socket: str = opt("/run/callerid/adopter.sock", "Unix socket pam_callerid.so talks to (root only).")
     metrics: str = opt(DEFAULT_ADOPTER_METRICS,
         "Address of the adopter's /metrics endpoint; empty disables it.", address=True)
     action_no_jobs: str = opt("deny", "deny or ignore, when the user has no job on this node.")
@@ -126,18 +126,35 @@ class AdopterConfig:
         "newest, allow or deny, when the user has several jobs and the source could not say which.")
     action_adopt_failure: str = opt("allow", "allow or deny, when moving the sshd into the chosen job failed.")
     action_generic_failure: str = opt("ignore",
-        "ignore, allow or deny, when nothing could be determined (also applied by the hook when the daemon is "
-        "unreachable).")
+        "ignore, allow or deny, when nothing could be determined (also applied by pam_callerid.so when the daemon "
+        "is unreachable).")
     ignore_root: bool = opt(True, "Never adopt root; root logins get PAM_IGNORE before any work.")
     single_job_skip_rpc: bool = opt(True, "With exactly one job, adopt into it without asking the source node.")
     service: list = opt(["sshd"], "PAM services handled ('*' for all); others get PAM_IGNORE.")
     rpc_timeout_seconds: float = opt(2.0, "Deadline for the callerid RPC to the source node.", lo=0.05, hi=60.0)
     deadline_seconds: float = opt(5.0,
-        "Total deadline of the hook; past it the hook applies action_generic_failure.", lo=0.1, hi=3600.0)
+        "The daemon's budget per login (request line, RPC, adoption), at most the module's own time left. "
+        "pam_callerid.so's total deadline is its deadline= option (default 5 s); past it the module applies "
+        "action_generic_failure.", lo=0.1, hi=3600.0)
+    mode: str = opt("enforce",
+        "enforce, or audit: decide, log and count as enforce would, but allow every login and adopt nothing.")
+    join_container: bool = opt(True,
+        "Join the job's mount namespace (job_container/tmpfs) when adopting, as pam_slurm_adopt.")
+    attach_socket: str = opt("/run/callerid-attach/attach.sock",
+        "Socket any user may use for `callerid attach JOBID` (moving their own session into another of their "
+        "jobs when its job was a guess); empty disables it.")
+    job_group: bool = opt(True,
+        "Add the job's group (sbatch --gid) to an adopted session's supplementary groups; needs "
+        "`auth optional pam_callerid.so` in the auth stack (pam_setcred).")
+    job_container_conf: str = opt("/etc/slurm/job_container.conf",
+        "Slurm's job_container.conf: its BasePath is where job namespaces may be joined from.")
+    job_env: list = opt(["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
+                         "ZE_AFFINITY_MASK", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"],
+        "Variables copied from a process of the job into an adopted session (device visibility).")
     cgroup_root: str = opt("/sys/fs/cgroup", "Where cgroup hierarchies are mounted.")
     adopt_exe: list = opt(list(DEFAULT_PAM_APPLICATIONS),
-        "Executables (basename) of PAM applications whose hook requests are served; the hook's parent must run one of "
-        "them (OpenSSH 9.8 and later: sshd-session).")
+        "Executables (basename) of PAM applications served: the process on the socket (pam_callerid.so runs "
+        "inside it) must run one of them as root (OpenSSH 9.8 and later: sshd-session).")
 
 
 @dataclass

@@ -51,6 +51,10 @@ def setup(ident: str, level: str = "info", syslog: bool = True) -> None:
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+TRACEBACK_MARK = "| "
+_TRACEBACK = logging.Formatter()
+
+
 def escape(text: str) -> str:
     """text as one line of printable characters: control characters, line and paragraph
     separators and invisible format characters (bidi overrides like U+202E, zero-width
@@ -103,6 +107,11 @@ class Guard(logging.Filter):
                 state[1] += 1
         record.msg = escape(record.getMessage())
         record.args = None
+        if record.exc_info and not record.exc_text:
+            # A traceback is many lines by nature, and its last one carries the exception's
+            # own text: escape each line and mark it, so none can pass for a record's line.
+            text = _TRACEBACK.formatException(record.exc_info)
+            record.exc_text = "\n".join(TRACEBACK_MARK + escape(line) for line in text.splitlines())
         return True
 
     def flush_reports(self, now: float | None = None) -> None:

@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 
-HOOK = re.compile(r"pam_exec\.so\b.*\bcallerid-pam-hook\b")
+MODULE = "pam_callerid.so"
 
 
 @dataclass(frozen=True)
@@ -107,12 +107,11 @@ def problems(rules: list[Rule], pam_dir: str = "/etc/pam.d") -> list[Problem]:
             out.append(Problem(f"{r.source}: pam_systemd.so in the session stack moves sessions into a logind "
                                "scope, out of the job's cgroup", pam_systemd_fix(r, pam_dir)))
     account = [r for r in rules if r.type == "account"]
-    hooks = [i for i, r in enumerate(account)
-             if os.path.basename(r.module) == "pam_exec.so" and HOOK.search(r.module + " " + r.args)]
+    hooks = [i for i, r in enumerate(account) if os.path.basename(r.module) == MODULE]
     layout = "see packaging/pam/sshd-account-callerid"
     if not hooks:
-        out.append(Problem("the account stack has no callerid hook (pam_exec.so ... callerid-pam-hook)",
-                           "add the line of packaging/pam/sshd-account-callerid last in the account stack"))
+        out.append(Problem(f"the account stack has no callerid module ({MODULE})",
+                           "add the lines of packaging/pam/sshd-account-callerid last in the account stack"))
         return out
     first = hooks[0]
     for i, r in enumerate(account[:first]):
@@ -125,5 +124,5 @@ def problems(rules: list[Rule], pam_dir: str = "/etc/pam.d") -> list[Problem]:
                            "deny a session that is already adopted", layout))
     hook = account[first]
     if hook.control != "required" and not hook.control.startswith("["):
-        out.append(Problem(f"{hook.source}: use 'required' for the callerid hook, not '{hook.control}'", layout))
+        out.append(Problem(f"{hook.source}: use 'required' for {MODULE}, not '{hook.control}'", layout))
     return out

@@ -298,6 +298,14 @@ def overview() -> dict:
                steps=[(1, "red")], graph=False, decimals=0), 4, 4)
     L.add(_decisions_by_verdict())
     L.add(_decisions_by_reason())
+    L.add(timeseries(
+        "Audit-mode decisions (what enforce would do)",
+        "Logins decided on nodes whose PAM line says mode=audit, per minute, by the verdict enforce mode "
+        "would have given. Every one of these logins was let in and none was adopted: read deny here as "
+        "'would have been refused'. Switch a node to enforce when this shows only what you expect.",
+        "reqpm", [target(_per_min(rate("callerid_adopter_decisions_total", 'mode="audit"'), "verdict, reason"),
+                         "{{verdict}} {{reason}}")],
+        stack=True, overrides=[override_color("deny", "red"), override_color("adopt", "green")]))
     L.add(_decision_latency())
     L.add(timeseries(
         "Denial and generic-failure ratios",

@@ -29,9 +29,9 @@ case $suite in
 esac
 
 # python3-bpfcc: the tracer imports BCC, Debian's for that release (0.18, 0.26, 0.31);
-# gcc: tests build the PAM hook.
-include=python3,python3-venv,python3-bpfcc,gcc,libc6-dev
-if [ ! -x "$root/usr/bin/python$pyver" ] || [ ! -x "$root/usr/bin/gcc" ]; then
+# gcc, libpam0g-dev: tests build the PAM module and its harness.
+include=python3,python3-venv,python3-bpfcc,gcc,libc6-dev,libpam0g-dev
+if [ ! -x "$root/usr/bin/python$pyver" ] || [ ! -x "$root/usr/bin/gcc" ] || [ ! -e "$root/usr/include/security/pam_modules.h" ]; then
   command -v debootstrap >/dev/null || { apt-get update -q >/dev/null; apt-get install -y -q debootstrap >/dev/null; }
   mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
   log "debootstrap $suite into $root"

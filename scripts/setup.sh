@@ -24,9 +24,9 @@ fi
 # prometheus: promtool and a real server for the observability tests.
 # systemd, shellcheck, vagrant: offline checks of the units, scripts and Vagrantfile.
 # debootstrap: Debian 11/12/13 chroots for the Python-version and package tests (tests/package).
-# gcc, libc6-dev: the pam_exec hook (adopter/hook.c) and the churn generator of bench/.
+# gcc, libc6-dev, libpam0g-dev: pam_callerid.so (adopter/pam/) and the churn generator of bench/.
 packages=(
-  python3-bpfcc python3-venv python3-pip linux-headers-amd64 gcc libc6-dev
+  python3-bpfcc python3-venv python3-pip linux-headers-amd64 gcc libc6-dev libpam0g-dev
   munge libmunge2 iproute2 procps psmisc util-linux passwd
   openssh-server openssh-client slurmctld slurmd slurm-client libpam-slurm-adopt
   prometheus systemd shellcheck vagrant debootstrap
@@ -103,5 +103,5 @@ if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
   "$venv/bin/python3" -m pip install -q --disable-pip-version-check "${pip_source[@]}" -e "${repo}[test,bench]"
   touch "$stamp"
 fi
-bash "$repo/scripts/build_hook.sh" "$repo/build/callerid-pam-hook"
-log "ready: $venv/bin/callerid, $repo/build/callerid-pam-hook"
+bash "$repo/scripts/build_pam.sh" "$repo/build"
+log "ready: $venv/bin/callerid, $repo/build/pam_callerid.so"

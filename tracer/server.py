@@ -17,6 +17,7 @@ import collections
 import heapq
 import itertools
 import logging
+import queue
 import selectors
 import socket
 import threading
@@ -103,8 +104,8 @@ class RpcServer:
         # _lock guards state changes a worker can race with, the counters and the queues;
         # the tables below it belong to the I/O thread alone.
         self._lock = threading.Lock()
-        self._work_ready = threading.Condition(self._lock)
-        self._work: collections.deque[_Conn] = collections.deque()
+        self._work: collections.deque[_Conn] = collections.deque()   # FIFO; the I/O thread refuses late ones
+        self._work_tokens: queue.SimpleQueue = queue.SimpleQueue()    # one per append: wakes one worker
         self._working: set[_Conn] = set()
         self._returned: collections.deque[tuple[_Conn, bool]] = collections.deque()
         self._open = 0
@@ -142,8 +143,8 @@ class RpcServer:
 
     def stop(self):
         self._stop.set()
-        with self._lock:
-            self._work_ready.notify_all()
+        for _ in range(self.max_clients):
+            self._work_tokens.put(None)
         self._wake()
         for s in self.listeners:
             try:
@@ -336,7 +337,7 @@ class RpcServer:
             conn.state = QUEUED
             conn.deadline = conn.wait_start + self.read_timeout   # the request's deadline, queue wait included
             self._work.append(conn)
-            self._work_ready.notify()
+        self._work_tokens.put(None)
 
     def _last_frame(self, conn: _Conn, frame: bytes, now: float):
         """Send a last frame, half-close, and discard input for a moment before closing:
@@ -446,11 +447,12 @@ class RpcServer:
 
     def _worker(self):
         while True:
+            self._work_tokens.get()   # a C-level queue: the cheapest wake-up CPython has
+            if self._stop.is_set():
+                return
             with self._lock:
-                while not self._work and not self._stop.is_set():
-                    self._work_ready.wait()
-                if self._stop.is_set():
-                    return
+                if not self._work:
+                    continue   # the I/O thread refused it as late
                 conn = self._work.popleft()
                 late = time.monotonic() >= conn.deadline
                 if late:

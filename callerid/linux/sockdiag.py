@@ -250,11 +250,18 @@ def find_tcp_storage(src_ip, sport: int, dst_ip, dport: int, storage_fd: int) ->
     src, dst = unmapped(src_ip), unmapped(dst_ip)
     if src.version != dst.version:
         return []
-    family = AF_INET if src.version == 4 else AF_INET6
-    with _nl_socket() as nl:
-        found = _request(nl, family, _mask(ALL_STATES - {TCP_LISTEN}), None, storage_fd, _ports_filter(sport, dport))
+    # A dump is by the socket's family: an IPv4 tuple may also be a dual-stack AF_INET6
+    # socket's (v4-mapped), asked for only when no AF_INET socket has it.
+    families = (AF_INET, AF_INET6) if src.version == 4 else (AF_INET6,)
     want = (mapped16(src), sport, mapped16(dst), dport)
-    return [(s, v) for s, v in found if (mapped16(s.src), s.sport, mapped16(s.dst), s.dport) == want]
+    mask, bc = _mask(ALL_STATES - {TCP_LISTEN}), _ports_filter(sport, dport)
+    with _nl_socket() as nl:
+        for family in families:
+            found = [(s, v) for s, v in _request(nl, family, mask, None, storage_fd, bc)
+                     if (mapped16(s.src), s.sport, mapped16(s.dst), s.dport) == want]
+            if found:
+                return found
+    return []
 
 
 def _ports_filter(sport: int, dport: int) -> bytes:

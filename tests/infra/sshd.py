@@ -1,4 +1,4 @@
-"""A real OpenSSH sshd per test host, with its own PAM service running the callerid hook.
+"""A real OpenSSH sshd per test host, with its own PAM service running pam_callerid.so.
 
 sshd takes its PAM service name from its program name, so each instance runs
 through a symlink with a unique name and gets /etc/pam.d/<that name>; the
@@ -18,24 +18,29 @@ from .procs import stop_pid, wait_for
 
 SSHD = "/usr/sbin/sshd"
 REPO = Path(__file__).resolve().parents[2]
-HOOK = REPO / "build" / "callerid-pam-hook"
+BUILD = REPO / "build"
 
 
-def hook_binary() -> str:
-    """The pam_exec hook, (re)built from adopter/hook.c if it is missing or older."""
-    subprocess.run(["bash", str(REPO / "scripts" / "build_hook.sh"), str(HOOK)], check=True,
-                   capture_output=True, timeout=120)
-    return str(HOOK)
+def pam_build() -> Path:
+    """build/ with pam_callerid.so and its harnesses, (re)built from adopter/pam/ if stale."""
+    subprocess.run(["bash", str(REPO / "scripts" / "build_pam.sh"), str(BUILD)], check=True,
+                   capture_output=True, timeout=180)
+    return BUILD
 
 
-def pam_stack(hook_args: list[str], adopter_socket: str) -> str:
-    """account: pam_unix then callerid, last (as pam_slurm_adopt must be). No pam_systemd."""
-    hook = " ".join([hook_binary(), f"socket={adopter_socket}", *hook_args])
+def pam_module() -> str:
+    return str(pam_build() / "pam_callerid.so")
+
+
+def pam_stack(module_args: list[str], adopter_socket: str) -> str:
+    """account: pam_unix then pam_callerid.so, last (as pam_slurm_adopt must be). No pam_systemd."""
+    line = " ".join([pam_module(), f"socket={adopter_socket}", *module_args])
     return "\n".join([
         "# written by callerid tests; removed when they end",
         "auth     required pam_unix.so",
+        f"auth     optional {pam_module()} socket={adopter_socket}",   # setcred: the job's group
         "account  required pam_unix.so",
-        f"account  required pam_exec.so stdout quiet {hook}",
+        f"account  required {line}",
         "session  required pam_unix.so",
         "",
     ])
@@ -89,7 +94,10 @@ class Sshd:
             "UsePAM yes", "PubkeyAuthentication yes", "PasswordAuthentication no",
             "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
             f"AuthorizedKeysFile {keys}/%u", "StrictModes no", "LogLevel VERBOSE",
-            "UseDNS no", "PrintMotd no", "PrintLastLog no", "AcceptEnv none", "",
+            "UseDNS no", "PrintMotd no", "PrintLastLog no", "AcceptEnv none",
+            # the default (10:30:100) drops concurrent unauthenticated connections at random:
+            # the concurrency tests measure callerid, not sshd's throttle
+            "MaxStartups 256", "",
         ]))
         self.pam_file.write_text(self.pam_text)
         link = self.dir / self.name

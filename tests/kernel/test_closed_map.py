@@ -76,7 +76,8 @@ def ask_for(t, munge_socket, c: socket.socket):
 
 def test_churn_never_evicts_open_connections(tracers, munged, pinned):
     # A long grace: no closed entry is swept during the test, the closed map can only overflow.
-    t = tracers.make(max_connections=MAX_OPEN, max_closed_connections=MAX_CLOSED, close_grace_seconds=600.0,
+    t = tracers.make(probe="tracepoint", max_connections=MAX_OPEN, max_closed_connections=MAX_CLOSED,
+                     close_grace_seconds=600.0,
                      sweep_interval_seconds=1.0, reconcile=False).start()
     conns = pinned(t)
     assert (conns.open.capacity, conns.closed.capacity) == (MAX_OPEN, MAX_CLOSED)
@@ -139,7 +140,8 @@ def test_churn_never_evicts_open_connections(tracers, munged, pinned):
 
 def test_closed_connection_is_answered_then_swept_after_the_grace(tracers, munged, pinned):
     grace = 2.0
-    t = tracers.make(max_connections=MAX_OPEN, max_closed_connections=MAX_CLOSED, close_grace_seconds=grace,
+    t = tracers.make(probe="tracepoint", max_connections=MAX_OPEN, max_closed_connections=MAX_CLOSED,
+                     close_grace_seconds=grace,
                      sweep_interval_seconds=0.3, reconcile=False).start()
     conns = pinned(t)
     lsock = listen()
@@ -167,7 +169,8 @@ def test_reconciled_live_connection_wins_over_a_closed_entry_for_the_same_tuple(
     new, live connection uses again (opened while no tracer ran) names the wrong owner.
     Reconcile's insert must go to the open map anyway, and the lookup must find it."""
     from callerid.tracer.layout import Owner
-    t = tracers.make(max_connections=MAX_OPEN, max_closed_connections=MAX_CLOSED, close_grace_seconds=600.0,
+    t = tracers.make(probe="tracepoint", max_connections=MAX_OPEN, max_closed_connections=MAX_CLOSED,
+                     close_grace_seconds=600.0,
                      reconcile=False).start()
     conns = pinned(t)
     lsock = listen()

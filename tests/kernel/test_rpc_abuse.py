@@ -19,6 +19,7 @@ from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
 from tests.kernel.conftest import close_client, start_client
 from tests.kernel.test_tracer import listener  # noqa: F401 - the fixture
+from tests.reliability import record
 
 pytestmark = pytest.mark.kernel
 SLOWLORIS = Path(__file__).resolve().parents[1] / "infra" / "slowloris_prog.py"
@@ -86,6 +87,11 @@ def test_a_thousand_unauthenticated_connections_do_not_silence_the_tracer(tracer
     assert wrong == 0
     assert asked >= 100 and answered >= 0.99 * asked, f"answered {answered} of {asked}: {failed}"
     assert tracer.running
+    record("kernel/test_rpc_abuse.py::thousand_unauthenticated_connections", "load",
+           f"1,000 connections held idle or drip-fed by a non-root user for 12 s ({stats['opened']:,} opened as "
+           f"the tracer closed them), root asking every 10 ms",
+           f"{answered} of {asked} root queries answered right (p50 {latencies[len(latencies) // 2] * 1000:.0f} ms,"
+           f" p99 {latencies[int(len(latencies) * 0.99)] * 1000:.0f} ms on a shared 2-core machine)")
 
 
 def test_a_burst_of_256_simultaneous_queries_is_answered(tracer, munged, jobs, test_users, listener):  # noqa: F811
@@ -121,6 +127,8 @@ def test_a_burst_of_256_simultaneous_queries_is_answered(tracer, munged, jobs, t
     busy = after.get("busy", 0) - before.get("busy", 0)
     print(f"burst of 256: {outcome}, slowest {slowest * 1000:.0f} ms, tracer said busy {busy:.0f} times")
     assert outcome == {"ok": 256}
+    record("kernel/test_rpc_abuse.py::burst_of_256", "load", "256 queries released at once from one host",
+           f"256 of 256 answered right, the slowest in {slowest * 1000:.0f} ms; tracer said BUSY {busy:.0f} times")
 
 
 def test_a_hung_munged_is_abandoned_at_the_deadline_and_the_tracer_recovers(tracer, munged, jobs, test_users,
@@ -152,6 +160,9 @@ def test_a_hung_munged_is_abandoned_at_the_deadline_and_the_tracer_recovers(trac
     # munged is back: the tracer answers again (its stuck worker returns in its own time)
     assert wait_for(lambda: _answers(tracer, q, munged.socket) == "4203", 15, "answers after munged resumed")
     close_client(p)
+    record("kernel/test_rpc_abuse.py::hung_munged_tracer_side", "fault", "the tracer's munged stopped (SIGSTOP) "
+           "while it decodes a request", f"the client got INTERNAL after {elapsed:.2f} s (deadline 2 s), counted "
+           "abandoned; answers again once munged resumed", "that one answer")
 
 
 def _answers(tracer, q, sock):
@@ -162,35 +173,34 @@ def _answers(tracer, q, sock):
 
 
 def test_strangers_question_about_an_unmapped_socket_scans_nothing_and_looks_like_not_found(
-        tracer, jobs, test_users, listener):  # noqa: F811
-    from callerid.tracer.bpfmap import Connections
-    from callerid.tracer.layout import make_key
-    from callerid.tracer.probes import pin_dir
+        tracers, jobs, test_users, listener):  # noqa: F811
     from tests.kernel.test_tracer import query_as
 
     owner, other = test_users
     jobs.create(owner.uid, 4204)
+    # The connection exists before this tracer starts, and it does not reconcile: only
+    # sock_diag and /proc know it, whatever the probe backend.
     p, (c,) = start_client(jobs, owner, 4204, "127.0.0.1", listener)
-    conns = Connections.open_pinned(pin_dir(tracer.pin_root))
-    try:
-        assert conns.delete(make_key(c["src"], c["sport"], c["dst"], c["dport"]))   # only /proc knows it now
-    finally:
-        conns.close()
+    late = tracers.make(reconcile=False).start()
 
     def scans():
-        now = scrape(tracer.metrics_url)
+        now = scrape(late.metrics_url)
         return sum(v for k, v in now.items() if k[0] == "callerid_fallback_scans_total")
 
     before = scans()
-    rc, theirs = query_as(other, tracer, c)
+    rc, theirs = query_as(other, late, c)
     assert scans() == before, "a stranger's question walked /proc"
-    rc2, missing = query_as(other, tracer, dict(c, dport=1))
+    rc2, missing = query_as(other, late, dict(c, dport=1))
     assert rc == rc2 == 1
     assert {k: v for k, v in theirs.items() if k != "query"} == {k: v for k, v in missing.items() if k != "query"}
-    rc, mine = query_as(owner, tracer, c)
+    rc, mine = query_as(owner, late, c)
     assert rc == 0 and mine["job_id"] == "4204" and mine["source"] == "proc"
     assert scans() == before + 1
     close_client(p)
+    late.stop()
+    record("kernel/test_rpc_abuse.py::strangers_question_scans_nothing", "input",
+           "a non-owner asks about an existing socket the map does not have",
+           "answered exactly like a missing socket, no /proc walk; the owner's question walks once")
 
 
 FUZZ_FRAMES = 20_000
@@ -281,3 +291,82 @@ def test_protocol_fuzz_crashes_nothing_and_good_clients_stay_answered(tracer, mu
     assert delta.get("found", 0) >= good
     assert sum(v for k, v in delta.items() if k not in ("found", "not_found")) >= 0.9 * len(frames)
     assert rss1 - rss0 < 50e6
+    record("kernel/test_rpc_abuse.py::protocol_fuzz", "input",
+           f"{len(frames):,} fuzzed frames of nine kinds (noise, bad headers, random and MUNGE-shaped payloads, "
+           "mutated, truncated, replayed and pipelined real credentials), seed 12",
+           f"no crash; a good client answered after every 1,000; RSS {rss0 / 1e6:.0f} -> {rss1 / 1e6:.0f} MB")
+
+
+def _busy_then_answer_server(busy_times: int, munge_socket: str):
+    """Says BUSY to the first busy_times connections, then answers; records the credentials."""
+    import socket as socketmod
+
+    from callerid import munge
+    from callerid.protocol import (
+        HEADER,
+        Answer,
+        ErrorCode,
+        FrameType,
+        Status,
+        decode_header,
+        decode_request,
+        encode_error,
+        encode_frame,
+        seal_answer,
+    )
+    srv = socketmod.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(5)
+    seen: list[bytes] = []
+
+    def read_frame(conn) -> bytes:
+        head = b""
+        while len(head) < HEADER.size:
+            head += conn.recv(HEADER.size - len(head))
+        _, n = decode_header(head)
+        body = b""
+        while len(body) < n:
+            body += conn.recv(n - len(body))
+        return body
+
+    def serve():
+        with srv:
+            for i in range(busy_times + 1):
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return   # the client gave up
+                with conn:
+                    cred = read_frame(conn)
+                    seen.append(cred)
+                    if i < busy_times:
+                        conn.sendall(encode_error(ErrorCode.BUSY, "too many clients"))
+                        continue
+                    q, key = decode_request(munge.decode(cred, munge_socket).payload)
+                    conn.sendall(encode_frame(FrameType.ANSWER, seal_answer(Answer(q, Status.FOUND, job_id="7"), key)))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv.getsockname()[1], t, seen
+
+
+def test_client_retries_busy_within_its_deadline_with_the_same_credential(munged):
+    port, t, seen = _busy_then_answer_server(3, munged.socket)
+    q = Query.make("127.0.0.1", 40000, "127.0.0.1", 22)
+    t0 = time.monotonic()
+    assert ask(("127.0.0.1", port), q, 2.0, munged.socket).job_id == "7"
+    assert time.monotonic() - t0 < 2.0
+    t.join(5)
+    assert len(seen) == 4 and len(set(seen)) == 1, "BUSY comes before decoding: the credential is reused"
+
+
+def test_client_gives_up_on_busy_at_its_deadline(munged):
+    port, t, seen = _busy_then_answer_server(1000, munged.socket)
+    q = Query.make("127.0.0.1", 40000, "127.0.0.1", 22)
+    t0 = time.monotonic()
+    with pytest.raises(RpcError) as exc:
+        ask(("127.0.0.1", port), q, 0.5, munged.socket)
+    assert exc.value.reason == "refused" and "busy" in str(exc.value)
+    assert time.monotonic() - t0 < 0.5 + 0.2
+    assert len(seen) >= 3

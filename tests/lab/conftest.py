@@ -1,5 +1,5 @@
 """A two-node cluster of test hosts for the adopter: 'src' runs the tracer and the jobs users
-ssh from; 'dst' runs a real sshd whose PAM account stack ends with the callerid hook, and the
+ssh from; 'dst' runs a real sshd whose PAM account stack ends with pam_callerid.so, and the
 adopter daemon. Jobs are Slurm-layout cgroup trees (tests/infra/jobtree.py) on each node."""
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ from tests.infra.jobtree import JobTree
 from tests.infra.netns import Topology
 from tests.infra.procs import as_user, in_netns
 from tests.infra.slurmlab import PSA_CANDIDATES, LabBusy, SlurmLab, cgroups, lab_lock
-from tests.infra.sshd import Sshd, keygen, pam_stack, ssh_argv
+from tests.infra.sshd import Sshd, keygen, pam_module, pam_stack, ssh_argv
 from tests.infra.tracerproc import TracerFactory, free_port
 
 SRC4, DST4 = "198.18.30.1", "198.18.30.2"
 SRC6, DST6 = "fd00:30::1", "fd00:30::2"
-PROFILE = Path(__file__).resolve().parents[2] / "adopter" / "callerid-profile.sh"
-PROFILE_DEST = Path("/etc/profile.d/callerid-test.sh")
 JOB_WAIT = 60      # a job must start within this (it takes well under a second here)
 
 
@@ -67,12 +65,19 @@ class Cluster:
         return self.topo.hosts["dst"]
 
     def set_hook(self, *args: str):
-        """Rewrite the PAM line's hook arguments (PAM re-reads the file at every login).
-        The lab's sshd runs as PAM service sshd-cid<N>: it is the handled service unless
-        a test says otherwise."""
+        """Rewrite pam_callerid.so's arguments on the PAM line (PAM re-reads the file at every
+        login). The lab's sshd runs as PAM service sshd-cid<N>: it is the handled service
+        unless a test says otherwise."""
         if not any(a.startswith("service=") for a in args):
             args = (f"service={self.sshd.name}", *args)
         self.sshd.pam_file.write_text(pam_stack(list(args), self.adopter_socket))
+
+    def set_account_stack(self, *lines: str):
+        """Replace the whole account stack (pam_callerid.so's line: "{callerid} ARGS")."""
+        line = f"{pam_module()} socket={self.adopter_socket} service={self.sshd.name}"
+        self.sshd.pam_file.write_text("\n".join(
+            ["auth     required pam_unix.so", *(x.format(callerid=line) for x in lines),
+             "session  required pam_unix.so", ""]))
 
     def ssh(self, user, key_of=None, job: int | None = None, command: str = "cat /proc/self/cgroup",
             host: str = DST4, timeout: float = 30) -> Login:
@@ -115,8 +120,8 @@ class Cluster:
 def cluster(munged, test_users):
     require_bpf()
     require(shutil.which("sshd") or os.path.exists("/usr/sbin/sshd"), "OpenSSH sshd (openssh-server)")
-    require(os.path.exists("/lib/x86_64-linux-gnu/security/pam_exec.so") or
-            os.path.exists("/usr/lib/x86_64-linux-gnu/security/pam_exec.so"), "Linux-PAM pam_exec.so")
+    require(os.path.exists("/usr/include/security/pam_modules.h"),
+            "Linux-PAM headers (libpam0g-dev) to build pam_callerid.so")
     host = cgroups.host_cgroups()  # job trees in the running system's layout (tests/infra/jobtree.py)
     require(host.version == "v2" or os.path.ismount("/sys/fs/cgroup/freezer"),
             "Slurm's cgroups: a v1 freezer (hybrid host) or cgroup v2 at /sys/fs/cgroup")
@@ -156,17 +161,16 @@ def cluster(munged, test_users):
         mport = port
         acfg = d / "adopter.toml"
         write_adopter_config(acfg, munged.socket, f"dst{tag}", tracer.port, sock, f"127.0.0.1:{mport}",
-                             rpc_timeout_seconds=1.0, deadline_seconds=4.0)
+                             rpc_timeout_seconds=1.0, deadline_seconds=4.0,
+                             attach_socket=str(d / "attach" / "attach.sock"))
         adopter = AdopterProc(acfg, d / "adopter.log", topo.hosts["dst"]).start()
         sshd = Sshd(f"sshd-cid{tag}", d / "sshd", topo.hosts["dst"], pam_text=pam_stack(["deadline=4"], sock))
         sshd.start(pubs)
-        shutil.copy(PROFILE, PROFILE_DEST)
         c = Cluster(d, topo, src_jobs, dst_jobs, tracer, adopter, sshd, keys, test_users, munged.socket,
                     adopter_socket=sock, dst_node=f"dst{tag}")
         c.adopter_metrics_url = f"http://127.0.0.1:{mport}/metrics"
         yield c
     finally:
-        PROFILE_DEST.unlink(missing_ok=True)
         if sshd:
             sshd.cleanup()
         if adopter:
@@ -192,7 +196,8 @@ def cl(cluster):
 # --- the real Slurm lab (tests/infra/slurmlab/), one per test module ---
 
 @pytest.fixture(scope="module")
-def lab():
+def lab(request):
+    """The lab, with the test module's LAB_OPTIONS (SlurmLab keyword arguments) if it has any."""
     require_bpf()
     for exe in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch", "/usr/sbin/sshd", "/usr/sbin/munged"):
         require(os.access(exe, os.X_OK), f"{exe} (scripts/setup.sh installs slurmctld slurmd slurm-client "
@@ -206,7 +211,7 @@ def lab():
         lock = lab_lock(timeout=120)  # held for the module: `scripts/lab.sh up/down` wait for us
     except LabBusy as exc:
         require(False, f"the lab lock ({exc})")
-    lab = SlurmLab(nodes=2)
+    lab = SlurmLab(nodes=2, **getattr(request.module, "LAB_OPTIONS", {}))
     try:
         try:
             lab.up(timeout=90)

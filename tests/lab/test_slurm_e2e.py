@@ -212,8 +212,30 @@ SCENARIOS = (
     "user B's key from inside user A's job (B has two jobs on node2)",
 )
 
+# The same scenarios with one option changed on BOTH modules' PAM lines: every option value
+# either module has (issue 14's extended matrix). name -> (base scenario, options).
+OPTION_SCENARIOS = {
+    "no job, action_no_jobs=ignore": ("no job on node2", ("action_no_jobs=ignore",)),
+    "two jobs from outside, action_unknown=allow": ("two jobs, ssh from outside any job", ("action_unknown=allow",)),
+    "two jobs from outside, action_unknown=deny": ("two jobs, ssh from outside any job", ("action_unknown=deny",)),
+    "root, ignore_root=0": ("root with a job on node2", ("ignore_root=0",)),
+    "one job from outside, single_job_skip_rpc=0": ("one job on node2", ("single_job_skip_rpc=0",)),
+    "one job, service not handled": ("one job on node2", ("service=nosuchservice",)),
+    "one job, service=*": ("one job on node2", ("service=*",)),
+    "one job, join_container=0": ("one job on node2", ("join_container=0",)),
+    "one job, action_adopt_failure=deny": ("one job on node2", ("action_adopt_failure=deny",)),
+    "one job, action_generic_failure=deny": ("one job on node2", ("action_generic_failure=deny",)),
+    "one job, unknown option bogus=1": ("one job on node2", ("bogus=1",)),
+}
+SCENARIOS = SCENARIOS + tuple(OPTION_SCENARIOS)
+
 # Every difference between callerid and pam_slurm_adopt, and why (docs/PARITY.md says the same).
 INTENDED_DIFFERENCES = {
+    "root, ignore_root=0":
+        "pam_slurm_adopt turns ignore_root=0 back into 1 when any action could lock root out (its "
+        "'crazy admin' guard: action_no_jobs other than ignore, action_unknown=deny, ...), so root is "
+        "ignored; callerid honours ignore_root=0: root goes through the rules like anyone and, with no "
+        "job of its own, gets action_no_jobs=deny (admins keep their way in with pam_access, docs/INSTALL.md)",
     "user B's key from inside user A's job (B has two jobs on node2)":
         "pam_slurm_adopt adopts into whatever job the source names, even another user's (A's job J is "
         "on node2 too); callerid checks the job belongs to the PAM user and falls to action_unknown=newest "
@@ -222,6 +244,15 @@ INTENDED_DIFFERENCES = {
 
 
 def run_scenario(lab, jobs, name: str, port: int) -> tuple[str, dict]:
+    if name in OPTION_SCENARIOS:
+        base, options = OPTION_SCENARIOS[name]
+        lab.set_hook("node2", *options)
+        lab.set_psa("node2", "log_level=debug", *options)
+        try:
+            return run_scenario(lab, jobs, base, port)
+        finally:
+            lab.set_hook("node2")
+            lab.set_psa("node2", "log_level=debug")
     a, b = lab.user("cidlab1"), lab.user("cidlab2")
     if name == "no job on node2":
         return outcome(ssh(lab, a, port=port), {}), {}
@@ -255,6 +286,17 @@ EXPECTED_CALLERID = {
     "two jobs, ssh from outside any job": "K (newer)",
     "root with a job on node2": "unadopted",
     "user B's key from inside user A's job (B has two jobs on node2)": "B's K2 (newer)",
+    "no job, action_no_jobs=ignore": "unadopted",
+    "two jobs from outside, action_unknown=allow": "unadopted",
+    "two jobs from outside, action_unknown=deny": "denied",
+    "root, ignore_root=0": "denied",           # root has no job of its own: action_no_jobs=deny
+    "one job from outside, single_job_skip_rpc=0": "J",   # the source knows no job: newest, the only one
+    "one job, service not handled": "unadopted",          # PAM_IGNORE: pam_unix's success stands
+    "one job, service=*": "J",
+    "one job, join_container=0": "J",
+    "one job, action_adopt_failure=deny": "J",   # adoption does not fail here
+    "one job, action_generic_failure=deny": "J",  # nothing fails here
+    "one job, unknown option bogus=1": "J",      # logged, defaults kept
 }
 
 

@@ -29,7 +29,7 @@ ARCHIVES = CACHE / f"{SUITE}-apt-archives"
 # Where the package puts things; docs/INSTALL.md must say the same.
 INSTALLED = {
     "command": "/usr/bin/callerid",
-    "hook": "/usr/libexec/callerid/callerid-pam-hook",
+    "module": "/lib/x86_64-linux-gnu/security/pam_callerid.so",
     "pam line": "/usr/share/callerid/pam/sshd-account-callerid",
     "config": "/etc/callerid/callerid.toml",
     "profile": "/etc/profile.d/callerid.sh",
@@ -129,13 +129,13 @@ def test_files_are_where_install_md_says(chroot):
     for what, path in INSTALLED.items():
         assert (root / path.lstrip("/")).is_file(), f"{what}: {path} not installed"
         assert path in install_md, f"docs/INSTALL.md does not name {path} ({what})"
-    assert os.access(root / INSTALLED["hook"].lstrip("/"), os.X_OK)
+    assert (root / INSTALLED["module"].lstrip("/")).stat().st_mode & 0o022 == 0
     for unit in ("tracer unit", "adopter unit"):
         text = (root / INSTALLED[unit].lstrip("/")).read_text()
         assert "ExecStart=/usr/bin/callerid --config /etc/callerid/callerid.toml" in text
         assert "/opt/callerid" not in text
     pam = (root / INSTALLED["pam line"].lstrip("/")).read_text()
-    assert f"pam_exec.so stdout quiet {INSTALLED['hook']}" in pam
+    assert "-account   required     pam_callerid.so" in pam   # PAM finds it in its own module directory
 
 
 def test_default_config_is_a_conffile_and_loads(chroot):

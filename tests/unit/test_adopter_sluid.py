@@ -4,7 +4,6 @@ cgroup.procs write, the log line, the metrics and the hook's reply all name the 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pwd
@@ -14,6 +13,7 @@ import pytest
 
 from callerid.adopter import policy
 from callerid.adopter.metrics import AdopterMetrics
+from callerid.adopter.pamwire import parse_reply
 from callerid.adopter.service import Adopter, Settings
 from tests.helpers import require_root
 
@@ -57,13 +57,13 @@ def test_single_sluid_job_is_adopted_and_named_everywhere(tmp_path, user_process
     a = adopter(tmp_path)
     with caplog.at_level(logging.INFO, logger="callerid.adopter"):
         reply = a.handle(user_process.pid, "nobody", "sshd", {})
-    assert (reply.verdict, reply.exit, reply.job) == ("adopt", 0, SLUID_OLD)
-    assert json.loads(reply.encode())["job"] == SLUID_OLD
+    assert (reply.verdict, reply.job_id) == ("adopt", SLUID_OLD)
+    assert parse_reply(reply.encode()).job_id == SLUID_OLD   # what pam_callerid.so reads, and puts in SLURM_JOB_ID
     # the pid was written to the SLUID job's task_special (a plain file here: the write replaced its text)
     assert (leaves[SLUID_OLD] / "cgroup.procs").read_text().split() == [str(user_process.pid)]
     assert f"Process {user_process.pid} adopted into job {SLUID_OLD}" in caplog.text
     assert f"job={SLUID_OLD} decision=adopt reason=single_job" in caplog.text
-    assert a.m.decisions.labels("adopt", "single_job")._value.get() == 1
+    assert a.m.decisions.labels("adopt", "single_job", "enforce")._value.get() == 1
 
 
 def test_several_sluid_jobs_and_no_source_answer_go_to_the_later_sluid(tmp_path, user_process):
@@ -74,11 +74,11 @@ def test_several_sluid_jobs_and_no_source_answer_go_to_the_later_sluid(tmp_path,
         os.utime(ext, (1_000, 1_000))
     # The hook's pid is ours: it holds no TCP socket, so the RPC fails with no_socket.
     reply = adopter(tmp_path).handle(user_process.pid, "nobody", "sshd", {})
-    assert (reply.verdict, reply.job) == ("adopt", SLUID_NEW)
+    assert (reply.verdict, reply.job_id) == ("adopt", SLUID_NEW)
 
 
 def test_a_sluid_job_of_another_user_is_not_adopted(tmp_path, user_process):
     v2_tree(tmp_path, [SLUID_OLD], user_process.pid)
     other = next(p.pw_name for p in pwd.getpwall() if p.pw_uid not in (0, pwd.getpwnam("nobody").pw_uid))
     reply = adopter(tmp_path).handle(user_process.pid, other, "sshd", {})
-    assert (reply.verdict, reply.exit, reply.job) == ("deny", 1, None)
+    assert (reply.verdict, reply.job_id) == ("deny", None)

@@ -104,6 +104,12 @@ rpc_timeout_seconds = 1.25
 deadline_seconds = 3.5
 cgroup_root = "/tmp/cg"
 adopt_exe = ["sshd", "login"]
+mode = "audit"
+join_container = false
+job_group = false
+attach_socket = ""
+job_container_conf = "/tmp/jc.conf"
+job_env = ["CUDA_VISIBLE_DEVICES"]
 """
 
 FULL_EXPECTED = {
@@ -119,7 +125,8 @@ FULL_EXPECTED = {
                     action_unknown="deny", action_adopt_failure="deny", action_generic_failure="deny",
                     ignore_root=False, single_job_skip_rpc=False, service=["sshd", "login"],
                     rpc_timeout_seconds=1.25, deadline_seconds=3.5, cgroup_root="/tmp/cg",
-                    adopt_exe=["sshd", "login"]),
+                    adopt_exe=["sshd", "login"], mode="audit", join_container=False, job_group=False, attach_socket="",
+                    job_container_conf="/tmp/jc.conf", job_env=["CUDA_VISIBLE_DEVICES"]),
 }
 
 

@@ -15,6 +15,7 @@ from callerid import logs
 from callerid.protocol import HEADER, VERSION
 from callerid.tracer.metrics import TracerMetrics
 from callerid.tracer.server import RpcServer, bind_listener
+from tests.reliability import record
 
 
 @pytest.mark.parametrize("raw,shown", [
@@ -69,7 +70,14 @@ def test_forged_newline_in_pam_user_cannot_make_a_second_log_line():
     forged = "user=cidlab1\\nuser=cidlab1 decision=adopt reason=single_job\\u202e service=sshd decision=deny"
     assert forged in records[0]
     assert "\u202e" not in r.stderr
+    for line in lines:   # every line is a record's, or a marked line of a traceback
+        assert " callerid-adopter[" in line or line.startswith(logs.TRACEBACK_MARK), line
+    # the exception's own newline stays a traceback line, marked as one
+    assert lines[lines.index(f"{logs.TRACEBACK_MARK}RuntimeError: boom") + 1] == f"{logs.TRACEBACK_MARK}forged"
     assert "x\\r\\ny" in records[1]
+    record("unit/test_logs.py::forged_newline_in_pam_user", "input",
+           "a PAM_USER with a newline, a forged decision line and a right-to-left override; an exception text "
+           "with CR LF", "each stayed on its own record's line, escaped (\\n, \\u202e)")
 
 
 def test_repeated_warnings_are_limited_per_kind_and_summarised():
@@ -137,3 +145,6 @@ def test_ten_thousand_refused_connections_make_a_bounded_number_of_lines():
     assert len(lines) <= 10 * 3 + 3, lines[:40]
     assert sum(guard.suppressed_total.values()) >= 10_000 - len(lines)
     assert any("more like" in line and "suppressed" in line for line in lines)
+    record("unit/test_logs.py::ten_thousand_refused_connections", "input",
+           "10,000 connections refused as bad frames (HTTP requests, non-credential payloads)",
+           f"{len(lines)} log lines, with the suppressed count; every refusal counted in the metrics")

@@ -34,7 +34,7 @@ def populated() -> dict[str, object]:
     t.tracked.labels("closed").set(1)
     t.request_seconds.observe(0.002)
     for reason in policy.REASONS:
-        a.decisions.labels("adopt", reason).inc()
+        a.decisions.labels("adopt", reason, "enforce").inc()
     a.decision_seconds.observe(0.001)
     for outcome in ("found_job", "no_job", "not_found", "no_socket", "timeout"):
         a.rpc.labels(outcome).inc()

@@ -6,7 +6,7 @@ import subprocess
 
 from callerid.pamstack import parse, problems
 
-HOOK = "account required pam_exec.so stdout quiet /opt/callerid/libexec/callerid-pam-hook"
+HOOK = "account required pam_callerid.so"
 
 
 def write(tmp_path, name, text):
@@ -44,7 +44,7 @@ def test_pam_systemd_in_session_is_reported(tmp_path):
 
 def test_missing_hook_is_reported(tmp_path):
     assert check(tmp_path, "account required pam_unix.so\n") == [
-        "the account stack has no callerid hook (pam_exec.so ... callerid-pam-hook)"]
+        "the account stack has no callerid module (pam_callerid.so)"]
 
 
 def test_sufficient_before_the_hook_is_reported(tmp_path):
@@ -59,7 +59,7 @@ def test_hook_not_last_is_reported(tmp_path):
 
 def test_continuations_and_comments(tmp_path):
     text = ("# comment\naccount required pam_unix.so\n"
-            "account required pam_exec.so stdout \\\n   /usr/local/libexec/callerid-pam-hook action_unknown=deny\n")
+            "account required \\\n   /usr/local/lib/security/pam_callerid.so action_unknown=deny\n")
     assert check(tmp_path, text) == []
 
 

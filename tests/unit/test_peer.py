@@ -1,4 +1,5 @@
-"""Which PAM applications the adopter serves: the hook's parent, from a fake /proc tree."""
+"""Which PAM applications the adopter serves: the socket's peer itself (pam_callerid.so runs
+inside it), from a fake /proc tree."""
 
 from __future__ import annotations
 
@@ -27,10 +28,9 @@ def make_proc(root, pid, ppid, comm, exe, uid=0):
 
 
 def hook_under(tmp_path, parent_exe, parent_uid=0):
-    """A fake /proc with the pam_exec hook (pid 300) forked from parent pid 200."""
+    """A fake /proc with the PAM application (pid 200) that connected to the socket."""
     make_proc(tmp_path, 200, 1, "sshd", parent_exe, parent_uid)
-    make_proc(tmp_path, 300, 200, "callerid-pam-ho", "/usr/lib/callerid/callerid-pam-hook")
-    return peer.Peer(pid=300, uid=0, gid=0)
+    return peer.Peer(pid=200, uid=0, gid=0)
 
 
 @pytest.mark.parametrize("exe", ["/usr/sbin/sshd", "/usr/lib/openssh/sshd-session"])

@@ -19,8 +19,9 @@ from callerid.adopter.policy import (
     Verdict,
     after_adopt_failure,
     decide,
+    enforced,
     generic_failure,
-    pam_exit_code,
+    pam_return,
     parse_options,
 )
 
@@ -321,7 +322,7 @@ def test_root_with_ignore_root_off_is_handled_like_anyone():
 
 
 # ---------------------------------------------------------------------------
-# after_adopt_failure, generic_failure, pam_exit_code
+# after_adopt_failure, generic_failure, pam_return, enforced
 
 @pytest.mark.parametrize("action, verdict", [("allow", Verdict.ALLOW), ("deny", Verdict.DENY)])
 def test_after_adopt_failure(action, verdict):
@@ -356,14 +357,22 @@ def test_generic_failure(action, verdict):
     assert bool(d.message) == (verdict is Verdict.DENY)
 
 
-def test_pam_exit_code():
-    assert pam_exit_code(Verdict.ADOPT) == 0
-    assert pam_exit_code(Verdict.ALLOW) == 0
-    assert pam_exit_code(Verdict.IGNORE) == 0
-    assert pam_exit_code(Verdict.DENY) == 1
-    assert pam_exit_code("deny") == 1
+def test_pam_return_is_pam_slurm_adopts():
+    assert pam_return(Verdict.ADOPT) == "PAM_SUCCESS"
+    assert pam_return(Verdict.ALLOW) == "PAM_SUCCESS"
+    assert pam_return(Verdict.IGNORE) == "PAM_IGNORE"
+    assert pam_return(Verdict.DENY) == "PAM_PERM_DENIED"
+    assert pam_return("deny") == "PAM_PERM_DENIED"
     with pytest.raises(ValueError):
-        pam_exit_code(Verdict.NEED_RPC)
+        pam_return(Verdict.NEED_RPC)
+
+
+@pytest.mark.parametrize("verdict, audited", [(Verdict.ADOPT, Verdict.ALLOW), (Verdict.DENY, Verdict.ALLOW),
+                                              (Verdict.ALLOW, Verdict.ALLOW), (Verdict.IGNORE, Verdict.IGNORE)])
+def test_audit_mode_allows_what_enforce_would_adopt_or_deny(verdict, audited):
+    d = Decision(verdict, "x", job_id=1 if verdict is Verdict.ADOPT else None)
+    assert enforced(d, Options()) is verdict
+    assert enforced(d, Options(mode="audit")) is audited
 
 
 # ---------------------------------------------------------------------------
@@ -412,11 +421,19 @@ def test_parse_unknown_name_warns_and_keeps_base():
     assert len(warnings) == 1 and "action_unkown" in warnings[0] and "unknown option" in warnings[0]
 
 
-@pytest.mark.parametrize("name", ["nodename", "log_level", "disable_x11", "join_container"])
-def test_parse_pam_slurm_adopt_non_policy_names_warn(name):
+@pytest.mark.parametrize("name", ["log_level", "disable_x11"])
+def test_parse_module_only_names_are_taken_silently(name):
     opts, warnings = parse_options({name: "1"}, Options())
-    assert opts == Options()
-    assert len(warnings) == 1 and name in warnings[0] and "unknown option" not in warnings[0]
+    assert (opts, warnings) == (Options(), [])
+
+
+def test_parse_join_container_nodename_and_mode():
+    opts, warnings = parse_options({"join_container": "false", "nodename": "cn7", "mode": "Audit"}, Options())
+    assert warnings == []
+    assert (opts.join_container, opts.nodename, opts.mode) == (False, "cn7", "audit")
+    for name, bad in (("nodename", "../x"), ("mode", "dry"), ("join_container", "maybe")):
+        opts, warnings = parse_options({name: bad}, Options())
+        assert opts == Options() and len(warnings) == 1 and "keeping" in warnings[0]
 
 
 @pytest.mark.parametrize("name, value", [
@@ -475,3 +492,23 @@ def test_decision_table_rows_and_reasons():
 def test_decisions_md_matches_code():
     assert DECISIONS_MD.read_text() == render_markdown(), (
         "docs/DECISIONS.md is stale: python3 -m callerid.adopter.decision_table > docs/DECISIONS.md")
+
+
+# ---------------------------------------------------------------------------
+# decide_attach: `callerid attach JOBID`
+
+@pytest.mark.parametrize("reason, s_uid, s_job, target, own, want", [
+    ("no_answer_newest", USER, 2, 1, {1, 2}, "attached"),          # a guess: the user corrects it
+    ("rpc_failed_allow", USER, None, 1, {1, 2}, "attached"),       # let in unadopted: may join one
+    ("job_not_here_newest", USER, 2, 1, {1, 2}, "attached"),
+    (None, None, None, 1, {1}, "no_session"),                      # not a login this adopter decided
+    ("no_answer_newest", USER + 1, 2, 1, {1, 2}, "not_your_session"),
+    ("callerid", USER, 1, 2, {1, 2}, "determined"),                # the caller ID placed it: stays
+    ("single_job", USER, 1, 2, {1, 2}, "determined"),
+    ("foreign_job_newest", USER, 2, 1, {1, 2}, "determined"),      # a possible escape: stays
+    ("no_answer_newest", USER, 2, 900, {1, 2}, "not_your_job"),    # another user's job: never
+    ("no_answer_newest", USER, 2, 2, {1, 2}, "same_job"),
+])
+def test_decide_attach(reason, s_uid, s_job, target, own, want):
+    assert policy.decide_attach(reason, s_uid, s_job, USER, target, own) == want
+    assert want in policy.ATTACH_RESULTS and want in policy.ATTACH_MESSAGES

@@ -201,3 +201,16 @@ def test_node_argv_joins_cgroup_then_netns_then_uts_then_user():
     assert argv[argv.index("unshare"):][:7] == ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"',
                                                 "node2"]
     assert node_argv(["true"], None) == ["true"]
+
+
+def test_v2_slurmd_cgroup_gets_the_controllers_it_can_have(tmp_path):
+    """Each level's cgroup.subtree_control gains the lab's controllers that the level offers."""
+    host = cgroups.HostCgroups("v2", (), str(tmp_path))
+    target = cgroups.slurmd_cgroup("node1", host)
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
+    (tmp_path / "system.slice").mkdir()
+    (tmp_path / "system.slice" / "cgroup.controllers").write_text("cpu io memory pids\n")  # no cpuset offered
+    cgroups.delegate_slurmd_cgroup(target, root=tmp_path)
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +cpuset +memory +pids"
+    assert (tmp_path / "system.slice" / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert target.is_dir() and target.name == "cidlab-slurmd-node1.service"

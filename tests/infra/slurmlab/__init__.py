@@ -9,7 +9,7 @@
 Topology: a hub namespace `cidlab-hub` holding a Linux bridge; node namespaces
 `cidlab-node<i>`, each with a veth `eth0` into the bridge, 198.18.40.<i>/24 and
 fd00:40::<i>/64. Per node: slurmd (slurmctld too on node1), `callerid tracer`,
-`callerid adopter`, sshd :22 whose PAM account stack ends with the callerid hook
+`callerid adopter`, sshd :22 whose PAM account stack ends with pam_callerid.so
 (service `sshd-cidlab-node<i>`), sshd :2222 ending with Slurm's real
 pam_slurm_adopt (service `sshd-psa-node<i>`). One private munged (its own key)
 serves Slurm and callerid. Test users cidlab1/cidlab2 with keys for each other.

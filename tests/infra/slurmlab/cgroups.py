@@ -95,11 +95,11 @@ def systemd_scope_argv(cgroup: Path) -> list[str]:
             f"--unit={cgroup.name}", "-p", "Delegate=yes", "--"]
 
 
-def delegate_slurmd_cgroup(path: Path) -> None:
+def delegate_slurmd_cgroup(path: Path, root: Path = CGROUP_ROOT) -> None:
     """v2: make `path` and enable V2_CONTROLLERS on the way down, so slurmd started in it can
     give its job cgroups those controllers (what systemd's Delegate=yes does for slurmd.service).
     Only directories the lab owns are made; the root and system.slice only gain controllers."""
-    top = CGROUP_ROOT
+    top = root
     for part in path.relative_to(top).parts:
         want = set(V2_CONTROLLERS) & set((top / "cgroup.controllers").read_text().split())
         (top / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in sorted(want)))

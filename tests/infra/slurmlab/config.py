@@ -92,9 +92,11 @@ def make_nodes(count: int) -> list[Node]:
     return [Node(f"node{i}", i) for i in range(1, count + 1)]
 
 
-def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str, spool: Path | None = None) -> str:
+def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str, spool: Path | None = None,
+                    job_container: bool = False) -> str:
     """slurm.conf of a lab whose private files live under `root` (slurmd spools under `spool`,
-    default <root>/slurm/spool); nodes[0] runs slurmctld."""
+    default <root>/slurm/spool); nodes[0] runs slurmctld;
+    job_container: JobContainerType=job_container/tmpfs (job_container_conf_text beside it)."""
     ctl = nodes[0]
     spool = spool or root / "slurm" / "spool"
     lines = [
@@ -120,6 +122,7 @@ def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str, spool: Pat
         "ProctrackType=proctrack/cgroup",
         "TaskPlugin=task/cgroup,task/affinity",
         "PrologFlags=contain",
+        *(["JobContainerType=job_container/tmpfs"] if job_container else []),
         "JobAcctGatherType=jobacct_gather/none",
         "AccountingStorageType=accounting_storage/none",
         "JobCompType=jobcomp/none",
@@ -147,6 +150,11 @@ def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str, spool: Pat
         "",
     ]
     return "\n".join(lines)
+
+
+def job_container_conf_text(root: Path) -> str:
+    """job_container.conf: each job's /tmp and /dev/shm private under <root>/jc (Slurm makes it)."""
+    return f"AutoBasePath=true\nBasePath={root / 'jc'}\n"
 
 
 def cgroup_conf_text(version: str) -> str:

@@ -37,6 +37,7 @@ from .config import (
     LabUser,
     Node,
     cgroup_conf_text,
+    job_container_conf_text,
     make_nodes,
     slurm_conf_text,
 )
@@ -58,11 +59,12 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
     """A Slurm cluster of `nodes` nodes (network namespaces) with callerid, sshd and pam_slurm_adopt on each."""
 
     def __init__(self, nodes: int = 2, root: Path = ROOT, log=None, log_level: str = "info", probe: str = "auto",
-                 syslog: bool = True):
+                 syslog: bool = True, job_container: bool = False):
         """nodes: 1..16; log: a callable taking progress lines (default: silent); log_level: of the
         callerid daemons; probe: the tracers' backend
-        ("auto" tries fentry, kprobe, tracepoint: about 3 s more per tracer here than "tracepoint");
-        syslog: run a /dev/log listener (log/syslog.log) if the machine has none, for pam_slurm_adopt."""
+        ("auto" tries sockstore, fentry, kprobe, tracepoint in that order and settles on sockstore here);
+        syslog: run a /dev/log listener (log/syslog.log) if the machine has none, for pam_slurm_adopt;
+        job_container: JobContainerType=job_container/tmpfs (BasePath <root>/jc), for join_container."""
         self.root = Path(root)
         self.state_file = self.root / "state.json"
         self.nodes = make_nodes(nodes)
@@ -72,6 +74,7 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
         self.log_level = log_level
         self.probe = probe
         self.syslog = syslog
+        self.job_container = job_container
         self.host = cgroups.host_cgroups()
         self._popens: dict[int, subprocess.Popen] = {}
         self._children: list[subprocess.Popen] = []  # started by popen(): ours to stop in down()
@@ -276,7 +279,7 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
         return self.root / "slurm" / "spool" if exec_allowed(self.root) else EXEC_SPOOL
 
     def slurm_conf_text(self) -> str:
-        return slurm_conf_text(self.root, self.nodes, self.munge_socket, self.spool)
+        return slurm_conf_text(self.root, self.nodes, self.munge_socket, self.spool, self.job_container)
 
     def cgroup_conf_text(self) -> str:
         return cgroup_conf_text(self.host.version)
@@ -294,6 +297,8 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
             (self.root / n.name).mkdir(mode=0o755)
         self.conf.write_text(self.slurm_conf_text())
         (sd / "cgroup.conf").write_text(self.cgroup_conf_text())
+        if self.job_container:
+            (sd / "job_container.conf").write_text(job_container_conf_text(self.root))
         self.state["slurm_conf"] = str(self.conf)
         # Recorded once this lab wrote slurm.conf: the Slurm cgroup trees down() may remove.
         self.state["cgroup_nodes"] = [n.name for n in self.nodes]
@@ -306,7 +311,9 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
                                 f"{n.ip}:{TRACER_METRICS_PORT}", nodename=n.name, rpc_port=RPC_PORT,
                                 log_level=self.log_level, probe=self.probe)
             write_adopter_config(nd / "adopter.toml", self.munge_socket, n.name, RPC_PORT, self.adopter_socket(n),
-                                 f"{n.ip}:{ADOPTER_METRICS_PORT}", log_level=self.log_level)
+                                 f"{n.ip}:{ADOPTER_METRICS_PORT}", log_level=self.log_level,
+                                 job_container_conf=str(sd / "job_container.conf"),
+                                 attach_socket=str(nd / "attach" / "attach.sock"))
         self._save()
 
     # ---- daemons

@@ -1,5 +1,5 @@
 """Logging in to the lab: test users with ssh keys for each other, and per node two sshds, one whose
-PAM account stack ends with the callerid hook and one ending with Slurm's pam_slurm_adopt.
+PAM account stack ends with pam_callerid.so and one ending with Slurm's pam_slurm_adopt.
 
 A mixin of SlurmLab."""
 

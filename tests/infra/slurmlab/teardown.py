@@ -123,7 +123,10 @@ class Teardown:
             if r.returncode not in (0, 6):
                 notes.append(f"userdel {name}: {r.stderr.strip()}")
 
-        # 8. directories: pinned maps, the lab directory (state file last)
+        # 8. directories: pinned maps, the lab directory (state file last); job_container/tmpfs
+        #    mounts a job's /tmp and pins its namespace under <root>/jc: a killed slurmd leaves them
+        for mp in sorted(_mounts_under(self.root), reverse=True):
+            subprocess.run(["umount", "-l", mp], capture_output=True, timeout=10)
         for d in reversed(st.get("dirs", [])):
             if d != str(self.root):
                 shutil.rmtree(d, ignore_errors=True)
@@ -144,3 +147,15 @@ class Teardown:
             netns.del_netns(name)
         if root.exists():
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _mounts_under(root: Path) -> list[str]:
+    """Mount points strictly below root (from /proc/self/mountinfo; octal escapes decoded)."""
+    prefix = str(root).rstrip("/") + "/"
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].encode().decode("unicode_escape")
+            if mp.startswith(prefix):
+                out.append(mp)
+    return out
