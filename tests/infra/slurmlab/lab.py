@@ -312,7 +312,7 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
                                 log_level=self.log_level, probe=self.probe)
             write_adopter_config(nd / "adopter.toml", self.munge_socket, n.name, RPC_PORT, self.adopter_socket(n),
                                  f"{n.ip}:{ADOPTER_METRICS_PORT}", log_level=self.log_level,
-                                 job_container_conf=str(sd / "job_container.conf"),
+                                 job_container_conf=str(sd / "job_container.conf"), slurm_conf=str(self.conf),
                                  attach_socket=str(nd / "attach" / "attach.sock"))
         self._save()
 
