@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pwd
 import socket
 import time
@@ -67,6 +68,7 @@ class Adopter:
         self.s = settings
         self.m = metrics
         self.logins = attach.Logins()
+        self._spool_cache: tuple | None = None   # (what it was read for, SlurmdSpoolDir)
 
     def handle(self, app_pid: int, user: str, service: str, raw_options: dict,
                deadline: float | None = None, still_wanted: Callable[[], str | None] = _always_wanted) -> Reply | None:
@@ -144,6 +146,8 @@ class Adopter:
                 self.m.adoptions.labels("success").inc()
                 log.info("Process %d adopted into job %s", app_pid, job.job_id)
                 session.env = jobenv.job_environment(job, self.s.job_env)
+                if not opts.disable_x11:
+                    session.env.update(self._x11(job, nodename, deadline))
                 gid = jobenv.job_group(job) if opts.job_group else None
                 if gid not in (None, 0, primary_gid):   # never root's group; the primary needs nothing
                     session.group = gid
@@ -187,24 +191,50 @@ class Adopter:
                  sshd if sshd else "-", (login.job_id if login else None) or "-", job_id, result, moved)
         return result, policy.ATTACH_MESSAGES[result].format(job=job_id)
 
+    def _spool(self, nodename: str) -> str:
+        """SlurmdSpoolDir, from slurm.conf as it is now (re-read only when the file changes)."""
+        try:
+            st = os.stat(self.s.slurm_conf)
+            key = (nodename, st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            key = (nodename, None)
+        if self._spool_cache is None or self._spool_cache[0] != key:
+            try:
+                with open(self.s.slurm_conf) as f:
+                    conf = f.read()
+            except OSError:
+                conf = ""  # Slurm's built-in SlurmdSpoolDir
+            self._spool_cache = (key, stepd.spool_dir(conf, nodename, socket.gethostname().split(".")[0]))
+        return self._spool_cache[1]
+
+    @staticmethod
+    def _stepd_timeout(deadline: float | None) -> float:
+        return STEPD_TIMEOUT if deadline is None else min(STEPD_TIMEOUT, deadline - time.monotonic())
+
     def _jobs(self, nodename: str, deadline: float | None) -> list[jobs.LocalJob]:
         """The node's jobs; a v2 job's owner asked of its slurmstepd, each ask bounded by
         STEPD_TIMEOUT and by the request's deadline."""
-        try:
-            with open(self.s.slurm_conf) as f:
-                conf = f.read()
-        except OSError:
-            conf = ""  # Slurm's built-in SlurmdSpoolDir
-        spool = stepd.spool_dir(conf, nodename, socket.gethostname().split(".")[0])
+        spool = self._spool(nodename)
 
         def ask_slurm(job_id: str) -> int | None:
             path = stepd.socket_path(spool, nodename, job_id)
             if path is None:
                 return None
-            left = STEPD_TIMEOUT if deadline is None else min(STEPD_TIMEOUT, deadline - time.monotonic())
+            left = self._stepd_timeout(deadline)
             return stepd.extern_uid(path, left) if left > 0 else None
 
         return jobs.list_jobs(nodename, self.s.cgroup_root, self.s.v2_mount, ask_slurm=ask_slurm)
+
+    def _x11(self, job: jobs.LocalJob, nodename: str, deadline: float | None) -> dict:
+        """DISPLAY and XAUTHORITY of the job's X11 forwarding, as its extern step's slurmstepd
+        tells them (pam_slurm_adopt's stepd_get_x11_display); {} if it has none."""
+        path = stepd.socket_path(self._spool(nodename), nodename, job.job_id or "")
+        left = self._stepd_timeout(deadline)
+        x11 = stepd.x11_display(path, left) if path is not None and left > 0 else None
+        if x11 is None:
+            return {}
+        log.info("job %s forwards X11: DISPLAY=localhost:%d.0", job.job_id, x11.display)
+        return x11.environment()
 
     def _namespace(self, job: jobs.LocalJob, nodename: str, opts: policy.Options) -> str:
         """The job's job_container/tmpfs namespace file to join, checked; "" if none."""
