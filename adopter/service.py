@@ -68,7 +68,7 @@ class Adopter:
         self.s = settings
         self.m = metrics
         self.logins = attach.Logins()
-        self._spool_cache: tuple | None = None   # (what it was read for, SlurmdSpoolDir)
+        self._slurm_cache: tuple | None = None   # (what slurm.conf was read as, _slurm()'s answer)
 
     def handle(self, app_pid: int, user: str, service: str, raw_options: dict,
                deadline: float | None = None, still_wanted: Callable[[], str | None] = _always_wanted) -> Reply | None:
@@ -145,10 +145,9 @@ class Adopter:
                 cgroupfs.adopt(app_pid, job)
                 self.m.adoptions.labels("success").inc()
                 log.info("Process %d adopted into job %s", app_pid, job.job_id)
-                session.env = jobenv.job_environment(job, self.s.job_env)
+                session.env, gid = jobenv.job_view(job, self.s.job_env, group=opts.job_group)
                 if not opts.disable_x11:
                     session.env.update(self._x11(job, nodename, deadline))
-                gid = jobenv.job_group(job) if opts.job_group else None
                 if gid not in (None, 0, primary_gid):   # never root's group; the primary needs nothing
                     session.group = gid
             except (cgroupfs.AdoptError, jobns.NamespaceError) as exc:
@@ -191,21 +190,24 @@ class Adopter:
                  sshd if sshd else "-", (login.job_id if login else None) or "-", job_id, result, moved)
         return result, policy.ATTACH_MESSAGES[result].format(job=job_id)
 
-    def _spool(self, nodename: str) -> str:
-        """SlurmdSpoolDir, from slurm.conf as it is now (re-read only when the file changes)."""
+    def _slurm(self, nodename: str) -> tuple[str, bool]:
+        """(SlurmdSpoolDir, whether jobs may forward X11) from slurm.conf as it is now; the
+        file is re-read only when it changes (not at every login)."""
         try:
             st = os.stat(self.s.slurm_conf)
             key = (nodename, st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError:
             key = (nodename, None)
-        if self._spool_cache is None or self._spool_cache[0] != key:
+        if self._slurm_cache is None or self._slurm_cache[0] != key:
             try:
                 with open(self.s.slurm_conf) as f:
                     conf = f.read()
+                x11 = stepd.may_forward_x11(conf)
             except OSError:
-                conf = ""  # Slurm's built-in SlurmdSpoolDir
-            self._spool_cache = (key, stepd.spool_dir(conf, nodename, socket.gethostname().split(".")[0]))
-        return self._spool_cache[1]
+                conf, x11 = "", True  # Slurm's built-in SlurmdSpoolDir; X11 unknown: ask
+            spool = stepd.spool_dir(conf, nodename, socket.gethostname().split(".")[0])
+            self._slurm_cache = (key, (spool, x11))
+        return self._slurm_cache[1]
 
     @staticmethod
     def _stepd_timeout(deadline: float | None) -> float:
@@ -214,7 +216,7 @@ class Adopter:
     def _jobs(self, nodename: str, deadline: float | None) -> list[jobs.LocalJob]:
         """The node's jobs; a v2 job's owner asked of its slurmstepd, each ask bounded by
         STEPD_TIMEOUT and by the request's deadline."""
-        spool = self._spool(nodename)
+        spool, _ = self._slurm(nodename)
 
         def ask_slurm(job_id: str) -> int | None:
             path = stepd.socket_path(spool, nodename, job_id)
@@ -227,8 +229,12 @@ class Adopter:
 
     def _x11(self, job: jobs.LocalJob, nodename: str, deadline: float | None) -> dict:
         """DISPLAY and XAUTHORITY of the job's X11 forwarding, as its extern step's slurmstepd
-        tells them (pam_slurm_adopt's stepd_get_x11_display); {} if it has none."""
-        path = stepd.socket_path(self._spool(nodename), nodename, job.job_id or "")
+        tells them (pam_slurm_adopt's stepd_get_x11_display); {} if it has none. Not asked
+        where slurm.conf has no PrologFlags=X11: a round trip to slurmstepd per login saved."""
+        spool, x11_possible = self._slurm(nodename)
+        if not x11_possible:
+            return {}
+        path = stepd.socket_path(spool, nodename, job.job_id or "")
         left = self._stepd_timeout(deadline)
         x11 = stepd.x11_display(path, left) if path is not None and left > 0 else None
         if x11 is None:

@@ -34,16 +34,37 @@ _UID = struct.Struct("=I")
 NO_UID = 0xFFFFFFFF
 
 
+def _settings(conf_text: str):
+    """(key lowercased, value) of each KEY=VALUE line of slurm.conf text, comments dropped."""
+    for line in conf_text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        key, sep, rest = line.partition("=")
+        if sep and rest.strip():
+            yield key.strip().lower(), rest.strip()
+
+
 def spool_dir(conf_text: str, nodename: str, hostname: str) -> str:
     """SlurmdSpoolDir from slurm.conf text (last setting wins, keys case-insensitive), with
     %n (node name) and %h (host name) expanded; Slurm's built-in default if unset."""
     value = DEFAULT_SPOOL
-    for line in conf_text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        key, sep, rest = line.partition("=")
-        if sep and key.strip().lower() == "slurmdspooldir" and rest.strip():
-            value = rest.strip().split()[0]
+    for key, rest in _settings(conf_text):
+        if key == "slurmdspooldir":
+            value = rest.split()[0]
     return value.replace("%n", nodename).replace("%h", hostname)
+
+
+def may_forward_x11(conf_text: str) -> bool:
+    """Whether jobs here can have X11 forwarding: only an extern step started with
+    PrologFlags=X11 sets it up, so without it there is nothing to ask slurmstepd. A
+    slurm.conf that includes other files may set it there: then the answer is yes."""
+    flags = ""
+    for line in conf_text.splitlines():
+        if line.split("#", 1)[0].strip().lower().startswith("include"):
+            return True
+    for key, rest in _settings(conf_text):
+        if key == "prologflags":
+            flags = rest.split()[0]
+    return "x11" in (f.strip().lower() for f in flags.split(","))
 
 
 def socket_path(spool: str, nodename: str, job_id: str) -> str | None:

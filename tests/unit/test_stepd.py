@@ -30,6 +30,19 @@ def test_spool_dir_default_is_slurms_builtin():
     assert stepd.spool_dir("ClusterName=x\n", "n", "h") == stepd.DEFAULT_SPOOL
 
 
+@pytest.mark.parametrize("text, x11", [
+    ("PrologFlags=Contain,X11\n", True),
+    ("prologflags=x11  # forwarding\n", True),
+    ("PrologFlags=contain\n", False),
+    ("# PrologFlags=X11\nPrologFlags=Alloc\n", False),
+    ("PrologFlags=X11\nPrologFlags=Contain\n", False),     # the last setting wins
+    ("ClusterName=x\n", False),
+    ("PrologFlags=contain\ninclude /etc/slurm/more.conf\n", True),   # may be set there: ask
+])
+def test_may_forward_x11_only_with_prologflags_x11(text, x11):
+    assert stepd.may_forward_x11(text) is x11
+
+
 def test_socket_path_names_the_extern_step_and_refuses_non_numeric_ids():
     assert stepd.socket_path("/sp", "n1", "42") == "/sp/n1_42.4294967292"
     assert stepd.socket_path("/sp", "n1", "a1b2c3") is None    # a SLUID: no socket by that name
