@@ -7,6 +7,7 @@ import os
 import pwd
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -68,6 +69,8 @@ class Adopter:
         self.s = settings
         self.m = metrics
         self.logins = attach.Logins()
+        # Gathers an adopted session's environment beside the adoption's cgroup writes.
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="job-view")
         self._slurm_cache: tuple | None = None   # (what slurm.conf was read as, _slurm()'s answer)
 
     def handle(self, app_pid: int, user: str, service: str, raw_options: dict,
@@ -142,12 +145,14 @@ class Adopter:
                 raise Abandoned(why)
             try:
                 session.namespace = self._namespace(job, nodename, opts)
-                cgroupfs.adopt(app_pid, job)
+                # What the session takes from the job does not depend on the adoption: it is
+                # gathered while the cgroup.procs writes wait in the kernel (an RCU grace period).
+                view = self._pool.submit(self._job_view, job, nodename, opts, deadline)
+                cgroupfs.adopt(app_pid, job)   # on failure the view is left to finish unread
+                env, gid = view.result()
                 self.m.adoptions.labels("success").inc()
                 log.info("Process %d adopted into job %s", app_pid, job.job_id)
-                session.env, gid = jobenv.job_view(job, self.s.job_env, group=opts.job_group)
-                if not opts.disable_x11:
-                    session.env.update(self._x11(job, nodename, deadline))
+                session.env = env
                 if gid not in (None, 0, primary_gid):   # never root's group; the primary needs nothing
                     session.group = gid
             except (cgroupfs.AdoptError, jobns.NamespaceError) as exc:
@@ -226,6 +231,14 @@ class Adopter:
             return stepd.extern_uid(path, left) if left > 0 else None
 
         return jobs.list_jobs(nodename, self.s.cgroup_root, self.s.v2_mount, ask_slurm=ask_slurm)
+
+    def _job_view(self, job: jobs.LocalJob, nodename: str, opts: policy.Options,
+                  deadline: float | None) -> tuple[dict, int | None]:
+        """The session's environment from the job (its variables, then X11's) and the job's group."""
+        env, gid = jobenv.job_view(job, self.s.job_env, group=opts.job_group)
+        if not opts.disable_x11:
+            env.update(self._x11(job, nodename, deadline))
+        return env, gid
 
     def _x11(self, job: jobs.LocalJob, nodename: str, deadline: float | None) -> dict:
         """DISPLAY and XAUTHORITY of the job's X11 forwarding, as its extern step's slurmstepd
