@@ -67,10 +67,6 @@ class TracerConfig:
         "Probe backend: auto, sockstore, fentry, kprobe or tracepoint. auto tries them in that order (cheapest "
         "first) and takes the first that passes its self-test. A forced backend that cannot load is fatal.",
         choices=("auto", "sockstore", "tracepoint", "kprobe", "fentry"))
-    probe_exclude: list = opt([],
-        "Backends auto never tries: one that loads on your kernel but misbehaves, or a design you do not want on "
-        "this fleet. The backend named by probe must not be in it.",
-        choices=("sockstore", "tracepoint", "kprobe", "fentry"))
     pin_root: str = opt("/sys/fs/bpf/callerid", "bpffs directory for pinned maps; the layout version is appended.")
     replace_pinned: bool = opt(False, "Replace pinned maps whose layout does not match instead of refusing to start.")
     max_connections: int = opt(131072,
@@ -189,7 +185,7 @@ def _check_range(name: str, value, meta) -> None:
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
     if lo is not None and value < lo or hi is not None and value > hi:
         raise ConfigError(f"{name}: must be between {lo} and {hi}, got {value!r}")
-    if choices and any(v not in choices for v in (value if isinstance(value, list) else [value])):
+    if choices and value not in choices:
         raise ConfigError(f"{name}: must be one of {', '.join(choices)}, got {value!r}")
     if meta.get("address"):
         for text in value if isinstance(value, list) else [value] if value else []:

@@ -49,8 +49,7 @@ class Tracer:
         t = self.cfg.tracer
         try:
             return probes.load(t.probe, t.pin_root, t.max_connections, t.max_pending, t.replace_pinned,
-                               t.max_closed_connections, t.close_grace_seconds, t.closed_share_per_uid,
-                               tuple(t.probe_exclude))
+                               t.max_closed_connections, t.close_grace_seconds, t.closed_share_per_uid)
         except probes.ProbeLoadError as exc:
             if t.probe != "auto" or t.require_bpf:
                 raise

@@ -38,6 +38,14 @@ MAX_UIDS = 65536   # uids with a closed-entry share tracked at once (LRU beyond)
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/callerid"
 
 
+# Tests list backends here (comma-separated) to make them fail as on a kernel that refuses
+# them, so failover is tested on kernels where every backend works. Not for production.
+FAIL_FOR_TESTS = "CALLERID_TEST_FAIL_PROBES"
+
+
+def _failed_for_tests() -> set[str]:
+    return {b.strip() for b in os.environ.get(FAIL_FOR_TESTS, "").split(",") if b.strip()}
+
 
 class ProbeLoadError(RuntimeError):
     """A backend could not be compiled, loaded, attached, or failed its self-test."""
@@ -251,18 +259,18 @@ def self_test(conns: Connections | SockStore, timeout: float = 1.0) -> None:
 
 def load(backend: str, pin_root: str | Path = DEFAULT_PIN_ROOT, max_conns: int = 131072,
          max_pending: int = 16384, replace_pinned: bool = False, max_closed: int = 65536,
-         grace_seconds: float = 120.0, closed_share: int = 1024, exclude: tuple = ()) -> LoadedProbe:
-    """Load exactly one backend (or 'auto': try each in AUTO_ORDER but those in exclude)."""
+         grace_seconds: float = 120.0, closed_share: int = 1024) -> LoadedProbe:
+    """Load exactly one backend (or 'auto': try each in AUTO_ORDER)."""
     pins = pin_dir(pin_root)
+    order = AUTO_ORDER if backend == "auto" else (backend,)
     if backend != "auto" and backend not in BACKENDS:
         raise ProbeLoadError(f"unknown probe backend {backend!r}; choose from {', '.join(BACKENDS)} or auto")
-    if backend in exclude:
-        raise ProbeLoadError(f"probe backend {backend} is both asked for and excluded (probe_exclude)")
-    order = [b for b in AUTO_ORDER if b not in exclude] if backend == "auto" else [backend]
-    if backend == "auto" and exclude:
-        log.info("probe backends excluded by probe_exclude: %s", ", ".join(b for b in AUTO_ORDER if b in exclude))
     failures = []
     for name in order:
+        if name in _failed_for_tests():
+            failures.append(f"{name}: made to fail by {FAIL_FOR_TESTS}")
+            log.info("probe backend %s unavailable: made to fail by %s", name, FAIL_FOR_TESTS)
+            continue
         prepare_pins(pins, max_conns, max_pending, max_closed, replace_pinned, name)
         start = time.monotonic()
         links, pending_fd = (), -1
@@ -290,4 +298,4 @@ def load(backend: str, pin_root: str | Path = DEFAULT_PIN_ROOT, max_conns: int =
         loaded.load_seconds = time.monotonic() - start
         log.info("probe backend %s loaded in %.2fs, maps pinned in %s", name, loaded.load_seconds, pins)
         return loaded
-    raise ProbeLoadError("; ".join(failures) or "every probe backend is excluded by probe_exclude")
+    raise ProbeLoadError("; ".join(failures))

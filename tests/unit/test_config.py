@@ -72,7 +72,6 @@ rpc_port = 7000
 listen = ["10.0.0.1:7000", "[fd00::1]:7000"]
 metrics = ""
 probe = "kprobe"
-probe_exclude = ["fentry"]
 pin_root = "/sys/fs/bpf/other"
 replace_pinned = true
 max_connections = 1024
@@ -117,8 +116,7 @@ FULL_EXPECTED = {
     "common": dict(munge_socket="/tmp/m.sock", slurm_user="slurmadm", nodename="cn-01", log_level="debug",
                    rpc_port=7000),
     "tracer": dict(listen=["10.0.0.1:7000", "[fd00::1]:7000"], metrics="", probe="kprobe",
-                   probe_exclude=["fentry"], pin_root="/sys/fs/bpf/other", replace_pinned=True, max_connections=1024,
-                   max_pending=128,
+                   pin_root="/sys/fs/bpf/other", replace_pinned=True, max_connections=1024, max_pending=128,
                    max_closed_connections=512, closed_share_per_uid=77,
                    close_grace_seconds=30.5, sweep_interval_seconds=1.5, reconcile=False, fallback=False,
                    require_bpf=True, max_clients=8, read_timeout_seconds=0.5, max_frame_bytes=4096,
@@ -260,9 +258,7 @@ def test_list_elements_are_type_checked(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["[tracer]\nmax_clients = -5\n", "[tracer]\nmax_clients = 0\n",
-                                  "[adopter]\nrpc_timeout_seconds = -1.0\n", "[adopter]\nservice = [1, true]\n",
-                                  "[tracer]\nprobe_exclude = [\"auto\"]\n",
-                                  "[tracer]\nprobe_exclude = [\"tracepoint\", \"fenty\"]\n"])
+                                  "[adopter]\nrpc_timeout_seconds = -1.0\n", "[adopter]\nservice = [1, true]\n"])
 def test_out_of_range_and_mistyped_list_values_are_refused(tmp_path, text):
     with pytest.raises(ConfigError):
         load(write(tmp_path, text))
