@@ -18,19 +18,19 @@ TEST_USERS = ("cidtest1", "cidtest2")
 
 @pytest.fixture(scope="session")
 def munged():
-    require(os.geteuid() == 0, "root (to start a private munged as user munge)")
-    require(os.access(munged_mod.MUNGED, os.X_OK), f"{munged_mod.MUNGED} (Debian package munge)")
-    require(os.path.exists(munged_mod.KEY), f"{munged_mod.KEY} (scripts/setup.sh creates it)")
     yield from _private_munged()
 
 
 @pytest.fixture(scope="session")
-def munged_other_key(munged):   # munged: its preconditions are this one's too
+def munged_other_key():
     """A second private munged with a key of its own: another cluster's credentials."""
     yield from _private_munged(new_key=True)
 
 
 def _private_munged(**start):
+    require(os.geteuid() == 0, "root (to start a private munged as user munge)")
+    require(os.access(munged_mod.MUNGED, os.X_OK), f"{munged_mod.MUNGED} (Debian package munge)")
+    require(os.path.exists(munged_mod.KEY), f"{munged_mod.KEY} (scripts/setup.sh creates it)")
     d = munged_mod.start(**start)
     try:
         yield d
