@@ -7,6 +7,8 @@ import socket
 
 from callerid.inet import endpoint
 
+_READ_CHUNK = 65536
+
 # Who owns a connection. READING: the I/O thread (registered in the selector).
 # QUEUED: the work queue. WORKING: a worker, until it answers or the deadline passes,
 # whichever claims it first. REPLYING: the worker that claimed it. LINGERING: the I/O
@@ -66,3 +68,26 @@ class Conn:
         if not self._peer:
             self._peer = endpoint(self.addr[0], self.addr[1])
         return self._peer
+
+
+def drain(sock: socket.socket) -> bool:
+    """Read and discard what is there; False at EOF."""
+    try:
+        while True:
+            chunk = sock.recv(_READ_CHUNK)
+            if not chunk:
+                return False
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+
+
+def send_now(conn: Conn, frame: bytes) -> bool:
+    """Never blocks the I/O thread: an error frame fits any socket's send buffer."""
+    try:
+        conn.sock.send(frame)
+        conn.sock.shutdown(socket.SHUT_WR)
+        return True
+    except OSError:
+        return False

@@ -34,8 +34,9 @@ from callerid.protocol import (
 )
 
 from .metrics import TracerMetrics
-from .rpcconn import CLOSED, LINGERING, PARKED, QUEUED, READING, REPLYING, WORKING
+from .rpcconn import CLOSED, LINGERING, PARKED, QUEUED, READING, REPLYING, WORKING, drain, send_now
 from .rpcconn import Conn as _Conn
+from .rpcwait import WaitingTable
 
 log = logging.getLogger("callerid.tracer.server")
 
@@ -59,7 +60,6 @@ class RpcServer:
         self.max_frame = max_frame
         self.max_clients = max_clients                         # worker threads: requests handled at once
         self.max_connections = max_connections
-        self.max_per_peer = max_connections_per_peer
         self.check_payload = check_payload
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -72,10 +72,7 @@ class RpcServer:
         self._working: set[_Conn] = set()
         self._returned: collections.deque[tuple[_Conn, bool]] = collections.deque()
         self._open = 0
-        self._waiting: collections.OrderedDict[_Conn, None] = collections.OrderedDict()   # READING, oldest first
-        self._per_peer: dict[str, collections.OrderedDict[_Conn, None]] = {}
-        self._parked: dict[str, collections.OrderedDict[_Conn, None]] = {}   # PARKED, oldest first
-        self._room: set[str] = set()   # peers whose waiting slot freed while some of theirs are parked
+        self._table = WaitingTable(max_connections_per_peer)   # READING and PARKED connections
         self._timers: list[tuple[float, int, int, _Conn]] = []   # (deadline, seq, gen, conn)
         self._seq = itertools.count()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -135,7 +132,7 @@ class RpcServer:
                     if key.data is None:
                         self._accept(key.fileobj, now)
                     elif key.data == "wake":
-                        self._drain(self._wake_r)
+                        drain(self._wake_r)
                     else:
                         self._on_readable(key.data, now)
                 now = time.monotonic()
@@ -152,19 +149,6 @@ class RpcServer:
         if not self._timers:
             return cap
         return max(0.0, min(cap, self._timers[0][0] - time.monotonic()))
-
-    @staticmethod
-    def _drain(sock: socket.socket) -> bool:
-        """Read and discard what is there; False at EOF."""
-        try:
-            while True:
-                chunk = sock.recv(_READ_CHUNK)
-                if not chunk:
-                    return False
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError:
-            return False
 
     def _accept(self, lsock: socket.socket, now: float):
         """Take what is in the accept queue in two passes. Triage first: accept and read
@@ -200,13 +184,13 @@ class RpcServer:
         for conn in fresh:
             if conn.state != READING:
                 continue
-            if len(self._per_peer.get(conn.host, ())) >= self.max_per_peer:
+            if self._table.peer_full(conn.host):
                 self._park(conn)
                 continue
             if not self._make_room(now, evicted):
                 evicted["full"] = evicted.get("full", 0) + 1
                 self.metrics.evicted.labels("full").inc()
-                self._send_now(conn, encode_error(ErrorCode.BUSY, "too many connections"))
+                send_now(conn, encode_error(ErrorCode.BUSY, "too many connections"))
                 self._close(conn)
                 continue
             self._start_waiting(conn, now)
@@ -224,43 +208,32 @@ class RpcServer:
         whole request arrives with its first data (the listener defers accept until then)
         and goes to a worker in the accept triage."""
         conn.state = PARKED
-        self._parked.setdefault(conn.host, collections.OrderedDict())[conn] = None
+        self.metrics.parked.inc()
+        self._table.park(conn)
         self._set_timer(conn, conn.deadline)
-
-    def _unpark(self, conn: _Conn):
-        mine = self._parked.get(conn.host)
-        if mine is not None and mine.pop(conn, False) is not False and not mine:
-            del self._parked[conn.host]
 
     def _promote(self, now: float):
         """A parked connection takes each slot its peer freed, oldest first, with the
         deadline it has had since it was accepted."""
-        while self._room:
-            host = self._room.pop()
-            mine = self._parked.get(host)
-            while mine and len(self._per_peer.get(host, ())) < self.max_per_peer:
-                conn = next(iter(mine))
-                self._unpark(conn)
-                start, deadline = conn.wait_start, conn.deadline
-                self._start_waiting(conn, now)
-                conn.wait_start = start
-                self._set_timer(conn, deadline)
-                self._on_readable(conn, now)
-                mine = self._parked.get(host)
+        for conn in self._table.promotable():
+            start, deadline = conn.wait_start, conn.deadline
+            self._start_waiting(conn, now)
+            conn.wait_start = start
+            self._set_timer(conn, deadline)
+            self._on_readable(conn, now)
 
     def _make_room(self, now: float, evicted: dict[str, int]) -> bool:
         """Close the longest-waiting connections (parked ones first) until one more fits in total."""
-        while self._open > self.max_connections and self._parked:
-            oldest = next(iter(self._parked.values()))
-            self._evict_parked(next(iter(oldest)), "full", evicted)
-        while self._open > self.max_connections and self._waiting:
-            self._evict(next(iter(self._waiting)), now, "full", evicted)
+        while self._open > self.max_connections and self._table.oldest_parked() is not None:
+            self._evict_parked(self._table.oldest_parked(), "full", evicted)
+        while self._open > self.max_connections and self._table.waiting:
+            self._evict(next(iter(self._table.waiting)), now, "full", evicted)
         return self._open <= self.max_connections
 
     def _evict_parked(self, conn: _Conn, why: str, evicted: dict[str, int]):
         self.metrics.evicted.labels(why).inc()
         evicted[why] = evicted.get(why, 0) + 1
-        self._send_now(conn, encode_error(ErrorCode.BUSY, "too many connections waiting"))
+        send_now(conn, encode_error(ErrorCode.BUSY, "too many connections waiting"))
         self._close(conn)
 
     def _evict(self, conn: _Conn, now: float, why: str, evicted: dict[str, int]):
@@ -270,15 +243,14 @@ class RpcServer:
             return
         self.metrics.evicted.labels(why).inc()
         evicted[why] = evicted.get(why, 0) + 1
-        self._send_now(conn, encode_error(ErrorCode.BUSY, "too many connections waiting"))
+        send_now(conn, encode_error(ErrorCode.BUSY, "too many connections waiting"))
         self._close(conn)
 
     def _start_waiting(self, conn: _Conn, now: float):
         conn.state = READING
         conn.wait_start = now
         self._set_timer(conn, now + (self.header_timeout if conn.need == 0 else self.read_timeout))
-        self._waiting[conn] = None
-        self._per_peer.setdefault(conn.host, collections.OrderedDict())[conn] = None
+        self._table.add(conn)
         self._register(conn)
 
     def _set_timer(self, conn: _Conn, deadline: float):
@@ -293,13 +265,7 @@ class RpcServer:
             self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
 
     def _stop_waiting(self, conn: _Conn):
-        if self._waiting.pop(conn, False) is not False:
-            mine = self._per_peer[conn.host]
-            del mine[conn]
-            if not mine:
-                del self._per_peer[conn.host]
-            if conn.host in self._parked:
-                self._room.add(conn.host)
+        self._table.remove(conn)
         try:
             self._sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -307,7 +273,7 @@ class RpcServer:
 
     def _on_readable(self, conn: _Conn, now: float):
         if conn.state == LINGERING:
-            if not self._drain(conn.sock):
+            if not drain(conn.sock):
                 self._close(conn)
             return
         if conn.state != READING:
@@ -370,24 +336,14 @@ class RpcServer:
     def _last_frame(self, conn: _Conn, frame: bytes, now: float):
         """Send a last frame, half-close, and discard input for a moment before closing:
         unread input would make close() send a RST that can destroy the frame in flight."""
-        if not self._send_now(conn, frame):
+        if not send_now(conn, frame):
             self._close(conn)
             return
         conn.state = LINGERING
         self._set_timer(conn, now + _LINGER)
         self._register(conn)
-        if not self._drain(conn.sock):
+        if not drain(conn.sock):
             self._close(conn)
-
-    @staticmethod
-    def _send_now(conn: _Conn, frame: bytes) -> bool:
-        """Never blocks the I/O thread: an error frame fits any socket's send buffer."""
-        try:
-            conn.sock.send(frame)
-            conn.sock.shutdown(socket.SHUT_WR)
-            return True
-        except OSError:
-            return False
 
     def _take_back(self, now: float):
         """Connections workers are done with: wait for the next request, or linger and close."""
@@ -417,7 +373,7 @@ class RpcServer:
             if conn.state == LINGERING:
                 self._close(conn)
             elif conn.state == PARKED:
-                self._unpark(conn)
+                self._table.unpark(conn)
                 self.metrics.requests.labels("timeout").inc()
                 log.warning("rpc from %s: request not complete within %.1fs (parked: its peer's limit of "
                             "waiting connections was reached)", conn.peer, now - conn.wait_start)
@@ -465,7 +421,7 @@ class RpcServer:
     def _close(self, conn: _Conn):
         self._stop_waiting(conn)
         if conn.state == PARKED:
-            self._unpark(conn)
+            self._table.unpark(conn)
         with self._lock:
             if conn.state == CLOSED:
                 return
@@ -479,7 +435,7 @@ class RpcServer:
         self.metrics.clients.dec()
 
     def _close_all(self):
-        for conn in list(self._waiting) + [c for mine in self._parked.values() for c in mine]:
+        for conn in self._table.everyone():
             self._close(conn)
         for s in (self._wake_r, self._wake_w):
             s.close()

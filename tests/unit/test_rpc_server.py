@@ -487,7 +487,8 @@ def test_past_its_peers_limit_a_connection_is_parked_unread_until_a_slot_frees(m
     idle[0].close()                              # a slot frees: the parked one takes it
     parked.sendall(request(b"late")[1:])
     assert recv_frame(parked) == answer(b"late")
-    assert not evicted(h, "per_peer")
+    assert h.metrics.registry.get_sample_value("callerid_rpc_parked_connections_total") == 1.0
+    assert not evicted(h, "full")
 
 
 def test_a_parked_connection_times_out_at_its_header_deadline(make):
