@@ -41,7 +41,7 @@ class AdopterDaemon:
             nodename=cfg.common.node(), base_options=base_options(a), rpc_port=cfg.common.rpc_port,
             rpc_timeout=a.rpc_timeout_seconds, munge_socket=cfg.common.munge_socket,
             cgroup_root=a.cgroup_root, allowed_exe=tuple(a.adopt_exe), job_env=tuple(a.job_env),
-            job_container_conf=a.job_container_conf)
+            job_container_conf=a.job_container_conf, slurm_conf=a.slurm_conf)
         self.adopter = Adopter(self.settings, self.metrics)
         self.sock = self._bind(a.socket)
         self.attach_sock = self._bind(a.attach_socket, public=True) if a.attach_socket else None

@@ -31,7 +31,7 @@ from __future__ import annotations
 # (Slurm 22.05's pam_slurm_adopt compares job directory mtimes on v1, highest job id on v2.)
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from callerid.linux import procfs
@@ -314,9 +314,21 @@ def _procs_below(path: str, depth: int) -> list[int]:
     return pids
 
 
-def v2_owner(job_dir: str, proc: str = "/proc") -> int:
-    """Owner uid of a v2 job: the user's processes in step_extern/user/task_special (22.05's
-    extern `sleep`), else in any of the job's cgroups; -1 if no non-root process is found."""
+# Asks Slurm for a v2 job's owner by job id (adopter/stepd.py); None: Slurm could not tell.
+OwnerLookup = Callable[[str], "int | None"]
+
+
+def v2_owner(job_dir: str, proc: str = "/proc", job_id: str | None = None,
+             ask_slurm: OwnerLookup | None = None) -> int:
+    """Owner uid of a v2 job: what its extern step's slurmstepd says (`ask_slurm`), else the
+    user's processes in step_extern/user/task_special (22.05's extern `sleep`), else in any of
+    the job's cgroups; -1 if none of them tells. Process owners are only a fallback: on a node
+    where a job runs nothing of the user's yet (a multi-node job's other nodes, Slurm 23 and
+    later), every process in it is root's."""
+    if ask_slurm is not None and job_id is not None:
+        uid = ask_slurm(job_id)
+        if uid is not None:
+            return uid
     leaf = os.path.join(job_dir, "step_extern", "user", "task_special", "cgroup.procs")
     uid = choose_owner(_uids_of(parse_procs(_read(leaf) or ""), proc))
     if uid == UNKNOWN_UID:
@@ -324,7 +336,7 @@ def v2_owner(job_dir: str, proc: str = "/proc") -> int:
     return uid
 
 
-def _list_v2(nodename: str, v2: str, proc: str) -> list[LocalJob]:
+def _list_v2(nodename: str, v2: str, proc: str, ask_slurm: OwnerLookup | None) -> list[LocalJob]:
     trusted = _owner(v2)
     if trusted is None or not is_cgroup2(v2):
         return []
@@ -346,16 +358,16 @@ def _list_v2(nodename: str, v2: str, proc: str) -> list[LocalJob]:
             start = _mtime(os.path.join(jdir, "step_extern"))
             if start is None:
                 continue
-            jobs.append(LocalJob(ref.job_id, v2_owner(jdir, proc), start, "v2", (leaf,)))
+            jobs.append(LocalJob(ref.job_id, v2_owner(jdir, proc, ref.job_id, ask_slurm), start, "v2", (leaf,)))
     return jobs
 
 
 def list_jobs(nodename: str, root: str = DEFAULT_ROOT, v2_mount: str | None = None,
-              proc: str = "/proc") -> list[LocalJob]:
+              proc: str = "/proc", ask_slurm: OwnerLookup | None = None) -> list[LocalJob]:
     """Every job (all users) with an extern step on node `nodename`, oldest first.
 
     v2 jobs whose owner cannot be determined have uid -1 and never match a user.
     """
     v2 = v2_mount if v2_mount is not None else default_v2_mount(root)
-    jobs = _list_v1(nodename, root) + _list_v2(nodename, v2, proc)
+    jobs = _list_v1(nodename, root) + _list_v2(nodename, v2, proc, ask_slurm)
     return sorted(jobs, key=lambda j: (j.start, job_order(j.job_id), j.layout))

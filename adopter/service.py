@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pwd
+import socket
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -14,12 +15,14 @@ from callerid.inet import endpoint
 from callerid.linux import sockets
 from callerid.protocol import Query, Status
 
-from . import attach, cgroupfs, jobenv, jobns, jobs, policy
+from . import attach, cgroupfs, jobenv, jobns, jobs, policy, stepd
 from .metrics import NO_SOCKET, SECURITY_KIND, AdopterMetrics
 from .pamwire import Reply
 from .pamwire import escape as escape_field  # percent-encoding: a log line stays one line
 
 log = logging.getLogger("callerid.adopter")
+# One slurmstepd answer (a local Unix socket round trip); a stepd this slow is stuck.
+STEPD_TIMEOUT = 0.5
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Settings:
     allowed_exe: tuple = DEFAULT_PAM_APPLICATIONS
     job_env: tuple = ()
     job_container_conf: str = "/etc/slurm/job_container.conf"
+    slurm_conf: str = "/etc/slurm/slurm.conf"
 
 
 @dataclass
@@ -116,7 +120,7 @@ class Adopter:
         except KeyError:
             uid = primary_gid = None
         nodename = opts.nodename or self.s.nodename
-        all_jobs = jobs.list_jobs(nodename, self.s.cgroup_root, self.s.v2_mount) if uid is not None else []
+        all_jobs = self._jobs(nodename, deadline) if uid is not None else []
         mine = [j for j in all_jobs if j.uid == uid]
         facts = policy.Facts(
             service=service, user_known=uid is not None, uid=uid,
@@ -158,7 +162,7 @@ class Adopter:
         policy.decide_attach allows; (result, message for the user)."""
         found = self.logins.session_of(caller_pid)
         sshd, login = found if found else (None, None)
-        mine = [j for j in jobs.list_jobs(self.s.nodename, self.s.cgroup_root, self.s.v2_mount) if j.uid == caller_uid]
+        mine = [j for j in self._jobs(self.s.nodename, None) if j.uid == caller_uid]
         result = policy.decide_attach(login.reason if login else None, login.uid if login else None,
                                       login.job_id if login else None, caller_uid, job_id,
                                       {j.job_id for j in mine})
@@ -182,6 +186,25 @@ class Adopter:
         log.info("attach uid=%d session=%s from_job=%s to_job=%s result=%s processes=%d", caller_uid,
                  sshd if sshd else "-", (login.job_id if login else None) or "-", job_id, result, moved)
         return result, policy.ATTACH_MESSAGES[result].format(job=job_id)
+
+    def _jobs(self, nodename: str, deadline: float | None) -> list[jobs.LocalJob]:
+        """The node's jobs; a v2 job's owner asked of its slurmstepd, each ask bounded by
+        STEPD_TIMEOUT and by the request's deadline."""
+        try:
+            with open(self.s.slurm_conf) as f:
+                conf = f.read()
+        except OSError:
+            conf = ""  # Slurm's built-in SlurmdSpoolDir
+        spool = stepd.spool_dir(conf, nodename, socket.gethostname().split(".")[0])
+
+        def ask_slurm(job_id: str) -> int | None:
+            path = stepd.socket_path(spool, nodename, job_id)
+            if path is None:
+                return None
+            left = STEPD_TIMEOUT if deadline is None else min(STEPD_TIMEOUT, deadline - time.monotonic())
+            return stepd.extern_uid(path, left) if left > 0 else None
+
+        return jobs.list_jobs(nodename, self.s.cgroup_root, self.s.v2_mount, ask_slurm=ask_slurm)
 
     def _namespace(self, job: jobs.LocalJob, nodename: str, opts: policy.Options) -> str:
         """The job's job_container/tmpfs namespace file to join, checked; "" if none."""

@@ -149,6 +149,8 @@ class AdopterConfig:
         "`auth optional pam_callerid.so` in the auth stack (pam_setcred).")
     job_container_conf: str = opt("/etc/slurm/job_container.conf",
         "Slurm's job_container.conf: its BasePath is where job namespaces may be joined from.")
+    slurm_conf: str = opt("/etc/slurm/slurm.conf",
+        "Slurm's slurm.conf: its SlurmdSpoolDir is where slurmstepd is asked whose a job is (cgroup v2).")
     job_env: list = opt(["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
                          "ZE_AFFINITY_MASK", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"],
         "Variables copied from a process of the job into an adopted session (device visibility).")

@@ -318,7 +318,7 @@ def run_demo(lab: SlurmLab, reused: bool) -> int:
             ["scontrol callerid (Slurm, slurmd RPC)", str(sc[0]) if sc else "-", sc[1] if sc else "-",
              "what pam_slurm_adopt asks"]]
     table(rows)
-    agree = sc is not None and cid == (sc[0], sc[1]) and sc[0] == a
+    agree = sc is not None and cid == (str(sc[0]), sc[1]) and sc[0] == a  # callerid job ids are strings
     say(f"both say job {a} on node1 {OK}" if agree else f"answers differ {BAD}")
 
     head("Metrics (Prometheus text, scraped from node1's namespace)")

@@ -19,28 +19,41 @@ pytestmark = pytest.mark.lab
 DEADLINE = 4.0
 
 
+def extern_path(tree, uid, job) -> str:
+    """Where Slurm's cgroups put a job's extern step, as /proc/<pid>/cgroup shows it: v1 the
+    freezer path, v2 the unified one (task_special under the node's stepd scope)."""
+    if tree.layout == "v1":
+        return f"/slurm_{tree.node}/uid_{uid}/job_{job}/step_extern"
+    return "/" + str(tree.step_dirs(uid, job, "extern")[0].relative_to(tree.v2_mount))
+
+
+def job_line(lines, tree) -> str:
+    """The /proc/<pid>/cgroup line of the hierarchy the tree's layout tracks jobs in."""
+    key = (lambda ln: ":freezer:" in ln) if tree.layout == "v1" else (lambda ln: ln.startswith("0::"))
+    return next((ln for ln in lines if key(ln)), "")
+
+
 def in_job(login, tree, uid, job) -> bool:
-    """True if the remote shell ran inside job's extern step (every v1 controller we made)."""
-    lines = login.cgroup_lines()
-    want = f"/slurm_{tree.node}/uid_{uid}/job_{job}/step_extern"
-    freezer = [line for line in lines if ":freezer:" in line]
-    return bool(freezer) and freezer[0].endswith(want)
+    """True if the remote shell ran inside job's extern step (v1: every controller we made)."""
+    return job_line(login.cgroup_lines(), tree).endswith(extern_path(tree, uid, job))
 
 
 def not_in_any_job(login) -> bool:
     return login.rc == 0 and not any("/job_" in line for line in login.cgroup_lines())
 
 
-# Prints the shell's cgroups, then the freezer cgroup of the sshd [priv] process that PAM ran
-# in (the shell's grandparent: [priv] forks the user's sshd, which runs the shell).
+# Prints the shell's cgroups, then the cgroups of the sshd [priv] process that PAM ran in
+# (the shell's grandparent: [priv] forks the user's sshd, which runs the shell).
 SHOW = ("cat /proc/self/cgroup; priv=$(awk '{print $4}' /proc/$PPID/stat); "
-        "echo PRIV=$(cat /proc/$priv/comm) $(grep :freezer: /proc/$priv/cgroup)")
+        "echo PRIV=$(cat /proc/$priv/comm); sed 's/^/PRIVCG /' /proc/$priv/cgroup")
 
 
 def priv_in_job(login, tree, uid, job) -> bool:
-    want = f"/slurm_{tree.node}/uid_{uid}/job_{job}/step_extern"
-    priv = [line for line in login.out.splitlines() if line.startswith("PRIV=")]
-    return bool(priv) and priv[0].startswith("PRIV=sshd") and priv[0].endswith(want)  # sshd-cid<N> here
+    lines = login.out.splitlines()
+    priv = [line for line in lines if line.startswith("PRIV=")]
+    cg = [line[len("PRIVCG "):] for line in lines if line.startswith("PRIVCG ")]
+    return (bool(priv) and priv[0].startswith("PRIV=sshd")  # sshd-cid<N> here
+            and job_line(cg, tree).endswith(extern_path(tree, uid, job)))
 
 
 def sshd_pids_in_extern(tree, uid, job) -> list[int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from callerid.adopter import stepd
 from tests.infra.slurmlab import PSA_PORT, SSH_PORT, cgroups
 from tests.lab.conftest import JOB_WAIT
 
@@ -41,6 +42,9 @@ def test_batch_job_runs_on_node2_with_extern_step_cgroups(lab, jobs):
     pids = lab.wait_steps(job, "node2", ("extern", "batch"), timeout=JOB_WAIT)
     assert all((d / "step_batch").is_dir() for d in base), base
     assert set(pids["extern"]) <= cgroups.job_pids(cg)
+    # the job's owner as its extern step's slurmstepd tells it (what the adopter asks on cgroup v2)
+    sock = stepd.socket_path(str(lab.spool / "node2"), "node2", str(job))
+    assert stepd.extern_uid(sock, 5.0) == u.uid, sock
     if cg.layout == "v1":  # proctrack/cgroup's freezer, task/cgroup's cpuset and memory
         assert {"freezer", "cpuset", "memory"} <= {Path(d).parts[4] for d in cg.extern}, cg.extern
     # --mem=100 is enforced by task/cgroup (ConstrainRAMSpace)

@@ -109,6 +109,7 @@ join_container = false
 job_group = false
 attach_socket = ""
 job_container_conf = "/tmp/jc.conf"
+slurm_conf = "/tmp/slurm.conf"
 job_env = ["CUDA_VISIBLE_DEVICES"]
 """
 
@@ -126,7 +127,7 @@ FULL_EXPECTED = {
                     ignore_root=False, single_job_skip_rpc=False, service=["sshd", "login"],
                     rpc_timeout_seconds=1.25, deadline_seconds=3.5, cgroup_root="/tmp/cg",
                     adopt_exe=["sshd", "login"], mode="audit", join_container=False, job_group=False, attach_socket="",
-                    job_container_conf="/tmp/jc.conf", job_env=["CUDA_VISIBLE_DEVICES"]),
+                    job_container_conf="/tmp/jc.conf", slurm_conf="/tmp/slurm.conf", job_env=["CUDA_VISIBLE_DEVICES"]),
 }
 
 

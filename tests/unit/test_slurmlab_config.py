@@ -114,6 +114,18 @@ def test_mountinfo_pure_v2():
     assert "memory" in cgroups.preflight_problems(host, "cpuset cpu io pids")[0]
 
 
+def test_v2_slurmd_under_systemd_runs_in_a_delegated_transient_scope():
+    host = cgroups.parse_mountinfo(PURE_V2)
+    cg = cgroups.slurmd_cgroup("node2", host, systemd=True)
+    assert cg == cgroups.Path("/sys/fs/cgroup/system.slice/cidlab-slurmd-node2.scope")
+    from tests.infra.slurmlab.procctl import node_argv
+    argv = node_argv(["slurmd", "-D"], "/run/netns/cidlab-node2", "node2", scope=cgroups.systemd_scope_argv(cg))
+    assert argv[0] == "systemd-run" and "--scope" in argv and "--unit=cidlab-slurmd-node2.scope" in argv
+    assert "--slice=system.slice" in argv and argv[argv.index("-p") + 1] == "Delegate=yes"
+    order = [argv.index(w) for w in ("systemd-run", "nsenter", "unshare", "slurmd")]
+    assert order == sorted(order), argv
+
+
 def test_mountinfo_v1_without_freezer_is_refused():
     assert "freezer" in cgroups.preflight_problems(cgroups.parse_mountinfo(LEGACY_NO_FREEZER), None)[0]
 

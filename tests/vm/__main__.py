@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     s.set_defaults(func=cmd_run, shell=True, command=[])
     t = sub.add_parser("test", help="run the tier's steps in each SUITE (default: all)")
     t.add_argument("suites", nargs="*", metavar="SUITE")
-    t.add_argument("--steps", default="unit,smoke", help="comma-separated: unit, smoke, kernel, or a test path")
+    t.add_argument("--steps", default="unit,smoke",
+                   help="comma-separated: unit, smoke, kernel, demo, lab, units, or a test path")
     t.set_defaults(func=cmd_test)
     a = p.parse_args(argv)
     if getattr(a, "command", None) and a.command[0] == "--":

@@ -54,6 +54,7 @@ for s in "${steps[@]}"; do
     unit) step unit pytest tests/unit ;;
     smoke) step smoke pytest -rA tests/vm/backend_smoke.py ;;  # -rA: each backend prints its start-up time
     kernel) step kernel pytest tests/kernel ;;
+    demo|lab|units) step "$s" bash tests/vm/guest_steps.sh "$s" ;;  # tests/vm/guest_steps.sh
     *) step "$s" pytest "$s" ;;
   esac
 done

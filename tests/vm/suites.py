@@ -26,7 +26,7 @@ DEBOOTSTRAP_INCLUDE = ("systemd-sysv", "udev", "dbus", "kmod", "initramfs-tools"
 # a leading "?": skipped where the suite lacks it.
 VM_PACKAGES = (
     "linux-image-amd64", "linux-headers-amd64",
-    "systemd-sysv", "udev", "dbus",
+    "systemd-sysv", "udev", "dbus", "libpam-systemd",  # a stock install's logind sessions (pam_systemd)
     "openssh-server", "python3-bpfcc|python3-bcc", "python3-venv", "python3-setuptools",
     "munge", "slurmctld", "slurmd", "slurm-client", "libpam-slurm-adopt",
     "gcc", "libc6-dev", "iproute2", "procps", "tar", "less",

@@ -72,11 +72,27 @@ def slurm_tops(node: str, host: HostCgroups) -> list[Path]:
     return [Path(host.v2_mount or CGROUP_ROOT, V2_SLURMD_PARENT, f"{node}_slurmstepd.scope")]
 
 
-def slurmd_cgroup(node: str, host: HostCgroups) -> Path | None:
-    """Pure: the cgroup the lab starts node's slurmd in (v2 only; None on v1)."""
+def slurmd_cgroup(node: str, host: HostCgroups, systemd: bool = False) -> Path | None:
+    """Pure: the cgroup the lab starts node's slurmd in (v2 only; None on v1): under systemd the
+    transient scope systemd_scope_argv() asks for, elsewhere a directory the lab makes."""
     if host.version == "v1":
         return None
-    return Path(host.v2_mount or CGROUP_ROOT, V2_SLURMD_PARENT, f"cidlab-slurmd-{node}.service")
+    kind = "scope" if systemd else "service"
+    return Path(host.v2_mount or CGROUP_ROOT, V2_SLURMD_PARENT, f"cidlab-slurmd-{node}.{kind}")
+
+
+def systemd_is_init() -> bool:
+    """systemd runs as PID 1 (sd_booted(3)'s test): it owns the cgroup tree and must be asked for one."""
+    return Path("/run/systemd/system").is_dir()
+
+
+def systemd_scope_argv(cgroup: Path) -> list[str]:
+    """Programs in front of argv that run it (same pid, exec) in a transient systemd scope named
+    after `cgroup` with Delegate=yes, as slurmd.service has: systemd then enables every controller
+    on the way down and leaves the subtree to slurmd. A directory made behind systemd's back loses
+    its controllers the next time systemd realises system.slice (Slurm's cgroup_v2.c says as much)."""
+    return ["systemd-run", "--quiet", "--scope", "--collect", f"--slice={cgroup.parent.name}",
+            f"--unit={cgroup.name}", "-p", "Delegate=yes", "--"]
 
 
 def delegate_slurmd_cgroup(path: Path, root: Path = CGROUP_ROOT) -> None:
@@ -107,13 +123,17 @@ def job_dirs(j: LocalJob) -> list[Path]:
 
 
 def job_pids(j: LocalJob | None) -> set[int]:
-    """Processes in the extern step of `j` (every hierarchy), empty if the job is gone."""
+    """Processes in the extern step of `j` (every hierarchy), empty if the job is gone. On v2 the
+    whole step_extern subtree: slurmstepd sits in step_extern/slurm, the user's side in
+    step_extern/user/task_special (the adopter's leaf), and `scontrol listpids` lists both."""
     out: set[int] = set()
     for d in (j.extern if j else ()):
-        try:
-            out |= set(parse_procs(Path(d, "cgroup.procs").read_text()))
-        except OSError:
-            pass
+        step = Path(d).parents[1] if j.layout == "v2" else Path(d)
+        for sub, _, _ in os.walk(step):
+            try:
+                out |= set(parse_procs(Path(sub, "cgroup.procs").read_text()))
+            except OSError:
+                pass
     return out
 
 

@@ -10,6 +10,9 @@ from ..netns import Netns
 REPO = Path(__file__).resolve().parents[3]
 ROOT = Path("/run/callerid-lab")
 STATE_FILE = ROOT / "state.json"
+# slurmd execs batch scripts from its spool: where ROOT's filesystem is mounted noexec (Debian
+# mounts /run so under systemd), the spool goes here instead.
+EXEC_SPOOL = Path("/var/spool/callerid-lab")
 NS_PREFIX = "cidlab-"
 HUB = f"{NS_PREFIX}hub"
 NET4, NET6 = "198.18.40", "fd00:40::"
@@ -89,10 +92,13 @@ def make_nodes(count: int) -> list[Node]:
     return [Node(f"node{i}", i) for i in range(1, count + 1)]
 
 
-def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str, job_container: bool = False) -> str:
-    """slurm.conf of a lab whose private files live under `root`; nodes[0] runs slurmctld;
+def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str, spool: Path | None = None,
+                    job_container: bool = False) -> str:
+    """slurm.conf of a lab whose private files live under `root` (slurmd spools under `spool`,
+    default <root>/slurm/spool); nodes[0] runs slurmctld;
     job_container: JobContainerType=job_container/tmpfs (job_container_conf_text beside it)."""
     ctl = nodes[0]
+    spool = spool or root / "slurm" / "spool"
     lines = [
         WRITTEN_BY,
         f"ClusterName={CLUSTER}",
@@ -105,7 +111,7 @@ def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str, job_contai
         "CredType=cred/munge",
         f"AuthInfo=socket={munge_socket}",
         f"StateSaveLocation={root}/slurm/state",
-        f"SlurmdSpoolDir={root}/slurm/spool/%n",
+        f"SlurmdSpoolDir={spool}/%n",
         f"SlurmctldPidFile={root}/slurm/slurmctld.pid",
         f"SlurmdPidFile={root}/slurm/slurmd-%n.pid",
         f"SlurmctldLogFile={root}/log/slurmctld.log",

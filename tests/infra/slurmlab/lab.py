@@ -23,6 +23,7 @@ from . import cgroups, network
 from .config import (
     ADOPTER_METRICS_PORT,
     DEVLOG,
+    EXEC_SPOOL,
     HUB,
     NS_PREFIX,
     PIN_ROOT,
@@ -45,6 +46,13 @@ from .procctl import DEVLOG_PROG, netns_inode, node_argv, proc_start, same_proc,
 from .report import Report
 from .slurm import LabBusy, LabError, SlurmClient
 from .teardown import Teardown
+
+
+def exec_allowed(path: Path) -> bool:
+    """False where the filesystem holding `path` (or its nearest existing parent) is mounted noexec."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return not os.statvfs(path).f_flag & os.ST_NOEXEC
 
 
 class SlurmLab(SlurmClient, Logins, Teardown, Report):
@@ -265,19 +273,27 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
         self._save()
 
     # ---- configuration
+    @property
+    def spool(self) -> Path:
+        """slurmd's spool: under the lab's root unless that filesystem is mounted noexec."""
+        return self.root / "slurm" / "spool" if exec_allowed(self.root) else EXEC_SPOOL
+
     def slurm_conf_text(self) -> str:
-        return slurm_conf_text(self.root, self.nodes, self.munge_socket, self.job_container)
+        return slurm_conf_text(self.root, self.nodes, self.munge_socket, self.spool, self.job_container)
 
     def cgroup_conf_text(self) -> str:
         return cgroup_conf_text(self.host.version)
 
     def _write_configs(self) -> None:
         sd = self.root / "slurm"
-        for d in (sd, sd / "state", sd / "spool", self.logdir, self.root / "bin"):
+        if self.spool != sd / "spool":
+            self.state["dirs"].append(str(self.spool))  # outside the root: down() removes it by name
+            self._save()
+        for d in (sd, sd / "state", self.spool, self.logdir, self.root / "bin"):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o755)
         for n in self.nodes:
-            (sd / "spool" / n.name).mkdir(mode=0o755)
+            (self.spool / n.name).mkdir(mode=0o755, exist_ok=True)
             (self.root / n.name).mkdir(mode=0o755)
         self.conf.write_text(self.slurm_conf_text())
         (sd / "cgroup.conf").write_text(self.cgroup_conf_text())
@@ -296,7 +312,7 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
                                 log_level=self.log_level, probe=self.probe)
             write_adopter_config(nd / "adopter.toml", self.munge_socket, n.name, RPC_PORT, self.adopter_socket(n),
                                  f"{n.ip}:{ADOPTER_METRICS_PORT}", log_level=self.log_level,
-                                 job_container_conf=str(sd / "job_container.conf"),
+                                 job_container_conf=str(sd / "job_container.conf"), slurm_conf=str(self.conf),
                                  attach_socket=str(nd / "attach" / "attach.sock"))
         self._save()
 
@@ -306,10 +322,11 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
                 "PYTHONUNBUFFERED": "1"}
 
     def _spawn(self, name: str, argv: list[str], node: Node | None, hostname: str | None = None,
-               cgroup: Path | None = None) -> dict:
+               cgroup: Path | None = None, scope: list[str] | None = None) -> dict:
         log = self.logdir / f"{name}.out"
         with open(log, "ab") as f:
-            p = subprocess.Popen(node_argv(argv, node.netns.path if node else None, hostname, cgroup=cgroup),
+            p = subprocess.Popen(node_argv(argv, node.netns.path if node else None, hostname, cgroup=cgroup,
+                                           scope=scope),
                                  stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                                  env=self._daemon_env(), start_new_session=True, close_fds=True)
         self._popens[p.pid] = p
@@ -327,13 +344,18 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
                         n, n.name)
         self._spawn("slurmctld", ["/usr/sbin/slurmctld", "-D", "-i", "-f", str(self.conf)], self.ctl, self.ctl.name)
         for n in self.nodes:
-            cg = cgroups.slurmd_cgroup(n.name, self.host)
+            # v2: slurmd in a delegated cgroup of its own, as slurmd.service has (Delegate=yes);
+            # under systemd a transient scope systemd makes, elsewhere a directory the lab makes
+            systemd = cgroups.systemd_is_init()
+            cg = cgroups.slurmd_cgroup(n.name, self.host, systemd)
             if cg is not None:
                 self.state.setdefault("cgroup_dirs", []).append(str(cg))
                 self._save()
-                cgroups.delegate_slurmd_cgroup(cg)
+                if not systemd:
+                    cgroups.delegate_slurmd_cgroup(cg)
             self._spawn(f"slurmd-{n.name}", ["/usr/sbin/slurmd", "-D", "-N", n.name, "-f", str(self.conf)], n, n.name,
-                        cgroup=cg)
+                        cgroup=None if systemd else cg,
+                        scope=cgroups.systemd_scope_argv(cg) if systemd and cg is not None else None)
         for n in self.nodes:
             self._spawn(f"adopter-{n.name}", [CALLERID, "--config", str(self.root / n.name / "adopter.toml"),
                                               "adopter"], n, n.name)

@@ -57,7 +57,7 @@ def same_proc(rec: dict) -> bool:
 
 
 def node_argv(argv: list[str], netns_path: str | None, hostname: str | None = None, user=None,
-              cgroup: Path | None = None) -> list[str]:
+              cgroup: Path | None = None, scope: list[str] | None = None) -> list[str]:
     """argv run, in this order, in a cgroup (v2 slurmd), in the network namespace at netns_path,
     in a UTS namespace of its own named `hostname`, and as `user` (a LabUser, with its groups).
 
@@ -71,6 +71,8 @@ def node_argv(argv: list[str], netns_path: str | None, hostname: str | None = No
         argv = in_netns(argv, netns_path)
     if cgroup is not None:
         argv = in_cgroups(argv, [str(cgroup / "cgroup.procs")])
+    if scope:  # e.g. cgroups.systemd_scope_argv(): in front of everything, it places the pid
+        argv = [*scope, *argv]
     return argv
 
 
