@@ -52,7 +52,8 @@ def test_a_thousand_unauthenticated_connections_do_not_silence_the_tracer(tracer
     evil = run_as(attacker, [sys.executable, str(SLOWLORIS), "127.0.0.1", str(tracer.port), "1000", "12"])
     try:
         # One address may hold max_rpc_connections_per_peer (512) waiting connections:
-        # past that, each new one of the attacker's closes its own oldest.
+        # past that the attacker's are parked (held unread); silent ones arrive after the
+        # listener's 1 s TCP_DEFER_ACCEPT.
         wait_for(lambda: metric(scrape(tracer.metrics_url), "callerid_rpc_clients") >= 450, 10,
                  "the attacker's connections held by the tracer")
         answered, wrong, failed, latencies = 0, 0, [], []
