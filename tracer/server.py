@@ -225,16 +225,13 @@ class RpcServer:
     def _make_room(self, now: float, evicted: dict[str, int]) -> bool:
         """Close the longest-waiting connections (parked ones first) until one more fits in total."""
         while self._open > self.max_connections and self._table.oldest_parked() is not None:
-            self._evict_parked(self._table.oldest_parked(), "full", evicted)
+            conn = self._table.oldest_parked()
+            self._table.unpark(conn)
+            conn.state = READING   # read like a waiter: its request may be whole by now
+            self._evict(conn, now, "full", evicted)
         while self._open > self.max_connections and self._table.waiting:
             self._evict(next(iter(self._table.waiting)), now, "full", evicted)
         return self._open <= self.max_connections
-
-    def _evict_parked(self, conn: _Conn, why: str, evicted: dict[str, int]):
-        self.metrics.evicted.labels(why).inc()
-        evicted[why] = evicted.get(why, 0) + 1
-        send_now(conn, encode_error(ErrorCode.BUSY, "too many connections waiting"))
-        self._close(conn)
 
     def _evict(self, conn: _Conn, now: float, why: str, evicted: dict[str, int]):
         """Give the oldest waiter a last read; close it unless that completed its request."""

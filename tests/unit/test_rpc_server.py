@@ -491,6 +491,22 @@ def test_past_its_peers_limit_a_connection_is_parked_unread_until_a_slot_frees(m
     assert not evicted(h, "full")
 
 
+def test_a_full_table_closes_parked_connections_first_after_a_last_read(make):
+    h = make(max_connections=3, max_connections_per_peer=1, read_timeout=IO_TIMEOUT)
+    holder = started(h)
+    assert wait_for(lambda: h.connected() == 1)
+    parked = [started(h) for _ in range(2)]
+    assert wait_for(lambda: h.connected() == 3)
+    parked[0].sendall(request(b"whole")[1:])   # unread while parked, whole in its socket
+    time.sleep(0.05)
+    good = h.connect()
+    good.sendall(request(b"fits"))
+    assert recv_frame(good) == answer(b"fits")
+    assert recv_frame(parked[0]) == answer(b"whole")   # the last read found it: served, not closed
+    assert recv_error(parked[1])[0] == ErrorCode.BUSY   # so the next parked one went
+    assert is_silent(holder)
+
+
 def test_a_parked_connection_times_out_at_its_header_deadline(make):
     h = make(max_connections_per_peer=1, read_timeout=0.5)
     holder = started(h)
