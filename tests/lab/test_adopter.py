@@ -302,7 +302,8 @@ def test_64_concurrent_logins_from_two_jobs_each_land_in_their_own_job(cl):
         logins = list(pool.map(lambda job: cl.ssh(a, job=job, timeout=90), jobs_of))
     elapsed = time.monotonic() - t0
     wrong = [(job, lg.rc, lg.err[-200:]) for job, lg in zip(jobs_of, logins) if not in_job(lg, cl.dst_jobs, a.uid, job)]
-    assert not wrong, wrong[:5]
+    odd = [line for line in cl.logs(400).splitlines() if "reason=" in line and "reason=callerid" not in line]
+    assert not wrong, (wrong[:5], odd[-10:])
     after = cl.adopter_metrics()
     key = ("callerid_adopter_decisions_total", (("mode", "enforce"), ("reason", "callerid"), ("verdict", "adopt")))
     assert after.get(key, 0) - before.get(key, 0) == 64
