@@ -138,7 +138,7 @@ def node() -> dict:
     L.add(timeseries(
         "RPC clients connected",
         "RPC connections open on the tracer right now. Waiting ones cost a buffer, not a worker; past "
-        "max_rpc_connections_per_peer from one address the longest-waiting is closed.",
+        "max_rpc_connections_per_peer from one address more are parked unread.",
         "short", [target(f"sum by (instance) ({m('callerid_rpc_clients')})", "{{instance}}")]), 12, 8)
 
     L.add(row("Adopter"))

@@ -16,9 +16,9 @@ LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 
 RPC_RESULTS = ("found", "not_found", "denied", "bad_frame", "auth_failed", "replayed",
                "busy", "unsupported_version", "timeout", "internal_error", "abandoned")
-# Why a connection was closed before it sent a whole request: per_peer (its address had
-# max_rpc_connections_per_peer waiting), full (max_rpc_connections open in total).
-EVICT_REASONS = ("per_peer", "full")
+# Why a connection was closed before it sent a whole request: full (max_rpc_connections
+# open in total). Past max_rpc_connections_per_peer a connection is parked, not closed.
+EVICT_REASONS = ("full",)
 
 
 class TracerMetrics:
@@ -36,7 +36,11 @@ class TracerMetrics:
                              registry=r)
         self.evicted = labelled_counter("callerid_rpc_evicted_connections",
                                         "Connections closed without a whole request because too many were waiting, "
-                                        "by limit: per_peer or full.", "reason", EVICT_REASONS, r)
+                                        "by limit: full.", "reason", EVICT_REASONS, r)
+        self.parked = Counter("callerid_rpc_parked_connections",
+                              "Connections accepted while their address had max_rpc_connections_per_peer waiting: "
+                              "held unread until one of those ended or their header deadline passed.",
+                              registry=r)
         self.accept_failures = Counter("callerid_rpc_accept_failures",
                                        "accept() failures on the RPC listener (EMFILE, ENOBUFS, ...).", registry=r)
         self.lookups = labelled_counter("callerid_lookups", "Lookups by the source that answered (none: nothing "

@@ -14,7 +14,8 @@ import pytest
 from callerid import logs
 from callerid.protocol import HEADER, VERSION
 from callerid.tracer.metrics import TracerMetrics
-from callerid.tracer.server import RpcServer, bind_listener
+from callerid.tracer.rpcconn import bind_listener
+from callerid.tracer.server import RpcServer
 from tests.reliability import record
 
 
