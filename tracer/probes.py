@@ -38,15 +38,6 @@ MAX_UIDS = 65536   # uids with a closed-entry share tracked at once (LRU beyond)
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/callerid"
 
 
-# Tests list backends here (comma-separated) to make them fail as on a kernel that refuses
-# them, so failover is tested on kernels where every backend works. Not for production.
-FAIL_FOR_TESTS = "CALLERID_TEST_FAIL_PROBES"
-
-
-def _failed_for_tests() -> set[str]:
-    return {b.strip() for b in os.environ.get(FAIL_FOR_TESTS, "").split(",") if b.strip()}
-
-
 class ProbeLoadError(RuntimeError):
     """A backend could not be compiled, loaded, attached, or failed its self-test."""
 
@@ -267,10 +258,6 @@ def load(backend: str, pin_root: str | Path = DEFAULT_PIN_ROOT, max_conns: int =
         raise ProbeLoadError(f"unknown probe backend {backend!r}; choose from {', '.join(BACKENDS)} or auto")
     failures = []
     for name in order:
-        if name in _failed_for_tests():
-            failures.append(f"{name}: made to fail by {FAIL_FOR_TESTS}")
-            log.info("probe backend %s unavailable: made to fail by %s", name, FAIL_FOR_TESTS)
-            continue
         prepare_pins(pins, max_conns, max_pending, max_closed, replace_pinned, name)
         start = time.monotonic()
         links, pending_fd = (), -1

@@ -4,6 +4,8 @@ Run inside a VM guest by tests/vm/in_guest.sh; not collected on hosts (no test_ 
 where kprobe and fentry are expected to fail (../shared/LAB-NOTES.md).
 """
 
+from __future__ import annotations
+
 import json
 import os
 import socket
@@ -40,7 +42,7 @@ def listener():
     s.close()
 
 
-@pytest.mark.parametrize("backend", ["fentry", "kprobe", "tracepoint"])
+@pytest.mark.parametrize("backend", ["sockstore", "fentry", "kprobe", "tracepoint"])
 def test_backend_attributes_loopback_connection(tracers, listener, backend):
     t0 = time.monotonic()
     t = tracers.make(probe=backend).start()
