@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bpfmap import BPF_MAP_TYPE_LRU_HASH, Connections, ConnMap, MapInfo, PinnedMapMismatch, check_pinned
+from .bpfmap import BPF_MAP_TYPE_LRU_HASH, Connections, ConnMap, MapInfo, PinnedMapMismatch, check_pinned, create_pinned
 from .layout import LAYOUT_VERSION, STAT_NAMES, ConnKey, Owner, SkRecord, bpf_dir, make_key
 from .sockstore import SockStore
 
@@ -93,22 +93,29 @@ def expected_maps(max_conns: int, max_pending: int, max_closed: int, backend: st
     }
 
 
+# Map types we create and pin before BCC loads the program (create_pinned); BCC makes the rest.
+_PRECREATED_TYPES = (BPF_MAP_TYPE_HASH_, BPF_MAP_TYPE_LRU_HASH)
+
+
 def prepare_pins(pins: Path, max_conns: int, max_pending: int, max_closed: int, replace: bool,
                  backend: str = "tracepoint") -> None:
-    """Refuse (or, with replace, remove) pinned maps whose layout does not match."""
+    """Refuse (or, with replace, remove) pinned maps whose layout does not match, then create
+    and pin the missing hash maps ourselves, so that BPF_TABLE_PINNED only ever opens a pin
+    (what every BCC since 0.18 can do; creating one needs BCC 0.19)."""
     pins.mkdir(parents=True, exist_ok=True)
     for name, info in expected_maps(max_conns, max_pending, max_closed, backend).items():
         path = pins / name
         problem = check_pinned(path, info)
-        if problem is None:
-            continue
-        if not replace:
-            raise PinnedMapMismatch(
-                problem + "; refusing to reuse it. Remove it (loses attribution of live "
-                "connections until reconcile) or start with --replace-pinned."
-            )
-        log.warning("%s; replacing it as asked", problem)
-        path.unlink()
+        if problem is not None:
+            if not replace:
+                raise PinnedMapMismatch(
+                    problem + "; refusing to reuse it. Remove it (loses attribution of live "
+                    "connections until reconcile) or start with --replace-pinned."
+                )
+            log.warning("%s; replacing it as asked", problem)
+            path.unlink()
+        if info.map_type in _PRECREATED_TYPES and not path.exists():
+            create_pinned(path, name, info)
 
 
 def compile_and_attach(backend: str, pins: Path, max_conns: int, max_pending: int, max_closed: int):
