@@ -176,11 +176,28 @@ def _link_create():
     return fn
 
 
+# BPF_TABLE_PINNED creates a missing pin only since BCC 0.20 (iovisor/bcc#3382); the
+# socket-storage map needs BTF to be created, so we cannot make it ourselves as we do the
+# hash maps (prepare_pins). Measured: 0.18 (Debian 11) cannot, 0.26 and 0.31 can.
+SOCKSTORE_BCC_FLOOR = (0, 20)
+
+
+def bcc_version(module) -> tuple[int, ...]:
+    """BCC's version as numbers; (0,) if this BCC does not say."""
+    text = getattr(module, "__version__", "0")
+    return tuple(int(x) for x in text.split("-")[0].split(".")[:3] if x.isdigit()) or (0,)
+
+
 def compile_and_attach_sockstore(pins: Path, max_closed: int, grace_seconds: float, closed_share: int):
     """Returns (bpf, link fds, owners map fd, closed map fd)."""
     import bcc
     from bcc import BPF, libbcc
 
+    version = bcc_version(bcc)
+    if version < SOCKSTORE_BCC_FLOOR and not (pins / "owners").exists():
+        raise ProbeLoadError(
+            f"sockstore: BCC {'.'.join(map(str, version))} cannot create the pinned socket-storage map "
+            f"(needs BCC {'.'.join(map(str, SOCKSTORE_BCC_FLOOR))} or later); use fentry, kprobe or tracepoint")
     root = cgroup2_root()
     cflags = [
         f"-I{bpf_dir()}",
