@@ -120,6 +120,7 @@ def test_forced_unavailable_backend_fails_clearly(tracers):
     assert "cannot start" in log and "fentry" in log, log[-3000:]
 
 
+@pytest.mark.timeout(1800)   # under emulation: doctor loads all four backends, then auto compiles three
 def test_auto_falls_over_to_a_working_backend(tracers, working_backends):
     available, _ = working_backends
     expected = [b for b in available if b not in DENIED][:1]
@@ -138,6 +139,7 @@ def test_auto_falls_over_to_a_working_backend(tracers, working_backends):
         t.stop()
 
 
+@pytest.mark.timeout(1800)
 def test_auto_picks_the_first_backend_that_works_on_this_kernel(tracers, working_backends):
     available, _ = working_backends
     assert "tracepoint" in available

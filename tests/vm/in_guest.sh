@@ -29,7 +29,9 @@ step() {
 copy_checkout() {
   rm -rf "$work" && mkdir -p "$work" &&
     tar -C "$src" --exclude=./.venv --exclude=./build --exclude=./.git --exclude='*.egg-info' \
-      --exclude=__pycache__ -cf - . | tar -C "$work" -xf -
+      --exclude=__pycache__ -cf - . | tar -C "$work" -xf - &&
+    # tests run programs of the checkout (and its venv) as test users: /root is 0700 on Debian
+    chmod o+x /root && chmod -R a+rX "$work"
 }
 
 # shellcheck disable=SC2317
