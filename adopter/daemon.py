@@ -19,6 +19,14 @@ log = logging.getLogger("callerid.adopter.daemon")
 HOOK_DEADLINE_MARGIN = 0.25   # seconds: a decision must reach the module before the module gives up
 
 
+def decision_deadline(start: float, deadline_seconds: float, left_ms: int | None) -> float:
+    """When the daemon's work on one request must end (time.monotonic()): within its own
+    deadline_seconds and within the time the module had left (the request's left_ms), less a
+    margin for the reply to reach the module (a quarter of a short budget)."""
+    budget = deadline_seconds if left_ms is None else min(deadline_seconds, left_ms / 1000)
+    return start + max(0.0, budget - min(HOOK_DEADLINE_MARGIN, budget / 4))
+
+
 def base_options(a: cfgmod.AdopterConfig) -> policy.Options:
     opts, warnings = policy.parse_options({
         "action_no_jobs": a.action_no_jobs, "action_unknown": a.action_unknown,
@@ -158,8 +166,7 @@ class AdopterDaemon:
             self.metrics.hook_requests.labels("not_root").inc()
             log.warning("hook socket: refused uid %d (pid %d): only root may ask", who.uid, who.pid)
             return None
-        # The hook's own deadline started just before it connected: end a little before it.
-        deadline = time.monotonic() + max(0.0, self.cfg.adopter.deadline_seconds - HOOK_DEADLINE_MARGIN)
+        start = time.monotonic()   # the module's time left was measured just before it connected
         conn.settimeout(self.cfg.adopter.deadline_seconds)
         raw = b""
         try:
@@ -178,6 +185,7 @@ class AdopterDaemon:
             self.metrics.hook_requests.labels("bad_request").inc()
             log.warning("hook socket: bad request from pid %d: %s", who.pid, exc)
             return None
+        deadline = decision_deadline(start, self.cfg.adopter.deadline_seconds, req.left_ms)
         opts, _ = policy.parse_options(req.options, self.settings.base_options)
         try:
             app = peer.pam_application(who, self.settings.allowed_exe)

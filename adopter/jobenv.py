@@ -102,22 +102,29 @@ def job_processes(job: LocalJob, proc: str = "/proc"):
                 yield pid, gid
 
 
+def job_view(job: LocalJob, names, group: bool = True, proc: str = "/proc") -> tuple[dict[str, str], int | None]:
+    """What a session takes from its job, in one walk of the job's processes: `names` as
+    the job sees them (from its first process whose environ holds any of them; {} if
+    none) and, if `group`, the group the job runs under (sbatch --gid may differ from the
+    user's primary group): the real gid of its first process. Only a privileged process
+    can change a real gid, so the user cannot choose it; None if there is no process."""
+    env: dict[str, str] = {}
+    gid = None
+    if not names and not group:
+        return env, gid
+    for pid, pgid in job_processes(job, proc):
+        if group and gid is None:
+            gid = pgid
+        if names and not env:
+            env = parse_environ(_read(f"{proc}/{pid}/environ") or b"", names)
+        if (env or not names) and (gid is not None or not group):
+            break
+    return env, gid
+
+
 def job_environment(job: LocalJob, names, proc: str = "/proc") -> dict[str, str]:
-    """`names` as the job sees them, from its first process whose environ holds any of
-    them; {} if there is none."""
-    if not names:
-        return {}
-    for pid, _ in job_processes(job, proc):
-        env = parse_environ(_read(f"{proc}/{pid}/environ") or b"", names)
-        if env:
-            return env
-    return {}
+    return job_view(job, names, group=False, proc=proc)[0]
 
 
 def job_group(job: LocalJob, proc: str = "/proc") -> int | None:
-    """The group the job runs under (sbatch --gid may differ from the user's primary
-    group): the real gid of its first process. Only a privileged process can change a
-    real gid, so the user cannot choose it. None if the job has no such process."""
-    for _, gid in job_processes(job, proc):
-        return gid
-    return None
+    return job_view(job, (), group=True, proc=proc)[1]

@@ -3,7 +3,7 @@
 One line each way, so the C side needs no JSON parser (adopter/pam/wireline.c is its
 twin, tested against this module and fuzzed):
 
-    request  v=1 user=U service=S opt.NAME=VALUE ...\\n
+    request  v=1 user=U service=S [left_ms=N] opt.NAME=VALUE ...\\n
     reply    v=1 verdict=V reason=R [job=J] [msg=M] [ns=PATH] [gid=G] [env.NAME=VALUE ...]\\n
 
 Tokens are separated by one space; a token is KEY=VALUE split at its first '='. Keys and
@@ -13,7 +13,8 @@ else as itself. So a line is
 printable ASCII, a token never contains a space, and its first '=' is the separator.
 A key may appear once; the version is the first token. Lines are at most MAX_LINE bytes
 including the newline. The request carries no pid: the daemon takes the process to
-adopt from the socket's peer credentials.
+adopt from the socket's peer credentials. left_ms is the module's own deadline, the
+milliseconds it had left when it sent the request: the daemon's work ends before it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ VERSION = "1"
 MAX_LINE = 16384
 MAX_TOKENS = 256
 MAX_ENV = 64          # environment variables in one reply
+MAX_LEFT_MS = 3_600_000   # pam_callerid.so's deadline= is at most 3600 s
 OPT_PREFIX = "opt."
 ENV_PREFIX = "env."
 VERDICTS = ("adopt", "allow", "deny", "ignore")
@@ -109,9 +111,11 @@ class Request:
     user: str
     service: str
     options: dict = field(default_factory=dict)  # PAM-line options, name -> value, as written
+    left_ms: int | None = None   # the module's time left when it sent this; None: not given
 
     def encode(self) -> bytes:
-        return encode([("user", self.user), ("service", self.service),
+        left = [] if self.left_ms is None else [("left_ms", str(self.left_ms))]
+        return encode([("user", self.user), ("service", self.service), *left,
                        *((OPT_PREFIX + k, v) for k, v in self.options.items())])
 
 
@@ -119,14 +123,18 @@ def parse_request(line: bytes) -> Request:
     """The module's request; unknown keys (a pid to adopt, anything else) are refused."""
     fields_ = decode(line)
     options = {k[len(OPT_PREFIX):]: v for k, v in fields_.items() if k.startswith(OPT_PREFIX)}
-    other = set(fields_) - {"v", "user", "service"} - {OPT_PREFIX + k for k in options}
+    other = set(fields_) - {"v", "user", "service", "left_ms"} - {OPT_PREFIX + k for k in options}
     if other:
         raise WireError(f"unexpected request keys: {sorted(other)}")
     if "user" not in fields_ or "service" not in fields_:
         raise WireError("request needs user and service")
     if "" in options:
         raise WireError("empty option name")
-    return Request(fields_["user"], fields_["service"], options)
+    left = fields_.get("left_ms")
+    if left is not None and not (left.isascii() and left.isdigit() and len(left) <= 7
+                                 and int(left) <= MAX_LEFT_MS):
+        raise WireError(f"left_ms must be milliseconds, 0 .. {MAX_LEFT_MS}")
+    return Request(fields_["user"], fields_["service"], options, int(left) if left is not None else None)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ _CHOICES = {
     "action_generic_failure": GENERIC_FAILURE_ACTIONS,
     "mode": MODES,
 }
-_BOOLS = ("ignore_root", "single_job_skip_rpc", "join_container", "job_group")
+_BOOLS = ("ignore_root", "single_job_skip_rpc", "join_container", "job_group", "disable_x11")
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,9 @@ class Options:
 
     `mode=audit` decides, logs and counts as `enforce` would, but allows every login and
     adopts nothing. `join_container`, `job_group` (add the job's group to an adopted
-    session's supplementary groups) and `nodename` are not used by decide(): the daemon
-    reads them (nodename "" means callerid.toml's)."""
+    session's supplementary groups), `disable_x11` (no DISPLAY/XAUTHORITY from the job's
+    X11 forwarding) and `nodename` are not used by decide(): the daemon reads them
+    (nodename "" means callerid.toml's)."""
 
     action_no_jobs: str = "deny"
     action_unknown: str = "newest"
@@ -61,6 +62,7 @@ class Options:
     mode: str = "enforce"
     join_container: bool = True
     job_group: bool = True
+    disable_x11: bool = False
     nodename: str = ""
 
     def __post_init__(self):
@@ -85,9 +87,8 @@ _TRUE = ("1", "yes", "true")
 _FALSE = ("0", "no", "false")
 
 # Options of the PAM line that pam_callerid.so itself reads (log_level: its syslog
-# level) or that callerid accepts with no effect (disable_x11: callerid sets up no X11
-# forwarding, as if disable_x11=1); the daemon takes them without a warning.
-MODULE_ONLY = ("log_level", "disable_x11")
+# level); the daemon takes them without a warning.
+MODULE_ONLY = ("log_level",)
 
 
 def _parse_value(name: str, text: str):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import pwd
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -67,6 +69,9 @@ class Adopter:
         self.s = settings
         self.m = metrics
         self.logins = attach.Logins()
+        # Gathers an adopted session's environment beside the adoption's cgroup writes.
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="job-view")
+        self._slurm_cache: tuple | None = None   # (what slurm.conf was read as, _slurm()'s answer)
 
     def handle(self, app_pid: int, user: str, service: str, raw_options: dict,
                deadline: float | None = None, still_wanted: Callable[[], str | None] = _always_wanted) -> Reply | None:
@@ -140,11 +145,14 @@ class Adopter:
                 raise Abandoned(why)
             try:
                 session.namespace = self._namespace(job, nodename, opts)
-                cgroupfs.adopt(app_pid, job)
+                # What the session takes from the job does not depend on the adoption: it is
+                # gathered while the cgroup.procs writes wait in the kernel (an RCU grace period).
+                view = self._pool.submit(self._job_view, job, nodename, opts, deadline)
+                cgroupfs.adopt(app_pid, job)   # on failure the view is left to finish unread
+                env, gid = view.result()
                 self.m.adoptions.labels("success").inc()
                 log.info("Process %d adopted into job %s", app_pid, job.job_id)
-                session.env = jobenv.job_environment(job, self.s.job_env)
-                gid = jobenv.job_group(job) if opts.job_group else None
+                session.env = env
                 if gid not in (None, 0, primary_gid):   # never root's group; the primary needs nothing
                     session.group = gid
             except (cgroupfs.AdoptError, jobns.NamespaceError) as exc:
@@ -187,24 +195,65 @@ class Adopter:
                  sshd if sshd else "-", (login.job_id if login else None) or "-", job_id, result, moved)
         return result, policy.ATTACH_MESSAGES[result].format(job=job_id)
 
+    def _slurm(self, nodename: str) -> tuple[str, bool]:
+        """(SlurmdSpoolDir, whether jobs may forward X11) from slurm.conf as it is now; the
+        file is re-read only when it changes (not at every login)."""
+        try:
+            st = os.stat(self.s.slurm_conf)
+            key = (nodename, st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            key = (nodename, None)
+        if self._slurm_cache is None or self._slurm_cache[0] != key:
+            try:
+                with open(self.s.slurm_conf) as f:
+                    conf = f.read()
+                x11 = stepd.may_forward_x11(conf)
+            except OSError:
+                conf, x11 = "", True  # Slurm's built-in SlurmdSpoolDir; X11 unknown: ask
+            spool = stepd.spool_dir(conf, nodename, socket.gethostname().split(".")[0])
+            self._slurm_cache = (key, (spool, x11))
+        return self._slurm_cache[1]
+
+    @staticmethod
+    def _stepd_timeout(deadline: float | None) -> float:
+        return STEPD_TIMEOUT if deadline is None else min(STEPD_TIMEOUT, deadline - time.monotonic())
+
     def _jobs(self, nodename: str, deadline: float | None) -> list[jobs.LocalJob]:
         """The node's jobs; a v2 job's owner asked of its slurmstepd, each ask bounded by
         STEPD_TIMEOUT and by the request's deadline."""
-        try:
-            with open(self.s.slurm_conf) as f:
-                conf = f.read()
-        except OSError:
-            conf = ""  # Slurm's built-in SlurmdSpoolDir
-        spool = stepd.spool_dir(conf, nodename, socket.gethostname().split(".")[0])
+        spool, _ = self._slurm(nodename)
 
         def ask_slurm(job_id: str) -> int | None:
             path = stepd.socket_path(spool, nodename, job_id)
             if path is None:
                 return None
-            left = STEPD_TIMEOUT if deadline is None else min(STEPD_TIMEOUT, deadline - time.monotonic())
+            left = self._stepd_timeout(deadline)
             return stepd.extern_uid(path, left) if left > 0 else None
 
         return jobs.list_jobs(nodename, self.s.cgroup_root, self.s.v2_mount, ask_slurm=ask_slurm)
+
+    def _job_view(self, job: jobs.LocalJob, nodename: str, opts: policy.Options,
+                  deadline: float | None) -> tuple[dict, int | None]:
+        """The session's environment from the job (its variables, then X11's) and the job's group."""
+        env, gid = jobenv.job_view(job, self.s.job_env, group=opts.job_group)
+        if not opts.disable_x11:
+            env.update(self._x11(job, nodename, deadline))
+        return env, gid
+
+    def _x11(self, job: jobs.LocalJob, nodename: str, deadline: float | None) -> dict:
+        """DISPLAY and XAUTHORITY of the job's X11 forwarding, as its extern step's slurmstepd
+        tells them (pam_slurm_adopt's stepd_get_x11_display); {} if it has none. Not asked
+        where slurm.conf has no PrologFlags=X11: a round trip to slurmstepd per login saved."""
+        spool, x11_possible = self._slurm(nodename)
+        if not x11_possible:
+            return {}
+        path = stepd.socket_path(spool, nodename, job.job_id or "")
+        left = self._stepd_timeout(deadline)
+        x11 = stepd.x11_display(path, left) if path is not None and left > 0 else None
+        if x11 is None:
+            return {}
+        log.info("job %s forwards X11: DISPLAY=localhost:%d.0", job.job_id, x11.display)
+        return x11.environment()
 
     def _namespace(self, job: jobs.LocalJob, nodename: str, opts: policy.Options) -> str:
         """The job's job_container/tmpfs namespace file to join, checked; "" if none."""

@@ -111,8 +111,9 @@ class TracerConfig:
         "when the table is full the one that has waited longest without a whole request is closed (BUSY). The "
         "tracer raises its open-file limit to fit.", lo=1, hi=1_000_000)
     max_rpc_connections_per_peer: int = opt(512,
-        "RPC connections from one address waiting for their request; one more closes that address's longest-"
-        "waiting one, so one host cannot take the table.", lo=1, hi=1_000_000)
+        "RPC connections from one address waiting for their request (read and buffered); one more is parked, "
+        "held unread until one of them ends or its header deadline passes, so one host cannot take the table.",
+        lo=1, hi=1_000_000)
     max_frame_bytes: int = opt(8192, "Largest request payload accepted.", lo=256, hi=MAX_FRAME_PAYLOAD)
 
 

@@ -21,6 +21,7 @@ fi
 #   use tracepoint args and BPF helpers (see ../shared/LAB-NOTES.md).
 # munge/libmunge2: credentials for the callerid RPC, as Slurm uses them.
 # slurm*, openssh-server, libpam-slurm-adopt: the lab and the reference module.
+# xvfb, xauth, x11-utils: Slurm's X11 forwarding in the lab (an X display, its cookie, xdpyinfo).
 # prometheus: promtool and a real server for the observability tests.
 # systemd, shellcheck, vagrant: offline checks of the units, scripts and Vagrantfile.
 # debootstrap: Debian 11/12/13 chroots for the Python-version and package tests (tests/package).
@@ -28,7 +29,7 @@ fi
 packages=(
   python3-bpfcc python3-venv python3-pip linux-headers-amd64 gcc libc6-dev libpam0g-dev
   munge libmunge2 iproute2 procps psmisc util-linux passwd
-  openssh-server openssh-client slurmctld slurmd slurm-client libpam-slurm-adopt
+  openssh-server openssh-client slurmctld slurmd slurm-client libpam-slurm-adopt xvfb xauth x11-utils
   prometheus systemd shellcheck vagrant debootstrap
 )
 missing=()

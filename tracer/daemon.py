@@ -16,7 +16,8 @@ from . import bpfmap, probes
 from .lookup import Resolver
 from .metrics import TracerMetrics
 from .reconcile import reconcile
-from .server import RpcServer, bind_listener
+from .rpcconn import bind_listener
+from .server import RpcServer
 from .service import RequestHandler
 from .sweeper import Sweeper
 

@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 
-from callerid.inet import endpoint
 from callerid.protocol import (
     HEADER,
     ErrorCode,
@@ -35,6 +34,9 @@ from callerid.protocol import (
 )
 
 from .metrics import TracerMetrics
+from .rpcconn import CLOSED, LINGERING, PARKED, QUEUED, READING, REPLYING, WORKING, drain, send_now
+from .rpcconn import Conn as _Conn
+from .rpcwait import WaitingTable
 
 log = logging.getLogger("callerid.tracer.server")
 
@@ -42,46 +44,8 @@ _READ_CHUNK = 65536
 _SEND_TIMEOUT = 0.5    # a reply is small; a peer that cannot take it in this time is gone
 _LINGER = 0.2          # after a last frame, read and discard input this long before closing
 _FRAME_TYPE_OFFSET = 3
-
-# Who owns a connection. READING: the I/O thread (registered in the selector).
-# QUEUED: the work queue. WORKING: a worker, until it answers or the deadline passes,
-# whichever claims it first. REPLYING: the worker that claimed it. LINGERING: the I/O
-# thread, discarding input after a last frame. CLOSED: nobody.
-READING, QUEUED, WORKING, REPLYING, LINGERING, CLOSED = range(6)
-
-
-def bind_listener(host: str, port: int, backlog: int = socket.SOMAXCONN) -> socket.socket:
-    """Listen on host:port; '::' is dual stack (IPv4 clients arrive v4-mapped).
-
-    A long accept queue costs nothing and turns a burst of connects into prompt
-    answers, where a full one drops SYNs (clients retry after 1 s, 3 s)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6 and host in ("::", ""):
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind((host, port))
-    s.listen(backlog)
-    return s
-
-
-class _Conn:
-    __slots__ = ("sock", "peer", "host", "buf", "need", "wait_start", "deadline", "served", "state", "gen",
-                 "payload")
-
-    def __init__(self, sock: socket.socket, peer: str, host: str):
-        self.sock = sock
-        self.peer = peer
-        self.host = host          # the peer address without port: the per-peer limit's key
-        self.buf = bytearray()
-        self.need = 0             # whole frame length once the header is in, else 0
-        self.wait_start = 0.0
-        self.deadline = 0.0
-        self.served = 0
-        self.state = READING
-        self.gen = 0              # bumped at every timer change; stale timer entries are skipped
-        self.payload = b""
-
+_EXPIRE_BATCH = 64     # deadlines handled per wake-up (see _expire)
+_ACCEPT_BATCH = 256    # per wake-up; the rest wait for the next select, after others' reads
 
 class RpcServer:
     def __init__(self, listeners: list[socket.socket], handler, metrics: TracerMetrics,
@@ -96,7 +60,6 @@ class RpcServer:
         self.max_frame = max_frame
         self.max_clients = max_clients                         # worker threads: requests handled at once
         self.max_connections = max_connections
-        self.max_per_peer = max_connections_per_peer
         self.check_payload = check_payload
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -109,8 +72,7 @@ class RpcServer:
         self._working: set[_Conn] = set()
         self._returned: collections.deque[tuple[_Conn, bool]] = collections.deque()
         self._open = 0
-        self._waiting: collections.OrderedDict[_Conn, None] = collections.OrderedDict()   # READING, oldest first
-        self._per_peer: dict[str, collections.OrderedDict[_Conn, None]] = {}
+        self._table = WaitingTable(max_connections_per_peer)   # READING and PARKED connections
         self._timers: list[tuple[float, int, int, _Conn]] = []   # (deadline, seq, gen, conn)
         self._seq = itertools.count()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -170,12 +132,13 @@ class RpcServer:
                     if key.data is None:
                         self._accept(key.fileobj, now)
                     elif key.data == "wake":
-                        self._drain(self._wake_r)
+                        drain(self._wake_r)
                     else:
                         self._on_readable(key.data, now)
                 now = time.monotonic()
                 self._take_back(now)
                 self._expire(now)
+                self._promote(now)
         except Exception:  # noqa: BLE001 - nothing is answered any more: make it loud
             log.exception("rpc I/O thread failed")
         finally:
@@ -187,72 +150,104 @@ class RpcServer:
             return cap
         return max(0.0, min(cap, self._timers[0][0] - time.monotonic()))
 
-    @staticmethod
-    def _drain(sock: socket.socket) -> bool:
-        """Read and discard what is there; False at EOF."""
-        try:
-            while True:
-                chunk = sock.recv(_READ_CHUNK)
-                if not chunk:
-                    return False
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError:
-            return False
-
     def _accept(self, lsock: socket.socket, now: float):
+        """Take what is in the accept queue in two passes. Triage first: accept and read
+        each once, so a whole request (every honest client sends one right after
+        connecting) goes to a worker at once, behind nothing but other accepts. Only then
+        make room for the ones still incomplete: the per-peer and total limits, and their
+        evictions, cost a flood's connections, never the honest caller queued behind them."""
         if self._stop.is_set():
             return   # stop() closed the listener under the selector
-        for _ in range(64):   # take a burst in batches, so reads of the earlier ones are not starved
+        fresh = []
+        for _ in range(_ACCEPT_BATCH):
             try:
                 sock, addr = lsock.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 # EMFILE/ENFILE/ENOBUFS: the rest stay in the backlog; the selector fires again
                 self.metrics.accept_failures.inc()
                 log.warning("rpc: accept failed: %s", exc)
-                return
+                break
             sock.setblocking(False)
             with self._lock:
                 self._open += 1
             self.metrics.clients.inc()
-            conn = _Conn(sock, endpoint(addr[0], addr[1]), addr[0])
-            if not self._make_room(conn.host, now):
+            conn = _Conn(sock, addr)
+            conn.wait_start = now
+            conn.deadline = now + self.header_timeout
+            self._on_readable(conn, now)   # a client sends its request right after connecting
+            if conn.state == READING:
+                fresh.append(conn)
+        evicted: dict[str, int] = {}
+        self._make_room(now, evicted)   # requests taken whole count too: the total bounds descriptors
+        for conn in fresh:
+            if conn.state != READING:
+                continue
+            if self._table.peer_full(conn.host):
+                self._park(conn)
+                continue
+            if not self._make_room(now, evicted):
+                evicted["full"] = evicted.get("full", 0) + 1
                 self.metrics.evicted.labels("full").inc()
-                log.warning("rpc from %s: refused, %d connections are being answered", conn.peer, self._open)
-                self._send_now(conn, encode_error(ErrorCode.BUSY, "too many connections"))
+                send_now(conn, encode_error(ErrorCode.BUSY, "too many connections"))
                 self._close(conn)
                 continue
             self._start_waiting(conn, now)
-            self._on_readable(conn, now)   # a client sends its request right after connecting
+        for why, n in evicted.items():
+            # one line per batch, not per connection: a flood is many of these a second
+            log.warning("rpc: closed %d connection(s) without a whole request: too many waiting (%s)", n, why)
 
-    def _make_room(self, host: str, now: float) -> bool:
-        """Close the longest-waiting connections until one more fits, for its peer and in total."""
-        mine = self._per_peer.get(host)
-        while mine and len(mine) >= self.max_per_peer:
-            self._evict(next(iter(mine)), now, "per_peer")
-        while self._open > self.max_connections and self._waiting:
-            self._evict(next(iter(self._waiting)), now, "full")
+    def _park(self, conn: _Conn):
+        """Past its peer's limit of waiting connections: hold the descriptor, nothing more.
+
+        Closing it (or the peer's oldest, as before) made a flood reconnect at once, and the
+        close-reconnect loop ran as fast as two processes can spin, taking the CPU the honest
+        callers needed. A parked connection is left alone: it gets its peer's next free slot
+        or its header deadline's TIMEOUT. An honest caller is never parked in practice: its
+        whole request arrives with its first data (the listener defers accept until then)
+        and goes to a worker in the accept triage."""
+        conn.state = PARKED
+        self.metrics.parked.inc()
+        self._table.park(conn)
+        self._set_timer(conn, conn.deadline)
+
+    def _promote(self, now: float):
+        """A parked connection takes each slot its peer freed, oldest first, with the
+        deadline it has had since it was accepted."""
+        for conn in self._table.promotable():
+            start, deadline = conn.wait_start, conn.deadline
+            self._start_waiting(conn, now)
+            conn.wait_start = start
+            self._set_timer(conn, deadline)
+            self._on_readable(conn, now)
+
+    def _make_room(self, now: float, evicted: dict[str, int]) -> bool:
+        """Close the longest-waiting connections (parked ones first) until one more fits in total."""
+        while self._open > self.max_connections and self._table.oldest_parked() is not None:
+            conn = self._table.oldest_parked()
+            self._table.unpark(conn)
+            conn.state = READING   # read like a waiter: its request may be whole by now
+            self._evict(conn, now, "full", evicted)
+        while self._open > self.max_connections and self._table.waiting:
+            self._evict(next(iter(self._table.waiting)), now, "full", evicted)
         return self._open <= self.max_connections
 
-    def _evict(self, conn: _Conn, now: float, why: str):
+    def _evict(self, conn: _Conn, now: float, why: str, evicted: dict[str, int]):
         """Give the oldest waiter a last read; close it unless that completed its request."""
         self._on_readable(conn, now)
         if conn.state != READING:
             return
         self.metrics.evicted.labels(why).inc()
-        log.warning("rpc from %s: closed after %.1fs without a whole request: too many waiting (%s)",
-                    conn.peer, now - conn.wait_start, why)
-        self._send_now(conn, encode_error(ErrorCode.BUSY, "too many connections waiting"))
+        evicted[why] = evicted.get(why, 0) + 1
+        send_now(conn, encode_error(ErrorCode.BUSY, "too many connections waiting"))
         self._close(conn)
 
     def _start_waiting(self, conn: _Conn, now: float):
         conn.state = READING
         conn.wait_start = now
         self._set_timer(conn, now + (self.header_timeout if conn.need == 0 else self.read_timeout))
-        self._waiting[conn] = None
-        self._per_peer.setdefault(conn.host, collections.OrderedDict())[conn] = None
+        self._table.add(conn)
         self._register(conn)
 
     def _set_timer(self, conn: _Conn, deadline: float):
@@ -267,11 +262,7 @@ class RpcServer:
             self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
 
     def _stop_waiting(self, conn: _Conn):
-        if self._waiting.pop(conn, False) is not False:
-            mine = self._per_peer[conn.host]
-            del mine[conn]
-            if not mine:
-                del self._per_peer[conn.host]
+        self._table.remove(conn)
         try:
             self._sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -279,7 +270,7 @@ class RpcServer:
 
     def _on_readable(self, conn: _Conn, now: float):
         if conn.state == LINGERING:
-            if not self._drain(conn.sock):
+            if not drain(conn.sock):
                 self._close(conn)
             return
         if conn.state != READING:
@@ -342,24 +333,14 @@ class RpcServer:
     def _last_frame(self, conn: _Conn, frame: bytes, now: float):
         """Send a last frame, half-close, and discard input for a moment before closing:
         unread input would make close() send a RST that can destroy the frame in flight."""
-        if not self._send_now(conn, frame):
+        if not send_now(conn, frame):
             self._close(conn)
             return
         conn.state = LINGERING
         self._set_timer(conn, now + _LINGER)
         self._register(conn)
-        if not self._drain(conn.sock):
+        if not drain(conn.sock):
             self._close(conn)
-
-    @staticmethod
-    def _send_now(conn: _Conn, frame: bytes) -> bool:
-        """Never blocks the I/O thread: an error frame fits any socket's send buffer."""
-        try:
-            conn.sock.send(frame)
-            conn.sock.shutdown(socket.SHUT_WR)
-            return True
-        except OSError:
-            return False
 
     def _take_back(self, now: float):
         """Connections workers are done with: wait for the next request, or linger and close."""
@@ -376,12 +357,24 @@ class RpcServer:
                 self._parse(conn, now)   # a pipelined request is already here
 
     def _expire(self, now: float):
-        while self._timers and self._timers[0][0] <= now:
+        # At most _EXPIRE_BATCH deadlines per wake-up: a flood's connections time out in
+        # waves (all opened in the same second), and a wave handled in one go would hold up
+        # the accepts and reads of the callers that arrived meanwhile. The rest are due, so
+        # the next select does not sleep.
+        handled = 0
+        while self._timers and self._timers[0][0] <= now and handled < _EXPIRE_BATCH:
             _, _, gen, conn = heapq.heappop(self._timers)
             if gen != conn.gen:
                 continue
+            handled += 1
             if conn.state == LINGERING:
                 self._close(conn)
+            elif conn.state == PARKED:
+                self._table.unpark(conn)
+                self.metrics.requests.labels("timeout").inc()
+                log.warning("rpc from %s: request not complete within %.1fs (parked: its peer's limit of "
+                            "waiting connections was reached)", conn.peer, now - conn.wait_start)
+                self._last_frame(conn, encode_error(ErrorCode.TIMEOUT, "request not complete before the deadline"), now)
             elif conn.state == READING:
                 self._stop_waiting(conn)
                 if not conn.buf and conn.served:
@@ -424,6 +417,8 @@ class RpcServer:
 
     def _close(self, conn: _Conn):
         self._stop_waiting(conn)
+        if conn.state == PARKED:
+            self._table.unpark(conn)
         with self._lock:
             if conn.state == CLOSED:
                 return
@@ -437,7 +432,7 @@ class RpcServer:
         self.metrics.clients.dec()
 
     def _close_all(self):
-        for conn in list(self._waiting):
+        for conn in self._table.everyone():
             self._close(conn)
         for s in (self._wake_r, self._wake_w):
             s.close()

@@ -15,7 +15,8 @@
  *   - SLURM_JOB_ID and the job's device variables, with pam_putenv;
  *   - joining the job's mount namespace (job_container/tmpfs) with setns;
  *   - the total deadline: poll() with the time left on every step; past it, or if the
- *     daemon is unreachable or answers garbage, action_generic_failure applies.
+ *     daemon is unreachable or answers garbage, action_generic_failure applies. The time
+ *     left is sent with the request, so the daemon stops working before the module gives up.
  * It never blocks a signal, sets an alarm or writes to stdout: it runs inside sshd.
  */
 #define _GNU_SOURCE
@@ -381,7 +382,10 @@ PAM_EXTERN int pam_sm_acct_mgmt(pam_handle_t *pamh, int flags, int argc, const c
         rc = generic_failure(pamh, &c, user, "out of memory");
         goto out;
     }
-    req_len = wl_request(req, WL_MAX_LINE + 1, user, service, argc, argv, local_options);
+    /* the time left goes with the request: the daemon's work ends before the module gives up */
+    long left_ms = end_ms - now_ms();
+    req_len = wl_request(req, WL_MAX_LINE + 1, user, service, left_ms > 0 ? left_ms : 0, argc, argv,
+                         local_options);
     if (req_len < 0) {
         rc = generic_failure(pamh, &c, user, "request too large");
         goto out;

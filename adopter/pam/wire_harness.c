@@ -3,8 +3,10 @@
  * on their own, without PAM.
  *   wire_harness reply    < LINE        -> "error" or one "FIELD HEX..." line per field
  *   wire_harness request USER SERVICE [ARG...]  -> the request line, as sent
+ *     (with left_ms=$WL_LEFT_MS if that is set)
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "wireline.h"
@@ -27,7 +29,9 @@ int main(int argc, char **argv)
     static char buf[2 * WL_MAX_LINE + 1];
     static const char *const local[] = {"socket", "deadline", NULL};
     if (argc >= 4 && strcmp(argv[1], "request") == 0) {
-        long n = wl_request(buf, sizeof buf, argv[2], argv[3], argc - 4, (const char **)argv + 4, local);
+        const char *left = getenv("WL_LEFT_MS");
+        long n = wl_request(buf, sizeof buf, argv[2], argv[3], left ? strtol(left, NULL, 10) : -1,
+                            argc - 4, (const char **)argv + 4, local);
         if (n < 0) {
             printf("error\n");
             return 1;

@@ -1,6 +1,7 @@
 /* See wireline.h; the format is defined in adopter/pamwire.py. */
 #include "wireline.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -86,7 +87,7 @@ static int is_local(const char *arg, size_t n, const char *const *local)
     return 0;
 }
 
-long wl_request(char *out, size_t cap, const char *user, const char *service,
+long wl_request(char *out, size_t cap, const char *user, const char *service, long left_ms,
                 int argc, const char **argv, const char *const *local)
 {
     struct out o = {out, cap, 0, cap == 0};
@@ -95,6 +96,11 @@ long wl_request(char *out, size_t cap, const char *user, const char *service,
     put(&o, "v=1", 3);
     put_token(&o, "", "user", 4, user ? user : "");
     put_token(&o, "", "service", 7, service ? service : "");
+    if (left_ms >= 0) {
+        char ms[24];
+        snprintf(ms, sizeof ms, "%ld", left_ms);
+        put_token(&o, "", "left_ms", 7, ms);
+    }
     for (int i = 0; i < argc; i++) {
         size_t n = name_len(argv[i]);
         if (n == 0 || is_local(argv[i], n, local))

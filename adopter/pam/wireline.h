@@ -25,10 +25,11 @@ struct wl_reply {
 };
 
 /* Append "KEY=VALUE" tokens of the request to out (cap bytes, NUL-terminated):
- * v=1 user=U service=S opt.NAME=VALUE for each of argv's "NAME=VALUE" (or bare "NAME"),
+ * v=1 user=U service=S [left_ms=N, if left_ms >= 0] opt.NAME=VALUE for each of argv's
+ * "NAME=VALUE" (or bare "NAME"),
  * skipping names listed in `local` (NULL-terminated) and all but the last of a repeated
  * name. Returns the line's length including its newline, or -1 if it does not fit. */
-long wl_request(char *out, size_t cap, const char *user, const char *service,
+long wl_request(char *out, size_t cap, const char *user, const char *service, long left_ms,
                 int argc, const char **argv, const char *const *local);
 
 /* s percent-encoded as on the wire, truncated to fit out (cap bytes, NUL-terminated):

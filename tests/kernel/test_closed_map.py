@@ -195,3 +195,45 @@ def test_reconciled_live_connection_wins_over_a_closed_entry_for_the_same_tuple(
     finally:
         lsock.close()
         t.stop()
+
+
+def test_open_map_full_every_connection_still_answered_right_and_counted(tracers, munged, pinned):
+    # Issue 12, "the map full": hold three times the open map's capacity. The LRU map evicts
+    # the least recently used entries; each evicted connection must still get the right
+    # answer (its owner, from the /proc fallback) or a defined error, and every miss must
+    # be counted. Without the fallback (fallback = false) the evicted ones are NOT_FOUND.
+    small = 64
+    t = tracers.make(probe="tracepoint", max_connections=small, max_closed_connections=MAX_CLOSED,
+                     reconcile=False).start()
+    conns = pinned(t)
+    lsock = listen()
+    held = []
+    try:
+        for _ in range(3 * small):
+            held.append(connect(lsock))
+        in_map = sum(conns.open.lookup(key_of(c)) is not None for c, _ in held)
+        assert in_map <= small, f"{in_map} entries in a map of {small}"
+        before = scrape(t.metrics_url)
+        sources = {}
+        for c, _ in held:
+            ans = ask_for(t, munged.socket, c)
+            assert ans.status == Status.FOUND and ans.pid == os.getpid(), ans
+            sources[ans.source.name] = sources.get(ans.source.name, 0) + 1
+        after = scrape(t.metrics_url)
+        misses = metric(after, "callerid_fallback_lookups_total", reason="map_miss") - \
+            metric(before, "callerid_fallback_lookups_total", reason="map_miss")
+        assert sources.get("BPF", 0) <= small
+        assert sources.get("PROC", 0) >= 2 * small, sources
+        assert misses == sources.get("PROC", 0), (misses, sources)
+        assert metric(after, "callerid_map_capacity_connections", state="open") == small
+    finally:
+        for pair in held:
+            for x in pair:
+                x.close()
+        lsock.close()
+        t.stop()
+    from tests.reliability import record
+    record("kernel/test_closed_map.py::open_map_full", "fault",
+           f"{3 * small} connections held open against an open-connection map of {small}",
+           f"all {3 * small} answered with the right owner: {sources.get('BPF', 0)} from the map, "
+           f"{sources.get('PROC', 0)} from the /proc fallback, each miss counted (map_miss)")

@@ -15,6 +15,7 @@ import pytest
 
 from callerid.client import RpcError, ask
 from callerid.protocol import Query
+from tests.infra.frames import recv_payload
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
 from tests.kernel.conftest import close_client, start_client
@@ -52,7 +53,8 @@ def test_a_thousand_unauthenticated_connections_do_not_silence_the_tracer(tracer
     evil = run_as(attacker, [sys.executable, str(SLOWLORIS), "127.0.0.1", str(tracer.port), "1000", "12"])
     try:
         # One address may hold max_rpc_connections_per_peer (512) waiting connections:
-        # past that, each new one of the attacker's closes its own oldest.
+        # past that the attacker's are parked (held unread); silent ones arrive after the
+        # listener's 1 s TCP_DEFER_ACCEPT.
         wait_for(lambda: metric(scrape(tracer.metrics_url), "callerid_rpc_clients") >= 450, 10,
                  "the attacker's connections held by the tracer")
         answered, wrong, failed, latencies = 0, 0, [], []
@@ -163,6 +165,69 @@ def test_a_hung_munged_is_abandoned_at_the_deadline_and_the_tracer_recovers(trac
     record("kernel/test_rpc_abuse.py::hung_munged_tracer_side", "fault", "the tracer's munged stopped (SIGSTOP) "
            "while it decodes a request", f"the client got INTERNAL after {elapsed:.2f} s (deadline 2 s), counted "
            "abandoned; answers again once munged resumed", "that one answer")
+
+
+def test_every_worker_stuck_on_a_hung_munged_other_clients_are_still_answered(tracers, munged, jobs, test_users,
+                                                                              listener):  # noqa: F811
+    # Issue 12: both workers of a 2-worker tracer are stuck in a MUNGE decode (munged
+    # stopped). The I/O thread must still answer everyone else: a malformed frame at once,
+    # a queued request with BUSY and the stuck ones with INTERNAL, each by its own deadline;
+    # and once munged is back, new questions are answered right.
+    import socket as socketmod
+
+    from callerid import munge
+    from callerid.protocol import HEADER, ErrorCode, FrameType, decode_error, encode_frame, encode_request
+    owner = test_users[0]
+    jobs.create(owner.uid, 4205)
+    t = tracers.make(max_clients=2).start()
+    p, (c,) = start_client(jobs, owner, 4205, "127.0.0.1", listener)
+    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+    creds = [munge.encode(encode_request(q, os.urandom(32)), munged.socket, secret_for_uid=0) for _ in range(3)]
+    before = rpc_counts(t)
+    outcome: dict = {}
+
+    def send(name: str, frame: bytes):
+        t0 = time.monotonic()
+        try:
+            with socketmod.create_connection(("127.0.0.1", t.port), timeout=10) as s:
+                s.sendall(frame)
+                reply = s.recv(4096)
+            code = decode_error(reply[HEADER.size:])[0] if reply[3] == FrameType.ERROR else FrameType(reply[3])
+        except OSError as exc:
+            code = exc
+        outcome[name] = (code, time.monotonic() - t0)
+
+    os.kill(munged.pid, signal.SIGSTOP)
+    try:
+        stuck = [threading.Thread(target=send, args=(f"stuck{i}", encode_frame(FrameType.REQUEST, creds[i])))
+                 for i in range(2)]
+        for th in stuck:
+            th.start()
+        assert wait_for(lambda: metric(scrape(t.metrics_url), "callerid_rpc_clients") >= 2, 2, "both workers busy")
+        time.sleep(0.2)
+        queued = threading.Thread(target=send, args=("queued", encode_frame(FrameType.REQUEST, creds[2])))
+        queued.start()
+        send("garbage", b"\xff" * HEADER.size)
+        for th in [*stuck, queued]:
+            th.join(10)
+    finally:
+        os.kill(munged.pid, signal.SIGCONT)
+    print(f"hung munged, 2 workers: {outcome}")
+    assert outcome["garbage"][0] == ErrorCode.BAD_FRAME and outcome["garbage"][1] < 0.5, outcome
+    for name in ("stuck0", "stuck1"):
+        assert outcome[name][0] == ErrorCode.INTERNAL and outcome[name][1] < 2.0 + 0.5, outcome
+    assert outcome["queued"][0] in (ErrorCode.BUSY, ErrorCode.INTERNAL) and outcome["queued"][1] < 2.0 + 0.5, outcome
+    assert wait_for(lambda: _answers(t, q, munged.socket) == "4205", 15, "answers after munged resumed")
+    after = rpc_counts(t)
+    assert after.get("abandoned", 0) - before.get("abandoned", 0) >= 2
+    close_client(p)
+    t.stop()
+    record("kernel/test_rpc_abuse.py::every_worker_stuck_on_hung_munged", "fault",
+           "munged stopped while both workers of a 2-worker tracer decode; a third request and a malformed "
+           "frame arrive meanwhile",
+           f"malformed frame refused in {outcome['garbage'][1] * 1000:.0f} ms; stuck requests INTERNAL and the "
+           f"queued one {outcome['queued'][0].name} within the 2 s deadline; answers again once munged resumed",
+           "the three answers munged could not give")
 
 
 def _answers(tracer, q, sock):
@@ -303,12 +368,10 @@ def _busy_then_answer_server(busy_times: int, munge_socket: str):
 
     from callerid import munge
     from callerid.protocol import (
-        HEADER,
         Answer,
         ErrorCode,
         FrameType,
         Status,
-        decode_header,
         decode_request,
         encode_error,
         encode_frame,
@@ -320,16 +383,6 @@ def _busy_then_answer_server(busy_times: int, munge_socket: str):
     srv.settimeout(5)
     seen: list[bytes] = []
 
-    def read_frame(conn) -> bytes:
-        head = b""
-        while len(head) < HEADER.size:
-            head += conn.recv(HEADER.size - len(head))
-        _, n = decode_header(head)
-        body = b""
-        while len(body) < n:
-            body += conn.recv(n - len(body))
-        return body
-
     def serve():
         with srv:
             for i in range(busy_times + 1):
@@ -338,7 +391,7 @@ def _busy_then_answer_server(busy_times: int, munge_socket: str):
                 except OSError:
                     return   # the client gave up
                 with conn:
-                    cred = read_frame(conn)
+                    cred = recv_payload(conn)
                     seen.append(cred)
                     if i < busy_times:
                         conn.sendall(encode_error(ErrorCode.BUSY, "too many clients"))

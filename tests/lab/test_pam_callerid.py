@@ -124,6 +124,32 @@ def test_user_sees_only_the_documented_text_when_the_adopter_cannot_answer(cl, h
     assert only_documented_text(login.err, policy.MSG_GENERIC), login.err
 
 
+def test_the_modules_deadline_bounds_the_daemons_work(cl):
+    """The module sends its time left with the request: with deadline=0.8 (the daemon's own
+    is 4 s, its RPC timeout 1 s) and the source node's tracer stopped, the daemon gives the
+    RPC only what the module had left and abandons the decision for its deadline, instead of
+    waiting out the RPC and deciding for a login that has already gone."""
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5471)
+    cl.dst_jobs.create(a.uid, 5472)          # two jobs: the daemon must ask the source node
+    cl.set_hook("deadline=0.8")
+    abandoned = {r: metric(cl.adopter_metrics(), "callerid_adopter_abandoned_decisions_total", reason=r)
+                 for r in ("deadline", "hook_gone")}
+    os.kill(cl.tracer.proc.pid, signal.SIGSTOP)
+    try:
+        login = cl.ssh(a)
+        time.sleep(1.5)                      # past the RPC timeout: a daemon still working would end now
+    finally:
+        os.kill(cl.tracer.proc.pid, signal.SIGCONT)
+    after = {r: metric(cl.adopter_metrics(), "callerid_adopter_abandoned_decisions_total", reason=r)
+             for r in abandoned}
+    assert after == {"deadline": abandoned["deadline"] + 1, "hook_gone": abandoned["hook_gone"]}, cl.logs()
+    line = next(x for x in reversed(cl.adopter.log_text().splitlines()) if "decision abandoned (deadline)" in x)
+    ms = float(line.split(" after ")[1].split(" ms")[0])
+    assert ms < 800, line                    # within the module's 0.8 s, not the RPC's 1 s
+    assert "job_547" not in login.out, login.out + login.err   # not adopted, whatever the stack says
+
+
 def test_root_logs_in_when_the_adopter_is_down(cl, tmp_path):
     """docs/INSTALL.md: pam_access (sufficient) for the admins ahead of the module, which is
     `-account` (a missing module file is skipped, not fatal)."""

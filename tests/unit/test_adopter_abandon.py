@@ -11,6 +11,7 @@ import time
 import pytest
 
 from callerid.adopter import policy
+from callerid.adopter.daemon import decision_deadline
 from callerid.adopter.metrics import ABANDON_REASONS, AdopterMetrics
 from callerid.adopter.service import Adopter, Settings
 from tests.unit.test_jobs_discovery import FakeNode
@@ -65,3 +66,14 @@ def test_abandon_reasons_are_declared():
     m = AdopterMetrics()
     for r in ABANDON_REASONS:
         assert m.registry.get_sample_value("callerid_adopter_abandoned_decisions_total", {"reason": r}) == 0.0
+
+
+@pytest.mark.parametrize("own, left_ms, budget", [
+    (5.0, None, 4.75),      # an older module that sends no time left: the daemon's own deadline
+    (5.0, 2000, 1.75),      # the module's time left is shorter: it bounds the daemon's work
+    (1.0, 60000, 0.75),     # the daemon's own deadline is shorter
+    (5.0, 400, 0.3),        # a short budget keeps a quarter of it for the reply
+    (5.0, 0, 0.0),
+])
+def test_decision_deadline_is_the_shorter_of_the_daemons_and_the_modules(own, left_ms, budget):
+    assert decision_deadline(100.0, own, left_ms) == pytest.approx(100.0 + budget)

@@ -49,8 +49,9 @@ def py_parse(line: bytes):
         return None
 
 
-def c_request(harness, user: str, service: str, args: list[str]) -> bytes:
-    r = subprocess.run([harness, "request", user, service, *args], capture_output=True, timeout=10)
+def c_request(harness, user: str, service: str, args: list[str], left_ms: int | None = None) -> bytes:
+    env = None if left_ms is None else {"WL_LEFT_MS": str(left_ms)}
+    r = subprocess.run([harness, "request", user, service, *args], capture_output=True, timeout=10, env=env)
     assert r.returncode == 0, r.stdout
     return r.stdout
 
@@ -67,7 +68,25 @@ def test_request_round_trip():
     assert parse_request(req.encode()) == req
 
 
+def test_request_carries_the_modules_time_left():
+    req = Request("alice", "sshd", {"deadline": "ignored-by-daemon"}, left_ms=1500)
+    assert req.encode().startswith(b"v=1 user=alice service=sshd left_ms=1500 opt.")
+    assert parse_request(req.encode()) == req
+    assert parse_request(b"v=1 user=a service=s\n").left_ms is None   # optional
+
+
+def test_c_module_sends_its_time_left_and_the_daemon_reads_it(harness):
+    req = parse_request(c_request(harness, "alice", "sshd", ["deadline=2", "mode=audit"], left_ms=1999))
+    assert req.left_ms == 1999 and req.options == {"mode": "audit"}
+    assert parse_request(c_request(harness, "alice", "sshd", [])).left_ms is None
+
+
 @pytest.mark.parametrize("line, why", [
+    (b"v=1 user=a service=s left_ms=-1\n", "left_ms"),
+    (b"v=1 user=a service=s left_ms=1.5\n", "left_ms"),
+    (b"v=1 user=a service=s left_ms=3600001\n", "left_ms"),
+    (b"v=1 user=a service=s left_ms=%D9%A1\n", "left_ms"),           # a non-ASCII digit
+
     (b"v=1 user=a service=s pid=42\n", "unexpected request keys"),      # never a pid from the request
     (b"v=1 user=a\n", "needs user and service"),
     (b"v=2 user=a service=s\n", "first token"),

@@ -36,7 +36,9 @@ OLD_ID, NEW_ID = "205", "201" # the newer job has the LOWER id: 'newest' must go
 # ---------------------------------------------------------------------------
 # The exhaustive table. Each dimension is listed once; the reference below is a
 # deliberately plain, situation-by-situation restatement of docs/REFERENCE "Flow"
-# plus callerid's ownership check, sharing no code with adopter.policy.
+# plus callerid's ownership check, sharing no code with adopter.policy. Nor with
+# adopter/decision_table.py: its rows are decide()'s own output, so checking decide()
+# against them could never fail; the import list is all the two files share.
 
 SERVICE_CASES = ("listed", "star", "not_listed")
 ANSWERS = ("none", "own", "foreign", "not_here", "no_job", "error")
@@ -421,10 +423,16 @@ def test_parse_unknown_name_warns_and_keeps_base():
     assert len(warnings) == 1 and "action_unkown" in warnings[0] and "unknown option" in warnings[0]
 
 
-@pytest.mark.parametrize("name", ["log_level", "disable_x11"])
-def test_parse_module_only_names_are_taken_silently(name):
-    opts, warnings = parse_options({name: "1"}, Options())
+def test_parse_module_only_names_are_taken_silently():
+    opts, warnings = parse_options({"log_level": "debug"}, Options())
     assert (opts, warnings) == (Options(), [])
+
+
+def test_parse_disable_x11_as_pam_slurm_adopt_spells_it():
+    assert Options().disable_x11 is False
+    for text, value in (("1", True), ("0", False), ("yes", True)):
+        opts, warnings = parse_options({"disable_x11": text}, Options())
+        assert (opts.disable_x11, warnings) == (value, [])
 
 
 def test_parse_join_container_nodename_and_mode():

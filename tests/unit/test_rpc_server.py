@@ -17,13 +17,14 @@ from callerid.protocol import (
     FrameType,
     check_credential_shape,
     decode_error,
-    decode_header,
     encode_error,
     encode_frame,
 )
 from callerid.tracer.metrics import RPC_RESULTS, TracerMetrics
-from callerid.tracer.server import RpcServer, bind_listener
+from callerid.tracer.rpcconn import bind_listener
+from callerid.tracer.server import RpcServer
 from tests.helpers import require
+from tests.infra.frames import recv_frame
 
 READ_TIMEOUT = 0.3
 IO_TIMEOUT = 2.0   # upper bound for any single wait in these tests
@@ -101,29 +102,6 @@ def wait_for(pred, timeout=IO_TIMEOUT):
 def wait_idle(h: Harness) -> bool:
     """No connection held any more (closing ones linger a moment)."""
     return wait_for(lambda: h.connected() == 0)
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + IO_TIMEOUT
-    while len(buf) < n and time.monotonic() < deadline:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            break
-        buf += chunk
-    return buf
-
-
-def recv_frame(sock: socket.socket):
-    """(type, payload), or None on a clean EOF."""
-    head = recv_exact(sock, HEADER.size)
-    if not head:
-        return None
-    assert len(head) == HEADER.size, f"truncated header {head!r}"
-    ftype, length = decode_header(head)
-    payload = recv_exact(sock, length)
-    assert len(payload) == length
-    return ftype, payload
 
 
 def recv_error(sock: socket.socket) -> tuple[ErrorCode, str]:
@@ -414,11 +392,13 @@ def evicted(h: Harness, why: str) -> float:
 
 def test_waiting_connections_take_no_worker(make):
     # The old server gave each connection a thread: two idle ones silenced it (BUSY).
-    h = make(max_clients=2, read_timeout=IO_TIMEOUT)
+    # Deadlines longer than the listener's TCP_DEFER_ACCEPT (1 s): the silent half reach
+    # the server only then, and the partial headers must not time out meanwhile.
+    h = make(max_clients=2, read_timeout=3 * IO_TIMEOUT, header_timeout=3 * IO_TIMEOUT)
     idle = [h.connect() for _ in range(50)]
     for s in idle[::2]:
         s.sendall(b"CI" + bytes([VERSION]))   # half of them drip a partial header
-    assert wait_for(lambda: h.connected() == 50)
+    assert wait_for(lambda: h.connected() == 50, 2 * IO_TIMEOUT)
     for i in range(5):
         c = h.connect()
         c.sendall(request(b"q%d" % i))
@@ -461,22 +441,63 @@ def test_queued_request_past_its_deadline_is_busy_and_hung_one_abandoned(make):
     assert recv_frame(c) == answer(b"after")
 
 
-def test_one_peer_cannot_fill_the_table(make):
+def started(h: Harness) -> socket.socket:
+    """A connection that has sent the first byte of a header: the listener defers accept
+    (TCP_DEFER_ACCEPT) until a connection's first data, so a silent one arrives late."""
+    c = h.connect()
+    c.sendall(b"C")
+    return c
+
+
+def test_past_its_peers_limit_a_connection_is_parked_unread_until_a_slot_frees(make):
+    # Closing the peer's oldest (the old way) made a flood reconnect at once, in a loop as
+    # fast as the CPU goes; a parked connection is left alone and costs a descriptor.
     h = make(max_connections_per_peer=3, read_timeout=IO_TIMEOUT)
-    idle = [h.connect() for _ in range(3)]
+    idle = [started(h) for _ in range(3)]
     assert wait_for(lambda: h.connected() == 3)
+    parked = started(h)
+    assert wait_for(lambda: h.connected() == 4)
     good = h.connect()
-    good.sendall(request(b"mine"))
+    good.sendall(request(b"mine"))              # a whole request needs no slot: answered at once
     assert recv_frame(good) == answer(b"mine")
-    assert recv_error(idle[0]) == (ErrorCode.BUSY, "too many connections waiting")
-    assert_closed(idle[0])
-    assert all(is_silent(s) for s in idle[1:])
-    assert evicted(h, "per_peer") == 1.0
+    assert all(is_silent(s) for s in [*idle, parked]), "nobody evicted"
+    idle[0].close()                              # a slot frees: the parked one takes it
+    parked.sendall(request(b"late")[1:])
+    assert recv_frame(parked) == answer(b"late")
+    assert h.metrics.registry.get_sample_value("callerid_rpc_parked_connections_total") == 1.0
+    assert not evicted(h, "full")
+
+
+def test_a_full_table_closes_parked_connections_first_after_a_last_read(make):
+    h = make(max_connections=3, max_connections_per_peer=1, read_timeout=IO_TIMEOUT)
+    holder = started(h)
+    assert wait_for(lambda: h.connected() == 1)
+    parked = [started(h) for _ in range(2)]
+    assert wait_for(lambda: h.connected() == 3)
+    parked[0].sendall(request(b"whole")[1:])   # unread while parked, whole in its socket
+    time.sleep(0.05)
+    good = h.connect()
+    good.sendall(request(b"fits"))
+    assert recv_frame(good) == answer(b"fits")
+    assert recv_frame(parked[0]) == answer(b"whole")   # the last read found it: served, not closed
+    assert recv_error(parked[1])[0] == ErrorCode.BUSY   # so the next parked one went
+    assert is_silent(holder)
+
+
+def test_a_parked_connection_times_out_at_its_header_deadline(make):
+    h = make(max_connections_per_peer=1, read_timeout=0.5)
+    holder = started(h)
+    assert wait_for(lambda: h.connected() == 1)
+    start = time.monotonic()
+    parked = started(h)
+    assert recv_error(parked)[0] == ErrorCode.TIMEOUT
+    assert time.monotonic() - start < 0.5 + 0.5
+    assert recv_error(holder)[0] == ErrorCode.TIMEOUT
 
 
 def test_full_table_closes_the_longest_waiting(make):
     h = make(max_connections=4, read_timeout=IO_TIMEOUT)
-    idle = [h.connect() for _ in range(4)]
+    idle = [started(h) for _ in range(4)]
     assert wait_for(lambda: h.connected() == 4)
     good = h.connect()
     good.sendall(request(b"fits"))
@@ -562,20 +583,21 @@ def test_non_credential_is_refused_before_the_frame_is_complete(make):
     assert time.monotonic() - start < 1.0
 
 
-def test_refused_client_does_not_stall_the_server(make):
+def test_a_peer_at_its_limit_does_not_stall_the_server(make):
     h = make(max_connections_per_peer=1, read_timeout=IO_TIMEOUT)
-    holder = h.connect()
+    holder = started(h)
     assert wait_for(lambda: h.connected() == 1)
-    refused = h.connect()   # evicts holder
-    assert recv_error(holder)[0] == ErrorCode.BUSY
+    parked = started(h)
+    assert wait_for(lambda: h.connected() == 2)
     stop = threading.Event()
 
-    def trickle():   # the evicted client keeps sending a byte now and then, and never closes
+    def trickle():   # both keep sending a byte now and then, and never finish
         for _ in range(20):
             if stop.is_set():
                 return
             try:
-                holder.sendall(b"x")
+                holder.sendall(b"I")
+                parked.sendall(b"I")
             except OSError:
                 return
             time.sleep(0.1)
@@ -583,7 +605,6 @@ def test_refused_client_does_not_stall_the_server(make):
     t = threading.Thread(target=trickle, daemon=True)
     t.start()
     try:
-        refused.close()
         c = h.connect()
         start = time.monotonic()
         c.sendall(request(b"next"))

@@ -93,10 +93,11 @@ def make_nodes(count: int) -> list[Node]:
 
 
 def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str, spool: Path | None = None,
-                    job_container: bool = False) -> str:
+                    job_container: bool = False, x11: bool = False) -> str:
     """slurm.conf of a lab whose private files live under `root` (slurmd spools under `spool`,
     default <root>/slurm/spool); nodes[0] runs slurmctld;
-    job_container: JobContainerType=job_container/tmpfs (job_container_conf_text beside it)."""
+    job_container: JobContainerType=job_container/tmpfs (job_container_conf_text beside it);
+    x11: Slurm's own X11 forwarding (PrologFlags=X11, set up by the job's extern step)."""
     ctl = nodes[0]
     spool = spool or root / "slurm" / "spool"
     lines = [
@@ -121,7 +122,7 @@ def slurm_conf_text(root: Path, nodes: list[Node], munge_socket: str, spool: Pat
         # The same plugins on cgroup v1 and v2: the cgroup version is cgroup.conf's CgroupPlugin.
         "ProctrackType=proctrack/cgroup",
         "TaskPlugin=task/cgroup,task/affinity",
-        "PrologFlags=contain",
+        "PrologFlags=contain,x11" if x11 else "PrologFlags=contain",
         *(["JobContainerType=job_container/tmpfs"] if job_container else []),
         "JobAcctGatherType=jobacct_gather/none",
         "AccountingStorageType=accounting_storage/none",

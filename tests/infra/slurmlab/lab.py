@@ -59,12 +59,13 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
     """A Slurm cluster of `nodes` nodes (network namespaces) with callerid, sshd and pam_slurm_adopt on each."""
 
     def __init__(self, nodes: int = 2, root: Path = ROOT, log=None, log_level: str = "info", probe: str = "auto",
-                 syslog: bool = True, job_container: bool = False):
+                 syslog: bool = True, job_container: bool = False, x11: bool = False):
         """nodes: 1..16; log: a callable taking progress lines (default: silent); log_level: of the
         callerid daemons; probe: the tracers' backend
         ("auto" tries sockstore, fentry, kprobe, tracepoint in that order and settles on sockstore here);
         syslog: run a /dev/log listener (log/syslog.log) if the machine has none, for pam_slurm_adopt;
-        job_container: JobContainerType=job_container/tmpfs (BasePath <root>/jc), for join_container."""
+        job_container: JobContainerType=job_container/tmpfs (BasePath <root>/jc), for join_container;
+        x11: PrologFlags=X11, Slurm's X11 forwarding (salloc --x11)."""
         self.root = Path(root)
         self.state_file = self.root / "state.json"
         self.nodes = make_nodes(nodes)
@@ -75,6 +76,7 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
         self.probe = probe
         self.syslog = syslog
         self.job_container = job_container
+        self.x11 = x11
         self.host = cgroups.host_cgroups()
         self._popens: dict[int, subprocess.Popen] = {}
         self._children: list[subprocess.Popen] = []  # started by popen(): ours to stop in down()
@@ -279,7 +281,7 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
         return self.root / "slurm" / "spool" if exec_allowed(self.root) else EXEC_SPOOL
 
     def slurm_conf_text(self) -> str:
-        return slurm_conf_text(self.root, self.nodes, self.munge_socket, self.spool, self.job_container)
+        return slurm_conf_text(self.root, self.nodes, self.munge_socket, self.spool, self.job_container, self.x11)
 
     def cgroup_conf_text(self) -> str:
         return cgroup_conf_text(self.host.version)
