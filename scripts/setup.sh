@@ -101,6 +101,10 @@ if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
   if ! "$venv/bin/python3" -c 'import pip, sys; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (21, 3))'; then
     "$venv/bin/python3" -m pip install -q --disable-pip-version-check "${pip_source[@]}" --upgrade "pip>=21.3"
   fi
+  # the build backend pyproject.toml names, in the venv itself: `pip wheel --no-build-isolation`
+  # (tests/unit/test_install.py) otherwise meets the distribution's setuptools (Debian 11: 52,
+  # which cannot read [project] and names the wheel UNKNOWN)
+  "$venv/bin/python3" -m pip install -q --disable-pip-version-check "${pip_source[@]}" "setuptools>=61"
   "$venv/bin/python3" -m pip install -q --disable-pip-version-check "${pip_source[@]}" -e "${repo}[test,bench]"
   touch "$stamp"
 fi

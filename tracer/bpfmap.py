@@ -90,6 +90,35 @@ def open_pinned(path: str | Path) -> int | None:
     return fd
 
 
+def _create_map_function(lib):
+    """libbcc's map-creating wrapper: bcc_create_map since BCC 0.23, bpf_create_map before."""
+    for name in ("bcc_create_map", "bpf_create_map"):
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+            fn.restype = ctypes.c_int
+            return fn
+    raise OSError(errno.ENOSYS, "this libbcc has neither bcc_create_map nor bpf_create_map")
+
+
+def create_pinned(path: str | Path, name: str, info: MapInfo) -> None:
+    """Create a map as `info` describes and pin it at path. BPF_TABLE_PINNED then opens it:
+    BCC before 0.19 (Debian 11 has 0.18) only opens an existing pin and never creates one."""
+    fd = _create_map_function(_lib)(info.map_type, name.encode()[:15], info.key_size, info.value_size,
+                                    info.max_entries, 0)
+    if fd < 0:
+        err = ctypes.get_errno() or -fd
+        raise OSError(err, f"creating BPF map {name} for {path}: {os.strerror(err)}")
+    try:
+        _lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        _lib.bpf_obj_pin.restype = ctypes.c_int
+        if _lib.bpf_obj_pin(fd, str(path).encode()) != 0:
+            err = ctypes.get_errno() or errno.EPERM
+            raise OSError(err, f"pinning BPF map {name} at {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def check_pinned(path: str | Path, expected: MapInfo) -> str | None:
     """None if the pinned map at path matches expected (or none is pinned);
     otherwise a sentence saying what differs."""

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bpfmap import BPF_MAP_TYPE_LRU_HASH, Connections, ConnMap, MapInfo, PinnedMapMismatch, check_pinned
+from .bpfmap import BPF_MAP_TYPE_LRU_HASH, Connections, ConnMap, MapInfo, PinnedMapMismatch, check_pinned, create_pinned
 from .layout import LAYOUT_VERSION, STAT_NAMES, ConnKey, Owner, SkRecord, bpf_dir, make_key
 from .sockstore import SockStore
 
@@ -36,15 +36,6 @@ BPF_MAP_TYPE_HASH_ = 1
 BPF_MAP_TYPE_SK_STORAGE = 24
 MAX_UIDS = 65536   # uids with a closed-entry share tracked at once (LRU beyond)
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/callerid"
-
-
-# Tests list backends here (comma-separated) to make them fail as on a kernel that refuses
-# them, so failover is tested on kernels where every backend works. Not for production.
-FAIL_FOR_TESTS = "CALLERID_TEST_FAIL_PROBES"
-
-
-def _failed_for_tests() -> set[str]:
-    return {b.strip() for b in os.environ.get(FAIL_FOR_TESTS, "").split(",") if b.strip()}
 
 
 class ProbeLoadError(RuntimeError):
@@ -102,22 +93,29 @@ def expected_maps(max_conns: int, max_pending: int, max_closed: int, backend: st
     }
 
 
+# Map types we create and pin before BCC loads the program (create_pinned); BCC makes the rest.
+_PRECREATED_TYPES = (BPF_MAP_TYPE_HASH_, BPF_MAP_TYPE_LRU_HASH)
+
+
 def prepare_pins(pins: Path, max_conns: int, max_pending: int, max_closed: int, replace: bool,
                  backend: str = "tracepoint") -> None:
-    """Refuse (or, with replace, remove) pinned maps whose layout does not match."""
+    """Refuse (or, with replace, remove) pinned maps whose layout does not match, then create
+    and pin the missing hash maps ourselves, so that BPF_TABLE_PINNED only ever opens a pin
+    (what every BCC since 0.18 can do; creating one needs BCC 0.19)."""
     pins.mkdir(parents=True, exist_ok=True)
     for name, info in expected_maps(max_conns, max_pending, max_closed, backend).items():
         path = pins / name
         problem = check_pinned(path, info)
-        if problem is None:
-            continue
-        if not replace:
-            raise PinnedMapMismatch(
-                problem + "; refusing to reuse it. Remove it (loses attribution of live "
-                "connections until reconcile) or start with --replace-pinned."
-            )
-        log.warning("%s; replacing it as asked", problem)
-        path.unlink()
+        if problem is not None:
+            if not replace:
+                raise PinnedMapMismatch(
+                    problem + "; refusing to reuse it. Remove it (loses attribution of live "
+                    "connections until reconcile) or start with --replace-pinned."
+                )
+            log.warning("%s; replacing it as asked", problem)
+            path.unlink()
+        if info.map_type in _PRECREATED_TYPES and not path.exists():
+            create_pinned(path, name, info)
 
 
 def compile_and_attach(backend: str, pins: Path, max_conns: int, max_pending: int, max_closed: int):
@@ -178,11 +176,28 @@ def _link_create():
     return fn
 
 
+# BPF_TABLE_PINNED creates a missing pin only since BCC 0.20 (iovisor/bcc#3382); the
+# socket-storage map needs BTF to be created, so we cannot make it ourselves as we do the
+# hash maps (prepare_pins). Measured: 0.18 (Debian 11) cannot, 0.26 and 0.31 can.
+SOCKSTORE_BCC_FLOOR = (0, 20)
+
+
+def bcc_version(module) -> tuple[int, ...]:
+    """BCC's version as numbers; (0,) if this BCC does not say."""
+    text = getattr(module, "__version__", "0")
+    return tuple(int(x) for x in text.split("-")[0].split(".")[:3] if x.isdigit()) or (0,)
+
+
 def compile_and_attach_sockstore(pins: Path, max_closed: int, grace_seconds: float, closed_share: int):
     """Returns (bpf, link fds, owners map fd, closed map fd)."""
     import bcc
     from bcc import BPF, libbcc
 
+    version = bcc_version(bcc)
+    if version < SOCKSTORE_BCC_FLOOR and not (pins / "owners").exists():
+        raise ProbeLoadError(
+            f"sockstore: BCC {'.'.join(map(str, version))} cannot create the pinned socket-storage map "
+            f"(needs BCC {'.'.join(map(str, SOCKSTORE_BCC_FLOOR))} or later); use fentry, kprobe or tracepoint")
     root = cgroup2_root()
     cflags = [
         f"-I{bpf_dir()}",
@@ -267,10 +282,6 @@ def load(backend: str, pin_root: str | Path = DEFAULT_PIN_ROOT, max_conns: int =
         raise ProbeLoadError(f"unknown probe backend {backend!r}; choose from {', '.join(BACKENDS)} or auto")
     failures = []
     for name in order:
-        if name in _failed_for_tests():
-            failures.append(f"{name}: made to fail by {FAIL_FOR_TESTS}")
-            log.info("probe backend %s unavailable: made to fail by %s", name, FAIL_FOR_TESTS)
-            continue
         prepare_pins(pins, max_conns, max_pending, max_closed, replace_pinned, name)
         start = time.monotonic()
         links, pending_fd = (), -1

@@ -94,6 +94,27 @@ class JobTree:
                     p = p / part
                     self._mk(p)
 
+    def break_extern_step(self, uid: int, job: int | str) -> str:
+        """Make the kernel refuse every process written into the job's extern step, for
+        adoption-failure tests; returns how. v1: an empty cpuset.cpus (cpuset refuses tasks);
+        v2: the no-internal-process rule, a controller enabled in task_special's
+        subtree_control with a child cgroup under it (EBUSY on cgroup.procs)."""
+        leaves = self.step_dirs(uid, job, "extern")
+        if self.layout == "v1":
+            cpusets = [d for d in leaves if "/cpuset/" in str(d)]
+            if not cpusets:
+                raise RuntimeError("cgroup v1 without a cpuset hierarchy: no way to refuse tasks")
+            (cpusets[0] / "cpuset.cpus").write_text("\n")
+            return f"empty {cpusets[0]}/cpuset.cpus"
+        leaf = leaves[0]
+        self._mk(leaf / "busy")
+        mount = Path(self.v2_mount)
+        chain = [mount] + [mount.joinpath(*leaf.relative_to(mount).parts[:i + 1])
+                           for i in range(len(leaf.relative_to(mount).parts))]
+        for d in chain:
+            (d / "cgroup.subtree_control").write_text("+pids")
+        return f"+pids in {leaf}/cgroup.subtree_control"
+
     def procs_file(self, uid: int, job: int | str, step: str) -> list[Path]:
         return [d / "cgroup.procs" for d in self.step_dirs(uid, job, step)]
 

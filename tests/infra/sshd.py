@@ -1,8 +1,10 @@
 """A real OpenSSH sshd per test host, with its own PAM service running pam_callerid.so.
 
-sshd takes its PAM service name from its program name, so each instance runs
-through a symlink with a unique name and gets /etc/pam.d/<that name>; the
-system's own /etc/pam.d/sshd is never touched.
+Up to OpenSSH 9.x sshd takes its PAM service name from its program name, so each instance
+runs through a symlink with a unique name and gets /etc/pam.d/<that name>; OpenSSH 10
+(Debian 13) names it by the PAMServiceName option instead (default "sshd", whatever the
+program is called), so the config sets it too where sshd knows it (pam_service_lines).
+The system's own /etc/pam.d/sshd is never touched.
 """
 
 from __future__ import annotations
@@ -18,6 +20,17 @@ from .procs import stop_pid, wait_for
 
 SSHD = "/usr/sbin/sshd"
 REPO = Path(__file__).resolve().parents[2]
+
+
+def knows_pam_service_name(sshd: str = SSHD) -> bool:
+    """Does this sshd have the PAMServiceName option (OpenSSH 10)? Its keyword table is in the binary."""
+    with open(sshd, "rb") as f:
+        return b"pamservicename" in f.read()
+
+
+def pam_service_lines(service: str, sshd: str = SSHD) -> list[str]:
+    """sshd_config lines that make `service` the PAM service: none where the program name does it."""
+    return [f"PAMServiceName {service}"] if knows_pam_service_name(sshd) else []
 BUILD = REPO / "build"
 
 
@@ -97,7 +110,7 @@ class Sshd:
             "UseDNS no", "PrintMotd no", "PrintLastLog no", "AcceptEnv none",
             # the default (10:30:100) drops concurrent unauthenticated connections at random:
             # the concurrency tests measure callerid, not sshd's throttle
-            "MaxStartups 256", "",
+            "MaxStartups 256", *pam_service_lines(self.name), "",
         ]))
         self.pam_file.write_text(self.pam_text)
         link = self.dir / self.name

@@ -18,13 +18,19 @@ NOT_SOURCE = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__p
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """Built from a copy: setuptools writes build/ and *.egg-info next to the sources."""
+    import setuptools
+    major = int(setuptools.__version__.split(".")[0])
+    assert major >= 61, f"setuptools {setuptools.__version__} in this venv: pyproject.toml needs >= 61 " \
+                        "(scripts/setup.sh installs it)"
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     shutil.copytree(ROOT, src, ignore=NOT_SOURCE)
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                         "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    (whl,) = (tmp / "dist").glob("callerid-*.whl")
+    wheels = list((tmp / "dist").glob("*.whl"))
+    assert [w.name.split("-")[0] for w in wheels] == ["callerid"], wheels
+    (whl,) = wheels
     return whl
 
 

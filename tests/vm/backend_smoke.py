@@ -4,6 +4,8 @@ Run inside a VM guest by tests/vm/in_guest.sh; not collected on hosts (no test_ 
 where kprobe and fentry are expected to fail (../shared/LAB-NOTES.md).
 """
 
+from __future__ import annotations
+
 import json
 import os
 import socket
@@ -27,8 +29,19 @@ def listener():
     s.close()
 
 
-@pytest.mark.parametrize("backend", ["fentry", "kprobe", "tracepoint"])
+@pytest.mark.parametrize("backend", ["sockstore", "fentry", "kprobe", "tracepoint"])
 def test_backend_attributes_loopback_connection(tracers, listener, backend):
+    import bcc
+
+    from callerid.tracer.probes import SOCKSTORE_BCC_FLOOR, bcc_version
+    if backend == "sockstore" and bcc_version(bcc) < SOCKSTORE_BCC_FLOOR:
+        # this BCC cannot make sockstore's pinned map: the tracer must refuse at start-up, saying why
+        t = tracers.make(probe=backend)
+        t.start(wait=False)
+        assert t.proc.wait(timeout=600) == 1
+        assert "cannot create the pinned socket-storage map" in t.log_text(), t.log_text()[-2000:]
+        print(f"sockstore: refused on BCC {bcc.__version__}, as documented")
+        return
     t0 = time.monotonic()
     t = tracers.make(probe=backend).start()
     started = time.monotonic() - t0

@@ -204,7 +204,8 @@ def pam_psa_text(module: str, service: str, node: str, options: list[str]) -> st
     ])
 
 
-def sshd_config_text(port: int, host_key: Path, rundir: Path, authorized: Path, slurm_conf: Path) -> str:
+def sshd_config_text(port: int, host_key: Path, rundir: Path, authorized: Path, slurm_conf: Path,
+                     extra: tuple[str, ...] = ()) -> str:
     # SLURM_CONF in the sessions' environment: pam_slurm_adopt (inside sshd [priv]) gets it from
     # sshd's own environment, the session's shell from SetEnv.
     return "\n".join([
@@ -214,7 +215,7 @@ def sshd_config_text(port: int, host_key: Path, rundir: Path, authorized: Path, 
         "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
         f"AuthorizedKeysFile {authorized}/%u", "StrictModes no", "LogLevel VERBOSE",
         "UseDNS no", "PrintMotd no", "PrintLastLog no", "AcceptEnv none", "X11Forwarding no",
-        f"SetEnv SLURM_CONF={slurm_conf}", "",
+        f"SetEnv SLURM_CONF={slurm_conf}", *extra, "",
     ])
 
 

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..sshd import keygen, pam_stack
+from ..sshd import keygen, pam_service_lines, pam_stack
 from .config import (
     PAM_DIR,
     PSA_CANDIDATES,
@@ -106,8 +106,9 @@ class Logins:
             pam.write_text(text)
             cfg = d / "sshd_config"
             cfg.write_text(sshd_config_text(port, self.root / "hostkeys" / n.name, d, self.root / "ssh" / "authorized",
-                                            self.conf))
-            link = self.root / "bin" / service  # sshd's PAM service name is its program name
+                                            self.conf, tuple(pam_service_lines(service))))
+            # sshd's PAM service name: its program name (OpenSSH < 10), else PAMServiceName above
+            link = self.root / "bin" / service
             link.symlink_to("/usr/sbin/sshd")
             self._spawn(service, [str(link), "-D", "-e", "-f", str(cfg)], n, n.name)
 
