@@ -455,7 +455,7 @@ def started(h: Harness) -> socket.socket:
 def test_past_its_peers_limit_a_connection_is_parked_unread_until_a_slot_frees(make):
     # Closing the peer's oldest (the old way) made a flood reconnect at once, in a loop as
     # fast as the CPU goes; a parked connection is left alone and costs a descriptor.
-    h = make(max_connections_per_peer=3, read_timeout=PATIENT)
+    h = make(max_connections_per_peer=3, read_timeout=PATIENT, header_timeout=PATIENT)
     idle = [started(h) for _ in range(3)]
     assert wait_for(lambda: h.connected() == 3)
     parked = started(h)
@@ -463,6 +463,7 @@ def test_past_its_peers_limit_a_connection_is_parked_unread_until_a_slot_frees(m
     good = h.connect()
     good.sendall(request(b"mine"))              # a whole request needs no slot: answered at once
     assert recv_frame(good) == answer(b"mine")
+    good.close()   # answered, it would wait for a next request in one of the peer's slots
     assert all(is_silent(s) for s in [*idle, parked]), "nobody evicted"
     idle[0].close()                              # a slot frees: the parked one takes it
     parked.sendall(request(b"late")[1:])
@@ -472,7 +473,7 @@ def test_past_its_peers_limit_a_connection_is_parked_unread_until_a_slot_frees(m
 
 
 def test_a_full_table_closes_parked_connections_first_after_a_last_read(make):
-    h = make(max_connections=3, max_connections_per_peer=1, read_timeout=PATIENT)
+    h = make(max_connections=3, max_connections_per_peer=1, read_timeout=PATIENT, header_timeout=PATIENT)
     holder = started(h)
     assert wait_for(lambda: h.connected() == 1)
     parked = [started(h) for _ in range(2)]
