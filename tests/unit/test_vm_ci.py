@@ -21,7 +21,7 @@ def test_ci_plan_runs_one_image_end_to_end_and_every_images_backends():
 
 
 def test_test_sh_runs_the_vm_tier_and_its_opt_out_is_documented():
-    assert re.search(r'scripts/vm\.sh" ci \|\| vm_rc=', TEST_SH), "scripts/test.sh must run `vm.sh ci` and keep its status"
+    assert re.search(r'scripts/vm\.sh" ci \|\| vm_rc=', TEST_SH), "test.sh must run `vm.sh ci`, keep its status"
     opt_out = set(re.findall(r"\b(CALLERID_SKIP_VM\w*)", TEST_SH))
     assert opt_out == {"CALLERID_SKIP_VM_TIER"}, opt_out
     for doc in ("README.md", "docs/VM.md"):
