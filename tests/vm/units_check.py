@@ -107,7 +107,7 @@ def installed():
         # image (offline: the guest has no route out)
         local = Path("/tmp") / deb.name   # apt's sandbox user must be able to read it
         shutil.copy(deb, local)
-        sh("apt-get", "install", "-y", "-q", "--no-download", str(local), timeout=600)
+        sh("apt-get", "install", "-y", "-q", str(local), timeout=600)
         assert Path(CALLERID).exists() and CONFIG.exists() and PAM_LINES.exists()
         for u in UNITS:
             assert Path("/lib/systemd/system", f"{u}.service").exists(), f"{u}.service not installed"
