@@ -14,10 +14,12 @@ GUEST_TIER = f"{image.SHARE_MOUNT}/tests/vm/in_guest.sh"
 DEFAULT_STEPS = "unit,smoke"
 
 # What CI runs (scripts/test.sh after the host suite; docs/VM.md): one image end to end, and
-# every image's probe backends. bookworm's `unit` stays: the host is Debian 12 too, but the
-# guest's systemd, pure cgroup v2 and stock kernel are what the host lacks.
+# every image's probe backends. Not bookworm's `unit`: the host suite runs tests/unit on
+# Debian 12 already (same Python, BCC and packages; pure logic), while what the guest adds
+# (systemd as PID 1, pure cgroup v2, Debian's kernel) is what demo, lab and units exercise;
+# its ~5 min would push CI past its 65 min target (docs/VM.md has the times).
 CI_PLAN = (
-    ("bookworm", "unit,smoke,demo,lab,units"),
+    ("bookworm", "smoke,demo,lab,units"),
     ("trixie", "smoke"),
     ("bullseye", "smoke"),
 )
