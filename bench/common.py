@@ -283,3 +283,91 @@ def write_results(r: dict, out: str, render) -> None:
     text = render(r)
     Path(out).with_suffix(".txt").write_text(text + "\n")
     print(text)
+
+
+def connect_accept_close_ns(lsock: socket.socket, n: int, client_closes_first: bool = True) -> float:
+    """ns per loopback connect+accept+close, over n connections to lsock. client_closes_first:
+    the ordinary FIN close from the connecting side (False: the accepted side closes first)."""
+    addr = lsock.getsockname()
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.connect(addr)
+        s, _ = lsock.accept()
+        first, second = (c, s) if client_closes_first else (s, c)
+        first.close()
+        second.close()
+    return (time.perf_counter_ns() - t0) / n
+
+
+def prog_run_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a BPF program from its fdinfo (counted only while
+    kernel.bpf_stats_enabled is 1)."""
+    t = c = 0
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k == "run_time_ns":
+                t = int(v)
+            elif k == "run_cnt":
+                c = int(v)
+    return t, c
+
+
+def fork_workers(target, arg_tuples, cleanup: Cleanup, what: str):
+    """Fork one process per argument tuple, each running target(*args, go, outq) and waiting
+    on go before it starts its bounded loop; stopping them (by pid) is on cleanup.
+    Returns (go, outq, reap): go.set() starts them all at once, cleanup.run_one(reap) stops them."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    go, outq = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, go, outq), daemon=True) for args in arg_tuples]
+    for p in procs:
+        p.start()
+
+    def reap():
+        for p in procs:
+            if p.is_alive():
+                stop_pid(p.pid)
+            p.join(5)
+    cleanup.push(reap, what)
+    return go, outq, reap
+
+
+def ask_loop(port: int, munge_socket: str, q, duration: float, max_n: int, rate: float | None = None
+             ) -> tuple[list, int, dict]:
+    """Ask the tracer on loopback port about q until duration or max_n requests, back to back
+    or paced at rate per second (a late start counts against latency). Returns (ns of each
+    FOUND answer, BUSY refusals, other failures by reason); a BUSY client backs off 10 ms."""
+    import random
+
+    from callerid.client import RpcError, ask
+    from callerid.protocol import Status
+    lat, busy, errs = [], 0, {}
+    end = time.monotonic() + duration
+    interval_ns = int(1e9 / rate) if rate else 0
+    due = time.perf_counter_ns() + int(random.random() * interval_ns)
+    for _ in range(max_n):
+        if time.monotonic() >= end:
+            break
+        if interval_ns:
+            wait = due - time.perf_counter_ns()
+            if wait > 0:
+                time.sleep(wait / 1e9)
+            t0, due = due, due + interval_ns
+        else:
+            t0 = time.perf_counter_ns()
+        try:
+            a = ask(("127.0.0.1", port), q, 2.0, munge_socket)
+        except RpcError as exc:
+            if "busy" in str(exc):
+                busy += 1
+                time.sleep(0.01)
+            else:
+                errs[exc.reason] = errs.get(exc.reason, 0) + 1
+            continue
+        if a.status != Status.FOUND:
+            errs["not_found"] = errs.get("not_found", 0) + 1
+            continue
+        lat.append(time.perf_counter_ns() - t0)
+    return lat, busy, errs

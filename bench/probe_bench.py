@@ -42,48 +42,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import connect_accept_close_ns, listener, log, pctl, prog_run_stats  # noqa: E402
+
 CHUNK = 100
 
 
-def log(msg: str):
-    print(f"[probe_bench] {msg}", file=sys.stderr, flush=True)
-
-
-def listener(backlog: int = 1024) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    s.listen(backlog)
-    return s
-
-
-def conn_chunk_ns(lsock: socket.socket, n: int = CHUNK) -> float:
-    """ns per connect+accept+close (client closes first, the ordinary FIN close)."""
-    addr = lsock.getsockname()
-    t0 = time.perf_counter_ns()
-    for _ in range(n):
-        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        c.connect(addr)
-        s, _ = lsock.accept()
-        c.close()
-        s.close()
-    return (time.perf_counter_ns() - t0) / n
-
-
-def prog_run_stats(fd: int) -> tuple[int, int]:
-    t = c = 0
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k == "run_time_ns":
-                t = int(v)
-            elif k == "run_cnt":
-                c = int(v)
-    return t, c
-
-
-def pctl(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * p / 100))]
+def conn_chunk_ns(lsock: socket.socket) -> float:
+    """ns per connect+accept+close over one chunk (the client closes first, the ordinary FIN close)."""
+    return connect_accept_close_ns(lsock, CHUNK)
 
 
 class Attachment:
@@ -304,7 +273,7 @@ def bench_backend(name: str, args, tmp: str, exe: str | None) -> dict:
                         max_closed=65536, closed_share=1 << 40)
     log(f"{name}: loaded in {time.monotonic() - t0:.2f}s")
     att = Attachment(probe)
-    lsock = listener()
+    lsock = listener(1024)
     out: dict = {"backend": name, "load_s": round(probe.load_seconds, 2)}
     try:
         for _ in range(20):

@@ -11,7 +11,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.common import Cleanup, fmt_ns, listener, log, new_pin_root, pctl
+from bench.common import Cleanup, connect_accept_close_ns, fmt_ns, listener, log, new_pin_root, pctl, prog_run_stats
 
 CHUNK = 100  # connections per attached or detached chunk: short, so machine-load drift within a pair is small
 
@@ -20,36 +20,13 @@ TRACEPOINTS = ((b"sock:inet_sock_set_state", b"tracepoint__sock__inet_sock_set_s
 
 
 def conn_loop_ns(lsock: socket.socket, n: int, max_s: float, chunk: int = 250) -> list:
-    """ns per connect+accept+close, one value per chunk of `chunk` iterations."""
-    addr = lsock.getsockname()
+    """ns per connect+accept+close (the accepted side closes first), one value per chunk of
+    `chunk` connections, until n connections or max_s seconds."""
     out = []
     start = time.monotonic()
-    done = 0
-    while done < n and time.monotonic() - start < max_s:
-        t0 = time.perf_counter_ns()
-        for _ in range(chunk):
-            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            c.connect(addr)
-            s, _ = lsock.accept()
-            s.close()
-            c.close()
-        out.append((time.perf_counter_ns() - t0) / chunk)
-        done += chunk
+    while len(out) * chunk < n and time.monotonic() - start < max_s:
+        out.append(connect_accept_close_ns(lsock, chunk, client_closes_first=False))
     return out
-
-
-def _prog_run_stats(fd: int) -> tuple[int, int]:
-    """(run_time_ns, run_cnt) of a BPF program from its fdinfo (counted only while
-    kernel.bpf_stats_enabled is 1)."""
-    t = c = 0
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k == "run_time_ns":
-                t = int(v)
-            elif k == "run_cnt":
-                c = int(v)
-    return t, c
 
 
 def bpf_program_time(probe, lsock, iters: int, cleanup: Cleanup) -> dict:
@@ -65,9 +42,9 @@ def bpf_program_time(probe, lsock, iters: int, cleanup: Cleanup) -> dict:
     restore = cleanup.push(lambda: path.write_text(before), "kernel.bpf_stats_enabled")
     try:
         path.write_text("1")
-        s0 = {k: _prog_run_stats(fd) for k, fd in fds.items()}
+        s0 = {k: prog_run_stats(fd) for k, fd in fds.items()}
         n = len(conn_loop_ns(lsock, iters, 10, 100)) * 100
-        s1 = {k: _prog_run_stats(fd) for k, fd in fds.items()}
+        s1 = {k: prog_run_stats(fd) for k, fd in fds.items()}
     finally:
         cleanup.run_one(restore)
     out = {"connections": n}

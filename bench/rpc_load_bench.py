@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import multiprocessing
 import os
-import random
 import shutil
 import socket
 import struct
@@ -47,20 +45,21 @@ if str(REPO) not in sys.path:
 
 from bench.common import (  # noqa: E402
     Cleanup,
+    ask_loop,
     background_busy,
     connected_pair,
+    fork_workers,
     listener,
     log,
     machine_info,
     proc_cpu_s,
     run_cleanly,
-    stop_pid,
     summary,
     write_results,
 )
 from bench.daemon import Daemon, SyslogSink  # noqa: E402
-from callerid.client import RpcError, ask  # noqa: E402
-from callerid.protocol import HEADER, MAGIC, VERSION, FrameType, Query, Status  # noqa: E402
+from callerid.client import RpcError  # noqa: E402
+from callerid.protocol import HEADER, MAGIC, VERSION, FrameType, Query  # noqa: E402
 
 MAX_PROCS = 16
 # (clients, abuse alongside, requests/s per client or None for back to back)
@@ -79,39 +78,12 @@ def listen_overflows() -> int:
     return 0
 
 
-def _good_proc(port, munge_socket, qargs, threads, duration, go, outq, rate=None):
+def _good_proc(port, munge_socket, qargs, threads, duration, rate, go, outq):
     q = Query.make(*qargs)
     res = []
 
     def run():
-        lat, busy, errs = [], 0, {}
-        end = time.monotonic() + duration
-        n = 0
-        interval_ns = int(1e9 / rate) if rate else 0
-        due = time.perf_counter_ns() + int(random.random() * interval_ns)
-        while time.monotonic() < end and n < 100000:
-            n += 1
-            if interval_ns:
-                wait = due - time.perf_counter_ns()
-                if wait > 0:
-                    time.sleep(wait / 1e9)
-                t0, due = due, due + interval_ns   # late starts count against latency
-            else:
-                t0 = time.perf_counter_ns()
-            try:
-                a = ask(("127.0.0.1", port), q, 2.0, munge_socket)
-            except RpcError as exc:
-                if "busy" in str(exc):
-                    busy += 1
-                    time.sleep(0.01)
-                else:
-                    errs[exc.reason] = errs.get(exc.reason, 0) + 1
-                continue
-            if a.status != Status.FOUND:
-                errs["not_found"] = errs.get("not_found", 0) + 1
-                continue
-            lat.append(time.perf_counter_ns() - t0)
-        res.append((lat, busy, errs))
+        res.append(ask_loop(port, munge_socket, q, duration, 100000, rate))
 
     go.wait(30)
     ts = [threading.Thread(target=run) for _ in range(threads)]
@@ -214,19 +186,8 @@ def run_cell(daemon: Daemon, clients: int, duration: float, qargs, abuse: bool, 
     """One cell; rate = requests per second per client (paced), None = back to back."""
     procs_n = min(MAX_PROCS, clients)
     per = [clients // procs_n + (1 if i < clients % procs_n else 0) for i in range(procs_n)]
-    ctx = multiprocessing.get_context("fork")
-    go, outq = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_good_proc, args=(daemon.port, daemon.munge_socket, qargs, t, duration, go, outq, rate),
-                         daemon=True) for t in per]
-    for p in procs:
-        p.start()
-
-    def reap():
-        for p in procs:
-            if p.is_alive():
-                stop_pid(p.pid)
-            p.join(5)
-    cleanup.push(reap, f"{clients} RPC clients")
+    go, outq, reap = fork_workers(_good_proc, [(daemon.port, daemon.munge_socket, qargs, t, duration, rate)
+                                               for t in per], cleanup, f"{clients} RPC clients")
     ab = Abuse(daemon.port, duration) if abuse else None
     try:
         time.sleep(0.3)
@@ -237,7 +198,7 @@ def run_cell(daemon: Daemon, clients: int, duration: float, qargs, abuse: bool, 
             ab.start()
             time.sleep(0.2)  # slow clients hold their slots before the good ones start
         go.set()
-        results = [outq.get(timeout=duration + 90) for _ in procs]
+        results = [outq.get(timeout=duration + 90) for _ in per]
         cpu1 = (proc_cpu_s(daemon.proc.pid), proc_cpu_s(munged_pid))
         lo1 = listen_overflows()
         if ab:

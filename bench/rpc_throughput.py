@@ -3,57 +3,32 @@ to back, with the CPU each party spends per request."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 
-from bench.common import Cleanup, machine_busy, proc_cpu_s, stop_pid, summary
+from bench.common import Cleanup, ask_loop, fork_workers, machine_busy, proc_cpu_s, summary
 from bench.daemon import Daemon
-from callerid.client import RpcError, ask
-from callerid.protocol import Query, Status
+from callerid.protocol import Query
 
 
 def _rpc_worker(port, munge_socket, qargs, duration, max_n, go, outq):
-    q = Query.make(*qargs)
-    lat, errors = [], 0
     go.wait(30)
     start = time.monotonic()
-    while time.monotonic() - start < duration and len(lat) < max_n:
-        t0 = time.perf_counter_ns()
-        try:
-            a = ask(("127.0.0.1", port), q, 2.0, munge_socket)
-            if a.status != Status.FOUND:
-                errors += 1
-                continue
-        except RpcError:
-            errors += 1
-            continue
-        lat.append(time.perf_counter_ns() - t0)
+    lat, busy, errs = ask_loop(port, munge_socket, Query.make(*qargs), duration, max_n)
     t = os.times()
-    outq.put((lat, errors, time.monotonic() - start, t.user + t.system))
+    outq.put((lat, busy + sum(errs.values()), time.monotonic() - start, t.user + t.system))
 
 
 def bench_throughput(daemon: Daemon, clients: int, duration: float, qargs, cleanup: Cleanup,
                      munged_pid: int | None = None) -> dict:
-    ctx = multiprocessing.get_context("fork")
-    go, outq = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_rpc_worker, args=(daemon.port, daemon.munge_socket, qargs, duration, 200000, go, outq),
-                         daemon=True) for _ in range(clients)]
-    for p in procs:
-        p.start()
-
-    def reap():
-        for p in procs:
-            if p.is_alive():
-                stop_pid(p.pid)
-            p.join(5)
-    cleanup.push(reap, f"{clients} RPC client processes")
+    go, outq, reap = fork_workers(_rpc_worker, [(daemon.port, daemon.munge_socket, qargs, duration, 200000)] * clients,
+                                  cleanup, f"{clients} RPC client processes")
     try:
         time.sleep(0.2)
         h0 = daemon.metrics()
         cpu0 = (proc_cpu_s(daemon.proc.pid), proc_cpu_s(munged_pid) if munged_pid else 0.0, machine_busy())
         go.set()
-        results = [outq.get(timeout=duration + 60) for _ in procs]
+        results = [outq.get(timeout=duration + 60) for _ in range(clients)]
         cpu1 = (proc_cpu_s(daemon.proc.pid), proc_cpu_s(munged_pid) if munged_pid else 0.0, machine_busy())
         h1 = daemon.metrics()
     finally:

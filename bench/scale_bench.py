@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -44,6 +43,7 @@ if str(REPO) not in sys.path:
 from bench.common import (  # noqa: E402
     Cleanup,
     background_busy,
+    fork_workers,
     log,
     machine_info,
     new_pin_root,
@@ -226,7 +226,7 @@ def bench_capacity(cap: int, total: int, cleanup: Cleanup, fallback_sample: int,
 LINGER0 = struct.pack("ii", 1, 0)
 
 
-def _churn_worker(pins: str, seconds: float, max_conns: int, sample_every: int, go, outq, seed: int):
+def _churn_worker(pins: str, seconds: float, max_conns: int, sample_every: int, seed: int, go, outq):
     from callerid.tracer.bpfmap import Connections
     from callerid.tracer.layout import make_key
     conns = Connections.open_pinned(pins)
@@ -301,19 +301,8 @@ def bench_churn(workers: int, seconds: float, cap: int, cleanup: Cleanup) -> dic
             return sum(1 for k in held_keys if probe.conns.lookup(k) is not None)
         held_before = held_in_map()
 
-        ctx = multiprocessing.get_context("fork")
-        go, outq = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_churn_worker, args=(pins, seconds, 2_000_000, 100, go, outq, i), daemon=True)
-                 for i in range(workers)]
-        for p in procs:
-            p.start()
-
-        def reap():
-            for p in procs:
-                if p.is_alive():
-                    stop_pid(p.pid)
-                p.join(5)
-        cleanup.push(reap, "churn workers")
+        go, outq, reap = fork_workers(_churn_worker, [(pins, seconds, 2_000_000, 100, i) for i in range(workers)],
+                                      cleanup, "churn workers")
         sweeper = Sweeper(probe.conns, TracerMetrics(), grace_seconds=120)
         time.sleep(0.3)
         go.set()
@@ -327,7 +316,7 @@ def bench_churn(workers: int, seconds: float, cap: int, cleanup: Cleanup) -> dic
             st = sweeper.sweep_once()
             during.append({"wall_s": time.perf_counter() - w0, "cpu_s": time.thread_time() - c0,
                            "entries": st["open"] + st["closed"] + st["deleted"], **st})
-        results = [outq.get(timeout=seconds + 60) for _ in procs]
+        results = [outq.get(timeout=seconds + 60) for _ in range(workers)]
         cleanup.run_one(reap)
         total = sum(r["conns"] for r in results)
         wall = max(r["wall_s"] for r in results)

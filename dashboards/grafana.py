@@ -8,7 +8,7 @@ import re
 # 1769699796!10.4.0, on two panels: "Decision latency" and "Fallback ratio by node"): the
 # SDK's typed builders did catch a wrong method name at once, and the target + timeseries
 # helpers shrink from 46 to 21 non-blank lines; extrapolated, this module would go from 289
-# to about 200 lines and build.py (526, calls to these helpers) would not change. But the
+# to about 200 lines and the dashboard modules (calls to these helpers) would not change. But the
 # SDK requires Python >= 3.11 (typing.Self, enum.StrEnum) while callerid supports 3.9, so
 # `build` and the freshness test could no longer run on Debian 11 or Python 3.9/3.10; it
 # pins by an epoch per build (about 400 releases); it emits defaults we do not set
@@ -17,8 +17,8 @@ import re
 # the rules that matter here (datasource variable, unit and description on every panel,
 # $__rate_interval), which tests/unit/test_dashboards.py checks either way. Not adopted.
 
-# Everything here produces plain dicts; dashboards/build.py assembles them and writes the
-# JSON. The rules the dashboards must follow (datasource variable everywhere, a unit and a
+# Everything here produces plain dicts; overview.py and node.py assemble them, build.py
+# writes the JSON. The rules the dashboards must follow (datasource variable everywhere, a unit and a
 # description on every panel, $__rate_interval in every rate) are enforced by
 # tests/unit/test_dashboards.py on the written files, not trusted to these helpers.
 

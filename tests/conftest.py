@@ -1,4 +1,5 @@
-"""Session fixtures shared by kernel and lab tests: private munged daemons and non-root test users."""
+"""Fixtures shared by kernel, lab and VM tests: private munged daemons, non-root test users,
+tracer daemons."""
 
 from __future__ import annotations
 
@@ -7,30 +8,30 @@ import shutil
 
 import pytest
 
-from tests.helpers import require
+from tests.helpers import require, require_bpf
 from tests.infra import munged as munged_mod
 from tests.infra import users as users_mod
+from tests.infra.tracerproc import TracerFactory
 
 TEST_USERS = ("cidtest1", "cidtest2")
 
 
 @pytest.fixture(scope="session")
 def munged():
-    require(os.geteuid() == 0, "root (to start a private munged as user munge)")
-    require(os.access(munged_mod.MUNGED, os.X_OK), f"{munged_mod.MUNGED} (Debian package munge)")
-    require(os.path.exists(munged_mod.KEY), f"{munged_mod.KEY} (scripts/setup.sh creates it)")
-    d = munged_mod.start()
-    try:
-        yield d
-    finally:
-        d.stop()
-        shutil.rmtree(d.dir, ignore_errors=True)
+    yield from _private_munged()
 
 
 @pytest.fixture(scope="session")
 def munged_other_key():
     """A second private munged with a key of its own: another cluster's credentials."""
-    d = munged_mod.start(new_key=True)
+    yield from _private_munged(new_key=True)
+
+
+def _private_munged(**start):
+    require(os.geteuid() == 0, "root (to start a private munged as user munge)")
+    require(os.access(munged_mod.MUNGED, os.X_OK), f"{munged_mod.MUNGED} (Debian package munge)")
+    require(os.path.exists(munged_mod.KEY), f"{munged_mod.KEY} (scripts/setup.sh creates it)")
+    d = munged_mod.start(**start)
     try:
         yield d
     finally:
@@ -47,3 +48,14 @@ def test_users():
     finally:
         for u in users:
             users_mod.remove(u.name)
+
+
+@pytest.fixture(scope="module")
+def tracers(munged):
+    """Makes `callerid tracer` daemons (tests/infra/tracerproc.py); stops them all after the module."""
+    require_bpf()
+    f = TracerFactory(munged.socket)
+    try:
+        yield f
+    finally:
+        f.cleanup()

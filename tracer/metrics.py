@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.process_collector import ProcessCollector
 
-from callerid import __version__, logs
+from callerid.metrics import daemon_registry, labelled_counter
 
 from .layout import STAT_NAMES
 from .lookup import SCAN_RESULTS
@@ -24,14 +23,10 @@ EVICT_REASONS = ("per_peer", "full")
 
 class TracerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        Info("callerid_build", "callerid build information.", registry=r).info({"version": __version__})
-        self.requests = Counter("callerid_rpc_requests",
-                                "callerid RPC requests by result (denied answers look like not_found to the caller).",
-                                ["result"], registry=r)
-        for res in RPC_RESULTS:
-            self.requests.labels(res)
+        self.registry = r = daemon_registry(registry)
+        self.requests = labelled_counter("callerid_rpc_requests",
+                                         "callerid RPC requests by result (denied answers look like not_found to "
+                                         "the caller).", "result", RPC_RESULTS, r)
         self.request_seconds = Histogram("callerid_rpc_request_duration_seconds",
                                          "Time from a complete request frame to its reply being ready (credential "
                                          "check, lookup, tagging); frames refused before that are counted, not timed.",
@@ -39,30 +34,20 @@ class TracerMetrics:
         self.clients = Gauge("callerid_rpc_clients",
                              "RPC connections open now (waiting for a request, queued, being answered or closing).",
                              registry=r)
-        self.evicted = Counter("callerid_rpc_evicted_connections",
-                               "Connections closed without a whole request because too many were waiting, by "
-                               "limit: per_peer or full.",
-                               ["reason"], registry=r)
-        for why in EVICT_REASONS:
-            self.evicted.labels(why)
+        self.evicted = labelled_counter("callerid_rpc_evicted_connections",
+                                        "Connections closed without a whole request because too many were waiting, "
+                                        "by limit: per_peer or full.", "reason", EVICT_REASONS, r)
         self.accept_failures = Counter("callerid_rpc_accept_failures",
                                        "accept() failures on the RPC listener (EMFILE, ENOBUFS, ...).", registry=r)
-        self.lookups = Counter("callerid_lookups", "Lookups by the source that answered (none: nothing found).",
-                               ["source"], registry=r)
-        for s in ("bpf", "proc", "none"):
-            self.lookups.labels(s)
-        self.fallbacks = Counter("callerid_fallback_lookups", "Lookups that went to sock_diag + /proc, by reason.",
-                                 ["reason"], registry=r)
-        for s in ("map_miss", "no_bpf"):
-            self.fallbacks.labels(s)
-        self.fallback_scans = Counter("callerid_fallback_scans",
-                                      "Walks of /proc/*/fd by the fallback (one at a time, within a time budget), "
-                                      "by how they ended: found, not_found, budget_exceeded, busy (another scan "
-                                      "held the turn past the budget). Questions about another uid's socket never "
-                                      "scan.",
-                                      ["result"], registry=r)
-        for res in SCAN_RESULTS:
-            self.fallback_scans.labels(res)
+        self.lookups = labelled_counter("callerid_lookups", "Lookups by the source that answered (none: nothing "
+                                        "found).", "source", ("bpf", "proc", "none"), r)
+        self.fallbacks = labelled_counter("callerid_fallback_lookups", "Lookups that went to sock_diag + /proc, by "
+                                          "reason.", "reason", ("map_miss", "no_bpf"), r)
+        self.fallback_scans = labelled_counter("callerid_fallback_scans",
+                                               "Walks of /proc/*/fd by the fallback (one at a time, within a time "
+                                               "budget), by how they ended: found, not_found, budget_exceeded, busy "
+                                               "(another scan held the turn past the budget). Questions about another "
+                                               "uid's socket never scan.", "result", SCAN_RESULTS, r)
         self.owner_exited = Counter("callerid_owner_exited_answers",
                                     "Map hits whose recorded process has exited or whose pid was reused.", registry=r)
         self.probe_info = Gauge("callerid_probe_backend", "1 for the probe backend in use (none: fallback only).",
@@ -87,8 +72,6 @@ class TracerMetrics:
                                        "Duration of the start-up reconcile.", registry=r)
         self.reconcile_success = Gauge("callerid_reconcile_last_success", "1 if the last reconcile completed.",
                                        registry=r)
-        ProcessCollector(registry=r)
-        r.register(_SuppressedLogCollector())
         self._probe = None
         r.register(_ProbeCollector(self))
 
@@ -133,18 +116,3 @@ class _ProbeCollector:
         yield cap
         yield events
 
-
-class _SuppressedLogCollector:
-    """Warnings the log's rate limit dropped (callerid.logs.Guard), read when scraped."""
-
-    def describe(self):
-        return []
-
-    def collect(self):
-        fam = CounterMetricFamily("callerid_log_suppressed_messages",
-                                  "Warnings not written to the log because more than 10 of one kind came "
-                                  "within 10 s, by logger.",
-                                  labels=["logger"])
-        for name, n in sorted(logs.suppressed_counts().items()):
-            fam.add_metric([name], n)
-        yield fam

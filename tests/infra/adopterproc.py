@@ -6,18 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .daemonproc import DaemonProc, parse_metrics
+from .daemonproc import DaemonProc, config_text, parse_metrics
 from .netns import Netns
-from .tracerproc import toml_value
 
 
 def write_config(path: Path, munge_socket: str, nodename: str, rpc_port: int, socket: str, metrics: str,
                  log_level: str = "debug", **adopter) -> None:
-    lines = ["[common]", f'munge_socket = "{munge_socket}"', f'nodename = "{nodename}"', 'slurm_user = "root"',
-             f'log_level = "{log_level}"', f"rpc_port = {rpc_port}", "", "[adopter]", f'socket = "{socket}"',
-             f'metrics = "{metrics}"']
-    lines += [f"{k} = {toml_value(v)}" for k, v in adopter.items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(config_text(munge_socket, nodename, rpc_port, log_level, "adopter",
+                                {"socket": socket, "metrics": metrics, **adopter}))
 
 
 class AdopterProc(DaemonProc):

@@ -17,6 +17,28 @@ CALLERID = str(Path(sys.executable).parent / "callerid")
 READY_TIMEOUT_FLOOR = float(os.environ.get("CALLERID_TEST_READY_TIMEOUT", "0"))
 
 
+def toml_value(v) -> str:
+    """A Python value as TOML (the few types test configs use)."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return str(v)
+
+
+def config_text(munge_socket: str, nodename: str, rpc_port: int, log_level: str, section: str,
+                options: dict) -> str:
+    """A test daemon's callerid.toml: the [common] every test daemon shares (slurm_user root:
+    the tests ask as root), then [section] with options."""
+    common = {"munge_socket": munge_socket, "nodename": nodename, "slurm_user": "root", "log_level": log_level,
+              "rpc_port": rpc_port}
+    lines = ["[common]"] + [f"{k} = {toml_value(v)}" for k, v in common.items()] + ["", f"[{section}]"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in options.items()]
+    return "\n".join(lines) + "\n"
+
+
 def parse_metrics(text: str) -> dict[tuple, float]:
     """Prometheus text as {(name, ((label, value), ...)): value}."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -8,28 +8,13 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from .daemonproc import DaemonProc, parse_metrics
-
-
-def toml_value(v) -> str:
-    """A Python value as TOML (the few types test configs use)."""
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return str(v)
+from .daemonproc import DaemonProc, config_text, parse_metrics
 
 
 def write_config(path: Path, munge_socket: str, pin_root: str, listen: list[str], metrics: str,
                  nodename: str = "testnode", rpc_port: int = 6828, log_level: str = "debug", **tracer) -> None:
-    lines = ["[common]", f'munge_socket = "{munge_socket}"', f'nodename = "{nodename}"',
-             'slurm_user = "root"', f'log_level = "{log_level}"', f"rpc_port = {rpc_port}", "", "[tracer]",
-             "listen = [" + ", ".join(f'"{a}"' for a in listen) + "]", f'metrics = "{metrics}"',
-             f'pin_root = "{pin_root}"']
-    lines += [f"{k} = {toml_value(v)}" for k, v in tracer.items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(config_text(munge_socket, nodename, rpc_port, log_level, "tracer",
+                                {"listen": listen, "metrics": metrics, "pin_root": pin_root, **tracer}))
 
 
 class TracerProc(DaemonProc):

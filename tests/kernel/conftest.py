@@ -1,4 +1,4 @@
-"""Kernel-test fixtures: tracer daemons and job cgroups."""
+"""Kernel-test fixtures: job cgroups (tracer daemons: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,9 @@ import os
 import pytest
 
 from callerid.adopter.jobs import is_cgroup2
-from tests.helpers import require, require_bpf
+from tests.helpers import require
 from tests.infra.clients import close_client, start_client  # noqa: F401 - re-exported for tests
 from tests.infra.jobtree import JobTree
-from tests.infra.tracerproc import TracerFactory
-
-
-@pytest.fixture(scope="module")
-def tracers(munged):
-    require_bpf()
-    f = TracerFactory(munged.socket)
-    try:
-        yield f
-    finally:
-        f.cleanup()
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,6 @@ from tests.infra.jobtree import JobTree, jobs_of, pid_in_extern, system_layout
 
 ROOT = jobs.DEFAULT_ROOT
 V2 = jobs.default_v2_mount(ROOT)   # the root itself on a pure cgroup v2 host, else ROOT/unified
-# cgroup v1 behaviour can be tested only where v1 is mounted (hybrid hosts); a systemd host
-# with pure cgroup v2 (Debian 11-13's default) has none, and those tests do not apply there.
-HAS_V1 = system_layout(ROOT) == "v1"
-v1_only = pytest.mark.skipif(not HAS_V1, reason=f"cgroup v1 behaviour: no v1 freezer at {ROOT}/freezer on this host")
 UID_A, UID_B = 60001, 60002
 # Job ids unique to this run: other tests may make v2 jobs under the same shared
 # system.slice/slurmstepd.scope at the same time.
@@ -28,18 +26,42 @@ BASE = 700_000 + (os.getpid() % 10_000) * 10
 ORDER = ("freezer", "cpuset", "memory", "devices", "cpuacct")
 
 
-def require_v1():
-    require(os.geteuid() == 0, "root (creating job cgroups, moving processes)")
-    require(os.path.ismount(f"{ROOT}/freezer"), f"cgroup v1 freezer at {ROOT}/freezer")
-
-
 def require_v2():
     require(os.geteuid() == 0, "root (creating job cgroups, moving processes)")
     require(os.path.ismount(V2) and jobs.is_cgroup2(V2), f"cgroup2 at {V2}")
 
 
-def v1_ctrls():
-    return [c for c in ORDER if os.path.ismount(f"{ROOT}/{c}")]
+def v1_ctrls(root: str):
+    return [c for c in ORDER if os.path.ismount(f"{root}/{c}")]
+
+
+@pytest.fixture(scope="module")
+def v1_root():
+    """A cgroup root with a v1 freezer hierarchy: the host's where it mounts one (hybrid), else
+    v1 hierarchies this module mounts in a directory of its own. A pure cgroup v2 host (Debian
+    11-13's default) can: v2 has no freezer or devices controller, and leaves cpuset free unless
+    a unit enables it. Slurm's cgroup/v1 plugin runs on such hosts the same way."""
+    require(os.geteuid() == 0, "root (creating job cgroups, moving processes)")
+    if system_layout(ROOT) == "v1":
+        yield ROOT
+        return
+    d = tempfile.mkdtemp(prefix="callerid-cgv1-")
+    mounted = []
+    try:
+        for c in ORDER:
+            os.mkdir(f"{d}/{c}")
+            r = subprocess.run(["mount", "-t", "cgroup", "-o", c, f"callerid-test-{c}", f"{d}/{c}"],
+                               capture_output=True, text=True, timeout=30)
+            if r.returncode == 0:
+                mounted.append(c)
+            else:
+                require(c != "freezer", f"a cgroup v1 freezer: this host has none and mounting one failed: "
+                                        f"{r.stderr.strip()}")
+        yield d
+    finally:
+        for c in mounted:
+            subprocess.run(["umount", f"{d}/{c}"], check=False, timeout=30)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
@@ -94,47 +116,41 @@ def only(found, ids):
 
 # ------------------------------------------------------------------- v1
 
-@v1_only
-def test_v1_discovery(trees):
-    require_v1()
+def test_v1_discovery(v1_root, trees):
     node, other = f"cg{os.getpid()}", f"cgo{os.getpid()}"
-    t = trees(node=node)
+    t = trees(node=node, root=v1_root)
     t.create(UID_A, BASE + 1)
     t.create(UID_B, BASE + 2)
     t.create(UID_A, BASE + 3, steps=("batch", "0"))   # no extern step (no PrologFlags=contain)
-    trees(node=other).create(UID_A, BASE + 4)         # another slurmd's node on this host
+    trees(node=other, root=v1_root).create(UID_A, BASE + 4)   # another slurmd's node on this host
 
-    found = [j for j in jobs.list_jobs(node) if j.layout == "v1"]
+    found = [j for j in jobs.list_jobs(node, v1_root) if j.layout == "v1"]
     assert sorted((int(j.job_id), j.uid) for j in found) == [(BASE + 1, UID_A), (BASE + 2, UID_B)]
     for j in found:
-        assert j.extern == tuple(f"{ROOT}/{c}/slurm_{node}/uid_{j.uid}/job_{j.job_id}/step_extern"
-                                 for c in v1_ctrls())
+        assert j.extern == tuple(f"{v1_root}/{c}/slurm_{node}/uid_{j.uid}/job_{j.job_id}/step_extern"
+                                 for c in v1_ctrls(v1_root))
         assert j.start > 0
-    assert [int(j.job_id) for j in jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
-    assert [int(j.job_id) for j in jobs_of(UID_B, node) if j.layout == "v1"] == [BASE + 2]
-    assert [int(j.job_id) for j in jobs.list_jobs(other) if j.layout == "v1"] == [BASE + 4]
+    assert [int(j.job_id) for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"] == [BASE + 1]
+    assert [int(j.job_id) for j in jobs_of(UID_B, node, v1_root) if j.layout == "v1"] == [BASE + 2]
+    assert [int(j.job_id) for j in jobs.list_jobs(other, v1_root) if j.layout == "v1"] == [BASE + 4]
 
 
-@v1_only
-def test_v1_forged_job_dir_is_ignored(trees):
-    require_v1()
+def test_v1_forged_job_dir_is_ignored(v1_root, trees):
     node = f"cg{os.getpid()}"
-    t = trees(node=node)
+    t = trees(node=node, root=v1_root)
     t.create(UID_A, BASE + 1)
     t.create(UID_A, BASE + 5)
     # Slurm makes job_<id> root-owned; a user-owned one was made by a user (who owned its parent).
-    os.chown(f"{ROOT}/freezer/slurm_{node}/uid_{UID_A}/job_{BASE + 5}", UID_A, UID_A)
-    assert [int(j.job_id) for j in jobs_of(UID_A, node) if j.layout == "v1"] == [BASE + 1]
+    os.chown(f"{v1_root}/freezer/slurm_{node}/uid_{UID_A}/job_{BASE + 5}", UID_A, UID_A)
+    assert [int(j.job_id) for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"] == [BASE + 1]
 
 
-@v1_only
-def test_v1_adopt_moves_process_and_its_future_children(trees, children):
-    require_v1()
+def test_v1_adopt_moves_process_and_its_future_children(v1_root, trees, children):
     node = f"cg{os.getpid()}"
-    t = trees(node=node)
+    t = trees(node=node, root=v1_root)
     t.create(UID_A, BASE + 1)
     t.create(UID_B, BASE + 2)
-    (job,) = [j for j in jobs_of(UID_A, node) if j.layout == "v1"]
+    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
     # A shell that forks a sleep on request: the fork happens after adoption.
     sh = children(["sh", "-c", 'read x; sleep 60 & echo $!; wait'], stdin=subprocess.PIPE,
                   stdout=subprocess.PIPE, text=True)
@@ -146,31 +162,29 @@ def test_v1_adopt_moves_process_and_its_future_children(trees, children):
     assert all(sh.pid in procs(d) for d in job.extern)
     want = f"/slurm_{node}/uid_{UID_A}/job_{BASE + 1}/step_extern"
     lines = cgroup_lines(sh.pid)
-    assert {c: lines[c] for c in v1_ctrls()} == {c: want for c in v1_ctrls()}
+    assert {c: lines[c] for c in v1_ctrls(v1_root)} == {c: want for c in v1_ctrls(v1_root)}
     ref = job_from_proc_cgroup(Path(f"/proc/{sh.pid}/cgroup").read_text())
     assert (ref.job_id, ref.uid, ref.step, ref.node, ref.controller) == (str(BASE + 1), UID_A, "extern", node,
                                                                           "freezer")
     # The other user's job is untouched.
-    (other,) = [j for j in jobs_of(UID_B, node) if j.layout == "v1"]
+    (other,) = [j for j in jobs_of(UID_B, node, v1_root) if j.layout == "v1"]
     assert not pid_in_extern(sh.pid, other)
 
     sh.stdin.write("go\n")
     sh.stdin.flush()
     child = int(sh.stdout.readline())
     try:
-        assert {c: cgroup_lines(child)[c] for c in v1_ctrls()} == {c: want for c in v1_ctrls()}
+        assert {c: cgroup_lines(child)[c] for c in v1_ctrls(v1_root)} == {c: want for c in v1_ctrls(v1_root)}
         assert pid_in_extern(child, job)
     finally:
         os.kill(child, 9)
 
 
-@v1_only
-def test_v1_job_gone_before_first_write(trees, children):
-    require_v1()
+def test_v1_job_gone_before_first_write(v1_root, trees, children):
     node = f"cg{os.getpid()}"
-    t = trees(node=node)
+    t = trees(node=node, root=v1_root)
     t.create(UID_A, BASE + 1)
-    (job,) = [j for j in jobs_of(UID_A, node) if j.layout == "v1"]
+    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
     before = cgroup_lines(os.getpid())
     os.rmdir(job.extern[0])  # the job ends between discovery and adoption
     p = children(["sleep", "60"])
@@ -178,18 +192,16 @@ def test_v1_job_gone_before_first_write(trees, children):
         adopt(p.pid, job)
     assert (e.value.reason, e.value.written, e.value.errno) == ("job_gone", (), errno.ENOENT)
     assert e.value.path == job.extern[0]
-    assert {c: cgroup_lines(p.pid)[c] for c in v1_ctrls()} == {c: before[c] for c in v1_ctrls()}
+    assert {c: cgroup_lines(p.pid)[c] for c in v1_ctrls(v1_root)} == {c: before[c] for c in v1_ctrls(v1_root)}
     assert not pid_in_extern(p.pid, job)
 
 
-@v1_only
-def test_v1_partial_adoption_is_reported(trees, children):
-    require_v1()
-    require(len(v1_ctrls()) >= 3, "freezer and two more v1 controllers")
+def test_v1_partial_adoption_is_reported(v1_root, trees, children):
+    require(len(v1_ctrls(v1_root)) >= 3, "freezer and two more v1 controllers")
     node = f"cg{os.getpid()}"
-    t = trees(node=node)
+    t = trees(node=node, root=v1_root)
     t.create(UID_A, BASE + 1)
-    (job,) = [j for j in jobs_of(UID_A, node) if j.layout == "v1"]
+    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
     os.rmdir(job.extern[2])
     p = children(["sleep", "60"])
     with pytest.raises(AdoptError) as e:
@@ -200,14 +212,12 @@ def test_v1_partial_adoption_is_reported(trees, children):
     assert all(p.pid in procs(d) for d in job.extern[:2])
 
 
-@v1_only
-def test_v1_empty_cpuset_is_io_error(trees, children):
-    require_v1()
-    require(os.path.ismount(f"{ROOT}/cpuset"), f"cgroup v1 cpuset at {ROOT}/cpuset")
+def test_v1_empty_cpuset_is_io_error(v1_root, trees, children):
+    require(os.path.ismount(f"{v1_root}/cpuset"), f"cgroup v1 cpuset at {v1_root}/cpuset")
     node = f"cg{os.getpid()}"
-    t = trees(node=node)
+    t = trees(node=node, root=v1_root)
     t.create(UID_A, BASE + 1)
-    (job,) = [j for j in jobs_of(UID_A, node) if j.layout == "v1"]
+    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
     cpuset = next(d for d in job.extern if "/cpuset/" in d)
     Path(cpuset, "cpuset.cpus").write_text("\n")  # allowed while the cgroup holds no task
     p = children(["sleep", "60"])

@@ -15,6 +15,7 @@ import pytest
 
 from callerid.client import RpcError, ask
 from callerid.protocol import Query
+from tests.infra.frames import recv_payload
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
 from tests.kernel.conftest import close_client, start_client
@@ -303,12 +304,10 @@ def _busy_then_answer_server(busy_times: int, munge_socket: str):
 
     from callerid import munge
     from callerid.protocol import (
-        HEADER,
         Answer,
         ErrorCode,
         FrameType,
         Status,
-        decode_header,
         decode_request,
         encode_error,
         encode_frame,
@@ -320,16 +319,6 @@ def _busy_then_answer_server(busy_times: int, munge_socket: str):
     srv.settimeout(5)
     seen: list[bytes] = []
 
-    def read_frame(conn) -> bytes:
-        head = b""
-        while len(head) < HEADER.size:
-            head += conn.recv(HEADER.size - len(head))
-        _, n = decode_header(head)
-        body = b""
-        while len(body) < n:
-            body += conn.recv(n - len(body))
-        return body
-
     def serve():
         with srv:
             for i in range(busy_times + 1):
@@ -338,7 +327,7 @@ def _busy_then_answer_server(busy_times: int, munge_socket: str):
                 except OSError:
                     return   # the client gave up
                 with conn:
-                    cred = read_frame(conn)
+                    cred = recv_payload(conn)
                     seen.append(cred)
                     if i < busy_times:
                         conn.sendall(encode_error(ErrorCode.BUSY, "too many clients"))

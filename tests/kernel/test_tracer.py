@@ -32,6 +32,7 @@ from callerid.protocol import (
     open_answer,
     seal_answer,
 )
+from tests.infra.frames import recv_payload
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
 from tests.kernel.conftest import close_client, start_client
@@ -358,15 +359,7 @@ def _one_shot_server(reply_for):
         with srv:
             conn, _ = srv.accept()
             with conn:
-                conn.settimeout(5)
-                head = b""
-                while len(head) < HEADER.size:
-                    head += conn.recv(HEADER.size - len(head))
-                _, n = decode_header(head)
-                cred = b""
-                while len(cred) < n:
-                    cred += conn.recv(n - len(cred))
-                conn.sendall(reply_for(cred))
+                conn.sendall(reply_for(recv_payload(conn)))
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return srv.getsockname()[1], t

@@ -80,18 +80,29 @@ def test_forged_newline_in_pam_user_cannot_make_a_second_log_line():
            "with CR LF", "each stayed on its own record's line, escaped (\\n, \\u202e)")
 
 
+class _Collect(logging.Handler):
+    def __init__(self, lines: list):
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def collected(logger: str, guard: logs.Guard):
+    """(logger, handler, lines): the messages the logger's records bring through guard; the
+    test removes the handler."""
+    lines: list[str] = []
+    h = _Collect(lines)
+    h.addFilter(guard)
+    lg = logging.getLogger(logger)
+    lg.addHandler(h)
+    return lg, h, lines
+
+
 def test_repeated_warnings_are_limited_per_kind_and_summarised():
     guard = logs.Guard(burst=3, window=0.2)
-    lines = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    h = Collect()
-    h.addFilter(guard)
-    lg = logging.getLogger("callerid.test.flood")
-    lg.addHandler(h)
+    lg, h, lines = collected("callerid.test.flood", guard)
     lg.setLevel(logging.INFO)
     lg.propagate = False
     try:
@@ -113,16 +124,7 @@ def test_repeated_warnings_are_limited_per_kind_and_summarised():
 
 def test_ten_thousand_refused_connections_make_a_bounded_number_of_lines():
     guard = logs.Guard()              # the daemons' limits: 10 per kind per 10 s
-    lines = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    h = Collect()
-    h.addFilter(guard)
-    lg = logging.getLogger("callerid.tracer.server")
-    lg.addHandler(h)
+    lg, h, lines = collected("callerid.tracer.server", guard)
     metrics = TracerMetrics()
     server = RpcServer([bind_listener("127.0.0.1", 0)], None, metrics)
     server.start()

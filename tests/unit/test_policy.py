@@ -36,7 +36,9 @@ OLD_ID, NEW_ID = "205", "201" # the newer job has the LOWER id: 'newest' must go
 # ---------------------------------------------------------------------------
 # The exhaustive table. Each dimension is listed once; the reference below is a
 # deliberately plain, situation-by-situation restatement of docs/REFERENCE "Flow"
-# plus callerid's ownership check, sharing no code with adopter.policy.
+# plus callerid's ownership check, sharing no code with adopter.policy. Nor with
+# adopter/decision_table.py: its rows are decide()'s own output, so checking decide()
+# against them could never fail; the import list is all the two files share.
 
 SERVICE_CASES = ("listed", "star", "not_listed")
 ANSWERS = ("none", "own", "foreign", "not_here", "no_job", "error")

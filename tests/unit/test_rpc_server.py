@@ -17,13 +17,13 @@ from callerid.protocol import (
     FrameType,
     check_credential_shape,
     decode_error,
-    decode_header,
     encode_error,
     encode_frame,
 )
 from callerid.tracer.metrics import RPC_RESULTS, TracerMetrics
 from callerid.tracer.server import RpcServer, bind_listener
 from tests.helpers import require
+from tests.infra.frames import recv_frame
 
 READ_TIMEOUT = 0.3
 IO_TIMEOUT = 2.0   # upper bound for any single wait in these tests
@@ -101,29 +101,6 @@ def wait_for(pred, timeout=IO_TIMEOUT):
 def wait_idle(h: Harness) -> bool:
     """No connection held any more (closing ones linger a moment)."""
     return wait_for(lambda: h.connected() == 0)
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + IO_TIMEOUT
-    while len(buf) < n and time.monotonic() < deadline:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            break
-        buf += chunk
-    return buf
-
-
-def recv_frame(sock: socket.socket):
-    """(type, payload), or None on a clean EOF."""
-    head = recv_exact(sock, HEADER.size)
-    if not head:
-        return None
-    assert len(head) == HEADER.size, f"truncated header {head!r}"
-    ftype, length = decode_header(head)
-    payload = recv_exact(sock, length)
-    assert len(payload) == length
-    return ftype, payload
 
 
 def recv_error(sock: socket.socket) -> tuple[ErrorCode, str]:

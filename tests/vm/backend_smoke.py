@@ -13,22 +13,9 @@ import time
 
 import pytest
 
-from tests.helpers import require_bpf
-from tests.infra.tracerproc import TracerFactory
-
 CALLERID = os.path.join(os.path.dirname(sys.executable), "callerid")
 CLIENT = "import socket,sys,time; s=socket.create_connection(('127.0.0.1', int(sys.argv[1]))); " \
          "print(s.getsockname()[1], flush=True); time.sleep(600)"
-
-
-@pytest.fixture(scope="module")
-def tracers(munged):
-    require_bpf()
-    f = TracerFactory(munged.socket)
-    try:
-        yield f
-    finally:
-        f.cleanup()
 
 
 @pytest.fixture(scope="module")
