@@ -8,7 +8,14 @@ import threading
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import disable_created_metrics, make_wsgi_app
+from prometheus_client import make_wsgi_app
+
+try:
+    from prometheus_client import disable_created_metrics
+except ImportError:  # prometheus_client 0.16 (Debian 12's package): the same switch, no setter yet
+    def disable_created_metrics() -> None:
+        from prometheus_client import metrics
+        metrics._use_created = False
 
 from . import __version__
 

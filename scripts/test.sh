@@ -1,9 +1,30 @@
 #!/usr/bin/env bash
-# Set up this machine (idempotent) and run the whole test suite as CI does.
+# Set up this machine (idempotent) and run the whole test suite as CI does: the host suite
+# (pytest; arguments go to it), then the VM tier's CI plan (`scripts/vm.sh ci`, docs/VM.md:
+# Debian 12 end to end under systemd + cgroup v2, every image's probe backends).
 # Tests that need root, BPF, munged or namespaces fail (never skip) under CI=true.
-set -euo pipefail
+# CALLERID_SKIP_VM_TIER=1 leaves the VM tier out (developers only; said aloud, README).
+set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bash "$repo/scripts/setup.sh"
-cd "$repo"
+bash "$repo/scripts/setup.sh" || exit
+cd "$repo" || exit
 export CI=${CI:-true}
-exec "$repo/.venv/bin/python3" -m pytest -ra -p no:cacheprovider "$@"
+
+t0=$SECONDS
+host_rc=0
+"$repo/.venv/bin/python3" -m pytest -ra -p no:cacheprovider "$@" || host_rc=$?
+echo "test.sh: host suite exit $host_rc after $((SECONDS - t0)) s"
+
+vm_rc=0
+if [ "${CALLERID_SKIP_VM_TIER:-}" = 1 ]; then
+  echo "test.sh: VM TIER SKIPPED (CALLERID_SKIP_VM_TIER=1): this is not a CI result" >&2
+else
+  t1=$SECONDS
+  bash "$repo/scripts/vm.sh" ci || vm_rc=$?
+  echo "test.sh: VM tier exit $vm_rc after $((SECONDS - t1)) s"
+fi
+
+[ "$host_rc" -eq 0 ] || echo "test.sh: FAILED: the host suite (pytest exit $host_rc)" >&2
+[ "$vm_rc" -eq 0 ] || echo "test.sh: FAILED: the VM tier (scripts/vm.sh ci exit $vm_rc; summary above, guest logs in /var/cache/callerid-vm/logs/)" >&2
+[ "$host_rc" -eq 0 ] && [ "$vm_rc" -eq 0 ] && echo "test.sh: passed (total $((SECONDS - t0)) s)"
+[ "$host_rc" -eq 0 ] && [ "$vm_rc" -eq 0 ]

@@ -4,6 +4,10 @@ Laid out exactly as slurmd makes them, so callerid cannot tell them from real
 jobs: v1 <ctrl>/slurm_<node>/uid_<uid>/job_<id>/step_<step> in each controller,
 v2 <cgroup2>/system.slice/[<node>_]slurmstepd.scope/<jobdir>/step_<step>/user/task_special,
 <jobdir> job_<id>, or the SLUID itself when `job` is one (Slurm 26.05).
+With extern_process (the lab's trees), a v2 job's extern step holds a process of the job's
+user in task_special, as Slurm 22.05's does (its extern `sleep`): v2 job directories carry no
+uid, and with no slurmstepd to ask, that process is how the adopter learns the owner
+(adopter/jobs.py v2_owner). Off by default: tests of the lookup itself make empty jobs.
 By default the layout is the running system's: v1 where a v1 freezer is mounted (hybrid
 hosts such as the development machines), else v2 on the cgroup2 hierarchy (a systemd host).
 """
@@ -11,6 +15,7 @@ hosts such as the development machines), else v2 on the cgroup2 hierarchy (a sys
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -60,8 +65,10 @@ class JobTree:
     layout: str = ""    # "v1" or "v2"; empty: the running system's (system_layout)
     v2_mount: str = ""  # empty: the cgroup2 hierarchy under root (root itself, or root/unified)
     scope: str = "slurmstepd.scope"   # v2; stock Debian builds say "<node>_slurmstepd.scope"
+    extern_process: bool = False  # v2: the job's user runs a process in step_extern (22.05)
     created: list = field(default_factory=list)
     procs: list = field(default_factory=list)
+    holders: dict = field(default_factory=dict)   # (uid, job) -> the extern step's process
 
     def __post_init__(self):
         self.layout = self.layout or system_layout(self.root)
@@ -93,27 +100,37 @@ class JobTree:
                 for part in leaf.parts[top:]:
                     p = p / part
                     self._mk(p)
+        if self.layout == "v2" and "extern" in steps and self.extern_process:
+            gid = _gid_of(uid)
+            self.holders[(uid, job)] = self.popen(["sleep", "infinity"], uid, gid, job, "extern")
 
-    def break_extern_step(self, uid: int, job: int | str) -> str:
-        """Make the kernel refuse every process written into the job's extern step, for
-        adoption-failure tests; returns how. v1: an empty cpuset.cpus (cpuset refuses tasks);
-        v2: the no-internal-process rule, a controller enabled in task_special's
-        subtree_control with a child cgroup under it (EBUSY on cgroup.procs)."""
-        leaves = self.step_dirs(uid, job, "extern")
+    def refuse_tasks(self, uid: int, job: int | str) -> None:
+        """Make the job's extern step refuse new tasks, so an adoption write fails (EINVAL/EBUSY),
+        with what the running layout has. v1: an empty cpuset (cpuset refuses tasks without
+        cpus). v2: a domain controller enabled in the leaf's cgroup.subtree_control (the
+        no-internal-process rule); the extern process moves to step 0 first, where it still
+        names the job's owner."""
         if self.layout == "v1":
-            cpusets = [d for d in leaves if "/cpuset/" in str(d)]
-            if not cpusets:
-                raise RuntimeError("cgroup v1 without a cpuset hierarchy: no way to refuse tasks")
-            (cpusets[0] / "cpuset.cpus").write_text("\n")
-            return f"empty {cpusets[0]}/cpuset.cpus"
-        leaf = leaves[0]
-        self._mk(leaf / "busy")
-        mount = Path(self.v2_mount)
-        chain = [mount] + [mount.joinpath(*leaf.relative_to(mount).parts[:i + 1])
-                           for i in range(len(leaf.relative_to(mount).parts))]
-        for d in chain:
-            (d / "cgroup.subtree_control").write_text("+pids")
-        return f"+pids in {leaf}/cgroup.subtree_control"
+            cpuset = [d for d in self.step_dirs(uid, job, "extern") if "cpuset" in d.parts]
+            if not cpuset:
+                raise AssertionError(f"v1 layout without a cpuset controller under {self.root}: "
+                                     "nothing here makes a v1 step refuse tasks")
+            (cpuset[0] / "cpuset.cpus").write_text("\n")
+            return
+        leaf = self.step_dirs(uid, job, "extern")[0]
+        holder = self.holders.get((uid, job))
+        if holder is not None:
+            self.create(uid, job, steps=("0",))
+            self.procs_file(uid, job, "0")[0].write_text(str(holder.pid))
+        slice_dir = Path(self.v2_mount, "system.slice")
+        domain = [c for c in ("memory", "io") if c in (slice_dir / "cgroup.subtree_control").read_text().split()]
+        if not domain:
+            raise AssertionError(f"{slice_dir}/cgroup.subtree_control enables neither memory nor io: "
+                                 "no domain controller to make a v2 step refuse tasks")
+        # from the stepd scope down (never the machine's own slices); each level needs its parent's
+        for d in reversed([leaf, *[q for q in leaf.parents if slice_dir in q.parents]]):
+            if domain[0] not in (d / "cgroup.subtree_control").read_text().split():
+                (d / "cgroup.subtree_control").write_text(f"+{domain[0]}")
 
     def procs_file(self, uid: int, job: int | str, step: str) -> list[Path]:
         return [d / "cgroup.procs" for d in self.step_dirs(uid, job, step)]
@@ -159,6 +176,14 @@ class JobTree:
                 except OSError:
                     time.sleep(0.02)
         self.created.clear()
+        self.holders.clear()
+
+
+def _gid_of(uid: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid
 
 
 def jobs_of(uid: int, nodename: str, root: str = DEFAULT_ROOT, v2_mount: str | None = None,

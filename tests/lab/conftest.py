@@ -129,7 +129,9 @@ def cluster(munged, test_users):
     d = Path(tempfile.mkdtemp(prefix="callerid-lab-"))
     os.chmod(d, 0o755)
     topo = Topology(prefix=f"cl{tag}")
-    src_jobs, dst_jobs = JobTree(node=f"src{tag}"), JobTree(node=f"dst{tag}")
+    # v2: each job's extern step holds a process of its user, as Slurm 22.05's (no slurmstepd here)
+    src_jobs = JobTree(node=f"src{tag}", extern_process=True)
+    dst_jobs = JobTree(node=f"dst{tag}", extern_process=True)
     tracers = TracerFactory(munged.socket)
     adopter = sshd = None
     try:

@@ -337,10 +337,8 @@ def test_source_tracer_down_falls_back_within_rpc_timeout(cl):
 def test_adoption_failure_follows_action_adopt_failure(cl, action, allowed):
     a = cl.users[0]
     cl.dst_jobs.create(a.uid, 5111)
-    if cl.dst_jobs.layout == "v2":   # v2 cgroups name no owner: a process of the job's user does
-        cl.dst_jobs.popen(["sleep", "60"], a.uid, a.gid, 5111, "0")
-    # a job whose extern step cannot take tasks (the adoption write fails), by the kernel's own rules
-    cl.dst_jobs.break_extern_step(a.uid, 5111)
+    # a job whose extern step cannot take tasks (v1: empty cpuset; v2: no-internal-process rule)
+    cl.dst_jobs.refuse_tasks(a.uid, 5111)
     cl.set_hook("deadline=4", f"action_adopt_failure={action}")
     login = cl.ssh(a)
     assert login.rc == (0 if allowed else 255), login.err
@@ -364,10 +362,10 @@ def test_adopter_scrape_passes_promtool_check_metrics(cl):
 def test_cgroup_v2_job_adoption(cl):
     a = cl.users[0]
     from tests.infra.jobtree import JobTree
-    v2 = JobTree(node=cl.dst_node, layout="v2")
+    v2 = JobTree(node=cl.dst_node, layout="v2", extern_process=True)
     try:
-        v2.create(a.uid, 5121, steps=("extern",))
-        holder = v2.popen(["sleep", "60"], a.uid, a.gid, 5121, "extern")  # the extern step's user process
+        v2.create(a.uid, 5121, steps=("extern",))  # with the extern step's user process (22.05)
+        holder = v2.holders[(a.uid, 5121)]
         wait_for(lambda: holder.pid in v2.pids(a.uid, 5121, "extern"), 5, "the extern holder")
         login = cl.ssh(a)
         assert login.rc == 0, login.err

@@ -26,8 +26,12 @@ def only_documented_text(err: str, text: str) -> bool:
     return text in err and not any(w in line.lower() for line in err.splitlines() for w in INTERNAL)
 
 
-def extern_freezer(login) -> str:
-    return next((line for line in login.cgroup_lines() if ":freezer:" in line), "")
+def job_cgroup(login) -> str:
+    """The session's line of the hierarchy Slurm tracks jobs in: v1's freezer where the host
+    mounts it (the test trees follow the host's layout, tests/infra/jobtree.py), else cgroup v2."""
+    lines = login.cgroup_lines()
+    freezer = [line for line in lines if ":freezer:" in line]
+    return (freezer or [line for line in lines if line.startswith("0::")] or [""])[0]
 
 
 # --- return codes ----------------------------------------------------------------------
@@ -45,12 +49,12 @@ def test_ignore_success_and_perm_denied_are_distinct(cl, alone):
     deny = cl.ssh(a)                                   # -> PAM_PERM_DENIED (no_jobs)
     cl.dst_jobs.create(a.uid, 5401)
     success = cl.ssh(a)                                # -> PAM_SUCCESS (single_job)
-    assert success.rc == 0 and "job_5401/step_extern" in extern_freezer(success), success.err + cl.logs()
+    assert success.rc == 0 and "job_5401/step_extern" in job_cgroup(success), success.err + cl.logs()
     assert deny.rc == 255 and only_documented_text(deny.err, policy.MSG_NO_JOBS), deny.err
     if alone:
         assert ignore.rc == 255 and "Access denied" not in ignore.err, ignore.err
     else:
-        assert ignore.rc == 0 and not extern_freezer(ignore).count("/job_"), ignore.err
+        assert ignore.rc == 0 and not job_cgroup(ignore).count("/job_"), ignore.err
     assert "decision=ignore reason=no_jobs_ignored" in cl.adopter.log_text()
 
 
@@ -90,7 +94,7 @@ def test_adopted_session_gets_the_jobs_group(cl, on):
     cl.dst_jobs.popen(["sleep", "120"], a.uid, JOB_GID, 5441, "0", env={"PATH": "/usr/bin:/bin"})
     cl.set_hook(*([] if on else ["job_group=0"]))
     login = cl.ssh(a, command="cat /proc/self/cgroup; echo GROUPS $(id -G) REAL $(id -rg)")
-    assert login.rc == 0 and "job_5441/step_extern" in extern_freezer(login), login.err + cl.logs()
+    assert login.rc == 0 and "job_5441/step_extern" in job_cgroup(login), login.err + cl.logs()
     groups = next(line for line in login.out.splitlines() if line.startswith("GROUPS")).split()
     assert (str(JOB_GID) in groups[1:groups.index("REAL")]) is on, login.out
     assert groups[-1] == str(a.gid)   # the real gid stays the user's: newgrp for ptrace and new files
@@ -183,7 +187,7 @@ def test_audit_mode_decides_and_counts_but_allows_and_adopts_nothing(cl):
     assert nojob.rc == 0 and "Access denied" not in nojob.err, nojob.err
     cl.dst_jobs.create(a.uid, 5431)
     one = cl.ssh(a, command="cat /proc/self/cgroup; echo JOB=${SLURM_JOB_ID:-none}")
-    assert one.rc == 0 and "/job_" not in extern_freezer(one) and "JOB=none" in one.out, one.out
+    assert one.rc == 0 and "/job_" not in job_cgroup(one) and "JOB=none" in one.out, one.out
     log = cl.adopter.log_text()
     assert "decision=deny reason=no_jobs audit=1" in log
     assert "decision=adopt reason=single_job audit=1" in log
@@ -209,11 +213,11 @@ def test_attach_corrects_a_guess_into_the_users_own_job_only(cl):
     cl.dst_jobs.create(b.uid, 5453)          # another user's job
     before = metric(cl.adopter_metrics(), "callerid_adopter_attach_requests_total", result="attached")
     moved = cl.ssh(a, command=attach_cmd(cl, 5451))
-    assert "RC=0" in moved.out and "job_5451/step_extern" in extern_freezer(moved), moved.out + moved.err + cl.logs()
+    assert "RC=0" in moved.out and "job_5451/step_extern" in job_cgroup(moved), moved.out + moved.err + cl.logs()
     assert metric(cl.adopter_metrics(), "callerid_adopter_attach_requests_total", result="attached") == before + 1
     assert "result=attached" in cl.adopter.log_text()
     foreign = cl.ssh(a, command=attach_cmd(cl, 5453))
-    assert "RC=1" in foreign.out and "job_5452/step_extern" in extern_freezer(foreign), foreign.out
+    assert "RC=1" in foreign.out and "job_5452/step_extern" in job_cgroup(foreign), foreign.out
     assert "not one of your jobs" in foreign.err
 
 
@@ -223,5 +227,5 @@ def test_attach_never_moves_a_session_the_caller_id_placed(cl):
     cl.dst_jobs.create(a.uid, 5462)
     cl.src_jobs.create(a.uid, 5461)
     login = cl.ssh(a, job=5461, command=attach_cmd(cl, 5462))   # from inside job 5461: determined
-    assert "RC=1" in login.out and "job_5461/step_extern" in extern_freezer(login), login.out + cl.logs()
+    assert "RC=1" in login.out and "job_5461/step_extern" in job_cgroup(login), login.out + cl.logs()
     assert "determined by where the connection came from" in login.err

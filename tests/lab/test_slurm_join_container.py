@@ -20,7 +20,8 @@ LAB_OPTIONS = {"job_container": True}   # conftest's `lab` fixture: JobContainer
 
 
 def ssh_cat(lab, user, path: str, port: int):
-    argv = lab.ssh_argv(user, lab.node("node2").ip, f"cat {path}; cat /proc/self/cgroup | grep freezer",
+    # the job's line: v1's freezer (hybrid hosts), or cgroup v2's (systemd hosts)
+    argv = lab.ssh_argv(user, lab.node("node2").ip, f"cat {path}; grep -E ':freezer:|^0::' /proc/self/cgroup",
                         port=port)
     return lab.run("node1", argv, user=user, timeout=60)
 

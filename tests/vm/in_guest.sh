@@ -5,7 +5,7 @@
 # step ("vm-step NAME rc=N secs=S") lets the host report; the exit status is 0 only if all passed.
 set -uo pipefail
 src=${CALLERID_SHARE:-/mnt/callerid}
-work=/root/callerid
+work=/srv/callerid   # not under /root (0700 on Debian): test users run the venv's callerid
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(unit smoke)
 

@@ -30,6 +30,8 @@ VM_PACKAGES = (
     "openssh-server", "python3-bpfcc|python3-bcc", "python3-venv", "python3-setuptools",
     "munge", "slurmctld", "slurmd", "slurm-client", "libpam-slurm-adopt",
     "gcc", "libc6-dev", "iproute2", "procps", "tar", "less",
+    # the project's .deb (the `units` step installs it with apt, offline): its Depends
+    "python3-prometheus-client", "?python3-tomli",
 )
 
 # Installed (package scripts enable them) but must not start at boot: tests start them.

@@ -1,0 +1,29 @@
+"""What CI runs of the VM tier (`scripts/vm.sh ci`, called by scripts/test.sh): one image end
+to end, every image's probe backends, and an opt-out that is named, documented and loud."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.vm import suites
+from tests.vm.__main__ import CI_PLAN
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_SH = (ROOT / "scripts" / "test.sh").read_text()
+
+
+def test_ci_plan_runs_one_image_end_to_end_and_every_images_backends():
+    plan = {name: steps.split(",") for name, steps in CI_PLAN}
+    assert set(plan) == set(suites.SUITES), "every image's probe backends (smoke) run in CI"
+    assert all("smoke" in steps for steps in plan.values())
+    assert any({"demo", "lab", "units"} <= set(steps) for steps in plan.values()), "one image end to end"
+
+
+def test_test_sh_runs_the_vm_tier_and_its_opt_out_is_documented():
+    assert re.search(r'scripts/vm\.sh" ci \|\| vm_rc=', TEST_SH), "test.sh must run `vm.sh ci`, keep its status"
+    opt_out = set(re.findall(r"\b(CALLERID_SKIP_VM\w*)", TEST_SH))
+    assert opt_out == {"CALLERID_SKIP_VM_TIER"}, opt_out
+    for doc in ("README.md", "docs/VM.md"):
+        assert "CALLERID_SKIP_VM_TIER=1" in (ROOT / doc).read_text(), f"{doc} must document the opt-out"
+    assert "VM TIER SKIPPED" in TEST_SH, "skipping must be said aloud"
