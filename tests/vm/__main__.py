@@ -1,5 +1,7 @@
 """scripts/vm.sh's implementation: build SUITE | run SUITE -- CMD | shell SUITE | test [SUITE...] | ci."""
 
+from __future__ import annotations
+
 import argparse
 import subprocess
 import sys

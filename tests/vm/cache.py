@@ -1,6 +1,8 @@
 """The image cache, shared by every checkout on this machine: one build per suite at a time,
 images of other recipes (other branches' worktrees) kept while they are being used."""
 
+from __future__ import annotations
+
 import fcntl
 import os
 import shutil

@@ -1,5 +1,7 @@
 """Commands in a running guest over ssh (root, the runner's key): output streamed, exit status returned."""
 
+from __future__ import annotations
+
 import shlex
 import subprocess
 import sys

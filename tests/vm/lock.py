@@ -1,5 +1,7 @@
 """The machine-wide heavy-test lock: a VM takes both cores, so it never runs beside other heavy tests."""
 
+from __future__ import annotations
+
 import fcntl
 import os
 import sys

@@ -6,6 +6,8 @@ private user network, restricted (no route out); the runner reaches its sshd
 through one loopback port forward.
 """
 
+from __future__ import annotations
+
 import os
 import signal
 import socket

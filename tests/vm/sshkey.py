@@ -1,5 +1,7 @@
 """The runner's ssh key: made once on the host, its public half baked into every image."""
 
+from __future__ import annotations
+
 import subprocess
 
 from .recipe import SSH_KEY
