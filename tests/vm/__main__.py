@@ -16,15 +16,16 @@ GUEST_TIER = f"{image.SHARE_MOUNT}/tests/vm/in_guest.sh"
 DEFAULT_STEPS = "unit,smoke"
 
 # What CI runs (scripts/test.sh after the host suite; docs/VM.md): every image's probe
-# backends (smoke), and on Debian 12 the README's first command, the demo, under systemd and
-# cgroup v2 (real Slurm, a multi-node job's session adopted on the other node, scontrol agreeing).
-# Not in CI yet, run by `vm.sh test bookworm --steps lab,units` with dated results in docs/VM.md:
-# the lab suite (20 min under emulation; its 64-login test times out in ssh's banner exchange
-# there) and the systemd units step (the packaged adopter's cgroup write is refused, EPERM).
+# backends (smoke), and on Debian 12 and 13 the README's first command, the demo, under systemd
+# and cgroup v2 (real Slurm 22.05 / 24.11, a multi-node job's session adopted on the other node,
+# scontrol agreeing; on 13 through OpenSSH 10's sshd-session).
+# On Debian 12 also the units step: the .deb's systemd units running, restarted, a real login.
+# Not in CI yet, run by `vm.sh test bookworm --steps lab` with dated results in docs/VM.md:
+# the lab suite (20 min under emulation; its 64-login test times out in ssh's banner exchange).
 # Not bookworm's `unit`: the host suite runs tests/unit on Debian 12 already.
 CI_PLAN = (
-    ("bookworm", "smoke,demo"),
-    ("trixie", "smoke"),
+    ("bookworm", "smoke,demo,units"),
+    ("trixie", "smoke,demo"),
     ("bullseye", "smoke"),
 )
 
