@@ -17,8 +17,11 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import Callable
+
+from callerid.sockio import recv_exact
 
 EXTERN_STEP = 0xFFFFFFFC     # SLURM_EXTERN_CONT
 REQUEST_STEP_UID = 20        # step_msg_t; numbering kept with DEFUNCT placeholders
@@ -91,20 +94,20 @@ class X11:
 def extern_uid(path: str, timeout: float) -> int | None:
     """The uid slurmstepd at `path` runs its step for; None if it cannot tell (gone, refused,
     too slow, not root-owned). Bounded by `timeout` seconds in all."""
-    def read(s: socket.socket) -> int | None:
-        (uid,) = _UID.unpack(_recv(s, _UID.size))
+    def read(take: Callable[[int], bytes]) -> int | None:
+        (uid,) = _UID.unpack(take(_UID.size))
         return None if uid == NO_UID else uid
     return _ask(path, timeout, REQUEST_STEP_UID, read)
 
 
 def x11_display(path: str, timeout: float) -> X11 | None:
     """The X11 forwarding of the step at `path`; None if it has none or cannot tell."""
-    def read(s: socket.socket) -> X11 | None:
-        (display,) = _INT.unpack(_recv(s, _INT.size))
-        (length,) = _INT.unpack(_recv(s, _INT.size))
+    def read(take: Callable[[int], bytes]) -> X11 | None:
+        (display,) = _INT.unpack(take(_INT.size))
+        (length,) = _INT.unpack(take(_INT.size))
         if not 0 <= length <= MAX_XAUTHORITY:
             raise ValueError(f"XAUTHORITY length {length}")
-        raw = _recv(s, length) if length else b""
+        raw = take(length) if length else b""
         xauth = raw.split(b"\0", 1)[0].decode("utf-8", "replace") if raw else None
         if display <= 0:
             return None
@@ -112,9 +115,11 @@ def x11_display(path: str, timeout: float) -> X11 | None:
     return _ask(path, timeout, REQUEST_X11_DISPLAY, read)
 
 
-def _ask(path: str, timeout: float, request: int, read: Callable[[socket.socket], object]):
+def _ask(path: str, timeout: float, request: int, read: Callable[[Callable[[int], bytes]], object]):
     """One request to the slurmstepd at `path` after the version handshake; read() parses its
-    reply. None if it cannot answer (gone, refused, too slow, not root-owned, garbled)."""
+    reply from take(n). None if it cannot answer (gone, refused, too slow, not root-owned,
+    garbled). `timeout` bounds the whole exchange, not each step of it."""
+    deadline = time.monotonic() + max(timeout, 0.001)
     try:
         st = os.lstat(path)
     except OSError:
@@ -126,22 +131,13 @@ def _ask(path: str, timeout: float, request: int, read: Callable[[socket.socket]
         s.settimeout(max(timeout, 0.001))
         s.connect(path)
         s.sendall(_INT.pack(CLIENT_PROTOCOL))
-        (version,) = _INT.unpack(_recv(s, _INT.size))
+        (version,) = _INT.unpack(recv_exact(s, _INT.size, deadline))
         if version < 0:
             return None
         s.sendall(_INT.pack(request))
-        return read(s)
+        return read(lambda n: recv_exact(s, n, deadline))
     except (OSError, ValueError):
         return None
     finally:
         s.close()
 
-
-def _recv(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ValueError("slurmstepd closed the connection")
-        buf += chunk
-    return buf
