@@ -10,10 +10,23 @@ import pytest
 
 from tests.helpers import require, require_bpf
 from tests.infra import munged as munged_mod
+from tests.infra import pace
 from tests.infra import users as users_mod
 from tests.infra.tracerproc import TracerFactory
 
 TEST_USERS = ("cidtest1", "cidtest2")
+
+
+def pytest_collection_modifyitems(config, items):
+    """On a slow machine (tests/infra/pace.py) pytest-timeout's bound per test stretches too."""
+    if pace.SLOWDOWN == 1:
+        return
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        mark = item.get_closest_marker("timeout")
+        base = float(mark.args[0]) if mark is not None and mark.args else default
+        if base > 0:
+            item.add_marker(pytest.mark.timeout(pace.scaled(base)), append=False)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import pace
 from .netns import Netns
 from .procs import stop_pid, wait_for
 
@@ -110,7 +111,8 @@ class Sshd:
             "UseDNS no", "PrintMotd no", "PrintLastLog no", "AcceptEnv none",
             # the default (10:30:100) drops concurrent unauthenticated connections at random:
             # the concurrency tests measure callerid, not sshd's throttle
-            "MaxStartups 256", *pam_service_lines(self.name), "",
+            "MaxStartups 256", f"LoginGraceTime {pace.scaled_int(120)}",  # 120: sshd's default
+            *pam_service_lines(self.name), "",
         ]))
         self.pam_file.write_text(self.pam_text)
         link = self.dir / self.name
@@ -147,4 +149,4 @@ def ssh_argv(key: Path, user: str, host: str, command: str, port: int = 22, time
     # which the client prints only at INFO or above.
     return ["ssh", "-F", "none", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=INFO",
-            "-o", f"ConnectTimeout={timeout}", "-o", "IdentitiesOnly=yes", f"{user}@{host}", command]
+            "-o", f"ConnectTimeout={pace.scaled_int(timeout)}", "-o", "IdentitiesOnly=yes", f"{user}@{host}", command]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import require, require_bpf
+from tests.infra import pace
 from tests.infra.adopterproc import AdopterProc, scrape_in
 from tests.infra.adopterproc import write_config as write_adopter_config
 from tests.infra.jobtree import JobTree
@@ -91,14 +92,14 @@ class Cluster:
             p = subprocess.Popen(in_netns(as_user(argv, user.uid, user.gid), self.src.path), **out)
         else:
             p = self.src_jobs.popen(argv, user.uid, user.gid, job, "0", netns=self.src.path, **out)
-        out, err = p.communicate(timeout=timeout)
+        out, err = p.communicate(timeout=pace.scaled(timeout))
         return Login(p.returncode, out, err, time.monotonic() - t0)
 
     def ssh_root(self, command: str = "cat /proc/self/cgroup", host: str = DST4) -> Login:
         argv = ssh_argv(self.keys[("root", "root")], "root", host, command)
         t0 = time.monotonic()
         p = subprocess.Popen(self.src.argv(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = p.communicate(timeout=30)
+        out, err = p.communicate(timeout=pace.scaled(30))
         return Login(p.returncode, out, err, time.monotonic() - t0)
 
     def logs(self, lines: int = 30) -> str:

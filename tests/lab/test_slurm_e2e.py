@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra import pace
 from tests.infra.slurmlab import CALLERID, PSA_PORT, SSH_PORT, cgroups
 from tests.lab.conftest import JOB_WAIT
 
@@ -75,8 +76,8 @@ def ssh_argv(lab, user, *, from_job=None, key_of=None, host=None, port=SSH_PORT,
     login = "root" if root else (key_of or user).name
     key = "/run/callerid-lab/keys/root" if root else lab.user(user).key_of((key_of or user).name)
     argv = ["ssh", "-F", "none", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes", "-o", "LogLevel=INFO",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
-            f"{login}@{host}", command]
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", f"ConnectTimeout={pace.scaled_int(10)}", f"{login}@{host}", command]
     if from_job is not None:
         argv = ["srun", f"--jobid={from_job}", "--overlap", "-w", "node1", "-N1", "-n1", *argv]
     return argv

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import time
 
+from .. import pace
 from . import cgroups
 from .config import SBIN_PATH, SSH_PORT, USER_PATH, LabUser
 from .procctl import node_argv, tail
@@ -207,5 +208,6 @@ class SlurmClient:
         """ssh argv for `user` logging in to host as as_user (default: user) with the matching key it holds."""
         u = self.user(user)
         target = as_user or u.name
-        return ["ssh", "-i", str(u.key_of(target)), "-o", "IdentitiesOnly=yes", "-o", f"ConnectTimeout={timeout}",
-                "-o", "LogLevel=INFO", "-p", str(port), f"{target}@{host}", command]
+        return ["ssh", "-i", str(u.key_of(target)), "-o", "IdentitiesOnly=yes",
+                "-o", f"ConnectTimeout={pace.scaled_int(timeout)}", "-o", "LogLevel=INFO",
+                "-p", str(port), f"{target}@{host}", command]
