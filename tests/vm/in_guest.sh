@@ -15,6 +15,11 @@ export CALLERID_TEST_READY_TIMEOUT=${CALLERID_TEST_READY_TIMEOUT:-240}
 # slower than the host (docs/VM.md); 64 logins at once missed ssh's 10 s banner exchange
 export CALLERID_TEST_SLOWDOWN=${CALLERID_TEST_SLOWDOWN:-10}
 export CI=true
+# The guest has no package index (qemu's restricted network): every pip in it, the tests' own
+# too (tests/unit/test_install.py installs the wheel into a fresh venv), takes the image's
+# wheels, as scripts/python_check.sh does in its chroot. Without them Debian 11 (its
+# prometheus-client 0.9, no tomli) had to reach PyPI for the wheel's dependencies.
+if [ -n "${CALLERID_WHEELS:-}" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=$CALLERID_WHEELS; fi
 
 summary=()
 fail=0
