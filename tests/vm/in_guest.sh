@@ -69,6 +69,9 @@ for s in "${steps[@]}"; do
       step "$s" env CALLERID_TEST_PROBE="${s#kernel-}" "$work/.venv/bin/python3" -m pytest -ra -p no:cacheprovider \
         tests/kernel/test_tracer.py ;;
     demo|lab|units) step "$s" bash tests/vm/guest_steps.sh "$s" ;;  # tests/vm/guest_steps.sh
+    # benches (docs/BENCHMARKS.md), --quick: under emulation compare their ratios, never absolute times
+    bench-probe) step "$s" "$work/.venv/bin/python3" bench/probe_bench.py --quick --backends auto,tracepoint ;;
+    bench-login) step "$s" "$work/.venv/bin/python3" bench/login_bench.py --quick ;;
     *) step "$s" pytest "$s" ;;
   esac
 done
