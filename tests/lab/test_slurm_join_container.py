@@ -34,11 +34,14 @@ def test_session_sees_the_jobs_private_tmp(lab, jobs, via):
                      ["-w", "node2", "--mem=100", "-t", "10"])
     jobs.append(job)
     lab.wait_job_running(job, timeout=JOB_WAIT)
-    private = Path(lab.root, "jc", "node2", str(job), f".{job}", mark)   # the job's /tmp, seen from the host
+    # the job's /tmp, seen from the host: Slurm 22.05 keeps it in <BasePath>/<job>/.<job>, 24.11 in
+    # that directory's _tmp (seen in the Debian 13 VM): whichever this Slurm has
+    base = Path(lab.root, "jc", "node2", str(job), f".{job}")
+    private = (base / mark, base / "_tmp" / mark)
     end = time.monotonic() + JOB_WAIT
-    while not private.exists() and time.monotonic() < end:
+    while not any(p.exists() for p in private) and time.monotonic() < end:
         time.sleep(0.1)
-    assert private.exists(), sorted(str(p) for p in Path(lab.root, "jc").rglob("*"))[:20]
+    assert any(p.exists() for p in private), sorted(str(p) for p in Path(lab.root, "jc").rglob("*"))[:20]
     assert not Path("/tmp", mark).exists()   # private: not in the host's /tmp
     r = ssh_cat(lab, u, f"/tmp/{mark}", SSH_PORT if via == "callerid" else PSA_PORT)
     assert r.returncode == 0, r.stderr
