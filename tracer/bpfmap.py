@@ -140,55 +140,57 @@ def check_pinned(path: str | Path, expected: MapInfo) -> str | None:
 
 
 class ConnMap:
-    """The tuple-keyed connection map (struct callerid_key -> struct callerid_owner)."""
+    """A connection map: struct callerid_key (or a u64 socket cookie) -> struct callerid_owner."""
 
-    def __init__(self, fd: int, owns_fd: bool = False):
+    def __init__(self, fd: int, owns_fd: bool = False, key_type=ConnKey):
         self.fd = fd
         self._owns_fd = owns_fd
+        self.key_type = key_type   # ConnKey, or ctypes.c_uint64 for the cookie backend's socket cookies
         info = map_info(fd)
-        if info.key_size != ctypes.sizeof(ConnKey) or info.value_size != ctypes.sizeof(Owner):
+        if info.key_size != ctypes.sizeof(key_type) or info.value_size != ctypes.sizeof(Owner):
             raise PinnedMapMismatch(
                 f"map fd {fd}: key/value sizes {info.key_size}/{info.value_size} "
-                f"!= {ctypes.sizeof(ConnKey)}/{ctypes.sizeof(Owner)}"
+                f"!= {ctypes.sizeof(key_type)}/{ctypes.sizeof(Owner)}"
             )
         self.capacity = info.max_entries
 
     @classmethod
-    def open_pinned(cls, path: str | Path) -> ConnMap | None:
+    def open_pinned(cls, path: str | Path, key_type=ConnKey) -> ConnMap | None:
         fd = open_pinned(path)
-        return None if fd is None else cls(fd, owns_fd=True)
+        return None if fd is None else cls(fd, owns_fd=True, key_type=key_type)
 
     def close(self):
         if self._owns_fd and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
-    def lookup(self, key: ConnKey) -> Owner | None:
+    def lookup(self, key) -> Owner | None:
         value = Owner()
         if _lib.bpf_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) < 0:
             return None
         return value
 
-    def insert_if_absent(self, key: ConnKey, value: Owner) -> bool:
+    def insert_if_absent(self, key, value: Owner) -> bool:
         """Write only if no entry exists: never overwrite fresher probe data."""
         return _lib.bpf_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), BPF_NOEXIST) == 0
 
-    def update(self, key: ConnKey, value: Owner) -> bool:
+    def update(self, key, value: Owner) -> bool:
         return _lib.bpf_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), BPF_ANY) == 0
 
-    def delete(self, key: ConnKey) -> bool:
+    def delete(self, key) -> bool:
         return _lib.bpf_delete_elem(self.fd, ctypes.byref(key)) == 0
 
     def keys(self):
         """Snapshot of all keys (the map may change while we walk it)."""
         out = []
-        cur = ConnKey()
-        nxt = ConnKey()
-        if _lib.bpf_get_first_key(self.fd, ctypes.byref(nxt), ctypes.sizeof(ConnKey)) < 0:
+        kt = self.key_type
+        cur = kt()
+        nxt = kt()
+        if _lib.bpf_get_first_key(self.fd, ctypes.byref(nxt), ctypes.sizeof(kt)) < 0:
             return out
         while True:
-            out.append(ConnKey.from_buffer_copy(nxt))
-            ctypes.memmove(ctypes.byref(cur), ctypes.byref(nxt), ctypes.sizeof(ConnKey))
+            out.append(kt.from_buffer_copy(nxt))
+            ctypes.memmove(ctypes.byref(cur), ctypes.byref(nxt), ctypes.sizeof(kt))
             if _lib.bpf_get_next_key(self.fd, ctypes.byref(cur), ctypes.byref(nxt)) < 0:
                 return out
             if len(out) > self.capacity * 2:  # map churning under us: stop, never loop forever
@@ -208,10 +210,11 @@ class ConnMap:
     BATCH = 4096
 
     def _items_batched(self):
-        ksize, vsize = ctypes.sizeof(ConnKey), ctypes.sizeof(Owner)
+        kt = self.key_type
+        ksize, vsize = ctypes.sizeof(kt), ctypes.sizeof(Owner)
         for kbuf, vbuf, count in self._raw_batches():
             for i in range(count):
-                yield (ConnKey.from_buffer_copy(kbuf, i * ksize), Owner.from_buffer_copy(vbuf, i * vsize))
+                yield (kt.from_buffer_copy(kbuf, i * ksize), Owner.from_buffer_copy(vbuf, i * vsize))
 
     # One value's birth_ns and closed_ns (adjacent in struct callerid_owner), the rest skipped.
     _TIMES = struct.Struct(f"={Owner.birth_ns.offset}xQQ{ctypes.sizeof(Owner) - Owner.birth_ns.offset - 16}x")
@@ -220,7 +223,7 @@ class ConnMap:
         """(key bytes, birth_ns, closed_ns) for every entry: the sweeper's walk. The same
         batched read as items(), but per entry only two integers are unpacked from the
         batch buffer, not two ctypes objects built (~0.85 us of GIL per entry before)."""
-        ksize = ctypes.sizeof(ConnKey)
+        ksize = ctypes.sizeof(self.key_type)
         try:
             for kbuf, vbuf, _ in self._raw_batches():
                 for i, (birth, closed) in enumerate(self._TIMES.iter_unpack(vbuf)):
@@ -233,7 +236,7 @@ class ConnMap:
         """(keys bytes, values bytes, count) per BPF_MAP_LOOKUP_BATCH call."""
         if not LIBBCC_HAS_BATCH:
             raise _NoBatch()
-        keys = (ConnKey * self.BATCH)()
+        keys = (self.key_type * self.BATCH)()
         values = (Owner * self.BATCH)()
         token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
         first, seen = True, 0
@@ -244,7 +247,7 @@ class ConnMap:
             if ret < 0 and first and count.value == 0 and self._batch_unsupported():
                 raise _NoBatch()
             n = count.value
-            yield bytes(memoryview(keys).cast("B")[:n * ctypes.sizeof(ConnKey)]), \
+            yield bytes(memoryview(keys).cast("B")[:n * ctypes.sizeof(self.key_type)]), \
                 bytes(memoryview(values).cast("B")[:n * ctypes.sizeof(Owner)]), n
             seen += n
             if ret < 0 or seen > self.capacity * 2:  # ENOENT: walked the whole map
@@ -254,9 +257,10 @@ class ConnMap:
     def delete_many(self, keys: list[bytes]) -> int:
         """Delete these keys (as from entry_times), BATCH per syscall; returns how many
         were deleted. A key already gone (evicted, deleted meanwhile) is skipped."""
-        ksize, done = ctypes.sizeof(ConnKey), 0
+        kt = self.key_type
+        ksize, done = ctypes.sizeof(kt), 0
         if not LIBBCC_HAS_BATCH:
-            return sum(self.delete(ConnKey.from_buffer_copy(k)) for k in keys)
+            return sum(self.delete(kt.from_buffer_copy(k)) for k in keys)
         for start in range(0, len(keys), self.BATCH):
             chunk = keys[start:start + self.BATCH]
             while chunk:
@@ -267,10 +271,10 @@ class ConnMap:
                 if ret == 0:
                     break
                 rest = chunk[count.value:]   # the kernel stops at the first key it cannot delete
-                stuck = ConnKey.from_buffer_copy(rest[0])
+                stuck = kt.from_buffer_copy(rest[0])
                 if count.value == 0 and self.lookup(stuck) is not None:
                     # it exists, so batch delete itself failed (no support): one syscall per key
-                    done += sum(self.delete(ConnKey.from_buffer_copy(k)) for k in rest)
+                    done += sum(self.delete(kt.from_buffer_copy(k)) for k in rest)
                     break
                 chunk = rest[1:]             # that key was gone already (evicted, deleted meanwhile)
         return done

@@ -57,6 +57,7 @@ class TcpSocket:
     dport: int
     uid: int
     inode: int
+    cookie: int = 0   # the kernel's socket cookie (what bpf_get_socket_cookie gives)
 
 
 NETLINK_SOCK_DIAG = 4
@@ -67,7 +68,7 @@ _NLMSG = struct.Struct("=IHHII")            # nlmsghdr: len, type, flags, seq, p
 _REQ = struct.Struct("=BBBxI")              # inet_diag_req_v2 up to its sockid
 _SOCKID = struct.Struct(">HH16s16s")        # sport, dport (big endian), src, dst ...
 _SOCKID_TAIL = struct.Struct("=IQ")         # ... if, cookie (host order)
-_MSG = struct.Struct("=BBxx4x16s16s4x8x12xII")   # inet_diag_msg: family, state, (ports), src, dst, uid, inode
+_MSG = struct.Struct("=BBxx4x16s16s4xII12xII")  # inet_diag_msg: family, state, (ports), src, dst, cookie, uid, inode
 _PORTS = struct.Struct(">HH")
 _RECV_TIMEOUT = 5.0                         # the kernel answers at once; never hang on it
 # Asking for socket-local BPF storage (include/uapi/linux/{inet_diag,sock_diag}.h)
@@ -193,12 +194,14 @@ def _storage_value(data: bytes, start: int, end: int) -> bytes | None:
 
 
 def _to_socket(data: bytes, off: int) -> TcpSocket:
-    family, state, src, dst, uid, inode = _MSG.unpack_from(data, off)
+    # idiag_cookie is two host-order u32s, low half first (sock_diag_save_cookie)
+    family, state, src, dst, cookie_lo, cookie_hi, uid, inode = _MSG.unpack_from(data, off)
     sport, dport = _PORTS.unpack_from(data, off + 4)
     if family == AF_INET:
         src, dst = src[:4], dst[:4]
     return TcpSocket(family=family, state=state, src=ipaddress.ip_address(src), sport=sport,
-                     dst=ipaddress.ip_address(dst), dport=dport, uid=uid, inode=inode)
+                     dst=ipaddress.ip_address(dst), dport=dport, uid=uid, inode=inode,
+                     cookie=cookie_lo | cookie_hi << 32)
 
 
 def list_tcp(states=ESTABLISHED_ONLY, families=(AF_INET, AF_INET6)) -> list[TcpSocket]:
