@@ -126,7 +126,11 @@ def clear_closed(probe):
     close pays its stamp, as within the budget."""
     closed = probe.conns.closed
     if probe.backend == "cookie":
+        store = probe.conns
         closed.delete_many([k for k, _, closed_ns in closed.entry_times() if closed_ns])
+        for cookie, _, closed_ns in store.slot_times(time.clock_gettime_ns(time.CLOCK_BOOTTIME), store.grace_ns):
+            if closed_ns:
+                store.forget(cookie)   # as if past its grace: free for the next connects
         table = probe.bpf["budget"]
         table[table.Key(0)] = table.Leaf(0, 0)
         return
@@ -229,7 +233,8 @@ def memory(att: Attachment, probe, n: int) -> dict:
 def _map_memlock(probe) -> dict:
     from callerid.tracer.bpfmap import fdinfo
     conns = probe.conns
-    fds = {"closed": conns.closed.fd} if probe.backend != "cookie" else {"owners (open + closed)": conns.owners.fd}
+    fds = {"closed": conns.closed.fd} if probe.backend != "cookie" else {"slots": conns.slots.fd,
+                                                                        "spill": conns.spill.fd}
     if getattr(conns, "open", None) is not None:
         fds["open"] = conns.open.fd
         fds["pending"] = probe.pending_fd

@@ -142,22 +142,23 @@ def check_pinned(path: str | Path, expected: MapInfo) -> str | None:
 class ConnMap:
     """A connection map: struct callerid_key (or a u64 socket cookie) -> struct callerid_owner."""
 
-    def __init__(self, fd: int, owns_fd: bool = False, key_type=ConnKey):
+    def __init__(self, fd: int, owns_fd: bool = False, key_type=ConnKey, value_type=Owner):
         self.fd = fd
         self._owns_fd = owns_fd
-        self.key_type = key_type   # ConnKey, or ctypes.c_uint64 for the cookie backend's socket cookies
+        self.key_type = key_type   # ConnKey, or the cookie backend's u64 cookie / u32 slot index
+        self.value_type = value_type   # Owner, or the cookie backend's Slot (no entry_times then)
         info = map_info(fd)
-        if info.key_size != ctypes.sizeof(key_type) or info.value_size != ctypes.sizeof(Owner):
+        if info.key_size != ctypes.sizeof(key_type) or info.value_size != ctypes.sizeof(value_type):
             raise PinnedMapMismatch(
                 f"map fd {fd}: key/value sizes {info.key_size}/{info.value_size} "
-                f"!= {ctypes.sizeof(key_type)}/{ctypes.sizeof(Owner)}"
+                f"!= {ctypes.sizeof(key_type)}/{ctypes.sizeof(value_type)}"
             )
         self.capacity = info.max_entries
 
     @classmethod
-    def open_pinned(cls, path: str | Path, key_type=ConnKey) -> ConnMap | None:
+    def open_pinned(cls, path: str | Path, key_type=ConnKey, value_type=Owner) -> ConnMap | None:
         fd = open_pinned(path)
-        return None if fd is None else cls(fd, owns_fd=True, key_type=key_type)
+        return None if fd is None else cls(fd, owns_fd=True, key_type=key_type, value_type=value_type)
 
     def close(self):
         if self._owns_fd and self.fd >= 0:
@@ -165,7 +166,7 @@ class ConnMap:
             self.fd = -1
 
     def lookup(self, key) -> Owner | None:
-        value = Owner()
+        value = self.value_type()
         if _lib.bpf_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) < 0:
             return None
         return value
@@ -211,10 +212,11 @@ class ConnMap:
 
     def _items_batched(self):
         kt = self.key_type
-        ksize, vsize = ctypes.sizeof(kt), ctypes.sizeof(Owner)
+        vt = self.value_type
+        ksize, vsize = ctypes.sizeof(kt), ctypes.sizeof(vt)
         for kbuf, vbuf, count in self._raw_batches():
             for i in range(count):
-                yield (kt.from_buffer_copy(kbuf, i * ksize), Owner.from_buffer_copy(vbuf, i * vsize))
+                yield (kt.from_buffer_copy(kbuf, i * ksize), vt.from_buffer_copy(vbuf, i * vsize))
 
     # One value's birth_ns and closed_ns (adjacent in struct callerid_owner), the rest skipped.
     _TIMES = struct.Struct(f"={Owner.birth_ns.offset}xQQ{ctypes.sizeof(Owner) - Owner.birth_ns.offset - 16}x")
@@ -232,12 +234,24 @@ class ConnMap:
             for key, value in self.items():
                 yield bytes(key), value.birth_ns, value.closed_ns
 
+    def value_batches(self):
+        """The values only, as bytes, one BPF_MAP_LOOKUP_BATCH call each (kernel 5.6+);
+        one value per syscall where there is no batch operation."""
+        try:
+            for _, vbuf, _ in self._raw_batches():
+                yield vbuf
+        except _NoBatch:
+            for key in self.keys():
+                value = self.lookup(key)
+                if value is not None:
+                    yield bytes(value)
+
     def _raw_batches(self):
         """(keys bytes, values bytes, count) per BPF_MAP_LOOKUP_BATCH call."""
         if not LIBBCC_HAS_BATCH:
             raise _NoBatch()
         keys = (self.key_type * self.BATCH)()
-        values = (Owner * self.BATCH)()
+        values = (self.value_type * self.BATCH)()
         token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
         first, seen = True, 0
         while True:
@@ -248,7 +262,7 @@ class ConnMap:
                 raise _NoBatch()
             n = count.value
             yield bytes(memoryview(keys).cast("B")[:n * ctypes.sizeof(self.key_type)]), \
-                bytes(memoryview(values).cast("B")[:n * ctypes.sizeof(Owner)]), n
+                bytes(memoryview(values).cast("B")[:n * ctypes.sizeof(self.value_type)]), n
             seen += n
             if ret < 0 or seen > self.capacity * 2:  # ENOENT: walked the whole map
                 return

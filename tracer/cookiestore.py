@@ -1,13 +1,15 @@
-"""The cookie backend's connection table: owners keyed by socket cookie, found through sock_diag.
+"""The cookie backend's connection table: owners by socket cookie, found through sock_diag.
 
 The BPF program (bpf/callerid_ck.bpf.c) keeps one record per outgoing TCP
-connection of our network namespace, keyed by the socket's cookie, stamped
-closed in place at the owner's close(). A question about a tuple is one exact
-sock_diag request (O(1) in the kernel's hash, in the tracer's own namespace),
-whose answer carries the socket's cookie, then one map lookup by that cookie.
-Cookies are unique for the life of the kernel and never reused, so a record can
-only ever name its own socket: namespace-correct by construction, and no
-earlier connection's record can answer for a later one with the same tuple.
+connection of our network namespace, by the socket's cookie: in slot
+cookie % slots of a direct-mapped array, or in the spill hash when that slot
+was busy; stamped closed in place at the owner's close(). A question about a
+tuple is one exact sock_diag request (O(1) in the kernel's hash, in the
+tracer's own namespace), whose answer carries the socket's cookie, then one
+slot read (and one hash lookup on a slot miss). Cookies are unique for the life
+of the kernel and never reused, so a record can only ever name its own socket:
+namespace-correct by construction, and no earlier connection's record can
+answer for a later one with the same tuple.
 
 What it cannot answer: a connection whose socket the kernel no longer has
 (after TIME_WAIT, after a reset, or when the peer closed first and the owner's
@@ -18,30 +20,30 @@ finds nothing either.
 from __future__ import annotations
 
 import ctypes
+import struct
 from pathlib import Path
 
 from callerid.linux import procfs, sockdiag
 
 from .bpfmap import ConnMap
-from .layout import ConnKey, Owner, key_tuple, make_key
+from .layout import ConnKey, Owner, Slot, key_tuple, make_key
 
 # A socket in these states no longer belongs to its owner's live connection.
 _GONE_STATES = frozenset({sockdiag.TCP_TIME_WAIT, sockdiag.TCP_CLOSE})
 # Every state a connection's socket can be found in (LISTEN sockets are nobody's connection).
 _ANY_CONNECTION = sockdiag.ALL_STATES - {sockdiag.TCP_LISTEN}
-
-
-def _cookie(value: int) -> ctypes.c_uint64:
-    return ctypes.c_uint64(value)
+# A slot's cookie, birth_ns and closed_ns, the rest skipped (the sweeper's walk).
+_SLOT_TIMES = struct.Struct(f"=Q{Slot.owner.offset - 8 + Owner.birth_ns.offset}xQQ"
+                            f"{ctypes.sizeof(Slot) - Slot.owner.offset - Owner.birth_ns.offset - 16}x")
 
 
 def sweep_verdict(closed_ns: int, birth_ns: int, now_ns: int, grace_ns: int, exists: bool) -> str:
     """What the sweeper does with one record (pure). exists: a socket with its cookie is
     still in the kernel (a cookie that is gone never comes back).
     'delete' - closed past the grace, or its socket is gone (nothing can find it any more);
-    'stamp'  - open, but its socket is closed or gone: its close() was missed (tracer down);
-               kept as closed for the grace when the socket still exists, else deleted;
-    'keep'   - otherwise."""
+    'delete' also for an open record whose socket has been gone longer than the grace
+               (its close() was missed: the tracer was down, or a spill count was lost);
+    'keep'   - otherwise (an open record whose socket is not hashed yet is young)."""
     if closed_ns:
         return "delete" if not exists or now_ns - closed_ns > grace_ns else "keep"
     return "keep" if exists or now_ns - birth_ns <= grace_ns else "delete"
@@ -54,48 +56,72 @@ class CookieStore:
     namespace_exact = True   # every record found is our namespace's (see tracer/lookup.py)
     records_close = True     # the BPF program itself keeps the closed record (probes.self_test)
 
-    def __init__(self, owners: ConnMap, max_closed: int = 0):
-        self.owners = owners
+    def __init__(self, slots: ConnMap, spill: ConnMap, grace_seconds: float = 120.0, max_closed: int = 0):
+        self.slots = slots
+        self.spill = spill
+        self.mask = slots.capacity - 1
+        self.grace_ns = int(grace_seconds * 1e9)
         self.max_closed = max_closed
 
     @classmethod
     def open_pinned(cls, pin_dir: str | Path) -> CookieStore | None:
-        owners = ConnMap.open_pinned(Path(pin_dir) / "ck_owners", key_type=ctypes.c_uint64)
-        return None if owners is None else cls(owners)
+        slots = ConnMap.open_pinned(Path(pin_dir) / "ck_slots", key_type=ctypes.c_uint32, value_type=Slot)
+        if slots is None:
+            return None
+        spill = ConnMap.open_pinned(Path(pin_dir) / "ck_spill", key_type=ctypes.c_uint64)
+        if spill is None:
+            slots.close()
+            return None
+        return cls(slots, spill)
 
     @property
     def closed(self) -> ConnMap:
-        """The one map (open and closed records together)."""
-        return self.owners
+        """The spill hash (the map whose capacity is the backend's)."""
+        return self.spill
 
     @property
     def capacity(self) -> int:
-        return self.owners.capacity
+        return self.spill.capacity
 
     def capacity_by_state(self) -> dict[str, int]:
-        return {"open": self.owners.capacity - self.max_closed, "closed": self.max_closed}
+        return {"open": self.spill.capacity - self.max_closed, "closed": self.max_closed}
 
     def close(self):
-        self.owners.close()
+        self.slots.close()
+        self.spill.close()
+
+    def record(self, cookie: int) -> Owner | None:
+        """The record for a socket cookie: its slot's, else the spill hash's."""
+        slot = self.slots.lookup(ctypes.c_uint32(cookie & self.mask))
+        if slot is not None and slot.cookie == cookie:
+            return Owner.from_buffer_copy(slot.owner)
+        return self.spill.lookup(ctypes.c_uint64(cookie))
 
     def find(self, src_ip, src_port: int, dst_ip, dst_port: int) -> Owner | None:
         """The owner of the connection src -> dst in our namespace, from the record of the
         socket the kernel has for that tuple. A socket without a record (accepted, older
-        than the probe, or its record was full/over share) is not answered here."""
+        than the probe, or not recorded: full) is not answered here."""
         for sock in sockdiag.find_tcp(src_ip, src_port, dst_ip, dst_port):
-            owner = self.owners.lookup(_cookie(sock.cookie))
+            owner = self.record(sock.cookie)
             if owner is None:
                 return None
+            now = procfs.boottime_ns()
+            if owner.closed_ns and now - owner.closed_ns > self.grace_ns:
+                return None   # past its grace: its slot is free for reuse already
             if not owner.closed_ns and (sock.state in _GONE_STATES or not sock.inode):
-                # closed while the probe was not attached: say closed, with the time we know
-                owner.closed_ns = procfs.boottime_ns()
+                owner.closed_ns = now   # closed while the probe was not attached: say closed
             return owner
         return None
 
+    def _records(self) -> dict[int, Owner]:
+        out = {int(slot.cookie): Owner.from_buffer_copy(slot.owner) for _, slot in self.slots.items() if slot.cookie}
+        out.update((int(k.value), v) for k, v in self.spill.items())
+        return out
+
     def items(self):
         """(key, owner) of every record whose socket is in our namespace now (one
-        sock_diag dump per family, one batched read of the map)."""
-        records = {int(k.value): v for k, v in self.owners.items()}
+        sock_diag dump per family, one batched read of each map)."""
+        records = self._records()
         if not records:
             return
         for sock in sockdiag.list_tcp(_ANY_CONNECTION):
@@ -104,46 +130,91 @@ class CookieStore:
                 yield make_key(sock.src, sock.sport, sock.dst, sock.dport), owner
 
     def record_existing(self, sock, pid: int, owner: Owner) -> bool:
-        """Start-up reconcile: a socket the probe never saw, by the cookie sock_diag gave."""
-        return bool(sock.cookie) and self.owners.insert_if_absent(_cookie(sock.cookie), owner)
+        """Start-up reconcile: a socket the probe never saw, by the cookie sock_diag gave.
+        Into the spill hash (its slot's spill count is the program's): its close() is then
+        not seen by the program, and the sweeper stamps it closed once its socket is."""
+        return bool(sock.cookie) and self.record(sock.cookie) is None and \
+            self.spill.insert_if_absent(ctypes.c_uint64(sock.cookie), owner)
 
     def delete(self, key: ConnKey) -> bool:
-        """Drop the record of the socket the kernel has now for key's tuple."""
-        socks = sockdiag.find_tcp(*key_tuple(key))
-        return any(self.owners.delete(_cookie(s.cookie)) for s in socks)
+        """Drop the record of the socket the kernel has now for key's tuple (tests, self-test)."""
+        done = False
+        for s in sockdiag.find_tcp(*key_tuple(key)):
+            done |= self.forget(s.cookie)
+        return done
+
+    def forget(self, cookie: int) -> bool:
+        """Drop the record of this cookie (a slot's becomes free: closed past the grace)."""
+        if self.spill.delete(ctypes.c_uint64(cookie)):
+            return True
+        idx = ctypes.c_uint32(cookie & self.mask)
+        slot = self.slots.lookup(idx)
+        if slot is None or slot.cookie != cookie:
+            return False
+        # Closed past the grace is free to the program; the cookie stays (never reused).
+        # Only this field changes meaning, and only a busy slot is written, which no
+        # connect claims meanwhile.
+        slot.owner.closed_ns = 1
+        return self.slots.update(idx, slot)
 
     def lookup(self, key: ConnKey) -> Owner | None:
         """find() for a ConnKey (the self-test, tests)."""
         return self.find(*key_tuple(key))
 
     def sweep(self, now_ns: int, grace_ns: int) -> dict:
-        """One pass: delete closed records past the grace or whose socket is gone, and
-        records whose close() was missed (tracer down at the time) once their socket is gone.
-        One sock_diag dump (only when there are records) tells which cookies still exist."""
-        times = list(self.owners.entry_times())
+        """One pass over the slots and the spill hash. Closed records past the grace are
+        free slots to the program already, and deleted from the spill hash; records whose
+        socket is gone are freed; open records whose socket is closed (its close() was
+        missed) are stamped closed now. One sock_diag dump tells which cookies exist."""
         out = {"deleted": 0, "stale": 0, "open": 0, "closed": 0}
-        if not times:
+        slot_times = self.slot_times(now_ns, grace_ns)
+        spill_times = [(ctypes.c_uint64.from_buffer_copy(k).value, b, c) for k, b, c in self.spill.entry_times()]
+        if not slot_times and not spill_times:
             return out
         live = {s.cookie: s for s in sockdiag.list_tcp(_ANY_CONNECTION)}
         doomed = []
-        for key, birth_ns, closed_ns in times:
-            sock = live.get(ctypes.c_uint64.from_buffer_copy(key).value)
-            exists = sock is not None
-            v = sweep_verdict(closed_ns, birth_ns, now_ns, grace_ns, exists)
-            if v == "delete":
-                doomed.append(key)
-                if not closed_ns:
+        for in_spill, times in ((False, slot_times), (True, spill_times)):
+            for cookie, birth_ns, closed_ns in times:
+                sock = live.get(cookie)
+                v = sweep_verdict(closed_ns, birth_ns, now_ns, grace_ns, sock is not None)
+                if v == "delete":
+                    out["stale"] += not closed_ns
+                    if in_spill:
+                        doomed.append(bytes(ctypes.c_uint64(cookie)))
+                    elif self.forget(cookie):
+                        out["deleted"] += 1
+                elif closed_ns:
+                    out["closed"] += 1
+                elif sock.state in _GONE_STATES or not sock.inode:
+                    self._stamp(cookie, now_ns, in_spill)
                     out["stale"] += 1
-            elif closed_ns:
-                out["closed"] += 1
-            elif sock.state in _GONE_STATES or not sock.inode:
-                owner = self.owners.lookup(ctypes.c_uint64.from_buffer_copy(key))
-                if owner is not None and not owner.closed_ns:
-                    owner.closed_ns = now_ns   # its close() was missed: closed from now, for the grace
-                    self.owners.update(ctypes.c_uint64.from_buffer_copy(key), owner)
-                    out["stale"] += 1
-                out["closed"] += 1
-            else:
-                out["open"] += 1
-        out["deleted"] = self.owners.delete_many(doomed)
+                    out["closed"] += 1
+                else:
+                    out["open"] += 1
+        out["deleted"] += self.spill.delete_many(doomed)
         return out
+
+    def slot_times(self, now_ns: int, grace_ns: int) -> list[tuple[int, int, int]]:
+        """(cookie, birth_ns, closed_ns) of every slot holding a record (open, or closed
+        within the grace): one batched read, three integers unpacked per slot."""
+        out = []
+        for vbuf in self.slots.value_batches():
+            for cookie, birth, closed in _SLOT_TIMES.iter_unpack(vbuf):
+                if cookie and not (closed and now_ns - closed > grace_ns):
+                    out.append((cookie, birth, closed))
+        return out
+
+    def _stamp(self, cookie: int, now_ns: int, in_spill: bool) -> None:
+        """An open record whose socket is closed: closed from now, for the grace."""
+        if in_spill:
+            key = ctypes.c_uint64(cookie)
+            owner = self.spill.lookup(key)
+            if owner is not None and not owner.closed_ns:
+                owner.closed_ns = now_ns
+                self.spill.update(key, owner)
+            return
+        idx = ctypes.c_uint32(cookie & self.mask)
+        slot = self.slots.lookup(idx)
+        if slot is not None and slot.cookie == cookie and not slot.owner.closed_ns:
+            slot.owner.closed_ns = now_ns
+            self.slots.update(idx, slot)

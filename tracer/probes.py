@@ -1,8 +1,9 @@
 """Compile a BPF program with BCC for one probe backend, attach it, and prove it works.
 
-  cookie      bpf/callerid_ck.bpf.c: one preallocated hash keyed by socket cookie, written
-              by cgroup connect4/connect6 programs on the cgroup v2 root, stamped closed by
-              cgroup sock_release; read through one exact sock_diag lookup (Linux 5.9+)
+  cookie      bpf/callerid_ck.bpf.c: the owner by socket cookie in a direct-mapped array
+              (a hash when the slot is busy), written by cgroup connect4/connect6 programs on
+              the cgroup v2 root, stamped closed by cgroup sock_release; read through one
+              exact sock_diag lookup (Linux 5.9+)
   sockstore   bpf/callerid_sk.bpf.c: the owner on the socket (SK_STORAGE), written by
               cgroup connect4/connect6 programs on the cgroup v2 root, a closed copy
               kept by cgroup sock_release; read through sock_diag (Linux 5.10+)
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from .bpfmap import BPF_MAP_TYPE_LRU_HASH, Connections, ConnMap, MapInfo, PinnedMapMismatch, check_pinned, create_pinned
 from .cookiestore import CookieStore
-from .layout import LAYOUT_VERSION, STAT_NAMES, ConnKey, Owner, SkRecord, bpf_dir, make_key
+from .layout import LAYOUT_VERSION, STAT_NAMES, ConnKey, Owner, SkRecord, Slot, bpf_dir, make_key
 from .sockstore import SockStore, own_netns_cookie
 
 log = logging.getLogger("callerid.tracer.probes")
@@ -37,6 +38,7 @@ log = logging.getLogger("callerid.tracer.probes")
 BACKENDS = ("cookie", "sockstore", "fentry", "kprobe", "tracepoint")
 AUTO_ORDER = ("cookie", "sockstore", "fentry", "kprobe", "tracepoint")
 BPF_MAP_TYPE_HASH_ = 1
+BPF_MAP_TYPE_ARRAY_ = 2
 BPF_MAP_TYPE_SK_STORAGE = 24
 MAX_UIDS = 65536   # uids with a closed-entry share tracked at once (LRU beyond)
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/callerid"
@@ -86,8 +88,9 @@ class LoadedProbe:
 def expected_maps(max_conns: int, max_pending: int, max_closed: int, backend: str = "tracepoint"
                   ) -> dict[str, MapInfo]:
     if backend == "cookie":
-        # open and closed records in one preallocated hash; closed ones take at most max_closed
-        return {"ck_owners": MapInfo(BPF_MAP_TYPE_HASH_, 8, ctypes.sizeof(Owner), max_conns + max_closed)}
+        # the direct-mapped slots, and the spill hash that alone can hold every record
+        return {"ck_slots": MapInfo(BPF_MAP_TYPE_ARRAY_, 4, ctypes.sizeof(Slot), cookie_slots(max_conns, max_closed)),
+                "ck_spill": MapInfo(BPF_MAP_TYPE_HASH_, 8, ctypes.sizeof(Owner), max_conns + max_closed)}
     if backend == "sockstore":
         return {
             "owners": MapInfo(BPF_MAP_TYPE_SK_STORAGE, 4, ctypes.sizeof(SkRecord), 0),
@@ -101,7 +104,16 @@ def expected_maps(max_conns: int, max_pending: int, max_closed: int, backend: st
 
 
 # Map types we create and pin before BCC loads the program (create_pinned); BCC makes the rest.
-_PRECREATED_TYPES = (BPF_MAP_TYPE_HASH_, BPF_MAP_TYPE_LRU_HASH)
+_PRECREATED_TYPES = (BPF_MAP_TYPE_HASH_, BPF_MAP_TYPE_ARRAY_, BPF_MAP_TYPE_LRU_HASH)
+
+
+def cookie_slots(max_conns: int, max_closed: int) -> int:
+    """The cookie backend's slot count: a power of two (the index is cookie & (slots - 1)),
+    at least every record the spill hash can hold, so that slots stay mostly free."""
+    n = 1
+    while n < max_conns + max_closed:
+        n <<= 1
+    return n
 
 
 def prepare_pins(pins: Path, max_conns: int, max_pending: int, max_closed: int, replace: bool,
@@ -232,19 +244,21 @@ def attach_to_cgroup_root(bpf, programs, backend: str) -> tuple:
 
 def compile_and_attach_cookie(pins: Path, max_conns: int, max_closed: int, grace_seconds: float,
                               closed_share: int):
-    """Returns (bpf, link fds, owners map fd)."""
+    """Returns (bpf, link fds, slots map fd, spill map fd)."""
     from bcc import BPF
 
     cgroup2_root()   # fail before compiling where there is nothing to attach to
     cflags = [
         f"-I{bpf_dir()}",
+        f"-DCALLERID_SLOTS={cookie_slots(max_conns, max_closed)}",
         f"-DCALLERID_MAX_OWNERS={max_conns + max_closed}",
         f"-DCALLERID_MAX_UIDS={MAX_UIDS}",
         f"-DCALLERID_CLOSED_SHARE={closed_share}ULL",
         f"-DCALLERID_CLOSED_BUDGET={max(1, max_closed // 3)}ULL",
         f"-DCALLERID_GRACE_NS={int(grace_seconds * 1e9)}ULL",
         f"-DCALLERID_NETNS={own_netns_cookie()}ULL",
-        f'-DCALLERID_PIN_OWNERS="{pins / "ck_owners"}"',
+        f'-DCALLERID_PIN_SLOTS="{pins / "ck_slots"}"',
+        f'-DCALLERID_PIN_SPILL="{pins / "ck_spill"}"',
         "-Wno-macro-redefined",
     ]
     try:
@@ -258,7 +272,7 @@ def compile_and_attach_cookie(pins: Path, max_conns: int, max_closed: int, grace
         if isinstance(exc, ProbeLoadError):
             raise
         raise ProbeLoadError(f"cookie: could not load or attach the programs: {exc}") from exc
-    return bpf, links, bpf["owners"].get_fd()
+    return bpf, links, bpf["slots"].get_fd(), bpf["spill"].get_fd()
 
 
 def compile_and_attach_sockstore(pins: Path, max_closed: int, grace_seconds: float, closed_share: int):
@@ -350,9 +364,10 @@ def load(backend: str, pin_root: str | Path = DEFAULT_PIN_ROOT, max_conns: int =
         links, pending_fd = (), -1
         try:
             if name == "cookie":
-                bpf, links, owners_fd = compile_and_attach_cookie(pins, max_conns, max_closed, grace_seconds,
-                                                                  closed_share)
-                conns = CookieStore(ConnMap(owners_fd, key_type=ctypes.c_uint64), max_closed)
+                bpf, links, slots_fd, spill_fd = compile_and_attach_cookie(pins, max_conns, max_closed,
+                                                                           grace_seconds, closed_share)
+                conns = CookieStore(ConnMap(slots_fd, key_type=ctypes.c_uint32, value_type=Slot),
+                                    ConnMap(spill_fd, key_type=ctypes.c_uint64), grace_seconds, max_closed)
             elif name == "sockstore":
                 bpf, links, owners_fd, closed_fd = compile_and_attach_sockstore(pins, max_closed, grace_seconds,
                                                                                 closed_share)
