@@ -399,7 +399,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    try:   # 2 fds per held connection (10,000 in the full run); root may raise the hard limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, max(hard, 65536)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     from callerid.tracer import probes
     for mnt, kind in (("/sys/fs/bpf", "bpf"), ("/sys/kernel/tracing", "tracefs")):
         if not os.path.ismount(mnt):
