@@ -258,6 +258,8 @@ def churn(probe, exe: str | None, held: int, seconds: float) -> dict:
     """The machine's top churn rate while `held` connections stay open; then ask for each."""
     if exe is None:
         return {"error": "no C compiler for bench/churn_gen.c"}
+    import resource
+    held = min(held, (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1000) // 2)   # 2 fds each
     lsock = listener(held + 16)
     cs, ss = hold(lsock, held)
     stats0 = probe.stats()

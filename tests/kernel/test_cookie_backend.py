@@ -149,3 +149,26 @@ def test_closes_past_the_global_budget_are_not_kept_and_never_fill_the_map(cooki
     finally:
         for s in held:
             s.close()
+
+
+def test_a_close_while_no_tracer_ran_is_stamped_after_the_restart(cookie_tracer, munged, listener):
+    """Pinned maps outlive the tracer; a close it did not see is answered as closed and
+    stamped by the sweeper once the socket is in TIME_WAIT or gone."""
+    t = cookie_tracer(close_grace_seconds=60.0, sweep_interval_seconds=0.3, reconcile=False)
+    c = socket.create_connection(listener.getsockname())
+    a = listener.accept()[0]
+    ends = (c.getsockname(), c.getpeername())
+    try:
+        assert _ask(t, munged.socket, c).source == Source.BPF
+        t.stop()
+        c.close()   # no program attached: the record stays open
+        t.start()   # same pins
+        q = Query.make(*ends[0], *ends[1])
+        ans = ask(("127.0.0.1", t.port), q, 3.0, munged.socket)
+        assert ans.status == Status.FOUND and ans.source == Source.BPF and ans.closed, ans
+        wait_for(lambda: metric(scrape(t.metrics_url), "callerid_sweeper_stale_closed_connections_total") >= 1,
+                 10, "the sweeper to stamp the missed close")
+        assert ask(("127.0.0.1", t.port), q, 3.0, munged.socket).closed
+    finally:
+        c.close()
+        a.close()
