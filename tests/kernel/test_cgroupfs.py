@@ -212,6 +212,49 @@ def test_v1_partial_adoption_is_reported(v1_root, trees, children):
     assert all(p.pid in procs(d) for d in job.extern[:2])
 
 
+def stop_at(n: int, reason: str = "deadline"):
+    """A proceed() for adopt(): go on for n questions, then stop with `reason`."""
+    asked = []
+
+    def proceed():
+        asked.append(1)
+        return reason if len(asked) > n else None
+    return proceed
+
+
+@pytest.mark.parametrize("writes", [1, 2, "all"])
+def test_v1_adoption_stopped_between_controllers_is_undone(v1_root, trees, children, writes):
+    # Issue 12 item 3: the deadline passes (or the login goes) after some of the job's
+    # controllers were written, or after the last write ended too late: nothing more is
+    # written and the process is back where it was in every hierarchy.
+    require(len(v1_ctrls(v1_root)) >= 3, "freezer and two more v1 controllers")
+    node = f"cg{os.getpid()}"
+    t = trees(node=node, root=v1_root)
+    t.create(UID_A, BASE + 1)
+    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+    p = children(["sleep", "60"])
+    before = cgroup_lines(p.pid)
+    n = len(job.extern) if writes == "all" else writes
+    with pytest.raises(cgroupfs.Stopped) as e:
+        adopt(p.pid, job, stop_at(n))
+    assert (e.value.reason, e.value.written, e.value.left) == ("deadline", job.extern[:n], ())
+    assert cgroup_lines(p.pid) == before, "moved back in every hierarchy"
+    assert not any(p.pid in procs(d) for d in job.extern)
+
+
+def test_v1_adoption_stopped_before_the_first_write_writes_nothing(v1_root, trees, children):
+    node = f"cg{os.getpid()}"
+    t = trees(node=node, root=v1_root)
+    t.create(UID_A, BASE + 1)
+    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+    p = children(["sleep", "60"])
+    before = cgroup_lines(p.pid)
+    with pytest.raises(cgroupfs.Stopped) as e:
+        adopt(p.pid, job, stop_at(0, "process_changed"))
+    assert (e.value.reason, e.value.written, e.value.left) == ("process_changed", (), ())
+    assert cgroup_lines(p.pid) == before
+
+
 def test_v1_empty_cpuset_is_io_error(v1_root, trees, children):
     require(os.path.ismount(f"{v1_root}/cpuset"), f"cgroup v1 cpuset at {v1_root}/cpuset")
     node = f"cg{os.getpid()}"
@@ -265,6 +308,21 @@ def test_v2_discovery_and_adopt(trees, children):
         assert pid_in_extern(child, job)
     finally:
         os.kill(child, 9)
+
+
+def test_v2_adoption_that_ended_past_its_deadline_is_undone(trees, children):
+    require_v2()
+    node = f"cg{os.getpid()}"
+    t = trees(node=node, layout="v2", v2_mount=V2)
+    t.create(UID_A, BASE + 9)
+    t.popen(["sleep", "60"], UID_A, UID_A, BASE + 9, step="extern")
+    (job,) = only(jobs.list_jobs(node), {BASE + 9})
+    p = children(["sleep", "60"])
+    before = cgroup_lines(p.pid)
+    with pytest.raises(cgroupfs.Stopped) as e:
+        adopt(p.pid, job, stop_at(1, "hook_gone"))   # the one write is made, the check after it stops
+    assert (e.value.written, e.value.left) == (job.extern, ())
+    assert cgroup_lines(p.pid) == before and p.pid not in procs(job.extern[0])
 
 
 def test_v2_job_gone(trees, children):
