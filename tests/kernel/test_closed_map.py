@@ -289,3 +289,44 @@ def test_sockstore_closed_map_full_keeps_the_earliest_and_counts_the_rest(tracer
            f"{3 * cap - len(found)} past capacity answered NOT_FOUND, never another owner, each counted "
            f"(update_failed +{failed:.0f})",
            f"the {3 * cap - len(found)} closes past capacity were not kept, as the map's size says")
+
+
+def test_lru_closed_map_full_answers_the_newest_and_never_another_owner(tracers, munged):
+    # The same for the tracepoint backend's closed map, an LRU (docs: above capacity the
+    # kernel evicts the oldest closed entries, anyone's): the newest closes are answered
+    # right, the evicted ones NOT_FOUND, never another owner; every close is counted.
+    cap = 64
+    t = tracers.make(probe="tracepoint", max_connections=MAX_OPEN, max_closed_connections=cap,
+                     close_grace_seconds=600.0, reconcile=False).start()
+    lsock = listen()
+    closed = []
+    try:
+        before = scrape(t.metrics_url)
+        for _ in range(3 * cap):
+            c, a = connect(lsock)
+            closed.append(Query.make("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1]))
+            c.close()
+            a.close()
+        wait_for(lambda: metric(scrape(t.metrics_url), "callerid_bpf_events_total", event="closed")
+                 - metric(before, "callerid_bpf_events_total", event="closed") >= 3 * cap, 10, "every close counted")
+        answers = [ask(("127.0.0.1", t.port), q, 3.0, munged.socket) for q in reversed(closed)]
+        found = [i for i, ans in enumerate(answers) if ans.status == Status.FOUND]
+        for i in found:
+            assert answers[i].pid == os.getpid() and answers[i].closed, answers[i]
+        assert all(ans.status in (Status.FOUND, Status.NOT_FOUND) for ans in answers), \
+            {ans.status for ans in answers}
+        # Newest first: the kept ones are the newest. The kernel's LRU frees in batches (per
+        # CPU), and each ask's own closed client connection takes an entry too, so fewer than
+        # `cap` stay; the point is that what is answered is right and the newest.
+        assert found == list(range(len(found))) and 0 < len(found) <= cap, found
+        after = scrape(t.metrics_url)
+        assert metric(after, "callerid_bpf_events_total", event="update_failed") == 0
+    finally:
+        lsock.close()
+        t.stop()
+    from tests.reliability import record
+    record("kernel/test_closed_map.py::lru_closed_map_full", "fault",
+           f"{3 * cap} connections closed into the tracepoint backend's closed map of {cap} (an LRU)",
+           f"the newest {len(found)} answered with the right owner (closed); the older ones NOT_FOUND, never "
+           "another owner; every close counted, no update failed",
+           f"the {3 * cap - len(found)} oldest closed entries, evicted as the map's size says")
