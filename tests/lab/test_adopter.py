@@ -437,6 +437,62 @@ def test_tracer_killed_mid_login_follows_action_unknown_and_nothing_lands_late(c
            "the answer: the login got the newest job, as action_unknown says")
 
 
+def _hooks_waiting(cl) -> int:
+    """Connections waiting in the adopter's listen backlog (its Recv-Q while it accepts none)."""
+    out = cl.dst.run(["ss", "-Hxl", "src", cl.adopter_socket], capture_output=True, text=True).stdout
+    fields = out.split()
+    return int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else 0
+
+
+def test_tracer_killed_and_restarted_mid_login_answers_right_from_its_pinned_maps(cl):
+    # Issue 12: the source tracer is SIGKILLed and started again while a login waits in
+    # its account step (held there by stopping the adopter: the module has asked, nobody
+    # has answered yet). The ssh connection was recorded before the kill; the restarted
+    # tracer answers from the pinned maps, so the login lands in the job it came from (not
+    # the newest), decided once, within the module's deadline: nothing lost.
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5321)
+    time.sleep(0.05)
+    cl.dst_jobs.create(a.uid, 5322)
+    cl.src_jobs.create(a.uid, 5321)
+    cl.set_hook("deadline=30")
+    before = cl.adopter_metrics()
+    adopter_pid = cl.adopter.proc.pid
+    os.kill(adopter_pid, signal.SIGSTOP)
+    restart = None
+    try:
+        th, box = _login_in_background(cl, a, 5321, command=SHOW)
+        assert wait_for(lambda: _hooks_waiting(cl) >= 1, 20, "the login's PAM module asking the adopter")
+        os.kill(cl.tracer.proc.pid, signal.SIGKILL)
+        cl.tracer.proc.wait(10)
+        cl.tracer.proc = None
+        t0 = time.monotonic()
+        cl.tracer.start()
+        restart = time.monotonic() - t0
+    finally:
+        os.kill(adopter_pid, signal.SIGCONT)
+        if cl.tracer.proc is None:
+            cl.tracer.start()
+    th.join(60)
+    login = box[0]
+    assert login.rc == 0, login.err
+    assert in_job(login, cl.dst_jobs, a.uid, 5321), login.out   # the right job, not the newest
+    assert priv_in_job(login, cl.dst_jobs, a.uid, 5321), login.out
+    assert login.seconds < 30, login.seconds
+    after = cl.adopter_metrics()
+    key = ("callerid_adopter_decisions_total",
+           (("mode", "enforce"), ("reason", "callerid"), ("verdict", "adopt")))
+    assert after.get(key, 0) - before.get(key, 0) == 1
+    found = metric(after, "callerid_adopter_rpc_requests_total", outcome="found_job") - \
+        metric(before, "callerid_adopter_rpc_requests_total", outcome="found_job")
+    assert found == 1
+    assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5322), "nothing landed in the newest job"
+    record("lab/test_adopter.py::tracer_killed_and_restarted_mid_login", "fault",
+           "the source tracer SIGKILLed and restarted while a login waited in its account step",
+           f"the restarted tracer (ready in {restart:.1f} s) answered from its pinned maps; the login landed in the "
+           f"job it came from, not the newest, decided once (login {login.seconds:.1f} s)")
+
+
 def _partition_rpc(cl, on: bool):
     """Silently drop everything the source host sends from the tracer's port: the adopter's
     SYNs get no answer, an established question gets no reply (a partition of the RPC path
