@@ -487,6 +487,8 @@ def test_tracer_killed_and_restarted_mid_login_answers_right_from_its_pinned_map
         metric(before, "callerid_adopter_rpc_requests_total", outcome="found_job")
     assert found == 1
     assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5322), "nothing landed in the newest job"
+    # the restarted tracer's only lookup so far was this login's, from the pinned map
+    assert metric(cl.tracer_metrics(), "callerid_lookups_total", source="bpf") == 1
     record("lab/test_adopter.py::tracer_killed_and_restarted_mid_login", "fault",
            "the source tracer SIGKILLed and restarted while a login waited in its account step",
            f"the restarted tracer (ready in {restart:.1f} s) answered from its pinned maps; the login landed in the "
