@@ -32,9 +32,9 @@ cgroup write is one of the steps so bounded (`adopter/cgroupfs.py`, `adopt(..., 
   before (read from `/proc/<pid>/cgroup` before the first write), hierarchy by hierarchy,
   so nothing stays applied after the PAM side gave up. The decision is counted as
   abandoned (`callerid_adopter_abandoned_decisions_total{reason}`), never as a decision
-  or an adoption, and the module gets no reply (it applies `action_generic_failure`, as it
-  already has); the undo is counted in `callerid_adopter_abandoned_adoptions_total`
-  (`result="undone"`).
+  or an adoption; its connection is closed without a reply, so the module applies
+  `action_generic_failure` (if it had not given up already). The undo is counted in
+  `callerid_adopter_abandoned_adoptions_total` (`result="undone"`).
 - **If the undo fails** (the earlier cgroup was removed meanwhile, or cannot be told), the
   process stays in the job's cgroups it was written to: a partial adoption, logged as an
   error naming the dirs and counted `result="left_partial"`. Its sessions then run in those
