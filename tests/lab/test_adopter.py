@@ -545,3 +545,52 @@ def test_network_partition_during_the_account_step_follows_action_unknown(cl, ac
            f"the RPC path from destination to source silently dropped during the login (action_unknown={action})",
            f"decided per action_unknown in {login.seconds:.1f} s (rpc_timeout 1 s); answered again once healed",
            "the answer: the login followed action_unknown")
+
+
+def test_partition_after_the_question_reached_the_tracer_decides_once_and_nothing_lands_late(cl):
+    # Issue 12, a partition during the account step that starts mid-exchange: the question
+    # has reached the source (held there by stopping the tracer), then the path is cut and
+    # the tracer answers into it. The adopter times out within rpc_timeout_seconds, follows
+    # action_unknown (newest) once, and the answer that never arrived changes nothing.
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5331)
+    time.sleep(0.05)
+    cl.dst_jobs.create(a.uid, 5332)
+    cl.src_jobs.create(a.uid, 5331)
+    cl.set_hook("deadline=4", "action_unknown=newest")
+    before = cl.adopter_metrics()
+    tracer_before = metric(cl.tracer_metrics(), "callerid_rpc_requests_total", result="found")
+    os.kill(cl.tracer.proc.pid, signal.SIGSTOP)
+    partitioned = False
+    try:
+        th, box = _login_in_background(cl, a, 5331, command=SHOW)
+        assert wait_for(lambda: _tracer_connections(cl) >= 1, 10, "the adopter's question reaching the tracer")
+        _partition_rpc(cl, True)
+        partitioned = True
+        os.kill(cl.tracer.proc.pid, signal.SIGCONT)   # it answers into the partition
+        th.join(30)
+    finally:
+        os.kill(cl.tracer.proc.pid, signal.SIGCONT)
+        if partitioned:
+            _partition_rpc(cl, False)
+    login = box[0]
+    assert login.rc == 0, login.err
+    assert in_job(login, cl.dst_jobs, a.uid, 5332) and priv_in_job(login, cl.dst_jobs, a.uid, 5332), login.out
+    assert login.seconds < 1.0 + 3, login.seconds             # rpc_timeout_seconds = 1
+    time.sleep(1.5)   # the tracer's retransmitted answer reaches a closed socket once healed
+    after = cl.adopter_metrics()
+    key = ("callerid_adopter_decisions_total",
+           (("mode", "enforce"), ("reason", "rpc_failed_newest"), ("verdict", "adopt")))
+    assert after.get(key, 0) - before.get(key, 0) == 1
+    assert metric(after, "callerid_adopter_rpc_requests_total", outcome="timeout") - \
+        metric(before, "callerid_adopter_rpc_requests_total", outcome="timeout") == 1
+    assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5331), "nothing landed in the job the login came from"
+    assert metric(cl.tracer_metrics(), "callerid_rpc_requests_total", result="found") - tracer_before == 1, \
+        "the tracer did answer, into the partition"
+    healed = cl.ssh(a, job=5331)
+    assert in_job(healed, cl.dst_jobs, a.uid, 5331), healed.err
+    record("lab/test_adopter.py::partition_after_the_question_was_sent", "fault",
+           "the RPC path cut after the adopter's question reached the source tracer, which then answered into it",
+           f"the adopter timed out and followed action_unknown (newest) once, login {login.seconds:.1f} s "
+           "(rpc_timeout 1 s); the lost answer changed nothing; answered again once healed",
+           "the answer: the login followed action_unknown")
