@@ -39,6 +39,11 @@ cgroup write is one of the steps so bounded (`adopter/cgroupfs.py`, `adopt(..., 
   process stays in the job's cgroups it was written to: a partial adoption, logged as an
   error naming the dirs and counted `result="left_partial"`. Its sessions then run in those
   controllers of the job, as `callerid attach` or the job's end would leave them.
+- **What stays open.** The module may give up in the instant between the check after the
+  last write and the reply: the adoption was then complete, into the job the decision
+  named, before the module gave up; the reply is counted
+  `callerid_adopter_hook_requests_total{result="reply_undelivered"}` and the login follows
+  `action_generic_failure` (under `deny` its sshd ends, taking the adoption with it).
 - A write that fails with an error (the job ended, `ENOSPC` on an empty cpuset) is not a
   stop: it is reported as before (`AdoptError`, its `written` dirs named in the log) and
   `action_adopt_failure` decides.
