@@ -254,6 +254,80 @@ def test_adopter_hung_login_bounded_by_deadline(cl):
         os.kill(cl.adopter.proc.pid, signal.SIGCONT)
     assert login.seconds < 2 + 3, login.seconds
     assert not_in_any_job(login), login.err  # action_generic_failure=ignore
+    record("lab/test_adopter.py::adopter_hung", "fault",
+           "the adopter stopped (SIGSTOP) during a login; the module's deadline is 2 s",
+           f"the login followed action_generic_failure (ignore) after {login.seconds:.1f} s, not adopted",
+           "the decision: the login was not adopted, as action_generic_failure says")
+
+
+def test_adopter_killed_mid_login_follows_generic_failure_at_once_and_recovers(cl):
+    # Issue 12, adopter killed: SIGKILLed while a login's module waits for its answer (held
+    # in the listen backlog by stopping it first). The module sees the connection reset and
+    # applies action_generic_failure at once, not at its deadline; nothing is adopted; the
+    # restarted adopter serves the next login.
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5341)
+    cl.set_hook("deadline=20")
+    pid = cl.adopter.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        th, box = _login_in_background(cl, a, None)
+        assert wait_for(lambda: _hooks_waiting(cl) >= 1, 20, "the login's PAM module asking the adopter")
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        th.join(30)
+        after_kill = time.monotonic() - killed_at
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        cl.adopter.proc.wait(10)
+        cl.adopter.proc = None
+        cl.adopter.start()
+    login = box[0]
+    assert not_in_any_job(login), login.err    # action_generic_failure=ignore
+    assert after_kill < 5, f"the login waited {after_kill:.1f} s after the kill (its deadline is 20 s)"
+    assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5341)
+    again = cl.ssh(a)
+    assert in_job(again, cl.dst_jobs, a.uid, 5341), again.err
+    record("lab/test_adopter.py::adopter_killed_mid_login", "fault",
+           "the adopter SIGKILLed while a login's module waited for its answer (module deadline 20 s)",
+           f"the login followed action_generic_failure (ignore) {after_kill:.1f} s after the kill, not at the "
+           "deadline; nothing adopted; the restarted adopter adopted the next login",
+           "the decision: that login was not adopted, as action_generic_failure says")
+
+
+def test_unreachable_munged_on_the_adopters_side_follows_action_unknown_at_once(cl, munged):
+    # Issue 12, munged unreachable on the adopter's side (socket gone): the RPC cannot be
+    # signed, fails at once (outcome munge), and the login follows action_unknown (newest)
+    # well inside rpc_timeout_seconds; answered again once munged is back.
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5351)
+    time.sleep(0.05)
+    cl.dst_jobs.create(a.uid, 5352)
+    cl.src_jobs.create(a.uid, 5351)
+    cl.set_hook("deadline=4", "action_unknown=newest")
+    before = cl.adopter_metrics()
+    away = munged.socket + ".away"
+    os.rename(munged.socket, away)
+    try:
+        login = cl.ssh(a, job=5351)
+    finally:
+        os.rename(away, munged.socket)
+    after = cl.adopter_metrics()
+    assert login.rc == 0 and in_job(login, cl.dst_jobs, a.uid, 5352), login.err
+    assert metric(after, "callerid_adopter_rpc_requests_total", outcome="munge") - \
+        metric(before, "callerid_adopter_rpc_requests_total", outcome="munge") == 1
+    rpc = (metric(after, "callerid_adopter_rpc_duration_seconds_sum") -
+           metric(before, "callerid_adopter_rpc_duration_seconds_sum"))
+    assert rpc < 0.5, f"the failed RPC took {rpc:.2f} s"
+    assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5351)
+    cl.set_hook("deadline=4")
+    healed = cl.ssh(a, job=5351)
+    assert in_job(healed, cl.dst_jobs, a.uid, 5351), healed.err
+    record("lab/test_adopter.py::unreachable_munged_adopter_side", "fault",
+           "the adopter's munged unreachable (its socket gone) during a login that needs the RPC",
+           f"the RPC failed at once ({rpc * 1000:.0f} ms, outcome munge) and the login followed action_unknown "
+           f"(newest), login {login.seconds:.1f} s; answered again once munged was back",
+           "the answer: the login followed action_unknown")
 
 
 def test_hung_munged_decision_after_the_hook_gave_up_is_abandoned_not_applied(cl, munged):
