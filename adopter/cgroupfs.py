@@ -142,16 +142,17 @@ def _write_pid(path: str, pid: int) -> None:
         os.close(fd)
 
 
-def adopt(pid: int, job: LocalJob, proceed: Proceed | None = None) -> list[str]:
+def adopt(pid: int, job: LocalJob, proceed: Proceed | None = None, keep: Proceed | None = None) -> list[str]:
     """Move process `pid` into every extern dir of `job`, first dir first; returns the dirs.
 
     A failure on the first dir with ENOENT/ENODEV is AdoptError('job_gone') with nothing
     moved; any failure after that is an AdoptError whose `written` names the dirs done.
 
-    proceed() is asked right before each write and once after the last (v1 writes one dir
-    per controller, and each write may wait in the kernel): when it gives a reason, nothing
-    more is written, what was written is undone, and Stopped is raised. One write, once
-    started, is not interrupted; the check after it catches one that ended too late.
+    proceed() is asked right before each write (v1 writes one dir per controller, and each
+    write may wait in the kernel), keep() (default: proceed) once after the last: when
+    either gives a reason, nothing more is written, what was written is undone, and Stopped
+    is raised. One write, once started, is not interrupted; keep() decides whether one that
+    ended late stands.
     """
     if not isinstance(pid, int) or pid <= 0:
         # "0" written to cgroup.procs means "the writer": never adopt ourselves by accident.
@@ -167,7 +168,7 @@ def adopt(pid: int, job: LocalJob, proceed: Proceed | None = None) -> list[str]:
         except OSError as exc:
             raise _error(exc, pid, path, tuple(written)) from exc
         written.append(path)
-    _check(proceed, pid, written, before)
+    _check(keep or proceed, pid, written, before)
     return written
 
 

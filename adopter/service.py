@@ -151,8 +151,10 @@ class Adopter:
                 # What the session takes from the job does not depend on the adoption: it is
                 # gathered while the cgroup.procs writes wait in the kernel (an RCU grace period).
                 view = self._pool.submit(self._job_view, job, nodename, opts, deadline)
-                try:   # asked again before each cgroup.procs write and after the last
-                    cgroupfs.adopt(app_pid, job, proceed)   # on failure the view is left to finish unread
+                # The deadline bounds when a write may start; once all are done, only whether the
+                # login still waits counts (the deadline keeps a margin for the reply).
+                try:
+                    cgroupfs.adopt(app_pid, job, proceed, still_wanted)   # on failure the view is left unread
                 except cgroupfs.Stopped as exc:
                     self._stopped(app_pid, job, exc)
                     raise Abandoned(exc.reason) from exc

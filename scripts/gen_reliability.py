@@ -21,13 +21,16 @@ before then, less a margin for the reply (`adopter/daemon.py`, `decision_deadlin
 cgroup write is one of the steps so bounded (`adopter/cgroupfs.py`, `adopt(..., proceed)`):
 
 - **Checked right before each write.** Before every `cgroup.procs` write (cgroup v1 has one
-  per controller, five on a hybrid node; v2 one) and once after the last, the adopter asks:
-  has the deadline passed, is the module still connected (it hangs up when it gives up),
-  and is the process to adopt still the one that asked (same pid, same start time; the
-  module runs inside that sshd, so it is also the hook's own process)? A write is never
-  started once any answer is no.
-- **One write is not interrupted.** A write in progress may wait in the kernel; the check
-  after it catches one that ended past the deadline.
+  per controller, five on a hybrid node; v2 one) the adopter asks: has the deadline passed,
+  is the module still connected (it hangs up when it gives up), and is the process to
+  adopt still the one that asked (same pid, same start time; the module runs inside that
+  sshd, so it is also the hook's own process)? A write is never started once any answer
+  is no.
+- **One write is not interrupted.** A write in progress may wait in the kernel (64 logins
+  at once serialise on the kernel's cgroup locks). After the last write the adopter asks
+  again whether the module is still connected and the process the same: if so, the
+  adoption stands and is replied to even if that write ended just past the deadline (the
+  deadline keeps a margin for the reply, `HOOK_DEADLINE_MARGIN`); if not, it is undone.
 - **A stopped adoption is undone.** The process is written back into the cgroups it was in
   before (read from `/proc/<pid>/cgroup` before the first write), hierarchy by hierarchy,
   so nothing stays applied after the PAM side gave up. The decision is counted as

@@ -325,7 +325,7 @@ def test_unreachable_munged_on_the_adopters_side_follows_action_unknown_at_once(
     assert in_job(healed, cl.dst_jobs, a.uid, 5351), healed.err
     record("lab/test_adopter.py::unreachable_munged_adopter_side", "fault",
            "the adopter's munged unreachable (its socket gone) during a login that needs the RPC",
-           f"the RPC failed at once ({rpc * 1000:.0f} ms, outcome munge) and the login followed action_unknown "
+           f"the RPC failed at once ({rpc * 1000:.1f} ms, outcome munge) and the login followed action_unknown "
            f"(newest), login {login.seconds:.1f} s; answered again once munged was back",
            "the answer: the login followed action_unknown")
 

@@ -164,3 +164,37 @@ def test_a_process_already_in_the_job_is_not_moved_back():
     from callerid.adopter.cgroupfs import origin_of
     here = {"freezer": "/slurm_n1/uid_5/job_7/step_extern"}
     assert origin_of("/sys/fs/cgroup/freezer/slurm_n1/uid_5/job_7/step_extern", here, here) == ("unmoved", None)
+
+
+def test_adoption_whose_last_write_ends_past_the_deadline_stands_while_the_login_waits(tmp_path):
+    # The deadline bounds when a write may start. A job with one dir: the write starts in
+    # time and ends past the deadline; the module is still connected, so the adoption is
+    # complete and replied to (the deadline keeps a margin for the reply).
+    n = FakeNode(tmp_path)
+    n.v1_job(pwd.getpwnam(USER).pw_uid, 4302, node="n1", ctrls=("freezer",))
+    a, m = adopter(n)
+    deadline = time.monotonic() + 1.0
+    asked = []
+
+    def still_wanted():
+        asked.append(1)
+        if len(asked) == 2:   # right before the one write: it ends past the deadline
+            time.sleep(max(0.0, deadline - time.monotonic()) + 0.01)
+        return None
+    reply = a.handle(os.getpid(), USER, "sshd", {}, deadline, still_wanted)
+    assert reply is not None and reply.verdict == "adopt" and len(asked) == 3
+    assert m.registry.get_sample_value("callerid_adopter_adoptions_total", {"result": "success"}) == 1.0
+
+
+def test_adoption_complete_after_the_module_hung_up_is_undone(tmp_path):
+    n = FakeNode(tmp_path)
+    n.v1_job(pwd.getpwnam(USER).pw_uid, 4303, node="n1", ctrls=("freezer",))
+    a, m = adopter(n)
+    asked = []
+
+    def still_wanted():   # gone by the check after the last write
+        asked.append(1)
+        return "hook_gone" if len(asked) > 2 else None
+    assert a.handle(os.getpid(), USER, "sshd", {}, time.monotonic() + 5, still_wanted) is None
+    assert m.registry.get_sample_value("callerid_adopter_abandoned_decisions_total", {"reason": "hook_gone"}) == 1.0
+    assert counted(m, "callerid_adopter_adoptions") == 0
