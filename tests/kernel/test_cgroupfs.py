@@ -247,6 +247,52 @@ def test_v1_adoption_stopped_between_controllers_is_undone(v1_root, trees, child
            "each time (Stopped, nothing left)")
 
 
+def test_v1_stopped_adoption_whose_earlier_cgroup_is_gone_is_left_and_reported(v1_root, trees, children):
+    # The undo's one failure: the cgroup the process came from was removed meanwhile (it was
+    # empty once the process left it). Those dirs are reported in Stopped.left, the process
+    # stays there; every other hierarchy is moved back.
+    require(len(v1_ctrls(v1_root)) >= 3, "freezer and two more v1 controllers")
+    node = f"cg{os.getpid()}"
+    t = trees(node=node, root=v1_root)
+    t.create(UID_A, BASE + 1)
+    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+    ctrls = [os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(d)))))
+             for d in job.extern]
+    origin = {c: f"{v1_root}/{c}/callerid-origin-{os.getpid()}" for c in ctrls}
+    p = children(["sleep", "60"])
+    try:
+        for c, d in origin.items():
+            os.mkdir(d)
+            if "cpuset" in c.split(","):   # a cpuset cgroup holds tasks once it has cpus and mems
+                for f in ("cpuset.cpus", "cpuset.mems"):
+                    Path(d, f).write_text(Path(v1_root, c, f).read_text())
+            Path(d, "cgroup.procs").write_text(str(p.pid))
+        before = cgroup_lines(p.pid)
+        asked = []
+
+        def proceed():   # after two writes: their earlier cgroups are removed, then the deadline passes
+            asked.append(1)
+            if len(asked) <= 2:
+                return None
+            for c in ctrls[:2]:
+                os.rmdir(origin[c])
+            return "deadline"
+        with pytest.raises(cgroupfs.Stopped) as e:
+            adopt(p.pid, job, proceed)
+        assert (e.value.written, e.value.left) == (job.extern[:2], job.extern[:2])
+        assert "could not move it back" in str(e.value)
+        now = cgroup_lines(p.pid)
+        for i, c in enumerate(ctrls):
+            key = next(k for k in now if set(k.split(",")) == set(c.split(",")))
+            assert now[key] == (f"/slurm_{node}/uid_{UID_A}/job_{BASE + 1}/step_extern" if i < 2 else before[key]), c
+    finally:
+        p.kill()
+        p.wait(5)
+        for d in origin.values():
+            if os.path.isdir(d):
+                os.rmdir(d)
+
+
 def test_v1_adoption_stopped_before_the_first_write_writes_nothing(v1_root, trees, children):
     node = f"cg{os.getpid()}"
     t = trees(node=node, root=v1_root)
