@@ -12,8 +12,8 @@ from typing import Callable, Optional
 
 from .jobs import LocalJob
 
-# Asked right before each cgroup.procs write and once after the last: None to go on, else
-# why the adoption must not happen any more (the caller's words, e.g. "deadline").
+# Asked right before a cgroup.procs write (proceed) or after the last one (keep): None to go
+# on, else why the adoption must not happen any more (the caller's words, e.g. "deadline").
 Proceed = Callable[[], Optional[str]]
 
 
@@ -63,7 +63,7 @@ def _error(exc: OSError, pid: int, path: str, written: tuple[str, ...]) -> Adopt
 
 
 class Stopped(Exception):
-    """adopt() stopped because proceed() gave a reason. Whatever it had written was undone:
+    """adopt() stopped because proceed() or keep() gave a reason. What it had written was undone:
     the process is back in the cgroups it was in before, except in `left` (dirs the move
     back failed for, or whose earlier cgroup could not be told), which is then a partial
     adoption left in place and reported."""
