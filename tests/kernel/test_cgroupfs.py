@@ -242,7 +242,7 @@ def test_v1_adoption_stopped_between_controllers_is_undone(v1_root, trees, child
     from tests.reliability import record
     record("kernel/test_cgroupfs.py::v1_adoption_stopped_between_controllers", "fault",
            f"the deadline passes while a process is moved into a v1 job's {len(job.extern)} controllers "
-           f"(stopped after each of 1..{len(job.extern)} cgroup.procs writes, the last one ending too late)",
+           f"(stopped after each of 1..{len(job.extern)} cgroup.procs writes, the check after the last included)",
            "no write after the stop; the process moved back into the cgroups it was in, in every hierarchy, "
            "each time (Stopped, nothing left)")
 
