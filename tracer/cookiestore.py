@@ -171,7 +171,7 @@ class CookieStore:
         spill_times = [(ctypes.c_uint64.from_buffer_copy(k).value, b, c) for k, b, c in self.spill.entry_times()]
         if not slot_times and not spill_times:
             return out
-        live = {s.cookie: s for s in sockdiag.list_tcp(_ANY_CONNECTION)}
+        live = sockdiag.socket_cookies(_ANY_CONNECTION)   # cookie -> (state, inode)
         doomed = []
         for in_spill, times in ((False, slot_times), (True, spill_times)):
             for cookie, birth_ns, closed_ns in times:
@@ -185,7 +185,7 @@ class CookieStore:
                         out["deleted"] += 1
                 elif closed_ns:
                     out["closed"] += 1
-                elif sock.state in _GONE_STATES or not sock.inode:
+                elif sock[0] in _GONE_STATES or not sock[1]:
                     self._stamp(cookie, now_ns, in_spill)
                     out["stale"] += 1
                     out["closed"] += 1

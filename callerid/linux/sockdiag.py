@@ -103,7 +103,7 @@ def _mask(states) -> int:
 
 
 def _request(nl: socket.socket, family: int, mask: int, sockid=None, storage_fd: int = -1,
-             bytecode: bytes = b"") -> list:
+             bytecode: bytes = b"", parse=None) -> list:
     """A TCP dump of one family, or with sockid=(src, sport, dst, dport) one exact lookup.
 
     The exact form (no NLM_F_DUMP) is O(1) in the kernel's hash. The kernel
@@ -154,7 +154,7 @@ def _request(nl: socket.socket, family: int, mask: int, sockid=None, storage_fd:
                         return found
                     raise SockDiagError(code, f"sock_diag: {os.strerror(code)}")
                 if mtype == SOCK_DIAG_BY_FAMILY:
-                    sock = _to_socket(data, payload)
+                    sock = (parse or _to_socket)(data, payload)
                     found.append(sock if storage_fd < 0 else
                                  (sock, _storage_value(data, payload + _MSG.size, off)))
                     if not sockid and not mflags & NLM_F_MULTI:
@@ -222,6 +222,24 @@ def list_tcp_storage(states, storage_fd: int, families=(AF_INET, AF_INET6)) -> l
     mask = _mask(states)
     with _nl_socket() as nl:
         return [pair for family in families for pair in _request(nl, family, mask, None, storage_fd)]
+
+
+# state, cookie halves and inode only: no address objects (the sweeper's dump of every socket)
+_MSG_COOKIE = struct.Struct("=xB42xII16xI")
+
+
+def _cookie_state_inode(data: bytes, off: int) -> tuple[int, int, int]:
+    state, lo, hi, inode = _MSG_COOKIE.unpack_from(data, off)
+    return lo | hi << 32, state, inode
+
+
+def socket_cookies(states, families=(AF_INET, AF_INET6)) -> dict[int, tuple[int, int]]:
+    """cookie -> (state, inode) of every TCP socket in these states: list_tcp without the
+    addresses, several times faster where TIME_WAIT sockets number tens of thousands."""
+    mask = _mask(states)
+    with _nl_socket() as nl:
+        return {c: (st, ino) for family in families
+                for c, st, ino in _request(nl, family, mask, parse=_cookie_state_inode)}
 
 
 def listening_ports() -> set[int]:

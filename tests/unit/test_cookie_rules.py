@@ -39,6 +39,7 @@ def test_cookie_is_read_from_the_two_host_order_halves_of_idiag_cookie():
     assert (s.cookie, s.state, s.sport, s.dport, s.uid, s.inode) == (cookie, sockdiag.TCP_TIME_WAIT, 40000, 22,
                                                                     1000, 77)
     assert str(s.src) == "10.0.0.1" and str(s.dst) == "10.0.0.2"
+    assert sockdiag._cookie_state_inode(msg, 0) == (cookie, sockdiag.TCP_TIME_WAIT, 77)   # the sweeper's parse
 
 
 @pytest.mark.parametrize("conns,closed,want", [(131072, 65536, 262144), (13, 3, 16), (1, 1, 2), (100, 0, 128)])
