@@ -52,7 +52,8 @@ def rows(conns: Connections | SockStore | CookieStore, include_closed: bool) -> 
 def main(args) -> int:
     cfg = cfgmod.load(args.config)
     path = pin_dir(cfg.tracer.pin_root)
-    conns = Connections.open_pinned(path) or CookieStore.open_pinned(path) or SockStore.open_pinned(path)
+    conns = Connections.open_pinned(path) or CookieStore.open_pinned(path, cfg.tracer.close_grace_seconds) \
+        or SockStore.open_pinned(path)
     if conns is None:
         print(f"callerid conns: no connection maps pinned in {path} (is the tracer running?)", file=sys.stderr)
         return 1

@@ -64,7 +64,7 @@ class CookieStore:
         self.max_closed = max_closed
 
     @classmethod
-    def open_pinned(cls, pin_dir: str | Path) -> CookieStore | None:
+    def open_pinned(cls, pin_dir: str | Path, grace_seconds: float = 120.0) -> CookieStore | None:
         slots = ConnMap.open_pinned(Path(pin_dir) / "ck_slots", key_type=ctypes.c_uint32, value_type=Slot)
         if slots is None:
             return None
@@ -72,7 +72,7 @@ class CookieStore:
         if spill is None:
             slots.close()
             return None
-        return cls(slots, spill)
+        return cls(slots, spill, grace_seconds)
 
     @property
     def closed(self) -> ConnMap:
@@ -114,9 +114,11 @@ class CookieStore:
         return None
 
     def _records(self) -> dict[int, Owner]:
+        """cookie -> owner of every record not past its grace (forgotten ones are)."""
         out = {int(slot.cookie): Owner.from_buffer_copy(slot.owner) for _, slot in self.slots.items() if slot.cookie}
         out.update((int(k.value), v) for k, v in self.spill.items())
-        return out
+        now = procfs.boottime_ns()
+        return {c: o for c, o in out.items() if not o.closed_ns or now - o.closed_ns <= self.grace_ns}
 
     def items(self):
         """(key, owner) of every record whose socket is in our namespace now (one
