@@ -25,7 +25,7 @@
  * (TIME_WAIT after the owner's close, FIN_WAIT orphans). Kernel struct fields
  * are never read: only the BPF contexts (stable uapi) and helpers.
  *
- * Capacity: the spill hash holds CALLERID_MAX_OWNERS = max_connections +
+ * Capacity: the spill hash (allocated as records spill) holds CALLERID_MAX_OWNERS = max_connections +
  * max_closed_connections; the slots come on top. Closed records are bounded per
  * uid (CALLERID_CLOSED_SHARE per grace window) and in total
  * (CALLERID_CLOSED_BUDGET per grace window, a third of max_closed_connections: a

@@ -10,7 +10,7 @@ import ctypes
 import errno
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bcc import libbcc
@@ -51,12 +51,16 @@ class PinnedMapMismatch(RuntimeError):
     """A map pinned at our path was made with another layout or size."""
 
 
+BPF_F_NO_PREALLOC = 1
+
+
 @dataclass(frozen=True)
 class MapInfo:
     map_type: int
     key_size: int
     value_size: int
     max_entries: int
+    flags: int = field(default=0, compare=False)   # used when we create the map; a pinned one's are its own
 
 
 def fdinfo(fd: int) -> dict[str, str]:
@@ -105,7 +109,7 @@ def create_pinned(path: str | Path, name: str, info: MapInfo) -> None:
     """Create a map as `info` describes and pin it at path. BPF_TABLE_PINNED then opens it:
     BCC before 0.19 (Debian 11 has 0.18) only opens an existing pin and never creates one."""
     fd = _create_map_function(_lib)(info.map_type, name.encode()[:15], info.key_size, info.value_size,
-                                    info.max_entries, 0)
+                                    info.max_entries, info.flags)
     if fd < 0:
         err = ctypes.get_errno() or -fd
         raise OSError(err, f"creating BPF map {name} for {path}: {os.strerror(err)}")
