@@ -25,8 +25,9 @@
  * (TIME_WAIT after the owner's close, FIN_WAIT orphans). Kernel struct fields
  * are never read: only the BPF contexts (stable uapi) and helpers.
  *
- * Capacity: the spill hash (allocated as records spill) holds CALLERID_MAX_OWNERS = max_connections +
- * max_closed_connections; the slots come on top. Closed records are bounded per
+ * Capacity: the spill hash (its entries allocated as records spill) holds
+ * CALLERID_MAX_OWNERS = max_connections + max_closed_connections; the slots come
+ * on top. Closed records are bounded per
  * uid (CALLERID_CLOSED_SHARE per grace window) and in total
  * (CALLERID_CLOSED_BUDGET per grace window, a third of max_closed_connections: a
  * record lives less than two windows, so it meets at most three). A full spill
