@@ -62,6 +62,7 @@ class CookieStore:
         self.mask = slots.capacity - 1
         self.grace_ns = int(grace_seconds * 1e9)
         self.max_closed = max_closed
+        self._expired_before = 0   # closed_ns at or below which slot records were counted expired
 
     @classmethod
     def open_pinned(cls, pin_dir: str | Path, grace_seconds: float = 120.0) -> CookieStore | None:
@@ -169,7 +170,13 @@ class CookieStore:
         socket is gone are freed; open records whose socket is closed (its close() was
         missed) are stamped closed now. One sock_diag dump tells which cookies exist."""
         out = {"deleted": 0, "stale": 0, "open": 0, "closed": 0}
-        slot_times = self.slot_times(now_ns, grace_ns)
+        all_slots = self.slot_times(now_ns, grace_ns, include_expired=True)
+        # A slot whose closed record passed its grace is free to the program already and is
+        # never written here (a connect may be claiming it): counted deleted once, as it expires.
+        cut = now_ns - grace_ns
+        out["deleted"] += sum(1 for _, _, closed in all_slots if closed > 1 and self._expired_before < closed <= cut)
+        self._expired_before = max(self._expired_before, cut)
+        slot_times = [t for t in all_slots if not (t[2] and t[2] <= cut)]
         spill_times = [(ctypes.c_uint64.from_buffer_copy(k).value, b, c) for k, b, c in self.spill.entry_times()]
         if not slot_times and not spill_times:
             return out
@@ -196,13 +203,14 @@ class CookieStore:
         out["deleted"] += self.spill.delete_many(doomed)
         return out
 
-    def slot_times(self, now_ns: int, grace_ns: int) -> list[tuple[int, int, int]]:
+    def slot_times(self, now_ns: int, grace_ns: int, include_expired: bool = False) -> list[tuple[int, int, int]]:
         """(cookie, birth_ns, closed_ns) of every slot holding a record (open, or closed
-        within the grace): one batched read, three integers unpacked per slot."""
+        within the grace; with include_expired, closed past it too): one batched read,
+        three integers unpacked per slot."""
         out = []
         for vbuf in self.slots.value_batches():
             for cookie, birth, closed in _SLOT_TIMES.iter_unpack(vbuf):
-                if cookie and not (closed and now_ns - closed > grace_ns):
+                if cookie and (include_expired or not (closed and now_ns - closed > grace_ns)):
                     out.append((cookie, birth, closed))
         return out
 
