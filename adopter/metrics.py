@@ -27,6 +27,9 @@ SECURITY_KIND = "foreign_job"  # the only decision policy flags as a possible es
 # Why a decision was dropped instead of applied: the request's deadline passed, the module
 # hung up (it gave up on its own deadline), or the process to adopt changed under us.
 ABANDON_REASONS = ("deadline", "hook_gone", "process_changed")
+# An adoption stopped between its cgroup.procs writes (one per v1 controller) because the
+# login had gone: undone (moved back where it was), or left_partial (the move back failed).
+ABANDONED_ADOPTION_RESULTS = ("undone", "left_partial")
 
 
 class AdopterMetrics:
@@ -55,6 +58,11 @@ class AdopterMetrics:
         self.abandoned = labelled_counter("callerid_adopter_abandoned_decisions",
                                           "Decisions dropped, never applied nor counted as decisions, because the "
                                           "login had gone, by reason.", "reason", ABANDON_REASONS, r)
+        self.abandoned_adoptions = labelled_counter(
+            "callerid_adopter_abandoned_adoptions",
+            "Adoptions stopped between their cgroup.procs writes because the login had gone (its decision is "
+            "counted as abandoned): undone, or left_partial where moving the process back failed.",
+            "result", ABANDONED_ADOPTION_RESULTS, r)
         self.security = labelled_counter("callerid_adopter_security_events",
                                          "Logins from another user's job or other possible escape attempts.",
                                          "kind", (SECURITY_KIND,), r)

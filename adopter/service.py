@@ -140,7 +140,10 @@ class Adopter:
             d = policy.decide(replace(facts, callerid=answer), opts)
         if d.verdict == policy.Verdict.ADOPT and opts.mode != "audit":
             job = next(j for j in mine if j.job_id == d.job_id)
-            why = "deadline" if deadline is not None and time.monotonic() >= deadline else still_wanted()
+
+            def proceed() -> str | None:
+                return "deadline" if deadline is not None and time.monotonic() >= deadline else still_wanted()
+            why = proceed()
             if why:
                 raise Abandoned(why)
             try:
@@ -148,7 +151,13 @@ class Adopter:
                 # What the session takes from the job does not depend on the adoption: it is
                 # gathered while the cgroup.procs writes wait in the kernel (an RCU grace period).
                 view = self._pool.submit(self._job_view, job, nodename, opts, deadline)
-                cgroupfs.adopt(app_pid, job)   # on failure the view is left to finish unread
+                # The deadline bounds when a write may start; once all are done, only whether the
+                # login still waits counts (the deadline keeps a margin for the reply).
+                try:
+                    cgroupfs.adopt(app_pid, job, proceed, still_wanted)   # on failure the view is left unread
+                except cgroupfs.Stopped as exc:
+                    self._stopped(app_pid, job, exc)
+                    raise Abandoned(exc.reason) from exc
                 env, gid = view.result()
                 self.m.adoptions.labels("success").inc()
                 log.info("Process %d adopted into job %s", app_pid, job.job_id)
@@ -164,6 +173,19 @@ class Adopter:
         if opts.mode != "audit" and d.verdict in (policy.Verdict.ADOPT, policy.Verdict.ALLOW):
             self.logins.record(app_pid, uid, d.reason, d.job_id if d.verdict is policy.Verdict.ADOPT else None)
         return d, src, session
+
+    def _stopped(self, app_pid: int, job: jobs.LocalJob, exc: cgroupfs.Stopped) -> None:
+        """An adoption stopped between its writes (docs/RELIABILITY.md, "An adoption past its
+        deadline"): undone, or left partial where the move back failed, counted either way."""
+        if not exc.written:
+            return   # nothing was written: a plain abandoned decision
+        if exc.left:
+            self.m.abandoned_adoptions.labels("left_partial").inc()
+            log.error("adoption of process %d into job %s %s: partial adoption left in place",
+                      app_pid, job.job_id, exc)
+        else:
+            self.m.abandoned_adoptions.labels("undone").inc()
+            log.warning("adoption of process %d into job %s %s: undone", app_pid, job.job_id, exc)
 
     def attach(self, caller_pid: int, caller_uid: int, job_id: str) -> tuple[str, str]:
         """`callerid attach`: move the caller's session into its own job job_id, if

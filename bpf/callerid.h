@@ -11,7 +11,7 @@
 #ifndef CALLERID_H
 #define CALLERID_H
 
-#define CALLERID_LAYOUT_VERSION 3
+#define CALLERID_LAYOUT_VERSION 4
 
 /* A TCP connection as seen by the side that called connect():
  * local (source) address/port -> remote (destination) address/port.
@@ -53,7 +53,8 @@ struct callerid_owner {
 #define CALLERID_STAT_CLOSED         4 /* tuple entry moved to the closed map */
 #define CALLERID_STAT_UPDATE_FAILED  5 /* bpf_map_update_elem returned an error */
 #define CALLERID_STAT_OVER_SHARE     6 /* closed entry not kept: its uid used its share */
-#define CALLERID_STAT_COUNT          7
+#define CALLERID_STAT_SPILLED        7 /* cookie: slot busy, the record went to the spill hash */
+#define CALLERID_STAT_COUNT          8
 
 /* sockstore backend: the record on the socket. The key is filled once the kernel
  * has chosen the source port (sock_ops TCP_CONNECT_CB), for the closed copy. */
@@ -66,6 +67,16 @@ struct callerid_sk_record {
 struct callerid_share {
     __u64 window_ns;   /* CLOCK_BOOTTIME when the window started */
     __u64 used;        /* closed entries recorded in this window */
+};
+
+/* cookie backend: one slot of the direct-mapped table, indexed by socket cookie modulo
+ * the slot count. Cookies are handed out in sequence, so the slots of recent sockets
+ * share warm cache lines: an accepted socket's miss costs one array read. */
+struct callerid_ck_slot {
+    __u64 cookie;   /* whose record this is; 0: free */
+    __u32 spill;    /* open records of cookies that map here but went to the spill hash */
+    __u32 _pad;
+    struct callerid_owner owner;
 };
 
 #endif

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tracer", help="run the source-side daemon (probe, RPC server, metrics) in the foreground")
     t.add_argument("--listen", action="append", metavar="ADDR:PORT", help="RPC address (repeatable)")
     t.add_argument("--metrics", metavar="ADDR:PORT", help="metrics address ('' disables)")
-    t.add_argument("--probe", choices=("auto", "sockstore", "tracepoint", "kprobe", "fentry"))
+    t.add_argument("--probe", choices=("auto", "cookie", "sockstore", "tracepoint", "kprobe", "fentry"))
     t.set_defaults(func=_tracer)
 
     a = sub.add_parser("adopter", help="run the destination-side daemon (PAM hook socket, adoption, metrics)")

@@ -64,15 +64,18 @@ class TracerConfig:
         address=True)
     metrics: str = opt(DEFAULT_TRACER_METRICS, "Address of the /metrics endpoint; empty disables it.", address=True)
     probe: str = opt("auto",
-        "Probe backend: auto, sockstore, fentry, kprobe or tracepoint. auto tries them in that order (cheapest "
-        "first) and takes the first that passes its self-test. A forced backend that cannot load is fatal.",
-        choices=("auto", "sockstore", "tracepoint", "kprobe", "fentry"))
+        "Probe backend: auto, cookie, sockstore, fentry, kprobe or tracepoint. auto tries them in that order "
+        "(cheapest first) and takes the first that passes its self-test. A forced backend that cannot load is fatal.",
+        choices=("auto", "cookie", "sockstore", "tracepoint", "kprobe", "fentry"))
     pin_root: str = opt("/sys/fs/bpf/callerid", "bpffs directory for pinned maps; the layout version is appended.")
     replace_pinned: bool = opt(False, "Replace pinned maps whose layout does not match instead of refusing to start.")
     max_connections: int = opt(131072,
         "Capacity of the map of open connections. It is an LRU map: from about 90% full the kernel evicts the least "
         "recently used entries; evicted connections are still answered, slowly, by the /proc fallback. Closed "
-        "connections live in a map of their own (max_closed_connections), so churn does not fill this one.",
+        "connections live in a map of their own (max_closed_connections), so churn does not fill this one. "
+        "cookie backend: outgoing connections of this node open at once; its one preallocated hash holds "
+        "max_connections + max_closed_connections records and never evicts: a connect finding it full is not "
+        "recorded (counted as update_failed) and is answered by the /proc fallback.",
         lo=1, hi=MAP_MAX)
     max_closed_connections: int = opt(65536,
         "Capacity of the map of closed connections kept for close_grace_seconds; a map of its own so that closed "
@@ -82,10 +85,13 @@ class TracerConfig:
         "answered). sockstore: a plain hash that never evicts; each uid adds at most closed_share_per_uid entries "
         "per grace window and so holds at most 3 x closed_share_per_uid at once (while sweep_interval_seconds < "
         "close_grace_seconds); a close by a user within their share goes unrecorded only when "
-        "max_closed_connections / (3 x closed_share_per_uid) uids (21 at the defaults) are at their share at once.",
+        "max_closed_connections / (3 x closed_share_per_uid) uids (21 at the defaults) are at their share at once. "
+        "cookie: closed records share the one hash, bounded by the same per-uid share and, for all uids together, "
+        "by max_closed_connections / 3 per grace window, so they never take more than max_closed_connections of it.",
         lo=1, hi=MAP_MAX)
     closed_share_per_uid: int = opt(1024,
-        "sockstore backend: closed connections one uid may add to the closed map per close_grace_seconds window. "
+        "cookie and sockstore backends: closed connections one uid may add to the closed map per "
+        "close_grace_seconds window. "
         "Past it, that uid's further closes in the window are not kept (counted as over_share); nobody's entry is "
         "ever evicted, so one user's churn cannot shorten another's grace.", lo=1, hi=MAP_MAX)
     max_pending: int = opt(16384, "Capacity of the map of connects not yet established.", lo=1,

@@ -82,6 +82,14 @@ CASES = [
          {s(ADO, ADOPTER, result="success"): "0+100x40", s(ADO, ADOPTER, result="io"): "0+3x40"},
          [("30m", [])]),
 
+    Case("CallerIDAdoptionLeftPartial", "one adoption left partial",
+         {s("callerid_adopter_abandoned_adoptions_total", ADOPTER, result="left_partial"): "0x5 1x20"},
+         [("10m", [fired(ADOPTER)])]),
+    Case("CallerIDAdoptionLeftPartial", "stopped adoptions all undone",
+         {s("callerid_adopter_abandoned_adoptions_total", ADOPTER, result="left_partial"): "0x20",
+          s("callerid_adopter_abandoned_adoptions_total", ADOPTER, result="undone"): "0+1x20"},
+         [("10m", [])]),
+
     Case("CallerIDDenialsSpiking", "two thirds of logins denied",
          {s(DEC, ADOPTER, verdict="deny", reason="no_jobs"): "0+2x40",
           s(DEC, ADOPTER, verdict="adopt", reason="single_job"): "0+1x40"},

@@ -122,8 +122,8 @@ def overview() -> dict:
     L.add(map_fill_by_node())
     L.add(tracked_connections())
     L.add(stat("Nodes per probe backend",
-               "How many tracers run each probe backend (sockstore, fentry, kprobe, tracepoint). none means the "
-               "tracer answers from sock_diag + /proc only: slower, and blind to short-lived processes.",
+               "How many tracers run each probe backend (cookie, sockstore, fentry, kprobe, tracepoint). none means "
+               "the tracer answers from sock_diag + /proc only: slower, and blind to short-lived processes.",
                "none", [target(f"count by (backend) ({m('callerid_probe_backend')} == 1)", "{{backend}}")],
                graph=False, decimals=0), 6, 8)
     L.add(bpf_events(), 9, 8)

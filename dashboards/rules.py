@@ -130,6 +130,22 @@ ALERTS = [
           not adopted into that job. Find the "SECURITY possible escape attempt" line in the adopter's
           log (user, source address, job) and follow your security procedure.""",
           "callerid-adopter"),
+    Alert("CallerIDAdoptionLeftPartial",
+          """\
+          sum by (job, instance) (increase(callerid_adopter_abandoned_adoptions_total{result="left_partial"}[15m])) > 0
+          or
+          sum by (job, instance) (
+            callerid_adopter_abandoned_adoptions_total{result="left_partial"}
+              unless callerid_adopter_abandoned_adoptions_total{result="left_partial"} offset 15m
+          ) > 0""",
+          "0m", "warn",
+          "an sshd on {{ $labels.instance }} was left partly inside a job",
+          """\
+          A login on {{ $labels.instance }} went away (its deadline passed or its PAM module hung up)
+          while the adopter was moving its sshd into a job's cgroups, and moving it back failed for
+          some of them: that sshd now runs in those controllers of the job. Find the adopter's log
+          line "partial adoption left in place" (pid, job, dirs).""",
+          "callerid-adopter"),
     Alert("CallerIDSourceRPCFailing",
           f"""\
           sum by (job, instance) (increase(callerid_adopter_rpc_requests_total{{outcome=~"{RPC_FAILED}"}}[15m])) >= 3

@@ -10,7 +10,7 @@ import ctypes
 import errno
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bcc import libbcc
@@ -51,12 +51,16 @@ class PinnedMapMismatch(RuntimeError):
     """A map pinned at our path was made with another layout or size."""
 
 
+BPF_F_NO_PREALLOC = 1
+
+
 @dataclass(frozen=True)
 class MapInfo:
     map_type: int
     key_size: int
     value_size: int
     max_entries: int
+    flags: int = field(default=0, compare=False)   # used when we create the map; a pinned one's are its own
 
 
 def fdinfo(fd: int) -> dict[str, str]:
@@ -105,7 +109,7 @@ def create_pinned(path: str | Path, name: str, info: MapInfo) -> None:
     """Create a map as `info` describes and pin it at path. BPF_TABLE_PINNED then opens it:
     BCC before 0.19 (Debian 11 has 0.18) only opens an existing pin and never creates one."""
     fd = _create_map_function(_lib)(info.map_type, name.encode()[:15], info.key_size, info.value_size,
-                                    info.max_entries, 0)
+                                    info.max_entries, info.flags)
     if fd < 0:
         err = ctypes.get_errno() or -fd
         raise OSError(err, f"creating BPF map {name} for {path}: {os.strerror(err)}")
@@ -140,55 +144,58 @@ def check_pinned(path: str | Path, expected: MapInfo) -> str | None:
 
 
 class ConnMap:
-    """The tuple-keyed connection map (struct callerid_key -> struct callerid_owner)."""
+    """A connection map: struct callerid_key (or a u64 socket cookie) -> struct callerid_owner."""
 
-    def __init__(self, fd: int, owns_fd: bool = False):
+    def __init__(self, fd: int, owns_fd: bool = False, key_type=ConnKey, value_type=Owner):
         self.fd = fd
         self._owns_fd = owns_fd
+        self.key_type = key_type   # ConnKey, or the cookie backend's u64 cookie / u32 slot index
+        self.value_type = value_type   # Owner, or the cookie backend's Slot (no entry_times then)
         info = map_info(fd)
-        if info.key_size != ctypes.sizeof(ConnKey) or info.value_size != ctypes.sizeof(Owner):
+        if info.key_size != ctypes.sizeof(key_type) or info.value_size != ctypes.sizeof(value_type):
             raise PinnedMapMismatch(
                 f"map fd {fd}: key/value sizes {info.key_size}/{info.value_size} "
-                f"!= {ctypes.sizeof(ConnKey)}/{ctypes.sizeof(Owner)}"
+                f"!= {ctypes.sizeof(key_type)}/{ctypes.sizeof(value_type)}"
             )
         self.capacity = info.max_entries
 
     @classmethod
-    def open_pinned(cls, path: str | Path) -> ConnMap | None:
+    def open_pinned(cls, path: str | Path, key_type=ConnKey, value_type=Owner) -> ConnMap | None:
         fd = open_pinned(path)
-        return None if fd is None else cls(fd, owns_fd=True)
+        return None if fd is None else cls(fd, owns_fd=True, key_type=key_type, value_type=value_type)
 
     def close(self):
         if self._owns_fd and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
-    def lookup(self, key: ConnKey) -> Owner | None:
-        value = Owner()
+    def lookup(self, key) -> Owner | None:
+        value = self.value_type()
         if _lib.bpf_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) < 0:
             return None
         return value
 
-    def insert_if_absent(self, key: ConnKey, value: Owner) -> bool:
+    def insert_if_absent(self, key, value: Owner) -> bool:
         """Write only if no entry exists: never overwrite fresher probe data."""
         return _lib.bpf_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), BPF_NOEXIST) == 0
 
-    def update(self, key: ConnKey, value: Owner) -> bool:
+    def update(self, key, value: Owner) -> bool:
         return _lib.bpf_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), BPF_ANY) == 0
 
-    def delete(self, key: ConnKey) -> bool:
+    def delete(self, key) -> bool:
         return _lib.bpf_delete_elem(self.fd, ctypes.byref(key)) == 0
 
     def keys(self):
         """Snapshot of all keys (the map may change while we walk it)."""
         out = []
-        cur = ConnKey()
-        nxt = ConnKey()
-        if _lib.bpf_get_first_key(self.fd, ctypes.byref(nxt), ctypes.sizeof(ConnKey)) < 0:
+        kt = self.key_type
+        cur = kt()
+        nxt = kt()
+        if _lib.bpf_get_first_key(self.fd, ctypes.byref(nxt), ctypes.sizeof(kt)) < 0:
             return out
         while True:
-            out.append(ConnKey.from_buffer_copy(nxt))
-            ctypes.memmove(ctypes.byref(cur), ctypes.byref(nxt), ctypes.sizeof(ConnKey))
+            out.append(kt.from_buffer_copy(nxt))
+            ctypes.memmove(ctypes.byref(cur), ctypes.byref(nxt), ctypes.sizeof(kt))
             if _lib.bpf_get_next_key(self.fd, ctypes.byref(cur), ctypes.byref(nxt)) < 0:
                 return out
             if len(out) > self.capacity * 2:  # map churning under us: stop, never loop forever
@@ -208,10 +215,12 @@ class ConnMap:
     BATCH = 4096
 
     def _items_batched(self):
-        ksize, vsize = ctypes.sizeof(ConnKey), ctypes.sizeof(Owner)
+        kt = self.key_type
+        vt = self.value_type
+        ksize, vsize = ctypes.sizeof(kt), ctypes.sizeof(vt)
         for kbuf, vbuf, count in self._raw_batches():
             for i in range(count):
-                yield (ConnKey.from_buffer_copy(kbuf, i * ksize), Owner.from_buffer_copy(vbuf, i * vsize))
+                yield (kt.from_buffer_copy(kbuf, i * ksize), vt.from_buffer_copy(vbuf, i * vsize))
 
     # One value's birth_ns and closed_ns (adjacent in struct callerid_owner), the rest skipped.
     _TIMES = struct.Struct(f"={Owner.birth_ns.offset}xQQ{ctypes.sizeof(Owner) - Owner.birth_ns.offset - 16}x")
@@ -220,7 +229,7 @@ class ConnMap:
         """(key bytes, birth_ns, closed_ns) for every entry: the sweeper's walk. The same
         batched read as items(), but per entry only two integers are unpacked from the
         batch buffer, not two ctypes objects built (~0.85 us of GIL per entry before)."""
-        ksize = ctypes.sizeof(ConnKey)
+        ksize = ctypes.sizeof(self.key_type)
         try:
             for kbuf, vbuf, _ in self._raw_batches():
                 for i, (birth, closed) in enumerate(self._TIMES.iter_unpack(vbuf)):
@@ -229,12 +238,24 @@ class ConnMap:
             for key, value in self.items():
                 yield bytes(key), value.birth_ns, value.closed_ns
 
+    def value_batches(self):
+        """The values only, as bytes, one BPF_MAP_LOOKUP_BATCH call each (kernel 5.6+);
+        one value per syscall where there is no batch operation."""
+        try:
+            for _, vbuf, _ in self._raw_batches():
+                yield vbuf
+        except _NoBatch:
+            for key in self.keys():
+                value = self.lookup(key)
+                if value is not None:
+                    yield bytes(value)
+
     def _raw_batches(self):
         """(keys bytes, values bytes, count) per BPF_MAP_LOOKUP_BATCH call."""
         if not LIBBCC_HAS_BATCH:
             raise _NoBatch()
-        keys = (ConnKey * self.BATCH)()
-        values = (Owner * self.BATCH)()
+        keys = (self.key_type * self.BATCH)()
+        values = (self.value_type * self.BATCH)()
         token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
         first, seen = True, 0
         while True:
@@ -244,8 +265,8 @@ class ConnMap:
             if ret < 0 and first and count.value == 0 and self._batch_unsupported():
                 raise _NoBatch()
             n = count.value
-            yield bytes(memoryview(keys).cast("B")[:n * ctypes.sizeof(ConnKey)]), \
-                bytes(memoryview(values).cast("B")[:n * ctypes.sizeof(Owner)]), n
+            yield bytes(memoryview(keys).cast("B")[:n * ctypes.sizeof(self.key_type)]), \
+                bytes(memoryview(values).cast("B")[:n * ctypes.sizeof(self.value_type)]), n
             seen += n
             if ret < 0 or seen > self.capacity * 2:  # ENOENT: walked the whole map
                 return
@@ -254,9 +275,10 @@ class ConnMap:
     def delete_many(self, keys: list[bytes]) -> int:
         """Delete these keys (as from entry_times), BATCH per syscall; returns how many
         were deleted. A key already gone (evicted, deleted meanwhile) is skipped."""
-        ksize, done = ctypes.sizeof(ConnKey), 0
+        kt = self.key_type
+        ksize, done = ctypes.sizeof(kt), 0
         if not LIBBCC_HAS_BATCH:
-            return sum(self.delete(ConnKey.from_buffer_copy(k)) for k in keys)
+            return sum(self.delete(kt.from_buffer_copy(k)) for k in keys)
         for start in range(0, len(keys), self.BATCH):
             chunk = keys[start:start + self.BATCH]
             while chunk:
@@ -267,10 +289,10 @@ class ConnMap:
                 if ret == 0:
                     break
                 rest = chunk[count.value:]   # the kernel stops at the first key it cannot delete
-                stuck = ConnKey.from_buffer_copy(rest[0])
+                stuck = kt.from_buffer_copy(rest[0])
                 if count.value == 0 and self.lookup(stuck) is not None:
                     # it exists, so batch delete itself failed (no support): one syscall per key
-                    done += sum(self.delete(ConnKey.from_buffer_copy(k)) for k in rest)
+                    done += sum(self.delete(kt.from_buffer_copy(k)) for k in rest)
                     break
                 chunk = rest[1:]             # that key was gone already (evicted, deleted meanwhile)
         return done

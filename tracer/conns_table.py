@@ -12,12 +12,13 @@ from callerid.slurm_cgroup import job_from_proc_cgroup
 from callerid.userdb import user_name
 
 from .bpfmap import Connections
+from .cookiestore import CookieStore
 from .layout import F_RECONCILED, key_tuple
 from .probes import pin_dir
 from .sockstore import SockStore
 
 
-def rows(conns: Connections | SockStore, include_closed: bool) -> list[dict]:
+def rows(conns: Connections | SockStore | CookieStore, include_closed: bool) -> list[dict]:
     out = []
     own_netns = procfs.own_netns_inode()
     for key, owner in conns.items():
@@ -51,7 +52,8 @@ def rows(conns: Connections | SockStore, include_closed: bool) -> list[dict]:
 def main(args) -> int:
     cfg = cfgmod.load(args.config)
     path = pin_dir(cfg.tracer.pin_root)
-    conns = Connections.open_pinned(path) or SockStore.open_pinned(path)
+    conns = Connections.open_pinned(path) or CookieStore.open_pinned(path, cfg.tracer.close_grace_seconds) \
+        or SockStore.open_pinned(path)
     if conns is None:
         print(f"callerid conns: no connection maps pinned in {path} (is the tracer running?)", file=sys.stderr)
         return 1

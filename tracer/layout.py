@@ -10,7 +10,7 @@ from callerid.inet import mapped16, unmapped
 # Must equal CALLERID_LAYOUT_VERSION in bpf/callerid.h (checked, with the structs below, against
 # BCC's compiled view of the header by tests/kernel/test_tracer_lifecycle.py,
 # test_layout_mirror_matches_bcc_view_of_the_header).
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 
 F_RECONCILED = 1
 
@@ -21,7 +21,8 @@ STAT_NAMES = (
     "connect_failed",   # SYN_SENT -> CLOSE, pending entry dropped
     "closed",           # tuple entry moved to the closed map
     "update_failed",    # a BPF map update returned an error
-    "over_share",       # sockstore: a closed entry not kept, its uid had used its share
+    "over_share",       # cookie, sockstore: a closed entry not kept, its uid had used its share
+    "spilled",          # cookie: the connect's slot was busy, its record went to the spill hash
 )
 
 
@@ -54,6 +55,12 @@ class Owner(ctypes.Structure):
 class SkRecord(ctypes.Structure):
     """struct callerid_sk_record: the sockstore backend's value on a socket."""
     _fields_ = [("owner", Owner), ("key", ConnKey)]
+
+
+class Slot(ctypes.Structure):
+    """struct callerid_ck_slot: one slot of the cookie backend's direct-mapped table."""
+    _fields_ = [("cookie", ctypes.c_uint64), ("spill", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("owner", Owner)]
 
 
 def make_key(src_ip, src_port: int, dst_ip, dst_port: int, netns: int = 0) -> ConnKey:

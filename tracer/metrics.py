@@ -82,7 +82,7 @@ class TracerMetrics:
     def set_probe(self, loaded):
         """loaded: tracer.probes.LoadedProbe or None (fallback only)."""
         self._probe = loaded
-        for b in ("sockstore", "tracepoint", "kprobe", "fentry", "none"):
+        for b in ("cookie", "sockstore", "tracepoint", "kprobe", "fentry", "none"):
             self.probe_info.labels(b).set(0)
         self.probe_info.labels(loaded.backend if loaded else "none").set(1)
         if loaded:
@@ -107,9 +107,14 @@ class _ProbeCollector:
         events = CounterMetricFamily("callerid_bpf_events", "Events counted by the BPF program, by kind.",
                                      labels=["event"])
         if probe is not None:
-            # sockstore keeps open connections on their sockets: no capacity to report
-            cap.add_metric(["open"], probe.conns.open.capacity if probe.conns.open is not None else 0)
-            cap.add_metric(["closed"], probe.conns.closed.capacity)
+            by_state = getattr(probe.conns, "capacity_by_state", None)
+            if by_state is not None:   # cookie: one map, closed records bounded within it
+                for state, n in by_state().items():
+                    cap.add_metric([state], n)
+            else:
+                # sockstore keeps open connections on their sockets: no capacity to report
+                cap.add_metric(["open"], probe.conns.open.capacity if probe.conns.open is not None else 0)
+                cap.add_metric(["closed"], probe.conns.closed.capacity)
             for name, value in probe.stats().items():
                 events.add_metric([name], value)
         else:

@@ -1,5 +1,9 @@
 """Compile a BPF program with BCC for one probe backend, attach it, and prove it works.
 
+  cookie      bpf/callerid_ck.bpf.c: the owner by socket cookie in a direct-mapped array
+              (a hash when the slot is busy), written by cgroup connect4/connect6 programs on
+              the cgroup v2 root, stamped closed by cgroup sock_release; read through one
+              exact sock_diag lookup (Linux 5.9+)
   sockstore   bpf/callerid_sk.bpf.c: the owner on the socket (SK_STORAGE), written by
               cgroup connect4/connect6 programs on the cgroup v2 root, a closed copy
               kept by cgroup sock_release; read through sock_diag (Linux 5.10+)
@@ -24,15 +28,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bpfmap import BPF_MAP_TYPE_LRU_HASH, Connections, ConnMap, MapInfo, PinnedMapMismatch, check_pinned, create_pinned
-from .layout import LAYOUT_VERSION, STAT_NAMES, ConnKey, Owner, SkRecord, bpf_dir, make_key
-from .sockstore import SockStore
+from .bpfmap import (
+    BPF_F_NO_PREALLOC,
+    BPF_MAP_TYPE_LRU_HASH,
+    Connections,
+    ConnMap,
+    MapInfo,
+    PinnedMapMismatch,
+    check_pinned,
+    create_pinned,
+)
+from .cookiestore import CookieStore
+from .layout import LAYOUT_VERSION, STAT_NAMES, ConnKey, Owner, SkRecord, Slot, bpf_dir, make_key
+from .sockstore import SockStore, own_netns_cookie
 
 log = logging.getLogger("callerid.tracer.probes")
 
-BACKENDS = ("sockstore", "fentry", "kprobe", "tracepoint")
-AUTO_ORDER = ("sockstore", "fentry", "kprobe", "tracepoint")
+BACKENDS = ("cookie", "sockstore", "fentry", "kprobe", "tracepoint")
+AUTO_ORDER = ("cookie", "sockstore", "fentry", "kprobe", "tracepoint")
 BPF_MAP_TYPE_HASH_ = 1
+BPF_MAP_TYPE_ARRAY_ = 2
 BPF_MAP_TYPE_SK_STORAGE = 24
 MAX_UIDS = 65536   # uids with a closed-entry share tracked at once (LRU beyond)
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/callerid"
@@ -51,11 +66,11 @@ def pin_dir(pin_root: str | Path) -> Path:
 class LoadedProbe:
     backend: str
     bpf: object           # bcc.BPF
-    conns: Connections | SockStore
-    pending_fd: int       # -1 for sockstore
+    conns: Connections | SockStore | CookieStore
+    pending_fd: int       # -1 for cookie and sockstore
     pin_dir: Path
     load_seconds: float
-    links: tuple = ()     # sockstore: bpf_link fds; closing them detaches the programs
+    links: tuple = ()     # cookie, sockstore: bpf_link fds; closing them detaches the programs
 
     def program_fds(self) -> dict[str, int]:
         """name -> fd of every loaded program (for bpf_stats: /proc/self/fdinfo/<fd>)."""
@@ -81,6 +96,12 @@ class LoadedProbe:
 
 def expected_maps(max_conns: int, max_pending: int, max_closed: int, backend: str = "tracepoint"
                   ) -> dict[str, MapInfo]:
+    if backend == "cookie":
+        # the direct-mapped slots, and the spill hash that alone can hold every record
+        return {"ck_slots": MapInfo(BPF_MAP_TYPE_ARRAY_, 4, ctypes.sizeof(Slot), cookie_slots(max_conns, max_closed)),
+                # allocated as records spill (~10% of connects under churn), not all up front
+                "ck_spill": MapInfo(BPF_MAP_TYPE_HASH_, 8, ctypes.sizeof(Owner), max_conns + max_closed,
+                                    BPF_F_NO_PREALLOC)}
     if backend == "sockstore":
         return {
             "owners": MapInfo(BPF_MAP_TYPE_SK_STORAGE, 4, ctypes.sizeof(SkRecord), 0),
@@ -94,7 +115,16 @@ def expected_maps(max_conns: int, max_pending: int, max_closed: int, backend: st
 
 
 # Map types we create and pin before BCC loads the program (create_pinned); BCC makes the rest.
-_PRECREATED_TYPES = (BPF_MAP_TYPE_HASH_, BPF_MAP_TYPE_LRU_HASH)
+_PRECREATED_TYPES = (BPF_MAP_TYPE_HASH_, BPF_MAP_TYPE_ARRAY_, BPF_MAP_TYPE_LRU_HASH)
+
+
+def cookie_slots(max_conns: int, max_closed: int) -> int:
+    """The cookie backend's slot count: a power of two (the index is cookie & (slots - 1)),
+    at least every record the spill hash can hold, so that slots stay mostly free."""
+    n = 1
+    while n < max_conns + max_closed:
+        n <<= 1
+    return n
 
 
 def prepare_pins(pins: Path, max_conns: int, max_pending: int, max_closed: int, replace: bool,
@@ -154,7 +184,7 @@ def cgroup2_root(mounts: str = "/proc/mounts") -> str:
             fields = line.split()
             if len(fields) > 2 and fields[2] == "cgroup2":
                 return fields[1].replace("\\040", " ")
-    raise ProbeLoadError("sockstore: no cgroup2 hierarchy mounted (needed to attach to every process)")
+    raise ProbeLoadError("no cgroup2 hierarchy mounted (needed to attach to every process)")
 
 
 _SOCKSTORE_PROGRAMS = (
@@ -188,6 +218,74 @@ def bcc_version(module) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split("-")[0].split(".")[:3] if x.isdigit()) or (0,)
 
 
+_COOKIE_PROGRAMS = (
+    ("callerid_connect4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_CONNECT"),
+    ("callerid_connect6", "CGROUP_SOCK_ADDR", "CGROUP_INET6_CONNECT"),
+    ("callerid_release", "CGROUP_SOCK", "CGROUP_INET_SOCK_RELEASE"),
+)
+
+
+def attach_to_cgroup_root(bpf, programs, backend: str) -> tuple:
+    """Load each (function, program type, attach type) and link it to the cgroup v2 root;
+    returns the link fds (closing them detaches). On failure every link made is closed."""
+    import bcc
+    from bcc import BPF
+
+    root = cgroup2_root()
+    links = []
+    link_create = _link_create()
+    cg = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for func, prog_type, attach in programs:
+            attach_type = getattr(bcc.BPFAttachType, attach)
+            fn = bpf.load_func(func.encode(), getattr(BPF, prog_type), attach_type=attach_type)
+            link = link_create(fn.fd, cg, attach_type, None)
+            if link < 0:
+                err = ctypes.get_errno()
+                raise ProbeLoadError(f"{backend}: attaching {func} to {root}: {os.strerror(err)}")
+            links.append(link)
+    except BaseException:
+        for fd in links:
+            os.close(fd)
+        raise
+    finally:
+        os.close(cg)
+    return tuple(links)
+
+
+def compile_and_attach_cookie(pins: Path, max_conns: int, max_closed: int, grace_seconds: float,
+                              closed_share: int):
+    """Returns (bpf, link fds, slots map fd, spill map fd)."""
+    from bcc import BPF
+
+    cgroup2_root()   # fail before compiling where there is nothing to attach to
+    cflags = [
+        f"-I{bpf_dir()}",
+        f"-DCALLERID_SLOTS={cookie_slots(max_conns, max_closed)}",
+        f"-DCALLERID_MAX_OWNERS={max_conns + max_closed}",
+        f"-DCALLERID_MAX_UIDS={MAX_UIDS}",
+        f"-DCALLERID_CLOSED_SHARE={closed_share}ULL",
+        f"-DCALLERID_CLOSED_BUDGET={max(1, max_closed // 3)}ULL",
+        f"-DCALLERID_GRACE_NS={int(grace_seconds * 1e9)}ULL",
+        f"-DCALLERID_NETNS={own_netns_cookie()}ULL",
+        f'-DCALLERID_PIN_SLOTS="{pins / "ck_slots"}"',
+        f'-DCALLERID_PIN_SPILL="{pins / "ck_spill"}"',
+        "-Wno-macro-redefined",
+    ]
+    try:
+        bpf = BPF(src_file=str(bpf_dir() / "callerid_ck.bpf.c").encode(), cflags=cflags)
+    except Exception as exc:  # BCC raises bare Exception for compile/load errors
+        raise ProbeLoadError(f"cookie: BCC could not compile or load the program: {exc}") from exc
+    try:
+        links = attach_to_cgroup_root(bpf, _COOKIE_PROGRAMS, "cookie")
+    except Exception as exc:
+        bpf.cleanup()
+        if isinstance(exc, ProbeLoadError):
+            raise
+        raise ProbeLoadError(f"cookie: could not load or attach the programs: {exc}") from exc
+    return bpf, links, bpf["slots"].get_fd(), bpf["spill"].get_fd()
+
+
 def compile_and_attach_sockstore(pins: Path, max_closed: int, grace_seconds: float, closed_share: int):
     """Returns (bpf, link fds, owners map fd, closed map fd)."""
     import bcc
@@ -198,7 +296,7 @@ def compile_and_attach_sockstore(pins: Path, max_closed: int, grace_seconds: flo
         raise ProbeLoadError(
             f"sockstore: BCC {'.'.join(map(str, version))} cannot create the pinned socket-storage map "
             f"(needs BCC {'.'.join(map(str, SOCKSTORE_BCC_FLOOR))} or later); use fentry, kprobe or tracepoint")
-    root = cgroup2_root()
+    cgroup2_root()   # fail before compiling where there is nothing to attach to
     cflags = [
         f"-I{bpf_dir()}",
         f"-DCALLERID_MAX_CLOSED={max_closed}",
@@ -213,21 +311,9 @@ def compile_and_attach_sockstore(pins: Path, max_closed: int, grace_seconds: flo
         bpf = BPF(src_file=str(bpf_dir() / "callerid_sk.bpf.c").encode(), cflags=cflags)
     except Exception as exc:  # BCC raises bare Exception for compile/load errors
         raise ProbeLoadError(f"sockstore: BCC could not compile or load the program: {exc}") from exc
-    links = []
+    links = ()
     try:
-        link_create = _link_create()
-        cg = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for func, prog_type, attach in _SOCKSTORE_PROGRAMS:
-                attach_type = getattr(bcc.BPFAttachType, attach)
-                fn = bpf.load_func(func.encode(), getattr(BPF, prog_type), attach_type=attach_type)
-                link = link_create(fn.fd, cg, attach_type, None)
-                if link < 0:
-                    err = ctypes.get_errno()
-                    raise ProbeLoadError(f"sockstore: attaching {func} to {root}: {os.strerror(err)}")
-                links.append(link)
-        finally:
-            os.close(cg)
+        links = attach_to_cgroup_root(bpf, _SOCKSTORE_PROGRAMS, "sockstore")
         owners_fd = libbcc.lib.bpf_table_fd(bpf.module, b"owners")
         closed_fd = bpf["closed"].get_fd()
     except Exception as exc:
@@ -240,8 +326,9 @@ def compile_and_attach_sockstore(pins: Path, max_closed: int, grace_seconds: flo
     return bpf, tuple(links), owners_fd, closed_fd
 
 
-def self_test(conns: Connections | SockStore, timeout: float = 1.0) -> None:
+def self_test(conns: Connections | SockStore | CookieStore, timeout: float = 1.0) -> None:
     """Open one loopback connection and require our own pid to show up for it."""
+    records_close = getattr(conns, "records_close", False)   # the close path is the program's too
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         srv.bind(("127.0.0.1", 0))
@@ -255,14 +342,15 @@ def self_test(conns: Connections | SockStore, timeout: float = 1.0) -> None:
                 if owner is not None:
                     if owner.tgid != os.getpid():
                         raise ProbeLoadError(f"self-test: map names pid {owner.tgid}, expected {os.getpid()}")
-                    conns.delete(key)
+                    if not records_close:
+                        conns.delete(key)
                     break
                 time.sleep(0.005)
             else:
                 raise ProbeLoadError("self-test: a loopback connect did not appear in the map")
         finally:
             cli.close()
-        if isinstance(conns, SockStore):
+        if records_close:
             # the close path too: the owner must outlive the socket in the closed map
             owner = conns.lookup(key)
             conns.delete(key)
@@ -286,7 +374,12 @@ def load(backend: str, pin_root: str | Path = DEFAULT_PIN_ROOT, max_conns: int =
         start = time.monotonic()
         links, pending_fd = (), -1
         try:
-            if name == "sockstore":
+            if name == "cookie":
+                bpf, links, slots_fd, spill_fd = compile_and_attach_cookie(pins, max_conns, max_closed,
+                                                                           grace_seconds, closed_share)
+                conns = CookieStore(ConnMap(slots_fd, key_type=ctypes.c_uint32, value_type=Slot),
+                                    ConnMap(spill_fd, key_type=ctypes.c_uint64), grace_seconds, max_closed)
+            elif name == "sockstore":
                 bpf, links, owners_fd, closed_fd = compile_and_attach_sockstore(pins, max_closed, grace_seconds,
                                                                                 closed_share)
                 conns = SockStore(owners_fd, ConnMap(closed_fd))

@@ -9,6 +9,7 @@ import time
 from callerid.linux import procfs, sockdiag
 
 from .bpfmap import Connections
+from .cookiestore import CookieStore
 from .layout import F_RECONCILED, Owner
 from .sockstore import SockStore
 
@@ -41,7 +42,7 @@ def owner_from_proc(info: procfs.ProcInfo) -> Owner:
     return o
 
 
-def reconcile(conns: Connections | SockStore) -> int:
+def reconcile(conns: Connections | SockStore | CookieStore) -> int:
     """Insert every established outgoing connection that is not in the map yet.
 
     Accepted connections (local port is a listening port) are skipped: only the

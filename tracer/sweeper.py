@@ -9,6 +9,7 @@ from callerid.inet import unmapped
 from callerid.linux import procfs, sockdiag
 
 from .bpfmap import Connections
+from .cookiestore import CookieStore
 from .layout import ConnKey, key_tuple
 from .metrics import TracerMetrics
 from .sockstore import SockStore
@@ -32,7 +33,7 @@ ALIVE_STATES = sockdiag.ALL_STATES - {sockdiag.TCP_TIME_WAIT, sockdiag.TCP_CLOSE
 
 
 class Sweeper:
-    def __init__(self, conns: Connections | SockStore, metrics: TracerMetrics, grace_seconds: float):
+    def __init__(self, conns: Connections | SockStore | CookieStore, metrics: TracerMetrics, grace_seconds: float):
         self.conns = conns
         self.metrics = metrics
         self.grace_ns = int(grace_seconds * 1e9)
@@ -40,6 +41,8 @@ class Sweeper:
     def sweep_once(self) -> dict:
         start = time.perf_counter()
         now = procfs.boottime_ns()
+        if hasattr(self.conns, "sweep"):   # the cookie backend: its own rules (tracer/cookiestore.py)
+            return self._report(self.conns.sweep(now, self.grace_ns), start)
         deleted = stale = open_ = closed = 0
         # Each map on its own: a tuple reused within the grace is in both, and
         # expiring the old closed entry must not delete the new open one.
@@ -80,13 +83,16 @@ class Sweeper:
                     stale += 1
                     open_ -= 1
                     closed += 1
+        return self._report({"deleted": deleted, "stale": stale, "open": open_, "closed": closed}, start)
+
+    def _report(self, out: dict, start: float) -> dict:
         m = self.metrics
         m.sweeps.inc()
-        m.sweep_deleted.inc(deleted)
-        m.sweep_stale.inc(stale)
-        m.tracked.labels("open").set(open_)
-        m.tracked.labels("closed").set(closed)
+        m.sweep_deleted.inc(out["deleted"])
+        m.sweep_stale.inc(out["stale"])
+        m.tracked.labels("open").set(out["open"])
+        m.tracked.labels("closed").set(out["closed"])
         m.sweep_seconds.set(time.perf_counter() - start)
-        if deleted or stale:
-            log.debug("sweep: deleted %d, marked %d stale, %d open, %d closed", deleted, stale, open_, closed)
-        return {"deleted": deleted, "stale": stale, "open": open_, "closed": closed}
+        if out["deleted"] or out["stale"]:
+            log.debug("sweep: deleted %(deleted)d, marked %(stale)d stale, %(open)d open, %(closed)d closed", out)
+        return out

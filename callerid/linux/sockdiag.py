@@ -57,6 +57,7 @@ class TcpSocket:
     dport: int
     uid: int
     inode: int
+    cookie: int = 0   # the kernel's socket cookie (what bpf_get_socket_cookie gives)
 
 
 NETLINK_SOCK_DIAG = 4
@@ -67,7 +68,7 @@ _NLMSG = struct.Struct("=IHHII")            # nlmsghdr: len, type, flags, seq, p
 _REQ = struct.Struct("=BBBxI")              # inet_diag_req_v2 up to its sockid
 _SOCKID = struct.Struct(">HH16s16s")        # sport, dport (big endian), src, dst ...
 _SOCKID_TAIL = struct.Struct("=IQ")         # ... if, cookie (host order)
-_MSG = struct.Struct("=BBxx4x16s16s4x8x12xII")   # inet_diag_msg: family, state, (ports), src, dst, uid, inode
+_MSG = struct.Struct("=BBxx4x16s16s4xII12xII")  # inet_diag_msg: family, state, (ports), src, dst, cookie, uid, inode
 _PORTS = struct.Struct(">HH")
 _RECV_TIMEOUT = 5.0                         # the kernel answers at once; never hang on it
 # Asking for socket-local BPF storage (include/uapi/linux/{inet_diag,sock_diag}.h)
@@ -102,7 +103,7 @@ def _mask(states) -> int:
 
 
 def _request(nl: socket.socket, family: int, mask: int, sockid=None, storage_fd: int = -1,
-             bytecode: bytes = b"") -> list:
+             bytecode: bytes = b"", parse=None) -> list:
     """A TCP dump of one family, or with sockid=(src, sport, dst, dport) one exact lookup.
 
     The exact form (no NLM_F_DUMP) is O(1) in the kernel's hash. The kernel
@@ -153,7 +154,7 @@ def _request(nl: socket.socket, family: int, mask: int, sockid=None, storage_fd:
                         return found
                     raise SockDiagError(code, f"sock_diag: {os.strerror(code)}")
                 if mtype == SOCK_DIAG_BY_FAMILY:
-                    sock = _to_socket(data, payload)
+                    sock = (parse or _to_socket)(data, payload)
                     found.append(sock if storage_fd < 0 else
                                  (sock, _storage_value(data, payload + _MSG.size, off)))
                     if not sockid and not mflags & NLM_F_MULTI:
@@ -193,12 +194,14 @@ def _storage_value(data: bytes, start: int, end: int) -> bytes | None:
 
 
 def _to_socket(data: bytes, off: int) -> TcpSocket:
-    family, state, src, dst, uid, inode = _MSG.unpack_from(data, off)
+    # idiag_cookie is two host-order u32s, low half first (sock_diag_save_cookie)
+    family, state, src, dst, cookie_lo, cookie_hi, uid, inode = _MSG.unpack_from(data, off)
     sport, dport = _PORTS.unpack_from(data, off + 4)
     if family == AF_INET:
         src, dst = src[:4], dst[:4]
     return TcpSocket(family=family, state=state, src=ipaddress.ip_address(src), sport=sport,
-                     dst=ipaddress.ip_address(dst), dport=dport, uid=uid, inode=inode)
+                     dst=ipaddress.ip_address(dst), dport=dport, uid=uid, inode=inode,
+                     cookie=cookie_lo | cookie_hi << 32)
 
 
 def list_tcp(states=ESTABLISHED_ONLY, families=(AF_INET, AF_INET6)) -> list[TcpSocket]:
@@ -219,6 +222,24 @@ def list_tcp_storage(states, storage_fd: int, families=(AF_INET, AF_INET6)) -> l
     mask = _mask(states)
     with _nl_socket() as nl:
         return [pair for family in families for pair in _request(nl, family, mask, None, storage_fd)]
+
+
+# state, cookie halves and inode only: no address objects (the sweeper's dump of every socket)
+_MSG_COOKIE = struct.Struct("=xB42xII16xI")
+
+
+def _cookie_state_inode(data: bytes, off: int) -> tuple[int, int, int]:
+    state, lo, hi, inode = _MSG_COOKIE.unpack_from(data, off)
+    return lo | hi << 32, state, inode
+
+
+def socket_cookies(states, families=(AF_INET, AF_INET6)) -> dict[int, tuple[int, int]]:
+    """cookie -> (state, inode) of every TCP socket in these states: list_tcp without the
+    addresses, several times faster where TIME_WAIT sockets number tens of thousands."""
+    mask = _mask(states)
+    with _nl_socket() as nl:
+        return {c: (st, ino) for family in families
+                for c, st, ino in _request(nl, family, mask, parse=_cookie_state_inode)}
 
 
 def listening_ports() -> set[int]:

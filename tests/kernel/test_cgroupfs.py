@@ -212,6 +212,100 @@ def test_v1_partial_adoption_is_reported(v1_root, trees, children):
     assert all(p.pid in procs(d) for d in job.extern[:2])
 
 
+def stop_at(n: int, reason: str = "deadline"):
+    """A proceed() for adopt(): go on for n questions, then stop with `reason`."""
+    asked = []
+
+    def proceed():
+        asked.append(1)
+        return reason if len(asked) > n else None
+    return proceed
+
+
+def test_v1_adoption_stopped_between_controllers_is_undone(v1_root, trees, children):
+    # Issue 12 item 3: the deadline passes (or the login goes) after some of the job's
+    # controllers were written, or after the last write ended too late: nothing more is
+    # written and the process is back where it was in every hierarchy. Every stop point.
+    require(len(v1_ctrls(v1_root)) >= 3, "freezer and two more v1 controllers")
+    node = f"cg{os.getpid()}"
+    t = trees(node=node, root=v1_root)
+    t.create(UID_A, BASE + 1)
+    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+    for n in range(1, len(job.extern) + 1):
+        p = children(["sleep", "60"])
+        before = cgroup_lines(p.pid)
+        with pytest.raises(cgroupfs.Stopped) as e:
+            adopt(p.pid, job, stop_at(n))
+        assert (e.value.reason, e.value.written, e.value.left) == ("deadline", job.extern[:n], ()), n
+        assert cgroup_lines(p.pid) == before, f"stopped after {n} writes: moved back in every hierarchy"
+        assert not any(p.pid in procs(d) for d in job.extern)
+    from tests.reliability import record
+    record("kernel/test_cgroupfs.py::v1_adoption_stopped_between_controllers", "fault",
+           f"the deadline passes while a process is moved into a v1 job's {len(job.extern)} controllers "
+           f"(stopped after each of 1..{len(job.extern)} cgroup.procs writes, the check after the last included)",
+           "no write after the stop; the process moved back into the cgroups it was in, in every hierarchy, "
+           "each time (Stopped, nothing left)")
+
+
+def test_v1_stopped_adoption_whose_earlier_cgroup_is_gone_is_left_and_reported(v1_root, trees, children):
+    # The undo's one failure: the cgroup the process came from was removed meanwhile (it was
+    # empty once the process left it). Those dirs are reported in Stopped.left, the process
+    # stays there; every other hierarchy is moved back.
+    require(len(v1_ctrls(v1_root)) >= 3, "freezer and two more v1 controllers")
+    node = f"cg{os.getpid()}"
+    t = trees(node=node, root=v1_root)
+    t.create(UID_A, BASE + 1)
+    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+    ctrls = [os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(d)))))
+             for d in job.extern]
+    origin = {c: f"{v1_root}/{c}/callerid-origin-{os.getpid()}" for c in ctrls}
+    p = children(["sleep", "60"])
+    try:
+        for c, d in origin.items():
+            os.mkdir(d)
+            if "cpuset" in c.split(","):   # a cpuset cgroup holds tasks once it has cpus and mems
+                for f in ("cpuset.cpus", "cpuset.mems"):
+                    Path(d, f).write_text(Path(v1_root, c, f).read_text())
+            Path(d, "cgroup.procs").write_text(str(p.pid))
+        before = cgroup_lines(p.pid)
+        asked = []
+
+        def proceed():   # after two writes: their earlier cgroups are removed, then the deadline passes
+            asked.append(1)
+            if len(asked) <= 2:
+                return None
+            for c in ctrls[:2]:
+                os.rmdir(origin[c])
+            return "deadline"
+        with pytest.raises(cgroupfs.Stopped) as e:
+            adopt(p.pid, job, proceed)
+        assert (e.value.written, e.value.left) == (job.extern[:2], job.extern[:2])
+        assert "could not move it back" in str(e.value)
+        now = cgroup_lines(p.pid)
+        for i, c in enumerate(ctrls):
+            key = next(k for k in now if set(k.split(",")) == set(c.split(",")))
+            assert now[key] == (f"/slurm_{node}/uid_{UID_A}/job_{BASE + 1}/step_extern" if i < 2 else before[key]), c
+    finally:
+        p.kill()
+        p.wait(5)
+        for d in origin.values():
+            if os.path.isdir(d):
+                os.rmdir(d)
+
+
+def test_v1_adoption_stopped_before_the_first_write_writes_nothing(v1_root, trees, children):
+    node = f"cg{os.getpid()}"
+    t = trees(node=node, root=v1_root)
+    t.create(UID_A, BASE + 1)
+    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+    p = children(["sleep", "60"])
+    before = cgroup_lines(p.pid)
+    with pytest.raises(cgroupfs.Stopped) as e:
+        adopt(p.pid, job, stop_at(0, "process_changed"))
+    assert (e.value.reason, e.value.written, e.value.left) == ("process_changed", (), ())
+    assert cgroup_lines(p.pid) == before
+
+
 def test_v1_empty_cpuset_is_io_error(v1_root, trees, children):
     require(os.path.ismount(f"{v1_root}/cpuset"), f"cgroup v1 cpuset at {v1_root}/cpuset")
     node = f"cg{os.getpid()}"
@@ -265,6 +359,21 @@ def test_v2_discovery_and_adopt(trees, children):
         assert pid_in_extern(child, job)
     finally:
         os.kill(child, 9)
+
+
+def test_v2_adoption_that_ended_past_its_deadline_is_undone(trees, children):
+    require_v2()
+    node = f"cg{os.getpid()}"
+    t = trees(node=node, layout="v2", v2_mount=V2)
+    t.create(UID_A, BASE + 9)
+    t.popen(["sleep", "60"], UID_A, UID_A, BASE + 9, step="extern")
+    (job,) = only(jobs.list_jobs(node), {BASE + 9})
+    p = children(["sleep", "60"])
+    before = cgroup_lines(p.pid)
+    with pytest.raises(cgroupfs.Stopped) as e:
+        adopt(p.pid, job, stop_at(1, "hook_gone"))   # the one write is made, the check after it stops
+    assert (e.value.written, e.value.left) == (job.extern, ())
+    assert cgroup_lines(p.pid) == before and p.pid not in procs(job.extern[0])
 
 
 def test_v2_job_gone(trees, children):

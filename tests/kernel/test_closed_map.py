@@ -237,3 +237,96 @@ def test_open_map_full_every_connection_still_answered_right_and_counted(tracers
            f"{3 * small} connections held open against an open-connection map of {small}",
            f"all {3 * small} answered with the right owner: {sources.get('BPF', 0)} from the map, "
            f"{sources.get('PROC', 0)} from the /proc fallback, each miss counted (map_miss)")
+
+
+def test_sockstore_closed_map_full_keeps_the_earliest_and_counts_the_rest(tracers, munged):
+    # Issue 12, "the map full", for the sockstore backend's closed map: a plain hash that
+    # never evicts. Close three times its capacity (one uid, within its share): the first
+    # closes stay answered right for their grace (nobody's entry evicted), the ones past
+    # capacity are answered NOT_FOUND (a defined answer, never another owner's) and each
+    # is counted update_failed.
+    cap = 64
+    t = tracers.make(probe="sockstore", max_closed_connections=cap, closed_share_per_uid=100 * cap,
+                     close_grace_seconds=600.0, reconcile=False).start()
+    lsock = listen()
+    closed = []
+    try:
+        before = scrape(t.metrics_url)
+        for _ in range(3 * cap):
+            c, a = connect(lsock)
+            closed.append(Query.make("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1]))
+            c.close()   # the connecting side is the one sockstore keeps
+            a.close()
+
+        def settled():
+            s = scrape(t.metrics_url)
+            return sum(metric(s, "callerid_bpf_events_total", event=e) - metric(before, "callerid_bpf_events_total",
+                                                                               event=e)
+                       for e in ("closed", "update_failed")) >= 3 * cap
+        wait_for(settled, 10, "every close recorded or counted")
+        mid = scrape(t.metrics_url)
+        failed = metric(mid, "callerid_bpf_events_total", event="update_failed") - \
+            metric(before, "callerid_bpf_events_total", event="update_failed")
+        answers = [ask(("127.0.0.1", t.port), q, 3.0, munged.socket) for q in closed]
+        found = [i for i, ans in enumerate(answers) if ans.status == Status.FOUND]
+        for i in found:
+            assert answers[i].pid == os.getpid() and answers[i].closed, answers[i]
+        assert all(ans.status in (Status.FOUND, Status.NOT_FOUND) for ans in answers), \
+            {ans.status for ans in answers}
+        assert len(found) <= cap
+        # The earliest closes were kept (others' closes on this machine may take a few slots).
+        assert found == list(range(len(found))) and len(found) >= cap - 8, found
+        assert failed >= 3 * cap - len(found), (failed, len(found))
+        assert metric(mid, "callerid_map_capacity_connections", state="closed") == cap
+    finally:
+        lsock.close()
+        t.stop()
+    from tests.reliability import record
+    record("kernel/test_closed_map.py::sockstore_closed_map_full", "fault",
+           f"{3 * cap} connections closed by one user into the sockstore backend's closed map of {cap} "
+           "(a hash that never evicts)",
+           f"the first {len(found)} closed answered with the right owner (closed), none evicted; the "
+           f"{3 * cap - len(found)} past capacity answered NOT_FOUND, never another owner, each counted "
+           f"(update_failed +{failed:.0f})",
+           f"the {3 * cap - len(found)} closes past capacity were not kept, as the map's size says")
+
+
+def test_lru_closed_map_full_answers_the_newest_and_never_another_owner(tracers, munged):
+    # The same for the tracepoint backend's closed map, an LRU (docs: above capacity the
+    # kernel evicts the oldest closed entries, anyone's): the newest closes are answered
+    # right, the evicted ones NOT_FOUND, never another owner; every close is counted.
+    cap = 64
+    t = tracers.make(probe="tracepoint", max_connections=MAX_OPEN, max_closed_connections=cap,
+                     close_grace_seconds=600.0, reconcile=False).start()
+    lsock = listen()
+    closed = []
+    try:
+        before = scrape(t.metrics_url)
+        for _ in range(3 * cap):
+            c, a = connect(lsock)
+            closed.append(Query.make("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1]))
+            c.close()
+            a.close()
+        wait_for(lambda: metric(scrape(t.metrics_url), "callerid_bpf_events_total", event="closed")
+                 - metric(before, "callerid_bpf_events_total", event="closed") >= 3 * cap, 10, "every close counted")
+        answers = [ask(("127.0.0.1", t.port), q, 3.0, munged.socket) for q in reversed(closed)]
+        found = [i for i, ans in enumerate(answers) if ans.status == Status.FOUND]
+        for i in found:
+            assert answers[i].pid == os.getpid() and answers[i].closed, answers[i]
+        assert all(ans.status in (Status.FOUND, Status.NOT_FOUND) for ans in answers), \
+            {ans.status for ans in answers}
+        # Newest first: the kept ones are the newest. The kernel's LRU frees in batches (per
+        # CPU), and each ask's own closed client connection takes an entry too, so fewer than
+        # `cap` stay; the point is that what is answered is right and the newest.
+        assert found == list(range(len(found))) and 0 < len(found) <= cap, found
+        after = scrape(t.metrics_url)
+        assert metric(after, "callerid_bpf_events_total", event="update_failed") == 0
+    finally:
+        lsock.close()
+        t.stop()
+    from tests.reliability import record
+    record("kernel/test_closed_map.py::lru_closed_map_full", "fault",
+           f"{3 * cap} connections closed into the tracepoint backend's closed map of {cap} (an LRU)",
+           f"the newest {len(found)} answered with the right owner (closed); the older ones NOT_FOUND, never "
+           "another owner; every close counted, no update failed",
+           f"the {3 * cap - len(found)} oldest closed entries, evicted as the map's size says")

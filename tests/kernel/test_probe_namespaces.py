@@ -26,7 +26,7 @@ pytestmark = pytest.mark.kernel
 CALLERID = os.path.join(os.path.dirname(sys.executable), "callerid")
 LISTENER = Path(__file__).resolve().parent.parent / "infra" / "listener_prog.py"
 PORT = 2222
-BACKENDS = ("sockstore", "tracepoint")
+BACKENDS = ("cookie", "sockstore", "tracepoint")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_same_tuple_in_two_namespaces_is_answered_for_each(tracers, twins, jobs,
         got_a = ask_in(a, ta, ca)
         assert (got_a["status"], str(got_a.get("job_id")), got_a.get("owner_exited", False)) == \
             ("found", "5101", False), got_a
-        if backend == "sockstore":
+        if backend in ("cookie", "sockstore"):
             assert got_a["source"] == "bpf"   # by construction, no fallback needed
     finally:
         if pb is not None:
@@ -93,10 +93,11 @@ def test_same_tuple_in_two_namespaces_is_answered_for_each(tracers, twins, jobs,
         stop_pid(pa.pid)
 
 
-def test_one_users_churn_keeps_within_its_share_and_never_takes_anothers_grace(tracers, jobs, test_users):
-    """sockstore: a uid past closed_share_per_uid in a grace window loses only its own new
+@pytest.mark.parametrize("backend", ("cookie", "sockstore"))
+def test_one_users_churn_keeps_within_its_share_and_never_takes_anothers_grace(tracers, jobs, test_users, backend):
+    """cookie, sockstore: a uid past closed_share_per_uid in a grace window loses only its own new
     closed records; another uid's closed connection stays answerable for its whole grace."""
-    t = tracers.make(probe="sockstore", close_grace_seconds=60.0, closed_share_per_uid=20,
+    t = tracers.make(probe=backend, close_grace_seconds=60.0, closed_share_per_uid=20,
                      max_closed_connections=1024).start()
     port = free_port()
     listener = subprocess.Popen([sys.executable, str(LISTENER), "127.0.0.1", str(port)], stdout=subprocess.PIPE,

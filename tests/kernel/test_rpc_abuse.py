@@ -176,6 +176,44 @@ def test_a_hung_munged_is_abandoned_at_the_deadline_and_the_tracer_recovers(trac
            "abandoned; answers again once munged resumed", "that one answer")
 
 
+def test_an_unreachable_munged_is_an_internal_error_at_once_and_the_tracer_recovers(tracer, munged, jobs,
+                                                                                   test_users, listener):  # noqa: F811
+    # Issue 12, munged unreachable on the tracer's side: its socket is gone (munged down,
+    # socket removed) while a request arrives. The decode fails at once: the client gets
+    # INTERNAL well inside its deadline, the tracer keeps serving and answers again once
+    # munged is back.
+    owner = test_users[0]
+    jobs.create(owner.uid, 4205)
+    p, (c,) = start_client(jobs, owner, 4205, "127.0.0.1", listener)
+    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+    from callerid import munge
+    from callerid.protocol import HEADER, ErrorCode, FrameType, decode_error, encode_frame, encode_request
+    cred = munge.encode(encode_request(q, os.urandom(32)), munged.socket, secret_for_uid=0)
+    before = rpc_counts(tracer)
+    away = munged.socket + ".away"
+    os.rename(munged.socket, away)
+    try:
+        import socket as socketmod
+        t0 = time.monotonic()
+        with socketmod.create_connection(("127.0.0.1", tracer.port), timeout=10) as s:
+            s.sendall(encode_frame(FrameType.REQUEST, cred))
+            reply = s.recv(4096)
+        elapsed = time.monotonic() - t0
+    finally:
+        os.rename(away, munged.socket)
+    assert reply[3] == FrameType.ERROR and decode_error(reply[HEADER.size:])[0] == ErrorCode.INTERNAL
+    assert elapsed < 1.0, f"answered after {elapsed:.2f}s: an unreachable munged must fail at once"
+    assert wait_for(lambda: rpc_counts(tracer).get("internal_error", 0) - before.get("internal_error", 0) == 1, 5,
+                    "the failure counted")
+    assert tracer.running
+    assert wait_for(lambda: _answers(tracer, q, munged.socket) == "4205", 15, "answers once munged is back")
+    close_client(p)
+    record("kernel/test_rpc_abuse.py::unreachable_munged_tracer_side", "fault",
+           "the tracer's munged unreachable (its socket gone) while a request arrives",
+           f"the client got INTERNAL after {elapsed * 1000:.0f} ms, counted (internal_error); the tracer kept "
+           "serving and answered again once munged was back", "that one answer")
+
+
 def test_every_worker_stuck_on_a_hung_munged_other_clients_are_still_answered(tracers, munged, jobs, test_users,
                                                                               listener):  # noqa: F811
     # Issue 12: both workers of a 2-worker tracer are stuck in a MUNGE decode (munged

@@ -88,12 +88,12 @@ def test_restart_keeps_attribution_from_the_pinned_map(tracers, munged, jobs, te
 
 
 DENY_BPF_ATTACH = os.path.join(os.path.dirname(__file__), "..", "infra", "deny_bpf_attach.py")
-DENIED = ("sockstore", "fentry")   # the backends that attach through bpf(2) links, which the filter refuses
+DENIED = ("cookie", "sockstore", "fentry")   # the backends that attach through bpf(2) links, which the filter refuses
 
 
 def with_bpf_attach_denied(t: TracerProc) -> TracerProc:
     """Start this tracer under a seccomp filter refusing bpf(2) link attachment
-    (tests/infra/deny_bpf_attach.py): sockstore and fentry then fail for real, on kernels
+    (tests/infra/deny_bpf_attach.py): cookie, sockstore and fentry then fail for real, on kernels
     where they work as on kernels where they do not; kprobe and tracepoint are untouched."""
     plain = t.argv
     t.argv = lambda *extra: [sys.executable, DENY_BPF_ATTACH, "--", *plain(*extra)]
@@ -163,7 +163,7 @@ def test_pinned_map_with_other_layout_is_refused_then_replaced(tracers):
     pins = pin_dir(t.pin_root)
     pins.mkdir(parents=True)
     # a map of the same name but another type or value size, pinned where ours goes
-    name = "sk_closed" if os.environ.get("CALLERID_TEST_PROBE") == "sockstore" else "conns"
+    name = {"sockstore": "sk_closed", "cookie": "ck_spill"}.get(os.environ.get("CALLERID_TEST_PROBE", ""), "conns")
     BPF(text=f'BPF_TABLE_PINNED("lru_hash", u64, u64, {name}, 1024, "{pins}/{name}");'.encode()).cleanup()
     assert (pins / name).exists()
     t.start(wait=False)
@@ -183,11 +183,12 @@ def test_layout_mirror_matches_bcc_view_of_the_header():
     from bcc import BPF
 
     from callerid.tracer import layout
-    src = f'#include "{layout.header_path()}"\nBPF_HASH(m, struct callerid_key, struct callerid_owner, 1);'
+    src = f'#include "{layout.header_path()}"\nBPF_HASH(m, struct callerid_key, struct callerid_owner, 1);' \
+        '\nBPF_ARRAY(s, struct callerid_ck_slot, 1);'
     b = BPF(text=src.encode())
     try:
         tbl = b["m"]
-        for mine, theirs in ((layout.ConnKey, tbl.Key), (layout.Owner, tbl.Leaf)):
+        for mine, theirs in ((layout.ConnKey, tbl.Key), (layout.Owner, tbl.Leaf), (layout.Slot, b["s"].Leaf)):
             assert ctypes.sizeof(mine) == ctypes.sizeof(theirs)
             for name, _ in mine._fields_:
                 assert getattr(mine, name).offset == getattr(theirs, name).offset, name

@@ -257,6 +257,80 @@ def test_adopter_hung_login_bounded_by_deadline(cl):
         os.kill(cl.adopter.proc.pid, signal.SIGCONT)
     assert login.seconds < 2 + 3, login.seconds
     assert not_in_any_job(login), login.err  # action_generic_failure=ignore
+    record("lab/test_adopter.py::adopter_hung", "fault",
+           "the adopter stopped (SIGSTOP) during a login; the module's deadline is 2 s",
+           f"the login followed action_generic_failure (ignore) after {login.seconds:.1f} s, not adopted",
+           "the decision: the login was not adopted, as action_generic_failure says")
+
+
+def test_adopter_killed_mid_login_follows_generic_failure_at_once_and_recovers(cl):
+    # Issue 12, adopter killed: SIGKILLed while a login's module waits for its answer (held
+    # in the listen backlog by stopping it first). The module sees the connection reset and
+    # applies action_generic_failure at once, not at its deadline; nothing is adopted; the
+    # restarted adopter serves the next login.
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5341)
+    cl.set_hook("deadline=20")
+    pid = cl.adopter.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        th, box = _login_in_background(cl, a, None)
+        assert wait_for(lambda: _hooks_waiting(cl) >= 1, 20, "the login's PAM module asking the adopter")
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        th.join(30)
+        after_kill = time.monotonic() - killed_at
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        cl.adopter.proc.wait(10)
+        cl.adopter.proc = None
+        cl.adopter.start()
+    login = box[0]
+    assert not_in_any_job(login), login.err    # action_generic_failure=ignore
+    assert after_kill < 5, f"the login waited {after_kill:.1f} s after the kill (its deadline is 20 s)"
+    assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5341)
+    again = cl.ssh(a)
+    assert in_job(again, cl.dst_jobs, a.uid, 5341), again.err
+    record("lab/test_adopter.py::adopter_killed_mid_login", "fault",
+           "the adopter SIGKILLed while a login's module waited for its answer (module deadline 20 s)",
+           f"the login followed action_generic_failure (ignore) {after_kill:.1f} s after the kill, not at the "
+           "deadline; nothing adopted; the restarted adopter adopted the next login",
+           "the decision: that login was not adopted, as action_generic_failure says")
+
+
+def test_unreachable_munged_on_the_adopters_side_follows_action_unknown_at_once(cl, munged):
+    # Issue 12, munged unreachable on the adopter's side (socket gone): the RPC cannot be
+    # signed, fails at once (outcome munge), and the login follows action_unknown (newest)
+    # well inside rpc_timeout_seconds; answered again once munged is back.
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5351)
+    time.sleep(0.05)
+    cl.dst_jobs.create(a.uid, 5352)
+    cl.src_jobs.create(a.uid, 5351)
+    cl.set_hook("deadline=4", "action_unknown=newest")
+    before = cl.adopter_metrics()
+    away = munged.socket + ".away"
+    os.rename(munged.socket, away)
+    try:
+        login = cl.ssh(a, job=5351)
+    finally:
+        os.rename(away, munged.socket)
+    after = cl.adopter_metrics()
+    assert login.rc == 0 and in_job(login, cl.dst_jobs, a.uid, 5352), login.err
+    assert metric(after, "callerid_adopter_rpc_requests_total", outcome="munge") - \
+        metric(before, "callerid_adopter_rpc_requests_total", outcome="munge") == 1
+    rpc = (metric(after, "callerid_adopter_rpc_duration_seconds_sum") -
+           metric(before, "callerid_adopter_rpc_duration_seconds_sum"))
+    assert rpc < 0.5, f"the failed RPC took {rpc:.2f} s"
+    assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5351)
+    cl.set_hook("deadline=4")
+    healed = cl.ssh(a, job=5351)
+    assert in_job(healed, cl.dst_jobs, a.uid, 5351), healed.err
+    record("lab/test_adopter.py::unreachable_munged_adopter_side", "fault",
+           "the adopter's munged unreachable (its socket gone) during a login that needs the RPC",
+           f"the RPC failed at once ({rpc * 1000:.1f} ms, outcome munge) and the login followed action_unknown "
+           f"(newest), login {login.seconds:.1f} s; answered again once munged was back",
+           "the answer: the login followed action_unknown")
 
 
 def test_hung_munged_decision_after_the_hook_gave_up_is_abandoned_not_applied(cl, munged):
@@ -445,6 +519,64 @@ def test_tracer_killed_mid_login_follows_action_unknown_and_nothing_lands_late(c
            "the answer: the login got the newest job, as action_unknown says")
 
 
+def _hooks_waiting(cl) -> int:
+    """Connections waiting in the adopter's listen backlog (its Recv-Q while it accepts none)."""
+    out = cl.dst.run(["ss", "-Hxl", "src", cl.adopter_socket], capture_output=True, text=True).stdout
+    fields = out.split()
+    return int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else 0
+
+
+def test_tracer_killed_and_restarted_mid_login_answers_right_from_its_pinned_maps(cl):
+    # Issue 12: the source tracer is SIGKILLed and started again while a login waits in
+    # its account step (held there by stopping the adopter: the module has asked, nobody
+    # has answered yet). The ssh connection was recorded before the kill; the restarted
+    # tracer answers from the pinned maps, so the login lands in the job it came from (not
+    # the newest), decided once, within the module's deadline: nothing lost.
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5321)
+    time.sleep(0.05)
+    cl.dst_jobs.create(a.uid, 5322)
+    cl.src_jobs.create(a.uid, 5321)
+    cl.set_hook("deadline=30")
+    before = cl.adopter_metrics()
+    adopter_pid = cl.adopter.proc.pid
+    os.kill(adopter_pid, signal.SIGSTOP)
+    restart = None
+    try:
+        th, box = _login_in_background(cl, a, 5321, command=SHOW)
+        assert wait_for(lambda: _hooks_waiting(cl) >= 1, 20, "the login's PAM module asking the adopter")
+        os.kill(cl.tracer.proc.pid, signal.SIGKILL)
+        cl.tracer.proc.wait(10)
+        cl.tracer.proc = None
+        t0 = time.monotonic()
+        cl.tracer.start()
+        restart = time.monotonic() - t0
+    finally:
+        os.kill(adopter_pid, signal.SIGCONT)
+        if cl.tracer.proc is None:
+            cl.tracer.start()
+    th.join(60)
+    login = box[0]
+    assert login.rc == 0, login.err
+    assert in_job(login, cl.dst_jobs, a.uid, 5321), login.out   # the right job, not the newest
+    assert priv_in_job(login, cl.dst_jobs, a.uid, 5321), login.out
+    assert login.seconds < 30, login.seconds
+    after = cl.adopter_metrics()
+    key = ("callerid_adopter_decisions_total",
+           (("mode", "enforce"), ("reason", "callerid"), ("verdict", "adopt")))
+    assert after.get(key, 0) - before.get(key, 0) == 1
+    found = metric(after, "callerid_adopter_rpc_requests_total", outcome="found_job") - \
+        metric(before, "callerid_adopter_rpc_requests_total", outcome="found_job")
+    assert found == 1
+    assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5322), "nothing landed in the newest job"
+    # the restarted tracer's only lookup so far was this login's, from the pinned map
+    assert metric(cl.tracer_metrics(), "callerid_lookups_total", source="bpf") == 1
+    record("lab/test_adopter.py::tracer_killed_and_restarted_mid_login", "fault",
+           "the source tracer SIGKILLed and restarted while a login waited in its account step",
+           f"the restarted tracer (ready in {restart:.1f} s) answered from its pinned maps; the login landed in the "
+           f"job it came from, not the newest, decided once (login {login.seconds:.1f} s)")
+
+
 def _partition_rpc(cl, on: bool):
     """Silently drop everything the source host sends from the tracer's port: the adopter's
     SYNs get no answer, an established question gets no reply (a partition of the RPC path
@@ -496,4 +628,53 @@ def test_network_partition_during_the_account_step_follows_action_unknown(cl, ac
     record(f"lab/test_adopter.py::network_partition_{action}", "fault",
            f"the RPC path from destination to source silently dropped during the login (action_unknown={action})",
            f"decided per action_unknown in {login.seconds:.1f} s (rpc_timeout 1 s); answered again once healed",
+           "the answer: the login followed action_unknown")
+
+
+def test_partition_after_the_question_reached_the_tracer_decides_once_and_nothing_lands_late(cl):
+    # Issue 12, a partition during the account step that starts mid-exchange: the question
+    # has reached the source (held there by stopping the tracer), then the path is cut and
+    # the tracer answers into it. The adopter times out within rpc_timeout_seconds, follows
+    # action_unknown (newest) once, and the answer that never arrived changes nothing.
+    a = cl.users[0]
+    cl.dst_jobs.create(a.uid, 5331)
+    time.sleep(0.05)
+    cl.dst_jobs.create(a.uid, 5332)
+    cl.src_jobs.create(a.uid, 5331)
+    cl.set_hook("deadline=4", "action_unknown=newest")
+    before = cl.adopter_metrics()
+    tracer_before = metric(cl.tracer_metrics(), "callerid_rpc_requests_total", result="found")
+    os.kill(cl.tracer.proc.pid, signal.SIGSTOP)
+    partitioned = False
+    try:
+        th, box = _login_in_background(cl, a, 5331, command=SHOW)
+        assert wait_for(lambda: _tracer_connections(cl) >= 1, 10, "the adopter's question reaching the tracer")
+        _partition_rpc(cl, True)
+        partitioned = True
+        os.kill(cl.tracer.proc.pid, signal.SIGCONT)   # it answers into the partition
+        th.join(30)
+    finally:
+        os.kill(cl.tracer.proc.pid, signal.SIGCONT)
+        if partitioned:
+            _partition_rpc(cl, False)
+    login = box[0]
+    assert login.rc == 0, login.err
+    assert in_job(login, cl.dst_jobs, a.uid, 5332) and priv_in_job(login, cl.dst_jobs, a.uid, 5332), login.out
+    assert login.seconds < 1.0 + 3, login.seconds             # rpc_timeout_seconds = 1
+    time.sleep(1.5)   # the tracer's retransmitted answer reaches a closed socket once healed
+    after = cl.adopter_metrics()
+    key = ("callerid_adopter_decisions_total",
+           (("mode", "enforce"), ("reason", "rpc_failed_newest"), ("verdict", "adopt")))
+    assert after.get(key, 0) - before.get(key, 0) == 1
+    assert metric(after, "callerid_adopter_rpc_requests_total", outcome="timeout") - \
+        metric(before, "callerid_adopter_rpc_requests_total", outcome="timeout") == 1
+    assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5331), "nothing landed in the job the login came from"
+    assert metric(cl.tracer_metrics(), "callerid_rpc_requests_total", result="found") - tracer_before == 1, \
+        "the tracer did answer, into the partition"
+    healed = cl.ssh(a, job=5331)
+    assert in_job(healed, cl.dst_jobs, a.uid, 5331), healed.err
+    record("lab/test_adopter.py::partition_after_the_question_was_sent", "fault",
+           "the RPC path cut after the adopter's question reached the source tracer, which then answered into it",
+           f"the adopter timed out and followed action_unknown (newest) once, login {login.seconds:.1f} s "
+           "(rpc_timeout 1 s); the lost answer changed nothing; answered again once healed",
            "the answer: the login followed action_unknown")

@@ -65,7 +65,7 @@ for s in "${steps[@]}"; do
     smoke) step smoke pytest -rA tests/vm/backend_smoke.py ;;  # -rA: each backend prints its start-up time
     kernel) step kernel pytest tests/kernel ;;
     # the tracer's attribution tests against one backend, as CALLERID_TEST_PROBE does on a host
-    kernel-sockstore|kernel-fentry|kernel-kprobe|kernel-tracepoint)
+    kernel-cookie|kernel-sockstore|kernel-fentry|kernel-kprobe|kernel-tracepoint)
       step "$s" env CALLERID_TEST_PROBE="${s#kernel-}" "$work/.venv/bin/python3" -m pytest -ra -p no:cacheprovider \
         tests/kernel/test_tracer.py ;;
     demo|lab|units) step "$s" bash tests/vm/guest_steps.sh "$s" ;;  # tests/vm/guest_steps.sh

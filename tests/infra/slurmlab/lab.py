@@ -62,7 +62,7 @@ class SlurmLab(SlurmClient, Logins, Teardown, Report):
                  syslog: bool = True, job_container: bool = False, x11: bool = False):
         """nodes: 1..16; log: a callable taking progress lines (default: silent); log_level: of the
         callerid daemons; probe: the tracers' backend
-        ("auto" tries sockstore, fentry, kprobe, tracepoint in that order and settles on sockstore here);
+        ("auto" tries cookie, sockstore, fentry, kprobe, tracepoint in that order and settles on cookie here);
         syslog: run a /dev/log listener (log/syslog.log) if the machine has none, for pam_slurm_adopt;
         job_container: JobContainerType=job_container/tmpfs (BasePath <root>/jc), for join_container;
         x11: PrologFlags=X11, Slurm's X11 forwarding (salloc --x11)."""
