@@ -19,13 +19,13 @@ DEFAULT_STEPS = "unit,smoke"
 # backends (smoke), and on Debian 12 and 13 the README's first command, the demo, under systemd
 # and cgroup v2 (real Slurm 22.05 / 24.11, a multi-node job's session adopted on the other node,
 # scontrol agreeing; on 13 through OpenSSH 10's sshd-session).
-# On Debian 12 also the units step (the .deb's systemd units running, restarted, a real login)
-# and the kernel tier (tests/kernel on a stock kernel where every backend works: 21.5 min
-# under emulation, measured 2026-12-01). Not in CI, by time: the lab suite (15-16 min per image;
-# with it CI would pass 60 min), run by `vm.sh test bookworm --steps lab` with dated results
-# in docs/VM.md. Not bookworm's `unit`: the host suite runs tests/unit on Debian 12 already.
+# On Debian 12 also the units step (the .deb's systemd units running, restarted, a real login).
+# Not in CI yet, run by `vm.sh test bookworm --steps kernel,lab` with dated results in
+# docs/VM.md: the kernel tier (21.5 min under emulation) and the lab (15-16 min per image);
+# `kernel` joins once a whole CI run with it has been measured (docs/VM.md, "In CI").
+# Not bookworm's `unit`: the host suite runs tests/unit on Debian 12 already.
 CI_PLAN = (
-    ("bookworm", "smoke,demo,units,kernel"),
+    ("bookworm", "smoke,demo,units"),
     ("trixie", "smoke,demo"),
     ("bullseye", "smoke"),
 )
