@@ -70,7 +70,7 @@ for s in "${steps[@]}"; do
         tests/kernel/test_tracer.py ;;
     demo|lab|units) step "$s" bash tests/vm/guest_steps.sh "$s" ;;  # tests/vm/guest_steps.sh
     # benches (docs/BENCHMARKS.md), --quick: under emulation compare their ratios, never absolute times
-    bench-probe) step "$s" "$work/.venv/bin/python3" bench/probe_bench.py --quick --backends auto,tracepoint ;;
+    bench-probe) step "$s" "$work/.venv/bin/python3" bench/probe_bench.py --quick ;;  # auto, cookie, sockstore, tracepoint (the default set)
     bench-login) step "$s" "$work/.venv/bin/python3" bench/login_bench.py --quick ;;
     *) step "$s" pytest "$s" ;;
   esac
