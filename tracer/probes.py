@@ -253,11 +253,23 @@ def attach_to_cgroup_root(bpf, programs, backend: str) -> tuple:
     return tuple(links)
 
 
+def netns_cookie_or_refuse(backend: str) -> int:
+    """Our network namespace's cookie, which the cookie and sockstore backends key on; a
+    kernel that cannot tell it (SO_NETNS_COOKIE is Linux 5.14; Debian 11's 5.10 says
+    ENOPROTOOPT, measured in the VM tier) refuses the backend, saying why."""
+    try:
+        return own_netns_cookie()
+    except OSError as exc:
+        raise ProbeLoadError(f"{backend}: this kernel cannot tell the network namespace's cookie "
+                             f"(SO_NETNS_COOKIE, Linux 5.14 or later): {exc.strerror or exc}") from exc
+
+
 def compile_and_attach_cookie(pins: Path, max_conns: int, max_closed: int, grace_seconds: float,
                               closed_share: int):
     """Returns (bpf, link fds, slots map fd, spill map fd)."""
     from bcc import BPF
 
+    netns = netns_cookie_or_refuse("cookie")
     cgroup2_root()   # fail before compiling where there is nothing to attach to
     cflags = [
         f"-I{bpf_dir()}",
@@ -267,7 +279,7 @@ def compile_and_attach_cookie(pins: Path, max_conns: int, max_closed: int, grace
         f"-DCALLERID_CLOSED_SHARE={closed_share}ULL",
         f"-DCALLERID_CLOSED_BUDGET={max(1, max_closed // 3)}ULL",
         f"-DCALLERID_GRACE_NS={int(grace_seconds * 1e9)}ULL",
-        f"-DCALLERID_NETNS={own_netns_cookie()}ULL",
+        f"-DCALLERID_NETNS={netns}ULL",
         f'-DCALLERID_PIN_SLOTS="{pins / "ck_slots"}"',
         f'-DCALLERID_PIN_SPILL="{pins / "ck_spill"}"',
         "-Wno-macro-redefined",
@@ -296,6 +308,7 @@ def compile_and_attach_sockstore(pins: Path, max_closed: int, grace_seconds: flo
         raise ProbeLoadError(
             f"sockstore: BCC {'.'.join(map(str, version))} cannot create the pinned socket-storage map "
             f"(needs BCC {'.'.join(map(str, SOCKSTORE_BCC_FLOOR))} or later); use fentry, kprobe or tracepoint")
+    netns_cookie_or_refuse("sockstore")
     cgroup2_root()   # fail before compiling where there is nothing to attach to
     cflags = [
         f"-I{bpf_dir()}",
