@@ -306,19 +306,37 @@ def test_v1_adoption_stopped_before_the_first_write_writes_nothing(v1_root, tree
     assert cgroup_lines(p.pid) == before
 
 
-def test_v1_empty_cpuset_is_io_error(v1_root, trees, children):
-    require(os.path.ismount(f"{v1_root}/cpuset"), f"cgroup v1 cpuset at {v1_root}/cpuset")
+def test_a_write_the_kernel_refuses_is_an_io_error_that_says_why(v1_root, trees, children):
+    """The refusal made here is the one the running system can make: an empty v1 cpuset
+    (ENOSPC) where a v1 cpuset can be mounted (hybrid hosts, Debian 11 and 12), else a v2 leaf
+    with a controller enabled for children (EBUSY, "no internal processes") where systemd binds
+    cpuset to v2 (Debian 13) and delegates some controller to system.slice."""
     node = f"cg{os.getpid()}"
-    t = trees(node=node, root=v1_root)
-    t.create(UID_A, BASE + 1)
-    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
-    cpuset = next(d for d in job.extern if "/cpuset/" in d)
-    Path(cpuset, "cpuset.cpus").write_text("\n")  # allowed while the cgroup holds no task
+    if os.path.ismount(f"{v1_root}/cpuset"):
+        t = trees(node=node, root=v1_root)
+        t.create(UID_A, BASE + 1)
+        (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+        refused = next(d for d in job.extern if "/cpuset/" in d)
+        Path(refused, "cpuset.cpus").write_text("\n")  # allowed while the cgroup holds no task
+        expected, why = errno.ENOSPC, "cpuset.cpus"
+    else:
+        require_v2()
+        delegated = Path(V2, "system.slice", "cgroup.subtree_control").read_text().split()
+        require(delegated, f"a v1 cpuset, or a controller enabled in {V2}/system.slice/cgroup.subtree_control")
+        t = trees(node=node, layout="v2", v2_mount=V2)
+        t.create(UID_A, BASE + 1)
+        (job,) = only(jobs.list_jobs(node), {BASE + 1})
+        refused = job.extern[0]
+        d = f"{V2}/system.slice/slurmstepd.scope"
+        for part in [""] + refused[len(d):].split("/")[1:]:   # enabled top-down: each needs its parent's
+            d = f"{d}/{part}" if part else d
+            Path(d, "cgroup.subtree_control").write_text(f"+{delegated[0]}")
+        expected, why = errno.EBUSY, "no-internal-process"
     p = children(["sleep", "60"])
     with pytest.raises(AdoptError) as e:
         adopt(p.pid, job)
-    assert (e.value.reason, e.value.errno, e.value.path) == ("io", errno.ENOSPC, cpuset)
-    assert "cpuset.cpus" in str(e.value)
+    assert (e.value.reason, e.value.errno, e.value.path) == ("io", expected, refused)
+    assert why in str(e.value)
 
 
 # ------------------------------------------------------------------- v2
