@@ -148,12 +148,21 @@ def prepare_pins(pins: Path, max_conns: int, max_pending: int, max_closed: int, 
             create_pinned(path, name, info)
 
 
-def compile_and_attach(backend: str, pins: Path, max_conns: int, max_pending: int, max_closed: int):
+def _compile(backend: str, source: str, defines: list[str]):
+    """BCC-compile bpf/<source> with these -D flags; bpf/ is on the include path (the
+    programs include their headers from it)."""
     from bcc import BPF  # heavy import: only when a probe is really loaded
 
     src = bpf_dir()
-    cflags = [
-        f"-I{src}",
+    cflags = [f"-I{src}", *defines, "-Wno-macro-redefined"]
+    try:
+        return BPF(src_file=str(src / source).encode(), cflags=cflags)
+    except Exception as exc:  # BCC raises bare Exception for compile/load errors
+        raise ProbeLoadError(f"{backend}: BCC could not compile or load the program: {exc}") from exc
+
+
+def compile_and_attach(backend: str, pins: Path, max_conns: int, max_pending: int, max_closed: int):
+    bpf = _compile(backend, "callerid.bpf.c", [
         f"-DCALLERID_PROBE_{backend.upper()}=1",
         f"-DCALLERID_MAX_CONNS={max_conns}",
         f"-DCALLERID_MAX_PENDING={max_pending}",
@@ -161,12 +170,7 @@ def compile_and_attach(backend: str, pins: Path, max_conns: int, max_pending: in
         f'-DCALLERID_PIN_CONNS="{pins / "conns"}"',
         f'-DCALLERID_PIN_CLOSED="{pins / "closed"}"',
         f'-DCALLERID_PIN_PENDING="{pins / "pending"}"',
-        "-Wno-macro-redefined",
-    ]
-    try:
-        bpf = BPF(src_file=str(src / "callerid.bpf.c").encode(), cflags=cflags)
-    except Exception as exc:  # BCC raises bare Exception for compile/load errors
-        raise ProbeLoadError(f"{backend}: BCC could not compile or load the program: {exc}") from exc
+    ])
     try:
         if backend == "kprobe" and not bpf.num_open_kprobes():
             raise ProbeLoadError("kprobe: no kprobe attached (kernel without CONFIG_KPROBES?)")
@@ -264,15 +268,31 @@ def netns_cookie_or_refuse(backend: str) -> int:
                              f"(SO_NETNS_COOKIE, Linux 5.14 or later): {exc.strerror or exc}") from exc
 
 
+def _compile_and_link(backend: str, source: str, defines: list[str], programs, map_fds) -> tuple:
+    """Compile bpf/<source>, link its programs to the cgroup v2 root, and read its maps' fds
+    (map_fds(bpf) -> tuple). Returns (bpf, link fds, *map fds); on any failure nothing stays
+    loaded or attached."""
+    cgroup2_root()   # fail before compiling where there is nothing to attach to
+    bpf = _compile(backend, source, defines)
+    links = ()
+    try:
+        links = attach_to_cgroup_root(bpf, programs, backend)
+        fds = map_fds(bpf)
+    except Exception as exc:
+        for fd in links:
+            os.close(fd)
+        bpf.cleanup()
+        if isinstance(exc, ProbeLoadError):
+            raise
+        raise ProbeLoadError(f"{backend}: could not load or attach the programs: {exc}") from exc
+    return (bpf, links, *fds)
+
+
 def compile_and_attach_cookie(pins: Path, max_conns: int, max_closed: int, grace_seconds: float,
                               closed_share: int):
     """Returns (bpf, link fds, slots map fd, spill map fd)."""
-    from bcc import BPF
-
     netns = netns_cookie_or_refuse("cookie")
-    cgroup2_root()   # fail before compiling where there is nothing to attach to
-    cflags = [
-        f"-I{bpf_dir()}",
+    return _compile_and_link("cookie", "callerid_ck.bpf.c", [
         f"-DCALLERID_SLOTS={cookie_slots(max_conns, max_closed)}",
         f"-DCALLERID_MAX_OWNERS={max_conns + max_closed}",
         f"-DCALLERID_MAX_UIDS={MAX_UIDS}",
@@ -282,26 +302,13 @@ def compile_and_attach_cookie(pins: Path, max_conns: int, max_closed: int, grace
         f"-DCALLERID_NETNS={netns}ULL",
         f'-DCALLERID_PIN_SLOTS="{pins / "ck_slots"}"',
         f'-DCALLERID_PIN_SPILL="{pins / "ck_spill"}"',
-        "-Wno-macro-redefined",
-    ]
-    try:
-        bpf = BPF(src_file=str(bpf_dir() / "callerid_ck.bpf.c").encode(), cflags=cflags)
-    except Exception as exc:  # BCC raises bare Exception for compile/load errors
-        raise ProbeLoadError(f"cookie: BCC could not compile or load the program: {exc}") from exc
-    try:
-        links = attach_to_cgroup_root(bpf, _COOKIE_PROGRAMS, "cookie")
-    except Exception as exc:
-        bpf.cleanup()
-        if isinstance(exc, ProbeLoadError):
-            raise
-        raise ProbeLoadError(f"cookie: could not load or attach the programs: {exc}") from exc
-    return bpf, links, bpf["slots"].get_fd(), bpf["spill"].get_fd()
+    ], _COOKIE_PROGRAMS, lambda bpf: (bpf["slots"].get_fd(), bpf["spill"].get_fd()))
 
 
 def compile_and_attach_sockstore(pins: Path, max_closed: int, grace_seconds: float, closed_share: int):
     """Returns (bpf, link fds, owners map fd, closed map fd)."""
     import bcc
-    from bcc import BPF, libbcc
+    from bcc import libbcc
 
     version = bcc_version(bcc)
     if version < SOCKSTORE_BCC_FLOOR and not (pins / "owners").exists():
@@ -309,34 +316,15 @@ def compile_and_attach_sockstore(pins: Path, max_closed: int, grace_seconds: flo
             f"sockstore: BCC {'.'.join(map(str, version))} cannot create the pinned socket-storage map "
             f"(needs BCC {'.'.join(map(str, SOCKSTORE_BCC_FLOOR))} or later); use fentry, kprobe or tracepoint")
     netns_cookie_or_refuse("sockstore")
-    cgroup2_root()   # fail before compiling where there is nothing to attach to
-    cflags = [
-        f"-I{bpf_dir()}",
+    return _compile_and_link("sockstore", "callerid_sk.bpf.c", [
         f"-DCALLERID_MAX_CLOSED={max_closed}",
         f"-DCALLERID_MAX_UIDS={MAX_UIDS}",
         f"-DCALLERID_CLOSED_SHARE={closed_share}ULL",
         f"-DCALLERID_GRACE_NS={int(grace_seconds * 1e9)}ULL",
         f'-DCALLERID_PIN_OWNERS="{pins / "owners"}"',
         f'-DCALLERID_PIN_CLOSED="{pins / "sk_closed"}"',
-        "-Wno-macro-redefined",
-    ]
-    try:
-        bpf = BPF(src_file=str(bpf_dir() / "callerid_sk.bpf.c").encode(), cflags=cflags)
-    except Exception as exc:  # BCC raises bare Exception for compile/load errors
-        raise ProbeLoadError(f"sockstore: BCC could not compile or load the program: {exc}") from exc
-    links = ()
-    try:
-        links = attach_to_cgroup_root(bpf, _SOCKSTORE_PROGRAMS, "sockstore")
-        owners_fd = libbcc.lib.bpf_table_fd(bpf.module, b"owners")
-        closed_fd = bpf["closed"].get_fd()
-    except Exception as exc:
-        for fd in links:
-            os.close(fd)
-        bpf.cleanup()
-        if isinstance(exc, ProbeLoadError):
-            raise
-        raise ProbeLoadError(f"sockstore: could not load or attach the programs: {exc}") from exc
-    return bpf, tuple(links), owners_fd, closed_fd
+    ], _SOCKSTORE_PROGRAMS,
+        lambda bpf: (libbcc.lib.bpf_table_fd(bpf.module, b"owners"), bpf["closed"].get_fd()))
 
 
 def self_test(conns: Connections | SockStore | CookieStore, timeout: float = 1.0) -> None:
