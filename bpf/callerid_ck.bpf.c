@@ -50,6 +50,9 @@ BPF_TABLE_PINNED("array", u32, struct callerid_ck_slot, slots, CALLERID_SLOTS, C
 BPF_TABLE_PINNED("hash", u64, struct callerid_owner, spill, CALLERID_MAX_OWNERS, CALLERID_PIN_SPILL);
 /* LRU: a uid pushed out merely starts a fresh window; nobody can create uids. */
 BPF_TABLE("lru_hash", u32, struct callerid_share, shares, CALLERID_MAX_UIDS);
+static __always_inline struct callerid_share *shares_lookup(u32 *uid) { return shares.lookup(uid); }
+static __always_inline void shares_update(u32 *uid, struct callerid_share *fresh) { shares.update(uid, fresh); }
+#include "closed_share.h"
 BPF_ARRAY(budget, struct callerid_share, 1);
 BPF_PERCPU_ARRAY(stats, u64, CALLERID_STAT_COUNT);
 
@@ -110,29 +113,6 @@ static __always_inline int capture(struct bpf_sock_addr *ctx)
 int callerid_connect4(struct bpf_sock_addr *ctx) { return capture(ctx); }
 int callerid_connect6(struct bpf_sock_addr *ctx) { return capture(ctx); }
 
-/* May one more closed record be kept in s's current grace window (limit per window)? */
-static __always_inline int take(struct callerid_share *s, u64 now, u64 limit)
-{
-    if (now - s->window_ns > CALLERID_GRACE_NS) {
-        s->window_ns = now;   /* a racing CPU may reset twice: only ever more lenient */
-        s->used = 0;
-    }
-    return __sync_fetch_and_add(&s->used, 1) < limit;
-}
-
-static __always_inline int within_share(u32 uid, u64 now)
-{
-    struct callerid_share *s = shares.lookup(&uid);
-    if (!s) {
-        struct callerid_share fresh = { .window_ns = now, .used = 0 };
-        shares.update(&uid, &fresh);
-        s = shares.lookup(&uid);
-        if (!s)
-            return 1;
-    }
-    return take(s, now, CALLERID_CLOSED_SHARE);
-}
-
 int callerid_release(struct bpf_sock *ctx)
 {
     if (ctx->protocol != IPPROTO_TCP_)
@@ -164,7 +144,7 @@ int callerid_release(struct bpf_sock *ctx)
         u64 now = bpf_ktime_get_boot_ns();
         int zero = 0;
         struct callerid_share *all = budget.lookup(&zero);
-        if (within_share(o->uid, now) && (!all || take(all, now, CALLERID_CLOSED_BUDGET))) {
+        if (within_share(o->uid, now) && (!all || share_take(all, now, CALLERID_CLOSED_BUDGET))) {
             o->closed_ns = now;
             count(CALLERID_STAT_CLOSED);
             return 1;

@@ -13,7 +13,7 @@
  *   cgroup sock_release (process context; its context cannot read the source
  *   address, hence the key kept on the socket): closed[key] = owner, closed_ns set
  * A plain hash, never LRU: nobody's entry is evicted. Each uid may add at most
- * CALLERID_CLOSED_SHARE entries per grace window (callerid_share); past that its
+ * CALLERID_CLOSED_SHARE entries per grace window (closed_share.h); past that its
  * own new closes go unrecorded (counted), so one user's churn cannot take the
  * grace period of anyone else's connections. The sweeper deletes entries after
  * the grace.
@@ -50,6 +50,9 @@ BPF_TABLE_PINNED("hash", struct callerid_key, struct callerid_owner, closed,
                  CALLERID_MAX_CLOSED, CALLERID_PIN_CLOSED);
 /* LRU: a uid pushed out merely starts a fresh window; nobody can create uids. */
 BPF_TABLE("lru_hash", u32, struct callerid_share, shares, CALLERID_MAX_UIDS);
+static __always_inline struct callerid_share *shares_lookup(u32 *uid) { return shares.lookup(uid); }
+static __always_inline void shares_update(u32 *uid, struct callerid_share *fresh) { shares.update(uid, fresh); }
+#include "closed_share.h"
 BPF_PERCPU_ARRAY(stats, u64, CALLERID_STAT_COUNT);
 
 static __always_inline void count(int idx)
@@ -90,24 +93,6 @@ static __always_inline int capture(struct bpf_sock_addr *ctx)
 
 int callerid_connect4(struct bpf_sock_addr *ctx) { return capture(ctx); }
 int callerid_connect6(struct bpf_sock_addr *ctx) { return capture(ctx); }
-
-/* May this uid add one more closed entry in the current grace window? */
-static __always_inline int within_share(u32 uid, u64 now)
-{
-    struct callerid_share *s = shares.lookup(&uid);
-    if (!s) {
-        struct callerid_share fresh = { .window_ns = now, .used = 0 };
-        shares.update(&uid, &fresh);
-        s = shares.lookup(&uid);
-        if (!s)
-            return 1;
-    }
-    if (now - s->window_ns > CALLERID_GRACE_NS) {
-        s->window_ns = now;   /* a racing CPU may reset twice: only ever more lenient */
-        s->used = 0;
-    }
-    return __sync_fetch_and_add(&s->used, 1) < CALLERID_CLOSED_SHARE;
-}
 
 /* The tuple, once the connection is established. Every other sock_ops callback
  * (and every socket without our record, such as an accepted one) returns at once. */
