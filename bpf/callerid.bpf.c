@@ -21,6 +21,7 @@
 #include <linux/socket.h>
 #include <net/sock.h>
 #include "callerid.h"
+#include "current_owner.h"
 
 #define TCP_ESTABLISHED_ 1
 #define TCP_SYN_SENT_    2
@@ -53,15 +54,7 @@ static __always_inline void capture_owner(u64 sk)
 {
     struct callerid_owner owner;
     __builtin_memset(&owner, 0, sizeof(owner));
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u64 uid_gid = bpf_get_current_uid_gid();
-    owner.tgid = pid_tgid >> 32;
-    owner.tid = (u32)pid_tgid;
-    owner.uid = (u32)uid_gid;
-    owner.gid = uid_gid >> 32;
-    owner.cgroup_id = bpf_get_current_cgroup_id();
-    owner.birth_ns = bpf_ktime_get_boot_ns();
-    bpf_get_current_comm(&owner.comm, sizeof(owner.comm));
+    fill_current_owner(&owner);
     if (pending.update(&sk, &owner) != 0)
         count(CALLERID_STAT_UPDATE_FAILED);
     else

@@ -41,6 +41,7 @@
  */
 #include <uapi/linux/bpf.h>
 #include "callerid.h"
+#include "current_owner.h"
 
 #define IPPROTO_TCP_  6
 #define TCP_SYN_SENT_ 2
@@ -84,16 +85,8 @@ static __always_inline int capture(struct bpf_sock_addr *ctx)
     struct callerid_ck_slot *s = slots.lookup(&idx);
     if (!s)
         return 1;
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u64 uid_gid = bpf_get_current_uid_gid();
     struct callerid_owner o = {};
-    o.tgid = pid_tgid >> 32;
-    o.tid = (u32)pid_tgid;
-    o.uid = (u32)uid_gid;
-    o.gid = uid_gid >> 32;
-    o.cgroup_id = bpf_get_current_cgroup_id();
-    o.birth_ns = bpf_ktime_get_boot_ns();
-    bpf_get_current_comm(&o.comm, sizeof(o.comm));
+    fill_current_owner(&o);
     u64 seen = s->cookie;
     if (slot_free(s, seen, cookie, o.birth_ns) && __sync_val_compare_and_swap(&s->cookie, seen, cookie) == seen) {
         s->owner = o;   /* nobody asks for this cookie before connect() returns */

@@ -29,6 +29,7 @@
  */
 #include <uapi/linux/bpf.h>
 #include "callerid.h"
+#include "current_owner.h"
 
 #define AF_INET_      2
 #define AF_INET6_     10
@@ -75,17 +76,9 @@ static __always_inline int capture(struct bpf_sock_addr *ctx)
         return 1;   /* 1 = let the connect proceed, always */
     }
     struct callerid_owner *o = &r->owner;
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u64 uid_gid = bpf_get_current_uid_gid();
-    o->tgid = pid_tgid >> 32;
-    o->tid = (u32)pid_tgid;
-    o->uid = (u32)uid_gid;
-    o->gid = uid_gid >> 32;
-    o->cgroup_id = bpf_get_current_cgroup_id();
-    o->birth_ns = bpf_ktime_get_boot_ns();
-    o->closed_ns = 0;
+    fill_current_owner(o);
+    o->closed_ns = 0;   /* the socket's record may be a reconnect's: nothing of it stays */
     o->flags = 0;
-    bpf_get_current_comm(&o->comm, sizeof(o->comm));
     r->key.sport = 0;   /* a reconnect of the same socket: the tuple comes anew */
     count(CALLERID_STAT_CONNECT);
     return 1;
