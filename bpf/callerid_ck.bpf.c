@@ -64,6 +64,14 @@ static __always_inline void count(int idx)
         (*v)++;
 }
 
+/* The slot a cookie maps to: cookie % SLOTS (a power of two). Never NULL for an index
+ * in range, but the verifier wants the check. */
+static __always_inline struct callerid_ck_slot *slot_of(u64 cookie)
+{
+    u32 idx = cookie & (CALLERID_SLOTS - 1);
+    return slots.lookup(&idx);
+}
+
 /* A slot is free for cookie: empty, already its own, or a closed record past its grace. */
 static __always_inline int slot_free(struct callerid_ck_slot *s, u64 seen, u64 cookie, u64 now)
 {
@@ -81,8 +89,7 @@ static __always_inline int capture(struct bpf_sock_addr *ctx)
     if (bpf_get_netns_cookie(ctx) != CALLERID_NETNS)
         return 1;
     u64 cookie = bpf_get_socket_cookie(ctx);
-    u32 idx = cookie & (CALLERID_SLOTS - 1);
-    struct callerid_ck_slot *s = slots.lookup(&idx);
+    struct callerid_ck_slot *s = slot_of(cookie);
     if (!s)
         return 1;
     struct callerid_owner o = {};
@@ -111,8 +118,7 @@ int callerid_release(struct bpf_sock *ctx)
     if (ctx->protocol != IPPROTO_TCP_)
         return 1;
     u64 cookie = bpf_get_socket_cookie(ctx);
-    u32 idx = cookie & (CALLERID_SLOTS - 1);
-    struct callerid_ck_slot *s = slots.lookup(&idx);
+    struct callerid_ck_slot *s = slot_of(cookie);
     if (!s)
         return 1;
     struct callerid_owner *o;
