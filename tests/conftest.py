@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -12,6 +13,7 @@ from tests.helpers import require, require_bpf
 from tests.infra import munged as munged_mod
 from tests.infra import pace
 from tests.infra import users as users_mod
+from tests.infra.jobtree import JobTree
 from tests.infra.tracerproc import TracerFactory
 
 TEST_USERS = ("cidtest1", "cidtest2")
@@ -72,3 +74,37 @@ def tracers(munged):
         yield f
     finally:
         f.cleanup()
+
+
+@pytest.fixture
+def trees():
+    """Makes JobTree(**kw) job cgroup trees (tests/infra/jobtree.py); each cleaned up after the test."""
+    made = []
+
+    def make(**kw):
+        t = JobTree(**kw)
+        made.append(t)
+        return t
+    try:
+        yield make
+    finally:
+        for t in made:
+            t.cleanup()
+
+
+@pytest.fixture
+def children():
+    """Starts processes (subprocess.Popen) as root outside any job; killed after the test."""
+    procs = []
+
+    def start(argv, **kw):
+        p = subprocess.Popen(argv, **kw)
+        procs.append(p)
+        return p
+    try:
+        yield start
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=5)

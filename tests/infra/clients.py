@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from callerid.protocol import Query
+
 from .jobtree import JobTree
 
 INFRA = Path(__file__).resolve().parent
@@ -23,6 +25,11 @@ def start_client(tree: JobTree, user, job: int, host: str, port: int, family="4"
     if not line:
         raise RuntimeError(f"client failed to connect (rc {p.wait(5)})")
     return p, json.loads(line)
+
+
+def query_for(c: dict) -> Query:
+    """The question about one of the connections start_client reported."""
+    return Query.make(c["src"], c["sport"], c["dst"], c["dport"])
 
 
 def close_client(p):

@@ -31,6 +31,11 @@ def metric(samples: dict, name: str, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def metric_delta(before: dict, after: dict, name: str, **labels) -> float:
+    """How much a sample grew between two scrapes."""
+    return metric(after, name, **labels) - metric(before, name, **labels)
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:

@@ -8,7 +8,7 @@ import pytest
 
 from callerid.adopter.jobs import is_cgroup2
 from tests.helpers import require
-from tests.infra.clients import close_client, start_client  # noqa: F401 - re-exported for tests
+from tests.infra.clients import close_client, query_for, start_client  # noqa: F401 - re-exported for tests
 from tests.infra.jobtree import JobTree
 
 

@@ -15,7 +15,7 @@ from callerid.adopter import cgroupfs, jobs
 from callerid.adopter.cgroupfs import AdoptError, adopt
 from callerid.slurm_cgroup import job_from_cgroup_path, job_from_proc_cgroup
 from tests.helpers import require
-from tests.infra.jobtree import JobTree, jobs_of, pid_in_extern, system_layout
+from tests.infra.jobtree import jobs_of, pid_in_extern, system_layout
 
 ROOT = jobs.DEFAULT_ROOT
 V2 = jobs.default_v2_mount(ROOT)   # the root itself on a pure cgroup v2 host, else ROOT/unified
@@ -64,39 +64,6 @@ def v1_root():
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
-def trees():
-    made = []
-
-    def make(**kw):
-        t = JobTree(**kw)
-        made.append(t)
-        return t
-    try:
-        yield make
-    finally:
-        for t in made:
-            t.cleanup()
-
-
-@pytest.fixture
-def children():
-    """Processes the test starts as root outside any job; killed at the end."""
-    procs = []
-
-    def start(argv, **kw):
-        p = subprocess.Popen(argv, **kw)
-        procs.append(p)
-        return p
-    try:
-        yield start
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=5)
-
-
 def cgroup_lines(pid: int) -> dict[str, str]:
     """controller list ("" for cgroup2) -> path, from /proc/<pid>/cgroup."""
     out = {}
@@ -108,6 +75,19 @@ def cgroup_lines(pid: int) -> dict[str, str]:
 
 def procs(d: str) -> set[int]:
     return {int(x) for x in Path(d, "cgroup.procs").read_text().split()}
+
+
+def v1_jobs(uid: int, node: str, root: str):
+    """uid's v1 jobs on node (the v2 hierarchy beside it may hold jobs of the same node name)."""
+    return [j for j in jobs_of(uid, node, root) if j.layout == "v1"]
+
+
+def one_v1_job(trees, v1_root: str):
+    """One v1 job, BASE + 1 of UID_A, on this run's node (cg<pid>)."""
+    node = f"cg{os.getpid()}"
+    trees(node=node, root=v1_root).create(UID_A, BASE + 1)
+    (job,) = v1_jobs(UID_A, node, v1_root)
+    return job
 
 
 def only(found, ids):
@@ -130,8 +110,8 @@ def test_v1_discovery(v1_root, trees):
         assert j.extern == tuple(f"{v1_root}/{c}/slurm_{node}/uid_{j.uid}/job_{j.job_id}/step_extern"
                                  for c in v1_ctrls(v1_root))
         assert j.start > 0
-    assert [int(j.job_id) for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"] == [BASE + 1]
-    assert [int(j.job_id) for j in jobs_of(UID_B, node, v1_root) if j.layout == "v1"] == [BASE + 2]
+    assert [int(j.job_id) for j in v1_jobs(UID_A, node, v1_root)] == [BASE + 1]
+    assert [int(j.job_id) for j in v1_jobs(UID_B, node, v1_root)] == [BASE + 2]
     assert [int(j.job_id) for j in jobs.list_jobs(other, v1_root) if j.layout == "v1"] == [BASE + 4]
 
 
@@ -142,7 +122,7 @@ def test_v1_forged_job_dir_is_ignored(v1_root, trees):
     t.create(UID_A, BASE + 5)
     # Slurm makes job_<id> root-owned; a user-owned one was made by a user (who owned its parent).
     os.chown(f"{v1_root}/freezer/slurm_{node}/uid_{UID_A}/job_{BASE + 5}", UID_A, UID_A)
-    assert [int(j.job_id) for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"] == [BASE + 1]
+    assert [int(j.job_id) for j in v1_jobs(UID_A, node, v1_root)] == [BASE + 1]
 
 
 def test_v1_adopt_moves_process_and_its_future_children(v1_root, trees, children):
@@ -150,7 +130,7 @@ def test_v1_adopt_moves_process_and_its_future_children(v1_root, trees, children
     t = trees(node=node, root=v1_root)
     t.create(UID_A, BASE + 1)
     t.create(UID_B, BASE + 2)
-    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+    (job,) = v1_jobs(UID_A, node, v1_root)
     # A shell that forks a sleep on request: the fork happens after adoption.
     sh = children(["sh", "-c", 'read x; sleep 60 & echo $!; wait'], stdin=subprocess.PIPE,
                   stdout=subprocess.PIPE, text=True)
@@ -167,7 +147,7 @@ def test_v1_adopt_moves_process_and_its_future_children(v1_root, trees, children
     assert (ref.job_id, ref.uid, ref.step, ref.node, ref.controller) == (str(BASE + 1), UID_A, "extern", node,
                                                                           "freezer")
     # The other user's job is untouched.
-    (other,) = [j for j in jobs_of(UID_B, node, v1_root) if j.layout == "v1"]
+    (other,) = v1_jobs(UID_B, node, v1_root)
     assert not pid_in_extern(sh.pid, other)
 
     sh.stdin.write("go\n")
@@ -181,10 +161,7 @@ def test_v1_adopt_moves_process_and_its_future_children(v1_root, trees, children
 
 
 def test_v1_job_gone_before_first_write(v1_root, trees, children):
-    node = f"cg{os.getpid()}"
-    t = trees(node=node, root=v1_root)
-    t.create(UID_A, BASE + 1)
-    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+    job = one_v1_job(trees, v1_root)
     before = cgroup_lines(os.getpid())
     os.rmdir(job.extern[0])  # the job ends between discovery and adoption
     p = children(["sleep", "60"])
@@ -198,10 +175,7 @@ def test_v1_job_gone_before_first_write(v1_root, trees, children):
 
 def test_v1_partial_adoption_is_reported(v1_root, trees, children):
     require(len(v1_ctrls(v1_root)) >= 3, "freezer and two more v1 controllers")
-    node = f"cg{os.getpid()}"
-    t = trees(node=node, root=v1_root)
-    t.create(UID_A, BASE + 1)
-    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+    job = one_v1_job(trees, v1_root)
     os.rmdir(job.extern[2])
     p = children(["sleep", "60"])
     with pytest.raises(AdoptError) as e:
@@ -227,10 +201,7 @@ def test_v1_adoption_stopped_between_controllers_is_undone(v1_root, trees, child
     # controllers were written, or after the last write ended too late: nothing more is
     # written and the process is back where it was in every hierarchy. Every stop point.
     require(len(v1_ctrls(v1_root)) >= 3, "freezer and two more v1 controllers")
-    node = f"cg{os.getpid()}"
-    t = trees(node=node, root=v1_root)
-    t.create(UID_A, BASE + 1)
-    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+    job = one_v1_job(trees, v1_root)
     for n in range(1, len(job.extern) + 1):
         p = children(["sleep", "60"])
         before = cgroup_lines(p.pid)
@@ -253,9 +224,7 @@ def test_v1_stopped_adoption_whose_earlier_cgroup_is_gone_is_left_and_reported(v
     # stays there; every other hierarchy is moved back.
     require(len(v1_ctrls(v1_root)) >= 3, "freezer and two more v1 controllers")
     node = f"cg{os.getpid()}"
-    t = trees(node=node, root=v1_root)
-    t.create(UID_A, BASE + 1)
-    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+    job = one_v1_job(trees, v1_root)
     ctrls = [os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(d)))))
              for d in job.extern]
     origin = {c: f"{v1_root}/{c}/callerid-origin-{os.getpid()}" for c in ctrls}
@@ -294,10 +263,7 @@ def test_v1_stopped_adoption_whose_earlier_cgroup_is_gone_is_left_and_reported(v
 
 
 def test_v1_adoption_stopped_before_the_first_write_writes_nothing(v1_root, trees, children):
-    node = f"cg{os.getpid()}"
-    t = trees(node=node, root=v1_root)
-    t.create(UID_A, BASE + 1)
-    (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+    job = one_v1_job(trees, v1_root)
     p = children(["sleep", "60"])
     before = cgroup_lines(p.pid)
     with pytest.raises(cgroupfs.Stopped) as e:
@@ -313,9 +279,7 @@ def test_a_write_the_kernel_refuses_is_an_io_error_that_says_why(v1_root, trees,
     cpuset to v2 (Debian 13) and delegates some controller to system.slice."""
     node = f"cg{os.getpid()}"
     if os.path.ismount(f"{v1_root}/cpuset"):
-        t = trees(node=node, root=v1_root)
-        t.create(UID_A, BASE + 1)
-        (job,) = [j for j in jobs_of(UID_A, node, v1_root) if j.layout == "v1"]
+        job = one_v1_job(trees, v1_root)
         refused = next(d for d in job.extern if "/cpuset/" in d)
         Path(refused, "cpuset.cpus").write_text("\n")  # allowed while the cgroup holds no task
         expected, why = errno.ENOSPC, "cpuset.cpus"

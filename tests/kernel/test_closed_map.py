@@ -19,7 +19,7 @@ import pytest
 from callerid.client import ask
 from callerid.protocol import Query, Source, Status
 from tests.infra.procs import wait_for
-from tests.infra.tracerproc import metric, scrape
+from tests.infra.tracerproc import metric, metric_delta, scrape
 
 pytestmark = pytest.mark.kernel
 
@@ -69,9 +69,39 @@ def key_of(c: socket.socket):
     return make_key("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1])
 
 
+def query_of(c: socket.socket) -> Query:
+    return Query.make("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1])
+
+
 def ask_for(t, munge_socket, c: socket.socket):
-    q = Query.make("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1])
-    return ask(("127.0.0.1", t.port), q, 3.0, munge_socket)
+    return ask(("127.0.0.1", t.port), query_of(c), 3.0, munge_socket)
+
+
+def close_pairs(pairs) -> None:
+    for pair in pairs:
+        for x in pair:
+            x.close()
+
+
+def connect_and_close(lsock: socket.socket, n: int) -> list[Query]:
+    """n connections, each closed (the connecting side first) once made: the questions about them."""
+    asked = []
+    for _ in range(n):
+        c, a = connect(lsock)
+        asked.append(query_of(c))
+        c.close()
+        a.close()
+    return asked
+
+
+def found_right(answers) -> list[int]:
+    """Which answers are FOUND; each of those must name us and say closed, every other NOT_FOUND
+    (a defined answer, never another owner)."""
+    found = [i for i, ans in enumerate(answers) if ans.status == Status.FOUND]
+    for i in found:
+        assert answers[i].pid == os.getpid() and answers[i].closed, answers[i]
+    assert all(ans.status in (Status.FOUND, Status.NOT_FOUND) for ans in answers), {ans.status for ans in answers}
+    return found
 
 
 def test_churn_never_evicts_open_connections(tracers, munged, pinned):
@@ -112,8 +142,7 @@ def test_churn_never_evicts_open_connections(tracers, munged, pinned):
         assert fresh.status == Status.FOUND and fresh.source == Source.BPF and not fresh.closed
 
         after = scrape(t.metrics_url)
-        closes = metric(after, "callerid_bpf_events_total", event="closed") - \
-            metric(before, "callerid_bpf_events_total", event="closed")
+        closes = metric_delta(before, after, "callerid_bpf_events_total", event="closed")
         assert closes >= CHURN
         assert metric(after, "callerid_bpf_events_total", event="update_failed") == 0
         assert len(conns.closed) <= MAX_CLOSED
@@ -130,9 +159,7 @@ def test_churn_never_evicts_open_connections(tracers, munged, pinned):
         assert metric(s, "callerid_map_capacity_connections", state="open") == MAX_OPEN
         assert metric(s, "callerid_map_capacity_connections", state="closed") == MAX_CLOSED
     finally:
-        for pair in held:
-            for x in pair:
-                x.close()
+        close_pairs(held)
         hold_l.close()
         churn_l.close()
         t.stop()
@@ -148,7 +175,7 @@ def test_closed_connection_is_answered_then_swept_after_the_grace(tracers, munge
     try:
         c, a = connect(lsock)
         key = key_of(c)
-        q = Query.make("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1])
+        q = query_of(c)
         assert conns.open.lookup(key) is not None
         c.close()
         a.close()
@@ -220,16 +247,13 @@ def test_open_map_full_every_connection_still_answered_right_and_counted(tracers
             assert ans.status == Status.FOUND and ans.pid == os.getpid(), ans
             sources[ans.source.name] = sources.get(ans.source.name, 0) + 1
         after = scrape(t.metrics_url)
-        misses = metric(after, "callerid_fallback_lookups_total", reason="map_miss") - \
-            metric(before, "callerid_fallback_lookups_total", reason="map_miss")
+        misses = metric_delta(before, after, "callerid_fallback_lookups_total", reason="map_miss")
         assert sources.get("BPF", 0) <= small
         assert sources.get("PROC", 0) >= 2 * small, sources
         assert misses == sources.get("PROC", 0), (misses, sources)
         assert metric(after, "callerid_map_capacity_connections", state="open") == small
     finally:
-        for pair in held:
-            for x in pair:
-                x.close()
+        close_pairs(held)
         lsock.close()
         t.stop()
     from tests.reliability import record
@@ -249,30 +273,19 @@ def test_sockstore_closed_map_full_keeps_the_earliest_and_counts_the_rest(tracer
     t = tracers.make(probe="sockstore", max_closed_connections=cap, closed_share_per_uid=100 * cap,
                      close_grace_seconds=600.0, reconcile=False).start()
     lsock = listen()
-    closed = []
     try:
         before = scrape(t.metrics_url)
-        for _ in range(3 * cap):
-            c, a = connect(lsock)
-            closed.append(Query.make("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1]))
-            c.close()   # the connecting side is the one sockstore keeps
-            a.close()
+        closed = connect_and_close(lsock, 3 * cap)   # the connecting side is the one sockstore keeps
 
         def settled():
             s = scrape(t.metrics_url)
-            return sum(metric(s, "callerid_bpf_events_total", event=e) - metric(before, "callerid_bpf_events_total",
-                                                                               event=e)
+            return sum(metric_delta(before, s, "callerid_bpf_events_total", event=e)
                        for e in ("closed", "update_failed")) >= 3 * cap
         wait_for(settled, 10, "every close recorded or counted")
         mid = scrape(t.metrics_url)
-        failed = metric(mid, "callerid_bpf_events_total", event="update_failed") - \
-            metric(before, "callerid_bpf_events_total", event="update_failed")
+        failed = metric_delta(before, mid, "callerid_bpf_events_total", event="update_failed")
         answers = [ask(("127.0.0.1", t.port), q, 3.0, munged.socket) for q in closed]
-        found = [i for i, ans in enumerate(answers) if ans.status == Status.FOUND]
-        for i in found:
-            assert answers[i].pid == os.getpid() and answers[i].closed, answers[i]
-        assert all(ans.status in (Status.FOUND, Status.NOT_FOUND) for ans in answers), \
-            {ans.status for ans in answers}
+        found = found_right(answers)
         assert len(found) <= cap
         # The earliest closes were kept (others' closes on this machine may take a few slots).
         assert found == list(range(len(found))) and len(found) >= cap - 8, found
@@ -299,22 +312,13 @@ def test_lru_closed_map_full_answers_the_newest_and_never_another_owner(tracers,
     t = tracers.make(probe="tracepoint", max_connections=MAX_OPEN, max_closed_connections=cap,
                      close_grace_seconds=600.0, reconcile=False).start()
     lsock = listen()
-    closed = []
     try:
         before = scrape(t.metrics_url)
-        for _ in range(3 * cap):
-            c, a = connect(lsock)
-            closed.append(Query.make("127.0.0.1", c.getsockname()[1], "127.0.0.1", c.getpeername()[1]))
-            c.close()
-            a.close()
-        wait_for(lambda: metric(scrape(t.metrics_url), "callerid_bpf_events_total", event="closed")
-                 - metric(before, "callerid_bpf_events_total", event="closed") >= 3 * cap, 10, "every close counted")
+        closed = connect_and_close(lsock, 3 * cap)
+        wait_for(lambda: metric_delta(before, scrape(t.metrics_url), "callerid_bpf_events_total", event="closed")
+                 >= 3 * cap, 10, "every close counted")
         answers = [ask(("127.0.0.1", t.port), q, 3.0, munged.socket) for q in reversed(closed)]
-        found = [i for i, ans in enumerate(answers) if ans.status == Status.FOUND]
-        for i in found:
-            assert answers[i].pid == os.getpid() and answers[i].closed, answers[i]
-        assert all(ans.status in (Status.FOUND, Status.NOT_FOUND) for ans in answers), \
-            {ans.status for ans in answers}
+        found = found_right(answers)
         # Newest first: the kept ones are the newest. The kernel's LRU frees in batches (per
         # CPU), and each ask's own closed client connection takes an entry too, so fewer than
         # `cap` stay; the point is that what is answered is right and the newest.

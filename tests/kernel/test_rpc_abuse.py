@@ -19,7 +19,7 @@ from tests.infra import pace
 from tests.infra.frames import recv_payload
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
-from tests.kernel.conftest import close_client, start_client
+from tests.kernel.conftest import close_client, query_for, start_client
 from tests.kernel.test_tracer import listener  # noqa: F401 - the fixture
 from tests.reliability import record
 
@@ -45,12 +45,38 @@ def rpc_counts(tracer) -> dict:
     return {k[1][0][1]: v for k, v in now.items() if k[0] == "callerid_rpc_requests_total" and v}
 
 
+def _owners_connection(jobs, owner, job: int, port: int):
+    """owner's connection to 127.0.0.1:port from inside a job of its own: (its client process,
+    the connection's tuple, the question about it)."""
+    jobs.create(owner.uid, job)
+    p, (c,) = start_client(jobs, owner, job, "127.0.0.1", port)
+    return p, c, query_for(c)
+
+
+def _root_credential(q: Query, munge_socket: str) -> bytes:
+    """q's request, signed through munged as root's client signs it: made ahead, before munged is
+    stopped or gone."""
+    from callerid import munge
+    from callerid.protocol import encode_request
+    return munge.encode(encode_request(q, os.urandom(32)), munge_socket, secret_for_uid=0)
+
+
+def _send_request(port: int, cred: bytes) -> tuple[bytes, float]:
+    """Send one REQUEST frame to the tracer: (its first reply bytes, seconds until then)."""
+    import socket as socketmod
+
+    from callerid.protocol import FrameType, encode_frame
+    t0 = time.monotonic()
+    with socketmod.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(encode_frame(FrameType.REQUEST, cred))
+        reply = s.recv(4096)
+    return reply, time.monotonic() - t0
+
+
 def test_a_thousand_unauthenticated_connections_do_not_silence_the_tracer(tracer, munged, jobs, test_users,
                                                                           listener):  # noqa: F811
     owner, attacker = test_users
-    jobs.create(owner.uid, 4201)
-    p, (c,) = start_client(jobs, owner, 4201, "127.0.0.1", listener)
-    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+    p, c, q = _owners_connection(jobs, owner, 4201, listener)
     # the attack outlasts root's asking; both stretch on a slow machine (tests/infra/pace.py),
     # where 8 s held too few queries (69 under emulation) to judge a 99 % answer rate
     attack_seconds, asking_seconds = pace.scaled(12), pace.scaled(8)
@@ -115,7 +141,7 @@ def test_a_burst_of_256_simultaneous_queries_is_answered(tracers, munged, jobs, 
 
     def one(i):
         c = conns[i % len(conns)]
-        q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+        q = query_for(c)
         go.wait(30)
         t0 = time.monotonic()
         try:
@@ -145,22 +171,14 @@ def test_a_burst_of_256_simultaneous_queries_is_answered(tracers, munged, jobs, 
 def test_a_hung_munged_is_abandoned_at_the_deadline_and_the_tracer_recovers(tracer, munged, jobs, test_users,
                                                                            listener):  # noqa: F811
     owner = test_users[0]
-    jobs.create(owner.uid, 4203)
-    p, (c,) = start_client(jobs, owner, 4203, "127.0.0.1", listener)
-    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+    p, c, q = _owners_connection(jobs, owner, 4203, listener)
     # The client's credential is made first: then munged stops, so the tracer's decode hangs.
-    from callerid import munge
-    from callerid.protocol import FrameType, encode_frame, encode_request
-    cred = munge.encode(encode_request(q, os.urandom(32)), munged.socket, secret_for_uid=0)
+    from callerid.protocol import FrameType
+    cred = _root_credential(q, munged.socket)
     before = rpc_counts(tracer)
     os.kill(munged.pid, signal.SIGSTOP)
     try:
-        import socket as socketmod
-        t0 = time.monotonic()
-        with socketmod.create_connection(("127.0.0.1", tracer.port), timeout=10) as s:
-            s.sendall(encode_frame(FrameType.REQUEST, cred))
-            reply = s.recv(4096)
-        elapsed = time.monotonic() - t0
+        reply, elapsed = _send_request(tracer.port, cred)
     finally:
         os.kill(munged.pid, signal.SIGCONT)
     from callerid.protocol import HEADER, ErrorCode, decode_error
@@ -183,22 +201,14 @@ def test_an_unreachable_munged_is_an_internal_error_at_once_and_the_tracer_recov
     # INTERNAL well inside its deadline, the tracer keeps serving and answers again once
     # munged is back.
     owner = test_users[0]
-    jobs.create(owner.uid, 4205)
-    p, (c,) = start_client(jobs, owner, 4205, "127.0.0.1", listener)
-    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
-    from callerid import munge
-    from callerid.protocol import HEADER, ErrorCode, FrameType, decode_error, encode_frame, encode_request
-    cred = munge.encode(encode_request(q, os.urandom(32)), munged.socket, secret_for_uid=0)
+    p, c, q = _owners_connection(jobs, owner, 4205, listener)
+    from callerid.protocol import HEADER, ErrorCode, FrameType, decode_error
+    cred = _root_credential(q, munged.socket)
     before = rpc_counts(tracer)
     away = munged.socket + ".away"
     os.rename(munged.socket, away)
     try:
-        import socket as socketmod
-        t0 = time.monotonic()
-        with socketmod.create_connection(("127.0.0.1", tracer.port), timeout=10) as s:
-            s.sendall(encode_frame(FrameType.REQUEST, cred))
-            reply = s.recv(4096)
-        elapsed = time.monotonic() - t0
+        reply, elapsed = _send_request(tracer.port, cred)
     finally:
         os.rename(away, munged.socket)
     assert reply[3] == FrameType.ERROR and decode_error(reply[HEADER.size:])[0] == ErrorCode.INTERNAL
@@ -222,14 +232,11 @@ def test_every_worker_stuck_on_a_hung_munged_other_clients_are_still_answered(tr
     # and once munged is back, new questions are answered right.
     import socket as socketmod
 
-    from callerid import munge
-    from callerid.protocol import HEADER, ErrorCode, FrameType, decode_error, encode_frame, encode_request
+    from callerid.protocol import HEADER, ErrorCode, FrameType, decode_error, encode_frame
     owner = test_users[0]
-    jobs.create(owner.uid, 4205)
     t = tracers.make(max_clients=2).start()
-    p, (c,) = start_client(jobs, owner, 4205, "127.0.0.1", listener)
-    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
-    creds = [munge.encode(encode_request(q, os.urandom(32)), munged.socket, secret_for_uid=0) for _ in range(3)]
+    p, c, q = _owners_connection(jobs, owner, 4205, listener)
+    creds = [_root_credential(q, munged.socket) for _ in range(3)]
     before = rpc_counts(t)
     outcome: dict = {}
 
@@ -360,14 +367,9 @@ def test_protocol_fuzz_crashes_nothing_and_good_clients_stay_answered(tracer, mu
     import socket as socketmod
     from concurrent.futures import ThreadPoolExecutor
 
-    from callerid import munge
-    from callerid.protocol import encode_request
-
     owner = test_users[0]
-    jobs.create(owner.uid, 4205)
-    p, (c,) = start_client(jobs, owner, 4205, "127.0.0.1", listener)
-    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
-    creds = [munge.encode(encode_request(q, os.urandom(32)), munged.socket, secret_for_uid=0) for _ in range(40)]
+    p, c, q = _owners_connection(jobs, owner, 4205, listener)
+    creds = [_root_credential(q, munged.socket) for _ in range(40)]
     rng = random.Random(12)
     frames = list(_fuzz_frames(rng, creds, FUZZ_FRAMES))
     before = rpc_counts(tracer)

@@ -35,7 +35,7 @@ from callerid.protocol import (
 from tests.infra.frames import recv_payload
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
-from tests.kernel.conftest import close_client, start_client
+from tests.kernel.conftest import close_client, query_for, start_client
 
 pytestmark = pytest.mark.kernel
 CALLERID = os.path.join(os.path.dirname(sys.executable), "callerid")
@@ -76,7 +76,7 @@ def tracer(tracers):
 
 
 def query(tracer, c, timeout=3.0):
-    q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+    q = query_for(c)
     return ask(("127.0.0.1", tracer.port), q, timeout, tracer.munge_socket)
 
 
@@ -284,7 +284,7 @@ def test_bad_input_is_answered_counted_and_never_blocks_good_clients(tracer, job
         assert _error_code(_raw(port, encode_frame(FrameType.REQUEST, b"MUNGE:" + b"AwQF" * 40 + b":"))) == \
             ErrorCode.AUTH_FAILED
         # a well-formed request from a munged with another key (another cluster)
-        q = Query.make(c["src"], c["sport"], c["dst"], c["dport"])
+        q = query_for(c)
         key = os.urandom(32)
         foreign = encode_frame(FrameType.REQUEST, munge.encode(encode_request(q, key), munged_other_key.socket,
                                                                secret_for_uid=0))

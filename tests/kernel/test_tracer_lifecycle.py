@@ -11,11 +11,11 @@ import sys
 import pytest
 
 from callerid.client import ask
-from callerid.protocol import Query, Source, Status
+from callerid.protocol import Source, Status
 from callerid.tracer.probes import AUTO_ORDER
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import TracerProc, metric, scrape
-from tests.kernel.conftest import close_client, start_client
+from tests.kernel.conftest import close_client, query_for, start_client
 from tests.kernel.test_tracer import listener  # noqa: F401 - shared fixture
 
 pytestmark = pytest.mark.kernel
@@ -23,7 +23,7 @@ CALLERID = os.path.join(os.path.dirname(sys.executable), "callerid")
 
 
 def query(t, c, munge_socket):
-    return ask(("127.0.0.1", t.port), Query.make(c["src"], c["sport"], c["dst"], c["dport"]), 3.0, munge_socket)
+    return ask(("127.0.0.1", t.port), query_for(c), 3.0, munge_socket)
 
 
 def conns_json(t) -> list[dict]:

@@ -15,7 +15,7 @@ import pytest
 from callerid.adopter.pamwire import Request, parse_reply
 from tests.infra import pace
 from tests.infra.procs import wait_for
-from tests.infra.tracerproc import metric
+from tests.infra.tracerproc import metric, metric_delta
 from tests.reliability import record
 
 pytestmark = pytest.mark.lab
@@ -69,6 +69,15 @@ def sshd_pids_in_extern(tree, uid, job) -> list[int]:
         except FileNotFoundError:
             pass
     return out
+
+
+def two_jobs_from_the_older(cl, uid, older, newer) -> None:
+    """Jobs older and newer of uid on dst (newer the newest, where action_unknown=newest
+    sends a login), and older on src too, where its login comes from."""
+    cl.dst_jobs.create(uid, older)
+    time.sleep(0.05)   # job start times a step apart: "newest" is newer
+    cl.dst_jobs.create(uid, newer)
+    cl.src_jobs.create(uid, older)
 
 
 def decisions(cl, verdict, reason, mode="enforce") -> float:
@@ -201,24 +210,20 @@ def test_non_root_client_on_the_adopter_socket_is_refused(cl):
         os.chmod(sock_dir, 0o700)
 
 
-def test_a_request_cannot_move_another_pid(cl):
+def test_a_request_cannot_move_another_pid(cl, children):
     a = cl.users[0]
     cl.dst_jobs.create(a.uid, 5061)
-    victim = subprocess.Popen(["sleep", "60"])
-    try:
-        for req in (Request(a.name, "sshd").encode()[:-1] + f" pid={victim.pid}\n".encode(),
-                    Request(a.name, "sshd").encode()):
-            reply = _hook_socket_request(cl, req)
-            assert not reply or parse_reply(reply).verdict != "adopt"
-        assert victim.pid not in cl.dst_jobs.pids(a.uid, 5061, "extern")
-        # and not the requester either: it is not sshd
-        assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5061)
-        m = cl.adopter_metrics()
-        assert metric(m, "callerid_adopter_hook_requests_total", result="bad_request") >= 1
-        assert metric(m, "callerid_adopter_hook_requests_total", result="bad_peer") >= 1
-    finally:
-        victim.kill()
-        victim.wait()
+    victim = children(["sleep", "60"])
+    for req in (Request(a.name, "sshd").encode()[:-1] + f" pid={victim.pid}\n".encode(),
+                Request(a.name, "sshd").encode()):
+        reply = _hook_socket_request(cl, req)
+        assert not reply or parse_reply(reply).verdict != "adopt"
+    assert victim.pid not in cl.dst_jobs.pids(a.uid, 5061, "extern")
+    # and not the requester either: it is not sshd
+    assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5061)
+    m = cl.adopter_metrics()
+    assert metric(m, "callerid_adopter_hook_requests_total", result="bad_request") >= 1
+    assert metric(m, "callerid_adopter_hook_requests_total", result="bad_peer") >= 1
 
 
 def test_garbage_on_the_socket_is_counted_and_the_daemon_keeps_serving(cl):
@@ -303,10 +308,7 @@ def test_unreachable_munged_on_the_adopters_side_follows_action_unknown_at_once(
     # signed, fails at once (outcome munge), and the login follows action_unknown (newest)
     # well inside rpc_timeout_seconds; answered again once munged is back.
     a = cl.users[0]
-    cl.dst_jobs.create(a.uid, 5351)
-    time.sleep(0.05)
-    cl.dst_jobs.create(a.uid, 5352)
-    cl.src_jobs.create(a.uid, 5351)
+    two_jobs_from_the_older(cl, a.uid, 5351, 5352)
     cl.set_hook("deadline=4", "action_unknown=newest")
     before = cl.adopter_metrics()
     away = munged.socket + ".away"
@@ -317,10 +319,8 @@ def test_unreachable_munged_on_the_adopters_side_follows_action_unknown_at_once(
         os.rename(away, munged.socket)
     after = cl.adopter_metrics()
     assert login.rc == 0 and in_job(login, cl.dst_jobs, a.uid, 5352), login.err
-    assert metric(after, "callerid_adopter_rpc_requests_total", outcome="munge") - \
-        metric(before, "callerid_adopter_rpc_requests_total", outcome="munge") == 1
-    rpc = (metric(after, "callerid_adopter_rpc_duration_seconds_sum") -
-           metric(before, "callerid_adopter_rpc_duration_seconds_sum"))
+    assert metric_delta(before, after, "callerid_adopter_rpc_requests_total", outcome="munge") == 1
+    rpc = metric_delta(before, after, "callerid_adopter_rpc_duration_seconds_sum")
     assert rpc < 0.5, f"the failed RPC took {rpc:.2f} s"
     assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5351)
     cl.set_hook("deadline=4")
@@ -338,10 +338,7 @@ def test_hung_munged_decision_after_the_hook_gave_up_is_abandoned_not_applied(cl
     # hook's deadline, then move the sshd into the newest job and count an adoption. Since
     # issue 14 the module sends its time left, so the daemon abandons at that deadline.
     a = cl.users[0]
-    cl.dst_jobs.create(a.uid, 5095)
-    time.sleep(0.05)
-    cl.dst_jobs.create(a.uid, 5096)
-    cl.src_jobs.create(a.uid, 5095)
+    two_jobs_from_the_older(cl, a.uid, 5095, 5096)
     cl.set_hook("deadline=0.5")       # the hook gives up long before rpc_timeout_seconds (1 s)
     before = cl.adopter_metrics()
     os.kill(munged.pid, signal.SIGSTOP)
@@ -389,8 +386,8 @@ def test_64_concurrent_logins_from_two_jobs_each_land_in_their_own_job(cl):
     reasons = collections.Counter(re.findall(r"reason=(\w+)", cl.adopter.log_text()))
     assert not wrong, f"{len(wrong)} of 64 not in their job; adopter reasons so far {dict(reasons)}; first: {wrong[:3]}"
     after = cl.adopter_metrics()
-    key = ("callerid_adopter_decisions_total", (("mode", "enforce"), ("reason", "callerid"), ("verdict", "adopt")))
-    assert after.get(key, 0) - before.get(key, 0) == 64
+    assert metric_delta(before, after, "callerid_adopter_decisions_total", mode="enforce", reason="callerid",
+                        verdict="adopt") == 64
     record("lab/test_adopter.py::64_concurrent_logins_two_jobs", "load",
            "64 ssh logins at once, half from each of two jobs of one user on the source node",
            f"all 64 adopted into the job they came from (by the RPC), in {elapsed:.1f} s")
@@ -398,10 +395,7 @@ def test_64_concurrent_logins_from_two_jobs_each_land_in_their_own_job(cl):
 
 def test_source_tracer_down_falls_back_within_rpc_timeout(cl):
     a = cl.users[0]
-    cl.dst_jobs.create(a.uid, 5101)
-    time.sleep(0.05)
-    cl.dst_jobs.create(a.uid, 5102)
-    cl.src_jobs.create(a.uid, 5101)
+    two_jobs_from_the_older(cl, a.uid, 5101, 5102)
     # a stopped tracer: the kernel still accepts the connection, nobody answers
     os.kill(cl.tracer.proc.pid, signal.SIGSTOP)
     try:
@@ -441,20 +435,16 @@ def test_adopter_scrape_passes_promtool_check_metrics(cl):
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (r.stdout + r.stderr).decode()
 
 
-def test_cgroup_v2_job_adoption(cl):
+def test_cgroup_v2_job_adoption(cl, trees):
     a = cl.users[0]
-    from tests.infra.jobtree import JobTree
-    v2 = JobTree(node=cl.dst_node, layout="v2", extern_process=True)
-    try:
-        v2.create(a.uid, 5121, steps=("extern",))  # with the extern step's user process (22.05)
-        holder = v2.holders[(a.uid, 5121)]
-        wait_for(lambda: holder.pid in v2.pids(a.uid, 5121, "extern"), 5, "the extern holder")
-        login = cl.ssh(a)
-        assert login.rc == 0, login.err
-        v2line = [line for line in login.cgroup_lines() if line.startswith("0::")]
-        assert v2line and v2line[0].endswith("/slurmstepd.scope/job_5121/step_extern/user/task_special"), login.out
-    finally:
-        v2.cleanup()
+    v2 = trees(node=cl.dst_node, layout="v2", extern_process=True)
+    v2.create(a.uid, 5121, steps=("extern",))  # with the extern step's user process (22.05)
+    holder = v2.holders[(a.uid, 5121)]
+    wait_for(lambda: holder.pid in v2.pids(a.uid, 5121, "extern"), 5, "the extern holder")
+    login = cl.ssh(a)
+    assert login.rc == 0, login.err
+    v2line = [line for line in login.cgroup_lines() if line.startswith("0::")]
+    assert v2line and v2line[0].endswith("/slurmstepd.scope/job_5121/step_extern/user/task_special"), login.out
 
 
 def _login_in_background(cl, user, job, command="cat /proc/self/cgroup"):
@@ -480,10 +470,7 @@ def test_tracer_killed_mid_login_follows_action_unknown_and_nothing_lands_late(c
     # follows action_unknown (newest) within rpc_timeout_seconds, is decided once, and
     # nothing moves afterwards. The tracer is restarted from its pinned maps.
     a = cl.users[0]
-    cl.dst_jobs.create(a.uid, 5301)
-    time.sleep(0.05)
-    cl.dst_jobs.create(a.uid, 5302)
-    cl.src_jobs.create(a.uid, 5301)
+    two_jobs_from_the_older(cl, a.uid, 5301, 5302)
     before = cl.adopter_metrics()
     os.kill(cl.tracer.proc.pid, signal.SIGSTOP)
     try:
@@ -507,9 +494,8 @@ def test_tracer_killed_mid_login_follows_action_unknown_and_nothing_lands_late(c
     assert priv_in_job(login, cl.dst_jobs, a.uid, 5302), login.out
     assert login.seconds < 1.0 + 3 + 1.5, login.seconds       # rpc_timeout_seconds = 1, the command sleeps 1.5
     after = cl.adopter_metrics()
-    key = ("callerid_adopter_decisions_total",
-           (("mode", "enforce"), ("reason", "rpc_failed_newest"), ("verdict", "adopt")))
-    assert after.get(key, 0) - before.get(key, 0) == 1
+    assert metric_delta(before, after, "callerid_adopter_decisions_total", mode="enforce",
+                        reason="rpc_failed_newest", verdict="adopt") == 1
     assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5301), "nothing landed in the job the login came from"
     assert "reason=rpc_failed_newest" in cl.adopter.log_text()
     record("lab/test_adopter.py::tracer_killed_mid_login", "fault",
@@ -533,10 +519,7 @@ def test_tracer_killed_and_restarted_mid_login_answers_right_from_its_pinned_map
     # tracer answers from the pinned maps, so the login lands in the job it came from (not
     # the newest), decided once, within the module's deadline: nothing lost.
     a = cl.users[0]
-    cl.dst_jobs.create(a.uid, 5321)
-    time.sleep(0.05)
-    cl.dst_jobs.create(a.uid, 5322)
-    cl.src_jobs.create(a.uid, 5321)
+    two_jobs_from_the_older(cl, a.uid, 5321, 5322)
     cl.set_hook("deadline=30")
     before = cl.adopter_metrics()
     adopter_pid = cl.adopter.proc.pid
@@ -562,11 +545,9 @@ def test_tracer_killed_and_restarted_mid_login_answers_right_from_its_pinned_map
     assert priv_in_job(login, cl.dst_jobs, a.uid, 5321), login.out
     assert login.seconds < 30, login.seconds
     after = cl.adopter_metrics()
-    key = ("callerid_adopter_decisions_total",
-           (("mode", "enforce"), ("reason", "callerid"), ("verdict", "adopt")))
-    assert after.get(key, 0) - before.get(key, 0) == 1
-    found = metric(after, "callerid_adopter_rpc_requests_total", outcome="found_job") - \
-        metric(before, "callerid_adopter_rpc_requests_total", outcome="found_job")
+    assert metric_delta(before, after, "callerid_adopter_decisions_total", mode="enforce", reason="callerid",
+                        verdict="adopt") == 1
+    found = metric_delta(before, after, "callerid_adopter_rpc_requests_total", outcome="found_job")
     assert found == 1
     assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5322), "nothing landed in the newest job"
     # the restarted tracer's only lookup so far was this login's, from the pinned map
@@ -599,10 +580,7 @@ def _partition_rpc(cl, on: bool):
 @pytest.mark.parametrize("action,job", [("newest", 5312), ("deny", None)])
 def test_network_partition_during_the_account_step_follows_action_unknown(cl, action, job):
     a = cl.users[0]
-    cl.dst_jobs.create(a.uid, 5311)
-    time.sleep(0.05)
-    cl.dst_jobs.create(a.uid, 5312)
-    cl.src_jobs.create(a.uid, 5311)
+    two_jobs_from_the_older(cl, a.uid, 5311, 5312)
     # the module's deadline and the login's own time stretch on a slow machine (tests/infra/pace.py)
     cl.set_hook(f"deadline={pace.scaled_int(4)}", f"action_unknown={action}")
     before = cl.adopter_metrics()
@@ -617,8 +595,7 @@ def test_network_partition_during_the_account_step_follows_action_unknown(cl, ac
         assert login.rc == 0 and in_job(login, cl.dst_jobs, a.uid, job), login.err
     else:
         assert login.rc == 255, login.out
-    timeouts = metric(after, "callerid_adopter_rpc_requests_total", outcome="timeout") - \
-        metric(before, "callerid_adopter_rpc_requests_total", outcome="timeout")
+    timeouts = metric_delta(before, after, "callerid_adopter_rpc_requests_total", outcome="timeout")
     assert timeouts >= 1
     assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5311)
     # healed: the next login is answered by the tracer again
@@ -637,10 +614,7 @@ def test_partition_after_the_question_reached_the_tracer_decides_once_and_nothin
     # the tracer answers into it. The adopter times out within rpc_timeout_seconds, follows
     # action_unknown (newest) once, and the answer that never arrived changes nothing.
     a = cl.users[0]
-    cl.dst_jobs.create(a.uid, 5331)
-    time.sleep(0.05)
-    cl.dst_jobs.create(a.uid, 5332)
-    cl.src_jobs.create(a.uid, 5331)
+    two_jobs_from_the_older(cl, a.uid, 5331, 5332)
     cl.set_hook("deadline=4", "action_unknown=newest")
     before = cl.adopter_metrics()
     tracer_before = metric(cl.tracer_metrics(), "callerid_rpc_requests_total", result="found")
@@ -663,11 +637,9 @@ def test_partition_after_the_question_reached_the_tracer_decides_once_and_nothin
     assert login.seconds < 1.0 + 3, login.seconds             # rpc_timeout_seconds = 1
     time.sleep(1.5)   # the tracer's retransmitted answer reaches a closed socket once healed
     after = cl.adopter_metrics()
-    key = ("callerid_adopter_decisions_total",
-           (("mode", "enforce"), ("reason", "rpc_failed_newest"), ("verdict", "adopt")))
-    assert after.get(key, 0) - before.get(key, 0) == 1
-    assert metric(after, "callerid_adopter_rpc_requests_total", outcome="timeout") - \
-        metric(before, "callerid_adopter_rpc_requests_total", outcome="timeout") == 1
+    assert metric_delta(before, after, "callerid_adopter_decisions_total", mode="enforce",
+                        reason="rpc_failed_newest", verdict="adopt") == 1
+    assert metric_delta(before, after, "callerid_adopter_rpc_requests_total", outcome="timeout") == 1
     assert not sshd_pids_in_extern(cl.dst_jobs, a.uid, 5331), "nothing landed in the job the login came from"
     assert metric(cl.tracer_metrics(), "callerid_rpc_requests_total", result="found") - tracer_before == 1, \
         "the tracer did answer, into the partition"
