@@ -19,7 +19,7 @@ case $step in
     exit "$rc"
     ;;
   lab)
-    exec "$py" -m pytest -ra -p no:cacheprovider tests/lab
+    exec "$py" -m pytest -ra -p no:cacheprovider --durations=12 tests/lab
     ;;
   units)
     exec "$py" -m pytest -ra -p no:cacheprovider tests/vm/units_check.py

@@ -43,7 +43,8 @@ copy_checkout() {
 }
 
 # shellcheck disable=SC2317
-pytest() { "$work/.venv/bin/python3" -m pytest -ra -p no:cacheprovider "$@"; }
+# --durations: where the emulated minutes go (which tests to keep in CI's plan)
+pytest() { "$work/.venv/bin/python3" -m pytest -ra -p no:cacheprovider --durations=12 "$@"; }
 
 # shellcheck disable=SC1091
 echo "guest: $(. /etc/os-release; echo "$PRETTY_NAME"), kernel $(uname -r), $(/usr/bin/python3 -V)," \
