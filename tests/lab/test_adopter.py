@@ -520,14 +520,15 @@ def test_tracer_killed_and_restarted_mid_login_answers_right_from_its_pinned_map
     # the newest), decided once, within the module's deadline: nothing lost.
     a = cl.users[0]
     two_jobs_from_the_older(cl, a.uid, 5321, 5322)
-    cl.set_hook("deadline=30")
+    # the deadline must outlast the tracer's restart (a BCC compile: about a minute under emulation)
+    cl.set_hook(f"deadline={pace.scaled_int(30)}")
     before = cl.adopter_metrics()
     adopter_pid = cl.adopter.proc.pid
     os.kill(adopter_pid, signal.SIGSTOP)
     restart = None
     try:
         th, box = _login_in_background(cl, a, 5321, command=SHOW)
-        assert wait_for(lambda: _hooks_waiting(cl) >= 1, 20, "the login's PAM module asking the adopter")
+        assert wait_for(lambda: _hooks_waiting(cl) >= 1, pace.scaled(20), "the login's PAM module asking the adopter")
         os.kill(cl.tracer.proc.pid, signal.SIGKILL)
         cl.tracer.proc.wait(10)
         cl.tracer.proc = None
@@ -538,12 +539,12 @@ def test_tracer_killed_and_restarted_mid_login_answers_right_from_its_pinned_map
         os.kill(adopter_pid, signal.SIGCONT)
         if cl.tracer.proc is None:
             cl.tracer.start()
-    th.join(60)
+    th.join(pace.scaled(60))
     login = box[0]
     assert login.rc == 0, login.err
     assert in_job(login, cl.dst_jobs, a.uid, 5321), login.out   # the right job, not the newest
     assert priv_in_job(login, cl.dst_jobs, a.uid, 5321), login.out
-    assert login.seconds < 30, login.seconds
+    assert login.seconds < pace.scaled(30), login.seconds
     after = cl.adopter_metrics()
     assert metric_delta(before, after, "callerid_adopter_decisions_total", mode="enforce", reason="callerid",
                         verdict="adopt") == 1
