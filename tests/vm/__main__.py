@@ -23,7 +23,7 @@ DEFAULT_STEPS = "unit,smoke"
 # tests/unit on Debian 12. The rest (trixie's kernel and lab, bullseye's kernel) would not fit
 # CI's 90 minutes: `vm.sh test SUITE --steps ...`, dated results in docs/VM.md.
 CI_PLAN = (
-    ("bookworm", "smoke,demo,units,kernel,lab"),
+    ("bookworm", "smoke,demo,kernel,lab,units"),   # units last: it installs the .deb and edits the PAM stack
     ("trixie", "smoke,demo"),
     ("bullseye", "smoke"),
 )
