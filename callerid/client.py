@@ -59,14 +59,23 @@ def ask(server: tuple[str, int], query: Query, timeout: float = 2.0, munge_socke
     except munge.MungeError as exc:
         raise RpcError("munge", f"cannot sign the request: {exc}") from exc
     frame = encode_frame(FrameType.REQUEST, cred)
+    busy = ""   # the server's last BUSY message, once it has said so
     while True:
-        ftype, payload = _exchange(server, frame, deadline, timeout)
+        try:
+            ftype, payload = _exchange(server, frame, deadline, timeout)
+        except RpcError as exc:
+            if not busy or exc.reason != "timeout":
+                raise
+            # the deadline ran out in a retry: the server's last word was BUSY, say that
+            raise RpcError("refused", f"{server[0]}:{server[1]} refused the request: busy: {busy} "
+                                      f"(no answer to the retry within {timeout:.1f}s)") from exc
         if ftype != FrameType.ERROR:
             break
         code, msg = decode_error(payload)
         pause = random.uniform(*BUSY_RETRY_PAUSE)
         if code != ErrorCode.BUSY or time.monotonic() + pause >= deadline:
             raise RpcError("refused", f"{server[0]}:{server[1]} refused the request: {code.name.lower()}: {msg}")
+        busy = msg or "busy"
         time.sleep(pause)
     host, port = server
     if ftype != FrameType.ANSWER:

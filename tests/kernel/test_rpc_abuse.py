@@ -411,8 +411,9 @@ def test_protocol_fuzz_crashes_nothing_and_good_clients_stay_answered(tracer, mu
            f"no crash; a good client answered after every 1,000; RSS {rss0 / 1e6:.0f} -> {rss1 / 1e6:.0f} MB")
 
 
-def _busy_then_answer_server(busy_times: int, munge_socket: str):
-    """Says BUSY to the first busy_times connections, then answers; records the credentials."""
+def _busy_then_answer_server(busy_times: int, munge_socket: str, then: str = "answer"):
+    """Says BUSY to the first busy_times connections, then answers (then="silence": reads the
+    next request and says nothing until the client hangs up); records the credentials."""
     import socket as socketmod
 
     from callerid import munge
@@ -445,6 +446,10 @@ def _busy_then_answer_server(busy_times: int, munge_socket: str):
                     if i < busy_times:
                         conn.sendall(encode_error(ErrorCode.BUSY, "too many clients"))
                         continue
+                    if then == "silence":
+                        conn.settimeout(30)
+                        conn.recv(1)   # returns when the client gives up and closes
+                        return
                     q, key = decode_request(munge.decode(cred, munge_socket).payload)
                     conn.sendall(encode_frame(FrameType.ANSWER, seal_answer(Answer(q, Status.FOUND, job_id="7"), key)))
 
@@ -463,12 +468,25 @@ def test_client_retries_busy_within_its_deadline_with_the_same_credential(munged
     assert len(seen) == 4 and len(set(seen)) == 1, "BUSY comes before decoding: the credential is reused"
 
 
+def test_client_whose_retry_after_busy_is_cut_by_its_deadline_says_busy(munged):
+    port, t, seen = _busy_then_answer_server(1, munged.socket, then="silence")
+    q = Query.make("127.0.0.1", 40000, "127.0.0.1", 22)
+    with pytest.raises(RpcError) as exc:
+        ask(("127.0.0.1", port), q, pace.scaled(0.5), munged.socket)
+    assert exc.value.reason == "refused" and "busy: too many clients" in str(exc.value), exc.value
+    assert "no answer to the retry" in str(exc.value)
+    t.join(pace.scaled(5))
+    assert len(seen) == 2
+
+
 def test_client_gives_up_on_busy_at_its_deadline(munged):
     port, t, seen = _busy_then_answer_server(1000, munged.socket)
     q = Query.make("127.0.0.1", 40000, "127.0.0.1", 22)
+    deadline = pace.scaled(0.5)   # at least 3 retries fit in it on this machine
     t0 = time.monotonic()
     with pytest.raises(RpcError) as exc:
-        ask(("127.0.0.1", port), q, 0.5, munged.socket)
+        ask(("127.0.0.1", port), q, deadline, munged.socket)
+    # refused with the server's reason even when the deadline cuts a retry short
     assert exc.value.reason == "refused" and "busy" in str(exc.value)
-    assert time.monotonic() - t0 < 0.5 + 0.2
+    assert time.monotonic() - t0 < deadline + pace.scaled(0.2)
     assert len(seen) >= 3
