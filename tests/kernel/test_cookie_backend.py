@@ -17,6 +17,7 @@ import pytest
 
 from callerid.client import ask
 from callerid.protocol import Query, Source, Status
+from tests.infra import pace
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, scrape
 
@@ -166,8 +167,14 @@ def test_a_close_while_no_tracer_ran_is_stamped_after_the_restart(cookie_tracer,
         q = Query.make(*ends[0], *ends[1])
         ans = ask(("127.0.0.1", t.port), q, 3.0, munged.socket)
         assert ans.status == Status.FOUND and ans.source == Source.BPF and ans.closed, ans
-        wait_for(lambda: metric(scrape(t.metrics_url), "callerid_sweeper_stale_closed_connections_total") >= 1,
-                 10, "the sweeper to stamp the missed close")
+        try:
+            wait_for(lambda: metric(scrape(t.metrics_url), "callerid_sweeper_stale_closed_connections_total") >= 1,
+                     pace.scaled(10), "the sweeper to stamp the missed close")
+        except TimeoutError as exc:   # say what the sweeper saw: no pass yet, a failing pass, or a stamped record
+            m = scrape(t.metrics_url)
+            seen = {name: metric(m, f"callerid_sweeper_{name}_total") for name in ("runs", "failures")}
+            seen.update({state: metric(m, "callerid_tracked_connections", state=state) for state in ("open", "closed")})
+            raise AssertionError(f"{exc}; sweeper {seen}; {_events(t, 'closed')} closes stamped by the program") from exc
         assert ask(("127.0.0.1", t.port), q, 3.0, munged.socket).closed
     finally:
         c.close()
