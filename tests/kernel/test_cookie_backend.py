@@ -174,7 +174,8 @@ def test_a_close_while_no_tracer_ran_is_stamped_after_the_restart(cookie_tracer,
             m = scrape(t.metrics_url)
             seen = {name: metric(m, f"callerid_sweeper_{name}_total") for name in ("runs", "failures")}
             seen.update({state: metric(m, "callerid_tracked_connections", state=state) for state in ("open", "closed")})
-            raise AssertionError(f"{exc}; sweeper {seen}; {_events(t, 'closed')} closes stamped by the program") from exc
+            stamped = _events(t, "closed")
+            raise AssertionError(f"{exc}; sweeper {seen}; {stamped} closes stamped by the program") from exc
         assert ask(("127.0.0.1", t.port), q, 3.0, munged.socket).closed
     finally:
         c.close()
