@@ -275,6 +275,31 @@ def read_from_offset(path, offset: int) -> str:
         return f.read().decode(errors="replace")
 
 
+class SyslogSince:
+    """System log lines written after a mark: from a file (the Slurm lab's own /dev/log
+    listener), or, where journald owns /dev/log (systemd; the lab then starts no listener),
+    from the journal, by cursor."""
+
+    def __init__(self, path=None):
+        self.path = Path(path) if path else None
+
+    def mark(self):
+        if self.path is not None:
+            return self.path.stat().st_size
+        out = subprocess.run(["journalctl", "-q", "-n", "0", "--show-cursor", "--no-pager"],
+                             capture_output=True, text=True, timeout=30).stdout
+        return out.rsplit("-- cursor: ", 1)[-1].strip() if "-- cursor: " in out else ""
+
+    def since(self, mark) -> str:
+        if self.path is not None:
+            return read_from_offset(self.path, mark)
+        # --sync: journald writes out what it has received first (root), so no line is read late
+        subprocess.run(["journalctl", "--sync"], capture_output=True, timeout=30)
+        journalctl = ["journalctl", "-q", "-o", "short", "--no-pager"]
+        where = [f"--after-cursor={mark}"] if mark else ["--since=-10min"]
+        return subprocess.run(journalctl + where, capture_output=True, text=True, timeout=60).stdout
+
+
 def write_results(r: dict, out: str, render) -> None:
     """Results as JSON at out, the rendered report beside it (.txt) and on stdout."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)

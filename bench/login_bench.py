@@ -47,7 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import read_from_offset  # noqa: E402
+from bench.common import SyslogSince, read_from_offset  # noqa: E402
 from tests.infra.slurmlab import LabBusy, SlurmLab, cgroups, lab_lock  # noqa: E402
 
 VENV_PY = str(Path(sys.executable))
@@ -225,7 +225,7 @@ class Bench:
         self.pam = Path("/etc/pam.d") / lab.cidlab_service("node2")
         self.pam_callerid = self.pam.read_text()
         self.adopter_log = Path(next(r["log"] for r in lab.state["procs"] if r["name"] == "adopter-node2"))
-        self.syslog = Path(lab.state["devlog"]["log"]) if lab.state.get("devlog") else None
+        self.syslog = SyslogSince((lab.state.get("devlog") or {}).get("log"))   # pam_slurm_adopt's lines
         module = re.search(r"(\S*pam_callerid\.so)\b", self.pam_callerid)[1]
         conf = lab.root / "bench-pam.d"   # the module outside sshd: the harness calls pam_sm_acct_mgmt
         conf.mkdir(exist_ok=True)
@@ -252,7 +252,7 @@ class Bench:
         _, host, stack = CONFIGS[cfg]
         self.set_stack(stack)
         a0 = self.adopter_log.stat().st_size
-        s0 = self.syslog.stat().st_size if self.syslog else 0
+        s0 = self.syslog.mark()
         try:
             r = self.lab.run("node1", ["srun", f"--jobid={job_a}", "--overlap", "-N1", "-n1", "-w", "node1",
                                        "/usr/bin/python3", "-c", DRIVER, host, str(count), "1", str(LOGIN_TIMEOUT)],
@@ -267,7 +267,7 @@ class Bench:
                                f"{r.stderr[-1500:]}") from exc
         time.sleep(0.05)  # let the daemons' log lines land
         decisions = [kv(ln) for ln in read_from_offset(self.adopter_log, a0).splitlines() if "decision=" in ln]
-        psa_adopted = [ln for ln in (read_from_offset(self.syslog, s0) if self.syslog else "").splitlines()
+        psa_adopted = [ln for ln in self.syslog.since(s0).splitlines()
                        if "pam_slurm_adopt" in ln and f"adopted into job {job_a}" in ln]
         # Where the verifying session sat, per job hierarchy (callerid.slurm_cgroup parses it):
         # one (job, step) if it sat in one place in all of them, else what each said.
