@@ -291,10 +291,10 @@ def test_a_write_the_kernel_refuses_is_an_io_error_that_says_why(v1_root, trees,
         t.create(UID_A, BASE + 1)
         (job,) = only(jobs.list_jobs(node), {BASE + 1})
         refused = job.extern[0]
-        d = f"{V2}/system.slice/slurmstepd.scope"
-        for part in [""] + refused[len(d):].split("/")[1:]:   # enabled top-down: each needs its parent's
-            d = f"{d}/{part}" if part else d
-            Path(d, "cgroup.subtree_control").write_text(f"+{delegated[0]}")
+        scope = Path(V2, "system.slice", "slurmstepd.scope")
+        below = Path(refused).relative_to(scope).parts
+        for depth in range(len(below) + 1):   # top-down: each cgroup needs its parent's controllers
+            Path(scope, *below[:depth], "cgroup.subtree_control").write_text(f"+{delegated[0]}")
         expected, why = errno.EBUSY, "no-internal-process"
     p = children(["sleep", "60"])
     with pytest.raises(AdoptError) as e:
