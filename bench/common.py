@@ -296,7 +296,7 @@ class SyslogSince:
         # --sync: journald writes out what it has received first (root), so no line is read late
         subprocess.run(["journalctl", "--sync"], capture_output=True, timeout=30)
         journalctl = ["journalctl", "-q", "-o", "short", "--no-pager"]
-        where = [f"--after-cursor={mark}"] if mark else ["--since=-10min"]
+        where = [f"--after-cursor={mark}"] if mark else []   # no cursor: the journal was empty at the mark
         return subprocess.run(journalctl + where, capture_output=True, text=True, timeout=60).stdout
 
 
