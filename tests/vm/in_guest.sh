@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs inside a VM guest (scripts/vm.sh test): copy the read-only shared checkout to a
 # guest-local dir, install it as on a host (scripts/setup.sh, offline wheels), then run
-# the named steps. Every step runs even if an earlier one failed; a summary line per
-# step ("vm-step NAME rc=N secs=S") lets the host report; the exit status is 0 only if all passed.
+# the named steps. Every step runs even if an earlier one failed; a line per step, printed as
+# it ends ("vm-step NAME rc=N secs=S"), lets the host report and, after a guest kernel panic,
+# run only the steps that had not ended (tests/vm/__main__.py); exit status 0 only if all passed.
 set -uo pipefail
 src=${CALLERID_SHARE:-/mnt/callerid}
 work=/srv/callerid   # not under /root (0700 on Debian): test users run the venv's callerid
@@ -21,14 +22,13 @@ export CI=true
 # prometheus-client 0.9, no tomli) had to reach PyPI for the wheel's dependencies.
 if [ -n "${CALLERID_WHEELS:-}" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=$CALLERID_WHEELS; fi
 
-summary=()
 fail=0
 step() {
   local name=$1; shift
   local t0=$SECONDS rc=0
   echo "=== vm-step $name: $*"
   "$@" || rc=$?
-  summary+=("vm-step $name rc=$rc secs=$((SECONDS - t0))")
+  echo "vm-step $name rc=$rc secs=$((SECONDS - t0))"
   [ "$rc" -eq 0 ] || fail=1
   return 0
 }
@@ -56,7 +56,7 @@ step setup bash scripts/setup.sh
 step import "$work/.venv/bin/python3" -c 'import bcc, callerid.cli'
 if [ ! -x "$work/.venv/bin/callerid" ]; then
   # no installed callerid: the test steps cannot run; say so rather than fail obscurely
-  for s in "${steps[@]}"; do summary+=("vm-step $s rc=125 secs=0"); done
+  for s in "${steps[@]}"; do echo "vm-step $s rc=125 secs=0"; done
   steps=()
   fail=1
 fi
@@ -76,5 +76,4 @@ for s in "${steps[@]}"; do
     *) step "$s" pytest "$s" ;;
   esac
 done
-printf '%s\n' "${summary[@]}"
 exit "$fail"

@@ -9,6 +9,7 @@ through one loopback port forward.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +22,11 @@ from . import cache, image, recipe
 from .lock import heavy_lock
 
 RUNS = recipe.CACHE / "runs"
-CMDLINE = "root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 net.ifnames=0 quiet"
+# panic=1 with qemu's -no-reboot: a guest kernel panic ends qemu at once (the run sees its ssh
+# close) instead of leaving a dead guest for ssh's keepalive to notice minutes later
+CMDLINE = ("root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 net.ifnames=0 quiet "
+           "panic=1")
+PANIC = "Kernel panic - not syncing"
 
 
 def free_port() -> int:
@@ -96,11 +101,28 @@ class Machine:
         if self.serial.exists():  # keep the latest boot's console per suite, not one per run
             self.serial = self.serial.replace(RUNS / f"{self.recipe.suite.name}.serial.log")
 
+    def console(self) -> str:
+        try:
+            return self.serial.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def serial_tail(self, n: int = 30) -> str:
         try:
             return "\n".join(self.serial.read_text(errors="replace").splitlines()[-n:])
         except FileNotFoundError:
             return "(no serial log)"
+
+
+def panic_reason(console: str) -> str | None:
+    """The guest kernel's own account of why it died (its first Oops/BUG line, else the panic
+    line), or None when the console shows no panic."""
+    lines = console.splitlines()
+    at = next((i for i, line in enumerate(lines) if PANIC in line), None)
+    if at is None:
+        return None
+    cause = next((line for line in lines[:at] if re.search(r"\b(Oops|BUG):", line)), lines[at])
+    return re.sub(r"^.*?\[\s*[\d.]+\]\s*", "", cause).strip()
 
 
 def sigterm_as_interrupt() -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 from . import recipe
 
 STEP = re.compile(r"^vm-step (\S+) rc=(\d+) secs=(\d+)$")
+# in_guest.sh's own steps: a fresh boot runs them again, so they never count as done
+INSTALL_STEPS = ("copy", "setup", "import")
 
 
 @dataclass
@@ -20,16 +22,26 @@ class TestRun:
     boot_secs: float | None = None
     test_secs: float | None = None
     rc: int = -1
+    panics: list[str] = field(default_factory=list)  # each guest kernel panic: its line and saved console
     log: Path = field(init=False)
 
     def __post_init__(self):
         self.log = recipe.CACHE / "logs" / f"test-{self.suite}-{time.strftime('%Y%m%dT%H%M%S')}.log"
 
     def steps(self) -> list[tuple[str, int, int]]:
+        """Each step's latest result, in the order steps first ran (a retry after a panic runs
+        the install steps again)."""
         if not self.log.exists():
             return []
-        return [(m[1], int(m[2]), int(m[3])) for m in map(STEP.match, self.log.read_text(errors="replace").splitlines())
-                if m]
+        latest = {m[1]: (m[1], int(m[2]), int(m[3]))
+                  for m in map(STEP.match, self.log.read_text(errors="replace").splitlines()) if m}
+        return list(latest.values())
+
+
+def steps_left(requested: list[str], ended: list[tuple[str, int, int]]) -> list[str]:
+    """The requested test steps that had not ended when the guest died, in their order."""
+    done = {name for name, _, _ in ended if name not in INSTALL_STEPS}
+    return [s for s in requested if s not in done]
 
 
 def step_status(rc: int) -> str:
@@ -50,4 +62,6 @@ def write_summary(runs: list[TestRun]) -> None:
                   f"{secs(r.boot_secs) if r.boot_secs is not None else '-'}  tests "
                   f"{secs(r.test_secs) if r.test_secs is not None else '-'}  {steps}\n")
         out.write(f"            log {r.log}\n")
+        for p in r.panics:
+            out.write(f"            guest kernel panic, steps then run again on a fresh boot: {p}\n")
     out.flush()
