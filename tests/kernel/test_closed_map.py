@@ -18,6 +18,7 @@ import pytest
 
 from callerid.client import ask
 from callerid.protocol import Query, Source, Status
+from tests.infra.platform import refused_here
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, metric_delta, scrape
 
@@ -269,6 +270,8 @@ def test_sockstore_closed_map_full_keeps_the_earliest_and_counts_the_rest(tracer
     # closes stay answered right for their grace (nobody's entry evicted), the ones past
     # capacity are answered NOT_FOUND (a defined answer, never another owner's) and each
     # is counted update_failed.
+    if refused_here(tracers, "sockstore"):
+        return   # Debian 11's BCC 0.18: refused at start-up, saying why (asserted)
     cap = 64
     t = tracers.make(probe="sockstore", max_closed_connections=cap, closed_share_per_uid=100 * cap,
                      close_grace_seconds=600.0, reconcile=False).start()
