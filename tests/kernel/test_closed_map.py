@@ -18,7 +18,7 @@ import pytest
 
 from callerid.client import ask
 from callerid.protocol import Query, Source, Status
-from tests.infra.platform import refused_here
+from tests.infra.backend_floors import refused_here
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, metric_delta, scrape
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import require
+from tests.infra.backend_floors import refused_here
 from tests.infra.netns import Topology
-from tests.infra.platform import refused_here
 from tests.infra.procs import stop_pid, wait_for
 from tests.infra.tracerproc import free_port, metric, scrape
 from tests.kernel.conftest import close_client, start_client

@@ -25,9 +25,9 @@ def test_a_kernel_with_netns_cookies_gives_ours(monkeypatch):
 
 
 def test_the_tests_expect_the_tracers_refusals_in_its_order():
-    # tests/infra/platform.py: which backends a platform refuses (the kernel and VM tiers assert
+    # tests/infra/backend_floors.py: which backends a platform refuses (the kernel and VM tiers assert
     # the refusal there); Debian 11 is kernel 5.10 with BCC 0.18, Debian 12 6.1 with BCC 0.26
-    from tests.infra.platform import COOKIE_REFUSAL, SOCKSTORE_BCC_REFUSAL, kernel_version, refusal
+    from tests.infra.backend_floors import COOKIE_REFUSAL, SOCKSTORE_BCC_REFUSAL, kernel_version, refusal
     debian11, debian12 = {"kernel": (5, 10), "bcc": (0, 18, 0)}, {"kernel": (6, 1), "bcc": (0, 26, 0)}
     assert refusal("cookie", **debian11) == f"cookie: {COOKIE_REFUSAL}"
     assert refusal("sockstore", **debian11) == SOCKSTORE_BCC_REFUSAL   # BCC checked first

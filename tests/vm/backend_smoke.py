@@ -16,7 +16,7 @@ import time
 import pytest
 
 from callerid.tracer.probes import AUTO_ORDER
-from tests.infra.platform import refusal, refused_here
+from tests.infra.backend_floors import refusal, refused_here
 
 CALLERID = os.path.join(os.path.dirname(sys.executable), "callerid")
 CLIENT = "import socket,sys,time; s=socket.create_connection(('127.0.0.1', int(sys.argv[1]))); " \
