@@ -194,6 +194,10 @@ class CookieStore:
                         out["deleted"] += 1
                 elif closed_ns:
                     out["closed"] += 1
+                elif sock is None:
+                    # young and no socket: a connect not hashed yet, or one reset while no
+                    # program saw its close; either way the grace decides, on a later pass
+                    out["open"] += 1
                 elif sock[0] in _GONE_STATES or not sock[1]:
                     self._stamp(cookie, now_ns, in_spill)
                     out["stale"] += 1

@@ -20,7 +20,7 @@ from callerid.protocol import Query, Source, Status
 from tests.infra import pace
 from tests.infra.backend_floors import refused_here
 from tests.infra.procs import wait_for
-from tests.infra.tracerproc import metric, scrape
+from tests.infra.tracerproc import metric, metric_delta, scrape
 
 pytestmark = pytest.mark.kernel
 LINGER0 = struct.pack("ii", 1, 0)   # RST on close
@@ -191,6 +191,35 @@ def test_a_close_while_no_tracer_ran_is_stamped_after_the_restart(cookie_tracer,
             stamped = _events(t, "closed")
             raise AssertionError(f"{exc}; sweeper {seen}; {stamped} closes stamped by the program") from exc
         assert ask(("127.0.0.1", t.port), q, 3.0, munged.socket).closed
+    finally:
+        c.close()
+        a.close()
+
+
+def test_a_reset_while_no_tracer_ran_never_fails_the_sweeper(cookie_tracer, munged, listener):
+    """An open record whose socket is gone entirely (reset while no tracer ran: no close seen,
+    no TIME_WAIT left) is kept while young, as a connect not hashed yet is, and dropped once
+    its grace has passed; no sweeper pass fails on it (CI 19:24: such a record, left by some
+    other process, failed passes and so hid another record's stamp)."""
+    if cookie_tracer.refused:
+        return
+    grace = pace.scaled(3)
+    t = cookie_tracer(close_grace_seconds=grace, sweep_interval_seconds=0.3, reconcile=False)
+    c = socket.create_connection(listener.getsockname())
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+    a = listener.accept()[0]
+    try:
+        assert _ask(t, munged.socket, c).source == Source.BPF
+        t.stop()
+        c.close()   # no program attached: the record stays open; the reset leaves no socket at all
+        t.start()   # same pins
+        m0 = scrape(t.metrics_url)
+        wait_for(lambda: metric_delta(m0, scrape(t.metrics_url), "callerid_sweeper_runs_total") >= 3,
+                 pace.scaled(10), "three sweeper passes")
+        assert metric(scrape(t.metrics_url), "callerid_sweeper_failures_total") == 0
+        wait_for(lambda: metric(scrape(t.metrics_url), "callerid_sweeper_stale_closed_connections_total") >= 1,
+                 grace + pace.scaled(10), "the sweeper to drop the reset connection's record after its grace")
+        assert metric(scrape(t.metrics_url), "callerid_sweeper_failures_total") == 0
     finally:
         c.close()
         a.close()
