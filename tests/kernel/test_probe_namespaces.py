@@ -12,16 +12,20 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from callerid.linux import sockdiag
 from tests.helpers import require
 from tests.infra.backend_floors import refused_here
 from tests.infra.netns import Topology
 from tests.infra.procs import stop_pid, wait_for
 from tests.infra.tracerproc import free_port, metric, scrape
 from tests.kernel.conftest import close_client, start_client
+from tracer.cookiestore import CookieStore
+from tracer.probes import pin_dir
 
 pytestmark = pytest.mark.kernel
 CALLERID = os.path.join(os.path.dirname(sys.executable), "callerid")
@@ -114,6 +118,7 @@ def test_one_users_churn_keeps_within_its_share_and_never_takes_anothers_grace(t
         jobs.create(churner.uid, 5202)
         pv, (cv,) = start_client(jobs, victim, 5201, "127.0.0.1", port)
         close_client(pv)
+        closed_at = time.monotonic()
         before = scrape(t.metrics_url)
         pc, churned = start_client(jobs, churner, 5202, "127.0.0.1", port, count=200)
         close_client(pc)
@@ -121,12 +126,39 @@ def test_one_users_churn_keeps_within_its_share_and_never_takes_anothers_grace(t
                  - metric(before, "callerid_bpf_events_total", event="over_share") >= 180, 10,
                  "the churner's closes past its share to be counted")
         got = _ask(t, cv)
-        assert (got["status"], str(got.get("job_id")), got.get("closed")) == ("found", "5201", True), got
+        assert (got["status"], str(got.get("job_id")), got.get("closed")) == ("found", "5201", True), \
+            _why_lost(t, backend, cv, churned, closed_at, before, got)
         # the churner's first closes (within its share) are still answered too
         assert _ask(t, churned[0])["status"] == "found"
     finally:
         stop_pid(listener.pid)
         listener.wait(5)
+
+
+def _why_lost(t, backend, c, churned, closed_at, before, got) -> str:
+    """What the kernel and the tracer say of a closed connection the tracer did not answer
+    (one VM run of CI lost the victim's record: say which part lost it)."""
+    socks = sockdiag.find_tcp(c["src"], c["sport"], c["dst"], c["dport"])
+    lines = [f"answer {got}", f"{time.monotonic() - closed_at:.1f} s after the victim's close",
+             f"sock_diag for {c}: " + (", ".join(f"state {s.state} cookie {s.cookie} inode {s.inode}" for s in socks)
+                                         or "no socket"),
+             f"the churner reused the victim's tuple: {c in churned}"]
+    if backend == "cookie":
+        store = CookieStore.open_pinned(pin_dir(t.pin_root))
+        if store is not None:
+            try:
+                for s in socks:
+                    rec = store.record(s.cookie)
+                    lines.append(f"record of cookie {s.cookie}: "
+                                 + (f"uid {rec.uid} closed_ns {rec.closed_ns}" if rec else "none"))
+            finally:
+                store.close()
+    now = scrape(t.metrics_url)
+    for name in ("callerid_bpf_events_total", "callerid_sweeper_deleted_connections_total",
+                 "callerid_sweeper_stale_closed_connections_total"):
+        lines += [f"{name}{dict(labels)}: {before.get((n, labels), 0)} -> {v}"
+                  for (n, labels), v in sorted(now.items()) if n == name]
+    return "\n".join(lines)
 
 
 def _ask(t, c) -> dict:
