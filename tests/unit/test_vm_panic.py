@@ -2,7 +2,7 @@
 again on a fresh boot (tests/vm/__main__.py:run_suite)."""
 
 from tests.vm.machine import panic_reason
-from tests.vm.report import steps_left
+from tests.vm.report import failed_tests, steps_left
 
 # the console of CI's Debian 13 guest at 18:18 on 2026-12-01, shortened
 CONSOLE = """\
@@ -42,3 +42,20 @@ def test_a_failed_step_that_ended_keeps_its_result():
 
 def test_install_steps_alone_leave_every_step_to_run():
     assert steps_left(["smoke", "demo"], [("copy", 0, 4), ("setup", 0, 88)]) == ["smoke", "demo"]
+
+
+def test_the_summary_names_each_failed_test_once():
+    # CI prints only the end of the run: the summary must say which tests failed, not only "FAIL(1)"
+    log = """\
+tests/kernel/test_probe_namespaces.py ...F.                              [ 52%]
+FAILED tests/kernel/test_probe_namespaces.py::test_churn[cookie] - AssertionError: {'birth_ns': 0}
+ERROR tests/kernel/test_munge.py::test_x - RuntimeError: munged
+  FAILED tests/not/a/summary/line
+FAILED tests/kernel/test_probe_namespaces.py::test_churn[cookie] - AssertionError: again, after a retry
+"""
+    assert failed_tests(log) == [
+        "FAILED tests/kernel/test_probe_namespaces.py::test_churn[cookie] - AssertionError: {'birth_ns': 0}",
+        "ERROR tests/kernel/test_munge.py::test_x - RuntimeError: munged"]
+    long = "FAILED tests/a.py::t - " + "x" * 500
+    assert failed_tests(long) == ["FAILED tests/a.py::t - " + "x" * 160 + "..."]
+    assert failed_tests("=== 106 passed ===\n") == []

@@ -11,6 +11,11 @@ from pathlib import Path
 from . import recipe
 
 STEP = re.compile(r"^vm-step (\S+) rc=(\d+) secs=(\d+)$")
+# pytest -ra's short summary: one line per failed or erroring test
+FAILED = re.compile(r"^(FAILED|ERROR) (tests/\S+)(?: - (.*))?")
+# CI keeps only the end of what it printed: the summary names the failures, at most this many
+MAX_FAILURES_SHOWN = 12
+REASON_CHARS = 160
 # in_guest.sh's own steps: a fresh boot runs them again, so they never count as done
 INSTALL_STEPS = ("copy", "setup", "import")
 
@@ -36,6 +41,18 @@ class TestRun:
         latest = {m[1]: (m[1], int(m[2]), int(m[3]))
                   for m in map(STEP.match, self.log.read_text(errors="replace").splitlines()) if m}
         return list(latest.values())
+
+
+def failed_tests(log_text: str) -> list[str]:
+    """'FAILED tests/...::name - reason' and 'ERROR ...' of pytest's short summaries in a guest
+    log, each test once (its first report), in order, the reason cut short."""
+    seen = {}
+    for m in map(FAILED.match, log_text.splitlines()):
+        if m and m[2] not in seen:
+            reason = m[3] or ""
+            cut = reason[:REASON_CHARS] + ("..." if len(reason) > REASON_CHARS else "")
+            seen[m[2]] = f"{m[1]} {m[2]}" + (f" - {cut}" if cut else "")
+    return list(seen.values())
 
 
 def steps_left(requested: list[str], ended: list[tuple[str, int, int]]) -> list[str]:
@@ -64,4 +81,9 @@ def write_summary(runs: list[TestRun]) -> None:
         out.write(f"            log {r.log}\n")
         for p in r.panics:
             out.write(f"            guest kernel panic, steps then run again on a fresh boot: {p}\n")
+        failed = failed_tests(r.log.read_text(errors="replace")) if r.log.exists() else []
+        for f in failed[:MAX_FAILURES_SHOWN]:
+            out.write(f"            {f}\n")
+        if len(failed) > MAX_FAILURES_SHOWN:
+            out.write(f"            ... and {len(failed) - MAX_FAILURES_SHOWN} more in the log\n")
     out.flush()
