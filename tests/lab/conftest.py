@@ -163,8 +163,11 @@ def cluster(munged, test_users):
         sock = str(d / "adopter" / "adopter.sock")
         mport = port
         acfg = d / "adopter.toml"
+        # The daemon decides within the smaller of its deadline_seconds and the module's time
+        # left: a test that stretches the module's deadline on a slow machine (pace) needs this
+        # one stretched too, or 64 queued logins under emulation are abandoned at 4 s.
         write_adopter_config(acfg, munged.socket, f"dst{tag}", tracer.port, sock, f"127.0.0.1:{mport}",
-                             rpc_timeout_seconds=1.0, deadline_seconds=4.0,
+                             rpc_timeout_seconds=1.0, deadline_seconds=pace.scaled(4.0),
                              attach_socket=str(d / "attach" / "attach.sock"))
         adopter = AdopterProc(acfg, d / "adopter.log", topo.hosts["dst"]).start()
         sshd = Sshd(f"sshd-cid{tag}", d / "sshd", topo.hosts["dst"], pam_text=pam_stack(["deadline=4"], sock))
