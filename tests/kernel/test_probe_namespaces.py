@@ -158,6 +158,8 @@ def _why_lost(t, backend, c, churned, closed_at, before, got) -> str:
                  "callerid_sweeper_stale_closed_connections_total"):
         lines += [f"{name}{dict(labels)}: {before.get((n, labels), 0)} -> {v}"
                   for (n, labels), v in sorted(now.items()) if n == name]
+    # the tracer's own account: its rpc line (with why nothing was found) and any sweeper line
+    lines += ["tracer log:"] + t.log_text().splitlines()[-12:]
     return "\n".join(lines)
 
 
