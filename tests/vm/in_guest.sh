@@ -76,4 +76,8 @@ for s in "${steps[@]}"; do
     *) step "$s" pytest "$s" ;;
   esac
 done
+# The guest kernel's own complaints (a time-wait table overflow, orphaned sockets, BPF
+# warnings): the console is thrown away with the run, this log is kept
+echo "=== guest kernel warnings (dmesg --level=emerg,alert,crit,err,warn, last 40)"
+dmesg --level=emerg,alert,crit,err,warn 2>&1 | tail -40
 exit "$fail"
