@@ -14,7 +14,7 @@ t0=$SECONDS
 # the host suite's failures are repeated at the very end: CI keeps only the end of the output
 host_log=$(mktemp /tmp/callerid-host-suite.XXXXXX)
 trap 'rm -f "$host_log"' EXIT
-"$repo/.venv/bin/python3" -m pytest -ra -p no:cacheprovider "$@" 2>&1 | tee "$host_log"
+"$repo/.venv/bin/python3" -u -m pytest -ra -p no:cacheprovider "$@" 2>&1 | tee "$host_log"   # -u: through tee as it happens
 host_rc=${PIPESTATUS[0]}
 echo "test.sh: host suite exit $host_rc after $((SECONDS - t0)) s"
 
