@@ -4,6 +4,7 @@ adopter daemon. Jobs are Slurm-layout cgroup trees (tests/infra/jobtree.py) on e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -28,6 +29,9 @@ from tests.infra.tracerproc import TracerFactory, free_port
 SRC4, DST4 = "198.18.30.1", "198.18.30.2"
 SRC6, DST6 = "fd00:30::1", "fd00:30::2"
 JOB_WAIT = 60      # a job must start within this (it takes well under a second here)
+# The lab adopter's rpc_timeout_seconds: tests assert that a dead or unreachable source is
+# given up on within it, under a module deadline of 4 s, so it stays 1 s even under emulation
+RPC_TIMEOUT = 1.0
 
 
 @dataclass
@@ -56,6 +60,25 @@ class Cluster:
     hook_args: list = field(default_factory=list)
     adopter_socket: str = ""
     dst_node: str = ""
+    adopter_config: tuple = ()   # (path, args, options) the adopter was started with
+
+    @contextlib.contextmanager
+    def adopter_options(self, **changed):
+        """The adopter restarted with some options changed, for one test; restored after,
+        also when the test fails. No restart when nothing changes (a host's pace factor is 1)."""
+        path, args, base = self.adopter_config
+        if all(base.get(k) == v for k, v in changed.items()):
+            yield
+            return
+        write_adopter_config(path, *args, **{**base, **changed})
+        self.adopter.stop()
+        self.adopter.start()
+        try:
+            yield
+        finally:
+            write_adopter_config(path, *args, **base)
+            self.adopter.stop()
+            self.adopter.start()
 
     @property
     def src(self):
@@ -166,14 +189,15 @@ def cluster(munged, test_users):
         # The daemon decides within the smaller of its deadline_seconds and the module's time
         # left: a test that stretches the module's deadline on a slow machine (pace) needs this
         # one stretched too, or 64 queued logins under emulation are abandoned at 4 s.
-        write_adopter_config(acfg, munged.socket, f"dst{tag}", tracer.port, sock, f"127.0.0.1:{mport}",
-                             rpc_timeout_seconds=1.0, deadline_seconds=pace.scaled(4.0),
-                             attach_socket=str(d / "attach" / "attach.sock"))
+        adopter_args = (munged.socket, f"dst{tag}", tracer.port, sock, f"127.0.0.1:{mport}")
+        adopter_opts = {"rpc_timeout_seconds": RPC_TIMEOUT, "deadline_seconds": pace.scaled(4.0),
+                        "attach_socket": str(d / "attach" / "attach.sock")}
+        write_adopter_config(acfg, *adopter_args, **adopter_opts)
         adopter = AdopterProc(acfg, d / "adopter.log", topo.hosts["dst"]).start()
         sshd = Sshd(f"sshd-cid{tag}", d / "sshd", topo.hosts["dst"], pam_text=pam_stack(["deadline=4"], sock))
         sshd.start(pubs)
         c = Cluster(d, topo, src_jobs, dst_jobs, tracer, adopter, sshd, keys, test_users, munged.socket,
-                    adopter_socket=sock, dst_node=f"dst{tag}")
+                    adopter_socket=sock, dst_node=f"dst{tag}", adopter_config=(acfg, adopter_args, adopter_opts))
         c.adopter_metrics_url = f"http://127.0.0.1:{mport}/metrics"
         yield c
     finally:
