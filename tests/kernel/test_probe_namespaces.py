@@ -137,12 +137,20 @@ def test_one_users_churn_keeps_within_its_share_and_never_takes_anothers_grace(t
 
 def _why_lost(t, backend, c, churned, closed_at, before, got) -> str:
     """What the kernel and the tracer say of a closed connection the tracer did not answer
-    (one VM run of CI lost the victim's record: say which part lost it)."""
+    (one VM run of CI lost the victim's record: say which part lost it). Never raises: the
+    failure it explains must stay the one reported."""
+    lines = [f"answer {got}", f"{time.monotonic() - closed_at:.1f} s after the victim's close"]
+    try:
+        _explain(t, backend, c, churned, before, lines)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic's own failure is only one more line
+        lines.append(f"(diagnostics stopped: {exc!r})")
+    return "\n".join(lines)
+
+
+def _explain(t, backend, c, churned, before, lines: list) -> None:
     socks = sockdiag.find_tcp(c["src"], c["sport"], c["dst"], c["dport"])
-    lines = [f"answer {got}", f"{time.monotonic() - closed_at:.1f} s after the victim's close",
-             f"sock_diag for {c}: " + (", ".join(f"state {s.state} cookie {s.cookie} inode {s.inode}" for s in socks)
-                                         or "no socket"),
-             f"the churner reused the victim's tuple: {c in churned}"]
+    seen = ", ".join(f"state {s.state} cookie {s.cookie} inode {s.inode}" for s in socks) or "no socket"
+    lines += [f"sock_diag for {c}: {seen}", f"the churner reused the victim's tuple: {c in churned}"]
     if backend == "cookie":
         store = CookieStore.open_pinned(pin_dir(t.pin_root))
         if store is not None:
@@ -160,7 +168,6 @@ def _why_lost(t, backend, c, churned, closed_at, before, got) -> str:
                   for (n, labels), v in sorted(now.items()) if n == name]
     # the tracer's own account: its rpc line (with why nothing was found) and any sweeper line
     lines += ["tracer log:"] + t.log_text().splitlines()[-12:]
-    return "\n".join(lines)
 
 
 def _ask(t, c) -> dict:
