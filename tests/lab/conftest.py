@@ -70,12 +70,12 @@ class Cluster:
         if all(base.get(k) == v for k, v in changed.items()):
             yield
             return
-        write_adopter_config(path, *args, **{**base, **changed})
-        self.adopter.stop()
-        self.adopter.start()
         try:
+            write_adopter_config(path, *args, **{**base, **changed})
+            self.adopter.stop()
+            self.adopter.start()
             yield
-        finally:
+        finally:   # also when the changed adopter failed to start
             write_adopter_config(path, *args, **base)
             self.adopter.stop()
             self.adopter.start()
