@@ -16,7 +16,7 @@ from callerid.adopter.pamwire import Request, parse_reply
 from tests.infra import pace
 from tests.infra.procs import wait_for
 from tests.infra.tracerproc import metric, metric_delta
-from tests.lab.conftest import RPC_TIMEOUT
+from tests.lab.conftest import LOGIN_OWN_TIME, RPC_TIMEOUT
 from tests.reliability import record
 
 pytestmark = pytest.mark.lab
@@ -245,7 +245,7 @@ def test_adopter_down_applies_generic_failure_within_deadline(cl, generic, allow
     cl.set_hook("deadline=4", f"action_generic_failure={generic}")
     cl.adopter.stop()
     login = cl.ssh(a)
-    assert login.seconds < DEADLINE + 3
+    assert login.seconds < DEADLINE + LOGIN_OWN_TIME
     if allowed:
         assert not_in_any_job(login), login.err
     else:
@@ -261,7 +261,7 @@ def test_adopter_hung_login_bounded_by_deadline(cl):
         login = cl.ssh(a)
     finally:
         os.kill(cl.adopter.proc.pid, signal.SIGCONT)
-    assert login.seconds < 2 + 3, login.seconds
+    assert login.seconds < 2 + LOGIN_OWN_TIME, login.seconds
     assert not_in_any_job(login), login.err  # action_generic_failure=ignore
     record("lab/test_adopter.py::adopter_hung", "fault",
            "the adopter stopped (SIGSTOP) during a login; the module's deadline is 2 s",
@@ -415,7 +415,7 @@ def test_source_tracer_down_falls_back_within_rpc_timeout(cl):
     assert login.rc == 0, login.err
     assert in_job(login, cl.dst_jobs, a.uid, 5102)  # action_unknown=newest
     assert "reason=rpc_failed_newest" in cl.adopter.log_text()
-    assert login.seconds < RPC_TIMEOUT + 3
+    assert login.seconds < RPC_TIMEOUT + LOGIN_OWN_TIME
     assert metric(cl.adopter_metrics(), "callerid_adopter_rpc_requests_total", outcome="timeout") >= 1
 
 
@@ -502,7 +502,7 @@ def test_tracer_killed_mid_login_follows_action_unknown_and_nothing_lands_late(c
     assert login.rc == 0, login.err
     assert in_job(login, cl.dst_jobs, a.uid, 5302), login.out   # action_unknown=newest
     assert priv_in_job(login, cl.dst_jobs, a.uid, 5302), login.out
-    assert login.seconds < RPC_TIMEOUT + 3 + 1.5, login.seconds       # the command sleeps 1.5
+    assert login.seconds < RPC_TIMEOUT + LOGIN_OWN_TIME + 1.5, login.seconds       # the command sleeps 1.5
     after = cl.adopter_metrics()
     assert metric_delta(before, after, "callerid_adopter_decisions_total", mode="enforce",
                         reason="rpc_failed_newest", verdict="adopt") == 1
@@ -645,7 +645,7 @@ def test_partition_after_the_question_reached_the_tracer_decides_once_and_nothin
     login = box[0]
     assert login.rc == 0, login.err
     assert in_job(login, cl.dst_jobs, a.uid, 5332) and priv_in_job(login, cl.dst_jobs, a.uid, 5332), login.out
-    assert login.seconds < RPC_TIMEOUT + 3, login.seconds
+    assert login.seconds < RPC_TIMEOUT + LOGIN_OWN_TIME, login.seconds
     time.sleep(1.5)   # the tracer's retransmitted answer reaches a closed socket once healed
     after = cl.adopter_metrics()
     assert metric_delta(before, after, "callerid_adopter_decisions_total", mode="enforce",
