@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up this machine (idempotent) and run the whole test suite as CI does: the host suite
 # (pytest; arguments go to it), then the VM tier's CI plan (`scripts/vm.sh ci`, docs/VM.md:
-# Debian 12: demo, kernel tier and systemd units; every image's probe backends).
+# Debian 12 and 13: the demo; Debian 12: the installed systemd units; every image's probe backends).
 # Tests that need root, BPF, munged or namespaces fail (never skip) under CI=true.
 # CALLERID_SKIP_VM_TIER=1 leaves the VM tier out (developers only; said aloud, README).
 set -uo pipefail

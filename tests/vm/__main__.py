@@ -19,14 +19,14 @@ MAX_PANICS = 1  # a second panic in one suite fails it: that is no longer a rare
 # What CI runs (scripts/test.sh after the host suite; docs/VM.md): every image's probe
 # backends (smoke); on Debian 12 and 13 the README's first command, the demo, under systemd
 # and cgroup v2 (real Slurm 22.05 / 24.11; on 13 through OpenSSH 10's sshd-session); on
-# Debian 12 also the kernel tier (about 23 min under emulation) and the .deb's systemd units
-# (last: it installs a package and edits the system's PAM stack). Not bookworm's `unit`: the
-# host suite has just run tests/unit on Debian 12. Not `lab`: in the fresh-clone CI run of
-# 16:11 its 64-logins-at-once test left 1 of 64 unadopted under emulation (74 of 75; it passed
-# at 15:20): a load test that does not hold there yet. The lab and the other images' kernel
-# tiers run with `vm.sh test SUITE --steps ...`, dated results in docs/VM.md.
+# Debian 12 the .deb's systemd units (last: it installs a package and edits the system's PAM
+# stack). Not bookworm's `unit`: the host suite has just run tests/unit on Debian 12.
+# Not the kernel tier nor the lab: on the machine of 2026-12-02 emulation ran at half the
+# speed of the day before (a BCC compile 75-88 s, not 33-45 s; the lab 1757 s, not 809-857 s),
+# so Debian 12's kernel tier alone would take about 50 of CI's 90 minutes. They run with
+# `vm.sh test SUITE --steps kernel,lab`, dated results in docs/VM.md and the README's matrix.
 CI_PLAN = (
-    ("bookworm", "smoke,demo,kernel,units"),
+    ("bookworm", "smoke,demo,units"),
     ("trixie", "smoke,demo"),
     ("bullseye", "smoke"),
 )
