@@ -601,7 +601,7 @@ def test_network_partition_during_the_account_step_follows_action_unknown(cl, ac
     finally:
         _partition_rpc(cl, False)
     after = cl.adopter_metrics()
-    assert login.seconds < RPC_TIMEOUT + pace.scaled(3), login.seconds
+    assert login.seconds < RPC_TIMEOUT + LOGIN_OWN_TIME, login.seconds
     if job:
         assert login.rc == 0 and in_job(login, cl.dst_jobs, a.uid, job), login.err
     else:
