@@ -49,11 +49,21 @@ def rows(conns: Connections | SockStore | CookieStore, include_closed: bool) -> 
     return out
 
 
+def open_pinned_store(path, grace_seconds: float) -> Connections | CookieStore | SockStore | None:
+    """The maps of whichever backend pinned them in path, or None if none did.
+    `is None`, not truthiness: an idle node's stores are empty, and an empty store is falsy."""
+    for open_ in (Connections.open_pinned, lambda p: CookieStore.open_pinned(p, grace_seconds),
+                  SockStore.open_pinned):
+        store = open_(path)
+        if store is not None:
+            return store
+    return None
+
+
 def main(args) -> int:
     cfg = cfgmod.load(args.config)
     path = pin_dir(cfg.tracer.pin_root)
-    conns = Connections.open_pinned(path) or CookieStore.open_pinned(path, cfg.tracer.close_grace_seconds) \
-        or SockStore.open_pinned(path)
+    conns = open_pinned_store(path, cfg.tracer.close_grace_seconds)
     if conns is None:
         print(f"callerid conns: no connection maps pinned in {path} (is the tracer running?)", file=sys.stderr)
         return 1

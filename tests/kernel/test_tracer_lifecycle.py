@@ -198,6 +198,20 @@ def test_layout_mirror_matches_bcc_view_of_the_header():
     assert f"#define CALLERID_LAYOUT_VERSION {layout.LAYOUT_VERSION}\n" in hdr
 
 
+@pytest.mark.parametrize("backend", ["tracepoint", "cookie"])
+def test_conns_of_an_idle_node_is_an_empty_table(tracers, backend):
+    """Pinned but empty maps are an idle node, not a missing tracer: `conns` lists nothing and
+    succeeds. (An empty store is falsy; conns once took that for "no maps pinned", which is
+    how it failed in Debian 12's guest, where nothing else connects.)"""
+    from callerid.tracer.probes import pin_dir, prepare_pins
+    t = tracers.make(probe=backend)   # a config and a pin root; no daemon, so nothing fills the maps
+    prepare_pins(pin_dir(t.pin_root), 64, 16, 16, replace=False, backend=backend)
+    r = subprocess.run([CALLERID, "--config", str(t.config), "conns", "--json", "--all"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == []
+
+
 def test_conns_agrees_with_ss(tracers, munged, jobs, test_users, listener):  # noqa: F811
     user = test_users[0]
     jobs.create(user.uid, 4204)
