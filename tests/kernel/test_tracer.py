@@ -182,31 +182,29 @@ def test_failed_connect_leaves_nothing(tracer):
 
 def test_pid_reuse_reports_owner_exited(tracer, listener):
     """An entry whose pid now names a younger process must not name that process."""
-    from callerid.tracer.bpfmap import Connections
+    from callerid.tracer.conns_table import open_pinned_store
     from callerid.tracer.cookiestore import CookieStore
     from callerid.tracer.layout import Owner, make_key
     from callerid.tracer.probes import pin_dir
     from callerid.tracer.sockstore import SockStore
 
-    store = CookieStore.open_pinned(pin_dir(tracer.pin_root))
-    if store is not None:   # the cookie backend: a record is found through a live socket's cookie
+    store = open_pinned_store(pin_dir(tracer.pin_root), 2.0)   # the fixture's close_grace_seconds
+    assert store is not None, f"the tracer pinned no maps in {pin_dir(tracer.pin_root)}"
+    if isinstance(store, CookieStore):   # a record is found through a live socket's cookie
         _pid_reuse_by_cookie(tracer, store, listener)
         return
-    conns = Connections.open_pinned(pin_dir(tracer.pin_root))
-    store = None
-    if conns is None:   # the sockstore backend: a closed record is what a map entry can be
-        store = SockStore.open_pinned(pin_dir(tracer.pin_root))
-        conns = store.closed
+    by_socket = isinstance(store, SockStore)
+    conns = store.closed if by_socket else store   # sockstore: a closed record is what a map entry can be
     try:
-        key = make_key("127.0.0.1", 40000, "127.0.0.1", 40001, store.netns if store else 0)
+        key = make_key("127.0.0.1", 40000, "127.0.0.1", 40001, store.netns if by_socket else 0)
         o = Owner(tgid=os.getpid(), tid=os.getpid(), uid=0, gid=0, birth_ns=1, comm=b"old",
-                  closed_ns=2 if store else 0)
+                  closed_ns=2 if by_socket else 0)
         assert conns.update(key, o)  # our pid, but "born" long before this process started
         ans = query(tracer, {"src": "127.0.0.1", "sport": 40000, "dst": "127.0.0.1", "dport": 40001})
         assert ans.status == Status.FOUND and ans.owner_exited and ans.job_id is None and ans.comm == "old"
         conns.delete(key)
     finally:
-        (store or conns).close()
+        store.close()
 
 
 SO_COOKIE = 57   # include/uapi/asm-generic/socket.h
